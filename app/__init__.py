@@ -1,0 +1,28 @@
+"""ai-proxy: one OpenAI- and Anthropic-compatible API in front of many LLM providers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flask import Flask
+
+from app.extension import AIProxy
+from app.version import __version__
+
+__all__ = ["AIProxy", "__version__", "create_app"]
+
+
+def create_app(overrides: Mapping | None = None) -> Flask:
+    """The proxy as a WSGI app.
+
+    `overrides` is merged over the config file (dicts merge, lists replace). Three keys are not
+    config: `config_path` (the file to read), `env` (a mapping used instead of os.environ) and
+    `url_prefix` (where to serve the API).
+    """
+    overrides = dict(overrides or {})
+    config_path = overrides.pop("config_path", None)
+    env = overrides.pop("env", None)
+    url_prefix = overrides.pop("url_prefix", "")
+    app = Flask(__name__)
+    AIProxy(app, url_prefix=url_prefix, config_path=config_path, overrides=overrides, env=env)
+    return app

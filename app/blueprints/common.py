@@ -1,0 +1,53 @@
+"""Helpers the blueprints share: reading the request, authenticating, shaping responses."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response, current_app, g, request
+
+from app.config import TokenConfig
+from app.errors import InvalidJSONError
+from app.providers import CallContext
+from app.routing import Outcome
+from app.state import EXTENSION_KEY, ProxyState
+
+
+def proxy_state() -> ProxyState:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def authenticate() -> TokenConfig:
+    """The caller's token, or a 401 (no token configured: loopback callers only)."""
+    token = proxy_state().authenticator.authenticate(request.headers, request.remote_addr)
+    g.ai_proxy_token = token
+    return token
+
+
+def read_json_body() -> tuple[object, int]:
+    """The parsed JSON body and its size in bytes; 413 past the size limit, 400 if not JSON."""
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidJSONError("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw), len(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
+
+
+def call_context(requested_model: str | None) -> CallContext:
+    return CallContext(request_id=g.ai_proxy_request_id, requested_model=requested_model)
+
+
+def routing_headers(outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-ai-proxy-model": outcome.candidate.name,
+        "x-ai-proxy-attempts": str(outcome.attempts),
+    }
+
+
+def json_response(payload: object, status: int = 200, headers: dict | None = None) -> Response:
+    response = Response(json.dumps(payload), status=status, mimetype="application/json")
+    if headers:
+        response.headers.update(headers)
+    return response

@@ -1,0 +1,41 @@
+"""Liveness, readiness and version endpoints; none of them needs a token."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from app.blueprints.common import json_response, proxy_state
+from app.version import __version__
+
+bp = Blueprint("ai_proxy_health", __name__)
+
+
+@bp.get("/ping")
+def ping():
+    """Go ai-proxy compatibility: a plain-text OK."""
+    return Response("OK", mimetype="text/plain")
+
+
+@bp.get("/healthz")
+def get_health():
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def get_readiness():
+    state = proxy_state()
+    loaded = len(state.config.models)
+    checks = {
+        "config": {"ok": True, "source": state.config.source},
+        "models": {"ok": loaded > 0, "loaded": loaded, "left_out": len(state.config.left_out)},
+    }
+    ready = all(check["ok"] for check in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+@bp.get("/version")
+def get_version():
+    return json_response({"name": "ai-proxy", "version": __version__})

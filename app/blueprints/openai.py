@@ -1,0 +1,112 @@
+"""The OpenAI-compatible surface: chat completions (streamed or not) and the model list."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, g
+
+from app.auth import model_allowed, require_model
+from app.blueprints.common import (
+    authenticate,
+    call_context,
+    json_response,
+    proxy_state,
+    read_json_body,
+    routing_headers,
+)
+from app.errors import OPENAI, ModelNotFoundError, ProxyError, sse_error_event
+from app.providers import ChatStream
+from app.routing import Candidate
+from app.schemas import CHAT_COMPLETION, validate_body
+from app.streaming import DONE, SSE_HEADERS, encode_chunk
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ai_proxy_openai", __name__)
+
+
+@bp.before_request
+def require_token():
+    authenticate()
+
+
+@bp.post("/v1/chat/completions")
+@bp.post("/chat/completions")
+def create_chat_completion():
+    body, size = read_json_body()
+    body = validate_body(CHAT_COMPLETION, body)
+    state = proxy_state()
+    resolution = state.router.resolve(body.get("model"), size)
+    require_model(g.ai_proxy_token, resolution.identifier, resolution.is_category)
+    ctx = call_context(resolution.identifier)
+
+    if body.get("stream"):
+        outcome = state.router.run(
+            resolution,
+            lambda c: c.provider.open_chat_stream(_upstream_body(body, c), ctx),
+        )
+        options = body.get("stream_options")
+        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        return Response(
+            relay_chat(outcome.result, include_usage),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **routing_headers(outcome)},
+        )
+
+    outcome = state.router.run(resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx))
+    return json_response(outcome.result, headers=routing_headers(outcome))
+
+
+def _upstream_body(body: dict, candidate: Candidate) -> dict:
+    return {**body, "model": candidate.upstream_model}
+
+
+def relay_chat(stream: ChatStream, include_usage: bool) -> Iterator[bytes]:
+    """Write each upstream chunk as it comes; a failure after the first byte ends in-band."""
+    try:
+        for chunk in stream:
+            if "usage" in chunk and not include_usage:
+                # The proxy asked upstream for usage; the client did not, so it gets none.
+                if not chunk.get("choices"):
+                    continue
+                chunk = {key: value for key, value in chunk.items() if key != "usage"}
+            yield encode_chunk(chunk)
+        yield DONE
+    except ProxyError as err:
+        logger.warning("stream ended early: %s", err.message)
+        yield sse_error_event(err, OPENAI)
+    except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
+        logger.exception("stream failed inside the proxy")
+        yield sse_error_event(ProxyError(), OPENAI)
+    finally:
+        stream.close()
+
+
+def _model_object(model_id: str, owned_by: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+@bp.get("/v1/models")
+@bp.get("/models")
+def list_models():
+    state = proxy_state()
+    created = int(state.started)
+    data = [
+        _model_object(model_id, owned_by, created)
+        for model_id, owned_by, is_category in state.router.public_models()
+        if model_allowed(g.ai_proxy_token, model_id, is_category)
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+@bp.get("/v1/models/<path:model_id>")
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str):
+    state = proxy_state()
+    for public_id, owned_by, is_category in state.router.public_models():
+        matches = public_id.upper() == model_id.upper() if is_category else public_id == model_id
+        if matches and model_allowed(g.ai_proxy_token, public_id, is_category):
+            return json_response(_model_object(public_id, owned_by, int(state.started)))
+    raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")

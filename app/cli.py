@@ -1,0 +1,119 @@
+"""The `ai-proxy` command: serve, check-config, hash-token, --version, and the Go flags."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from app.config import ConfigError, hash_token, load_config, load_env_file
+from app.version import __version__
+
+COMMANDS = ("serve", "check-config", "hash-token")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    # Go-style single-dash spellings (-config, -addr) are accepted as well.
+    parser.add_argument("--config", "-config", help="config file (default conf/config.yaml)")
+    parser.add_argument("--env-file", "-env-file", help=".env file to load (default ./.env)")
+    parser.add_argument("--addr", "-addr", help="HOST:PORT to listen on")
+    parser.add_argument("--port", "-port", type=int, help="port to listen on (Go compat)")
+    parser.add_argument("--workers", type=int, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, help="threads per worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ai-proxy", description="An OpenAI- and Anthropic-compatible LLM gateway."
+    )
+    parser.add_argument(
+        "--version", "-version", action="version", version=f"ai-proxy {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command")
+    _serve_arguments(sub.add_parser("serve", help="run the proxy under gunicorn"))
+    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check.add_argument("--config", "-config")
+    check.add_argument("--env-file", "-env-file")
+    token = sub.add_parser("hash-token", help="print the SHA-256 of a token for token_sha256")
+    token.add_argument("token", nargs="?", help="the token; '-' or nothing reads it from stdin")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        if not any(a in ("--version", "-version") for a in argv):
+            argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    if args.command == "hash-token":
+        return hash_token_command(args.token)
+    if args.command == "check-config":
+        return check_config_command(args.config, args.env_file)
+    return serve_command(args)
+
+
+def hash_token_command(token: str | None) -> int:
+    if token in (None, "-"):
+        token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
+        token = token.strip()
+    if not token:
+        print("ai-proxy: hash-token: the token is empty", file=sys.stderr)
+        return 1
+    print(hash_token(token))
+    return 0
+
+
+def check_config_command(config_path: str | None, env_file: str | None) -> int:
+    from app.providers import check_models
+
+    try:
+        load_env_file(env_file)
+        config = load_config(config_path)
+        problems = check_models(config.models)
+    except ConfigError as err:
+        problems = err.problems
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for reason in config.left_out:
+        print(f"warning: left out {reason}", file=sys.stderr)
+    print(
+        f"ok: {config.source}: {len(config.models)} model deployment(s), "
+        f"{len(config.aliases)} alias(es), {len(config.tokens)} client token(s)"
+    )
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from app.server import ProxyApplication, gunicorn_options
+
+    try:
+        load_env_file(args.env_file)
+    except ConfigError as err:
+        print(f"ai-proxy: {err}", file=sys.stderr)
+        return 1
+    # Workers are forked and build their app from the environment, so flags go there.
+    if args.config:
+        os.environ["AI_PROXY_CONFIG"] = os.path.abspath(args.config)
+    if args.addr:
+        host, sep, port = args.addr.rpartition(":")
+        if not sep:
+            host, port = args.addr, os.environ.get("PORT", "")
+        if host:
+            os.environ["HOST"] = host.strip("[]")
+        if port:
+            os.environ["PORT"] = port
+    if args.port is not None:
+        os.environ["PORT"] = str(args.port)
+    if args.workers is not None:
+        os.environ["WEB_CONCURRENCY"] = str(args.workers)
+    if args.threads is not None:
+        os.environ["THREADS"] = str(args.threads)
+    ProxyApplication(gunicorn_options(os.environ)).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

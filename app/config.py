@@ -1,0 +1,739 @@
+"""Configuration: the YAML file, `${VAR}` interpolation, environment overrides and validation."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from dotenv import load_dotenv
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = "conf/config.yaml"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_WORKERS = 1
+DEFAULT_THREADS = 64
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_IDLE_CONN_TIMEOUT_SECONDS = 90.0
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+ROUTING_STRATEGIES = ("priority", "weighted", "least-busy", "latency")
+RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
+MODEL_KINDS = ("chat", "embedding", "image")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+# Used when neither --config, AI_PROXY_CONFIG nor conf/config.yaml is there (an installed wheel
+# run from another directory): the same offline models as the shipped conf/config.yaml.
+BUILTIN_CONFIG = {
+    "default_model": "SMALL",
+    "models": [
+        {"name": "echo", "provider": "echo", "model_size": "SMALL"},
+        {"name": "echo-large", "provider": "echo", "model_size": "BIG"},
+    ],
+}
+
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; `problems` holds one `path: message` line per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest that `token_sha256` holds for a client token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `2s`, `1m`, `1h` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use 500ms, 2s or seconds)")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# The validated configuration.
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One configured deployment (an entry of `models:`)."""
+
+    name: str
+    provider: str = "openai"
+    base_url: str | None = None
+    url: str | None = None
+    token: str | None = None
+    model: str | None = None
+    priority: int = 0
+    weight: float = 1.0
+    requests_per_minute: int = 0
+    requests_per_hour: int = 0
+    requests_per_day: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    max_request_length: int = 0
+    context_window: int = 0
+    model_size: str | None = None
+    categories: tuple[str, ...] = ()
+    kind: str = "chat"
+    input_cost_per_mtok: float = 0.0
+    output_cost_per_mtok: float = 0.0
+    strip_think: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    idle_conn_timeout_seconds: float = DEFAULT_IDLE_CONN_TIMEOUT_SECONDS
+    index: int = 0
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.name.endswith("/*")
+
+    @property
+    def all_categories(self) -> tuple[str, ...]:
+        """Upper-cased categories: `model_size` first, then `categories`."""
+        names = ([self.model_size] if self.model_size else []) + list(self.categories)
+        return tuple(dict.fromkeys(name.upper() for name in names))
+
+    def upstream_model(self, requested: str | None = None) -> str:
+        """The model id sent upstream; for a wildcard entry, what follows its prefix."""
+        if self.is_wildcard and requested and requested.startswith(self.name[:-1]):
+            return requested[len(self.name) - 1 :]
+        if self.model:
+            return self.model
+        prefix = self.provider + "/"
+        return self.name[len(prefix) :] if self.name.startswith(prefix) else self.name
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """A client token; only its SHA-256 digest is kept."""
+
+    name: str
+    sha256: str
+    models: tuple[str, ...] = ("*",)
+    requests_per_minute: int = 0
+    requests_per_hour: int = 0
+    requests_per_day: int = 0
+    tokens_per_minute: int = 0
+    tokens_per_day: int = 0
+    budget_per_day: float = 0.0
+    budget_per_month: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    metrics_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    strategy: str = "priority"
+    max_attempts: int = 5
+    cooldown_seconds: float = 60.0
+    failure_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    storage: str = "memory://"
+    strategy: str = "moving-window"
+    on_storage_error: str = "allow"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Process settings that come only from the environment."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = DEFAULT_WORKERS
+    threads: int = DEFAULT_THREADS
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the proxy runs on, validated."""
+
+    models: tuple[ModelConfig, ...] = ()
+    default_model: str | None = None
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    tokens: tuple[TokenConfig, ...] = ()
+    admin_token: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: str = "<built-in>"
+    left_out: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# marshmallow schemas for the file.
+
+
+class Duration(fields.Field):
+    """A duration as `500ms`, `2s` or plain seconds."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_duration(value)
+        except ValueError as err:
+            raise ValidationError(str(err)) from err
+
+
+def _limit():
+    return fields.Integer(load_default=0, allow_none=True, validate=validate.Range(min=0))
+
+
+def _money():
+    return fields.Float(load_default=0.0, allow_none=True, validate=validate.Range(min=0))
+
+
+def _positive_seconds(default: float):
+    return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
+
+
+def _http_url(value: str) -> None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValidationError("must be an http:// or https:// URL")
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class HttpClientSchema(_Strict):
+    timeout_seconds = _positive_seconds(DEFAULT_TIMEOUT_SECONDS)
+    connect_timeout_seconds = _positive_seconds(DEFAULT_CONNECT_TIMEOUT_SECONDS)
+    idle_conn_timeout_seconds = _positive_seconds(DEFAULT_IDLE_CONN_TIMEOUT_SECONDS)
+
+
+class ModelSchema(_Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    provider = fields.String(load_default="openai", validate=validate.Length(min=1))
+    base_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    token = fields.String(load_default=None, allow_none=True)
+    model = fields.String(load_default=None, allow_none=True)
+    priority = fields.Integer(load_default=0)
+    weight = fields.Float(load_default=1.0, validate=validate.Range(min=0))
+    requests_per_minute = _limit()
+    requests_per_hour = _limit()
+    requests_per_day = _limit()
+    tokens_per_minute = _limit()
+    tokens_per_day = _limit()
+    max_request_length = _limit()
+    context_window = _limit()
+    model_size = fields.String(load_default=None, allow_none=True)
+    categories = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+    kind = fields.String(load_default="chat", validate=validate.OneOf(MODEL_KINDS))
+    input_cost_per_mtok = _money()
+    output_cost_per_mtok = _money()
+    strip_think = fields.Boolean(load_default=False)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    http_client_config = fields.Nested(HttpClientSchema, load_default=None, allow_none=True)
+
+    @post_load
+    def make(self, data, **kwargs):
+        http = data.pop("http_client_config", None) or {}
+        for key in ("base_url", "url"):
+            if data.get(key) == "":
+                data[key] = None
+        data["provider"] = data["provider"].lower()
+        data["categories"] = tuple(data["categories"])
+        for key, value in list(data.items()):
+            if value is None and key in _ZERO_WHEN_NONE:
+                data[key] = 0
+        return ModelConfig(
+            **data,
+            timeout_seconds=http.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS),
+            connect_timeout_seconds=http.get(
+                "connect_timeout_seconds", DEFAULT_CONNECT_TIMEOUT_SECONDS
+            ),
+            idle_conn_timeout_seconds=http.get(
+                "idle_conn_timeout_seconds", DEFAULT_IDLE_CONN_TIMEOUT_SECONDS
+            ),
+        )
+
+
+_ZERO_WHEN_NONE = {
+    "requests_per_minute",
+    "requests_per_hour",
+    "requests_per_day",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "max_request_length",
+    "context_window",
+    "input_cost_per_mtok",
+    "output_cost_per_mtok",
+    "budget_per_day",
+    "budget_per_month",
+}
+
+
+class TokenSchema(_Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    token = fields.String(load_default=None, allow_none=True)
+    token_sha256 = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(r"^[0-9a-fA-F]{64}$", error="must be 64 hex characters"),
+    )
+    models = fields.List(fields.String(validate=validate.Length(min=1)), load_default=None)
+    requests_per_minute = _limit()
+    requests_per_hour = _limit()
+    requests_per_day = _limit()
+    tokens_per_minute = _limit()
+    tokens_per_day = _limit()
+    budget_per_day = _money()
+    budget_per_month = _money()
+
+    @validates_schema
+    def one_secret(self, data, **kwargs):
+        if bool(data.get("token")) == bool(data.get("token_sha256")):
+            raise ValidationError("set exactly one of token and token_sha256", "token")
+
+    @post_load
+    def make(self, data, **kwargs):
+        secret = data.pop("token")
+        digest = data.pop("token_sha256")
+        data["sha256"] = digest.lower() if digest else hash_token(secret)
+        data["models"] = tuple(data["models"]) if data["models"] is not None else ("*",)
+        for key, value in list(data.items()):
+            if value is None and key in _ZERO_WHEN_NONE:
+                data[key] = 0
+        return TokenConfig(**data)
+
+
+class AuthSchema(_Strict):
+    tokens = fields.List(fields.Nested(TokenSchema), load_default=list)
+    admin_token = fields.String(load_default=None, allow_none=True)
+
+
+class ServerSchema(_Strict):
+    max_body_bytes = fields.Integer(
+        load_default=DEFAULT_MAX_BODY_BYTES, validate=validate.Range(min=1024)
+    )
+    metrics_token = fields.String(load_default=None, allow_none=True)
+    cors_origins = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
+
+    @post_load
+    def make(self, data, **kwargs):
+        return ServerConfig(
+            max_body_bytes=data["max_body_bytes"],
+            metrics_token=data["metrics_token"] or None,
+            cors_origins=tuple(data["cors_origins"]),
+        )
+
+
+class RoutingSchema(_Strict):
+    strategy = fields.String(load_default="priority", validate=validate.OneOf(ROUTING_STRATEGIES))
+    max_attempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=100))
+    cooldown_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
+    failure_threshold = fields.Integer(load_default=1, validate=validate.Range(min=1))
+
+    @post_load
+    def make(self, data, **kwargs):
+        return RoutingConfig(**data)
+
+
+class RetrySchema(_Strict):
+    max_retries = fields.Integer(load_default=3, validate=validate.Range(min=0, max=20))
+    base_delay = Duration(load_default=1.0)
+    max_delay = Duration(load_default=30.0)
+    jitter = fields.Float(load_default=0.1, validate=validate.Range(min=0, max=1))
+
+    @post_load
+    def make(self, data, **kwargs):
+        return RetryConfig(**data)
+
+
+def _storage_uri(value: str) -> None:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ValidationError(f"scheme must be one of {', '.join(STORAGE_SCHEMES)}")
+
+
+class RateLimitSchema(_Strict):
+    storage = fields.String(load_default="memory://", validate=_storage_uri)
+    strategy = fields.String(
+        load_default="moving-window", validate=validate.OneOf(RATE_LIMIT_STRATEGIES)
+    )
+    on_storage_error = fields.String(
+        load_default="allow", validate=validate.OneOf(("allow", "deny"))
+    )
+
+    @post_load
+    def make(self, data, **kwargs):
+        return RateLimitConfig(**data)
+
+
+class AliasMembers(fields.Field):
+    """An alias names one model or a list of them, tried in order."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        members = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) and m for m in members)
+        ):
+            raise ValidationError("must be a model name or a non-empty list of them")
+        return tuple(members)
+
+
+class ConfigSchema(_Strict):
+    default_model = fields.String(load_default=None, allow_none=True)
+    server = fields.Nested(ServerSchema, load_default=None, allow_none=True)
+    auth = fields.Nested(AuthSchema, load_default=None, allow_none=True)
+    models = fields.List(fields.Nested(ModelSchema), load_default=list)
+    aliases = fields.Dict(keys=fields.String(), values=AliasMembers(), load_default=dict)
+    routing = fields.Nested(RoutingSchema, load_default=None, allow_none=True)
+    retry = fields.Nested(RetrySchema, load_default=None, allow_none=True)
+    rate_limits = fields.Nested(RateLimitSchema, load_default=None, allow_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
+
+
+def interpolate(value: object, env: Mapping[str, str], path: str, unset: set[str]) -> object:
+    """Replace `${VAR}` and `${VAR:-default}` in every string; note paths naming unset variables."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def substitute(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            current = env.get(name)
+            if current:
+                return current
+            if default is not None:
+                return default
+            unset.add(path)
+            return ""
+
+        return _VAR_RE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {
+            key: interpolate(item, env, f"{path}.{key}" if path else str(key), unset)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(item, env, f"{path}[{i}]", unset) for i, item in enumerate(value)]
+    return value
+
+
+def flatten_errors(messages: object, path: str = "") -> list[str]:
+    """Turn marshmallow's nested error dict into `models[2].url: ...` lines."""
+    if isinstance(messages, dict):
+        lines = []
+        for key, inner in messages.items():
+            if key == "_schema":
+                child = path
+            elif isinstance(key, int):
+                child = f"{path}[{key}]"
+            else:
+                child = f"{path}.{key}" if path else str(key)
+            lines.extend(flatten_errors(inner, child))
+        return lines
+    if isinstance(messages, list):
+        if all(isinstance(item, str) for item in messages):
+            return [f"{path or '<root>'}: {'; '.join(messages)}"]
+        return [line for item in messages for line in flatten_errors(item, path)]
+    return [f"{path or '<root>'}: {messages}"]
+
+
+def deep_merge(base: dict, extra: Mapping) -> dict:
+    """`extra` over `base`: dicts merge, everything else (lists included) replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_env_file(path: str | None = None) -> str | None:
+    """Load `.env` from `path`, AI_PROXY_ENV_FILE or ./.env; real environment variables win."""
+    chosen = path or os.environ.get("AI_PROXY_ENV_FILE") or ".env"
+    if not Path(chosen).is_file():
+        if path:
+            raise ConfigError([f"--env-file {path}: no such file"])
+        return None
+    load_dotenv(chosen, override=False)
+    return chosen
+
+
+def resolve_config_path(path: str | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read, or None for the built-in default."""
+    chosen = path or env.get("AI_PROXY_CONFIG")
+    if chosen:
+        return Path(chosen)
+    for candidate in (
+        Path(DEFAULT_CONFIG_PATH),
+        Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH,
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_config_file(path: Path) -> dict:
+    """Parse the YAML file into a dict; problems are ConfigErrors naming the file."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes"])
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}:{where}: {problem}"]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    return data
+
+
+def load_config(
+    path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping | None = None,
+) -> Config:
+    """Read, interpolate, override and validate the configuration; raise ConfigError if wrong."""
+    env = os.environ if env is None else env
+    config_path = resolve_config_path(path, env)
+    if config_path is None:
+        raw, source = copy.deepcopy(BUILTIN_CONFIG), "<built-in>"
+    else:
+        raw, source = read_config_file(config_path), str(config_path)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+
+    unset: set[str] = set()
+    data = interpolate(raw, env, "", unset)
+    problems: list[str] = []
+    runtime = runtime_from_env(env, problems)
+    try:
+        loaded = ConfigSchema().load(data)
+    except ValidationError as err:
+        problems.extend(flatten_errors(err.messages))
+        raise ConfigError(problems) from None
+
+    left_out: list[str] = []
+    models = []
+    for index, model in enumerate(loaded["models"]):
+        if f"models[{index}].token" in unset:
+            left_out.append(f"models[{index}] ({model.name}): its token variable is not set")
+            continue
+        models.append(replace(model, index=index))
+
+    auth = loaded["auth"] or {"tokens": [], "admin_token": None}
+    tokens = []
+    for index, token in enumerate(auth["tokens"]):
+        if f"auth.tokens[{index}].token" in unset:
+            left_out.append(f"auth.tokens[{index}] ({token.name}): its token variable is not set")
+            continue
+        tokens.append(token)
+    auth_token = env.get("AUTH_TOKEN")
+    if auth_token:
+        tokens.append(TokenConfig(name="default", sha256=hash_token(auth_token)))
+
+    config = Config(
+        models=tuple(models),
+        default_model=loaded["default_model"] or None,
+        aliases=dict(loaded["aliases"]),
+        tokens=tuple(tokens),
+        admin_token=auth["admin_token"] or None,
+        server=loaded["server"] or ServerConfig(),
+        routing=loaded["routing"] or RoutingConfig(),
+        retry=_retry_from_env(loaded["retry"] or RetryConfig(), env, problems),
+        rate_limits=_rate_limits_from_env(
+            loaded["rate_limits"] or RateLimitConfig(), env, problems
+        ),
+        runtime=runtime,
+        source=source,
+        left_out=tuple(left_out),
+    )
+    problems.extend(_cross_check(config, loaded["models"]))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _cross_check(config: Config, all_models: list[ModelConfig]) -> list[str]:
+    """Faults that span fields: aliases, the default model, token names."""
+    problems = []
+    names = {m.name for m in all_models}
+    loaded_names = {m.name for m in config.models}
+    categories = {c for m in all_models for c in m.all_categories}
+    for alias, members in config.aliases.items():
+        if alias in names:
+            problems.append(f"aliases.{alias}: the same name as a configured model")
+        for i, member in enumerate(members):
+            if member not in names and not _wildcard_match(member, all_models):
+                problems.append(f"aliases.{alias}[{i}]: no model named {member!r}")
+    if config.default_model:
+        target = config.default_model
+        known = (
+            target in names
+            or target in config.aliases
+            or target.upper() in categories
+            or _wildcard_match(target, all_models)
+        )
+        if not known:
+            problems.append(f"default_model: {target!r} names no model, alias or category")
+        elif target in names and target not in loaded_names:
+            logger.warning("default_model %s was left out: its token variable is not set", target)
+    seen: set[str] = set()
+    digests: set[str] = set()
+    for token in config.tokens:
+        if token.name in seen:
+            problems.append(f"auth.tokens: the name {token.name!r} is used twice")
+        if token.sha256 in digests:
+            problems.append(f"auth.tokens: {token.name!r} has the same secret as another token")
+        seen.add(token.name)
+        digests.add(token.sha256)
+    return problems
+
+
+def _wildcard_match(name: str, models) -> bool:
+    return any(m.is_wildcard and name.startswith(m.name[:-1]) for m in models)
+
+
+def _env_int(env, name, default, low, high, problems) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        problems.append(f"{name}: must be an integer, got {raw!r}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{name}: must be between {low} and {high}, got {value}")
+        return default
+    return value
+
+
+def _env_choice(env, name, default, choices, problems, upper=False) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        problems.append(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+        return default
+    return value
+
+
+def runtime_from_env(env: Mapping[str, str], problems: list[str]) -> RuntimeConfig:
+    """HOST, PORT, WEB_CONCURRENCY, THREADS, LOG_LEVEL, LOG_FORMAT; faults go to `problems`."""
+    host = (env.get("HOST") or DEFAULT_HOST).strip()
+    if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", host):
+        problems.append(f"HOST: not a host name or address: {host!r}")
+    return RuntimeConfig(
+        host=host,
+        port=_env_int(env, "PORT", DEFAULT_PORT, 0, 65535, problems),
+        workers=_env_int(env, "WEB_CONCURRENCY", DEFAULT_WORKERS, 1, 256, problems),
+        threads=_env_int(env, "THREADS", DEFAULT_THREADS, 1, 10000, problems),
+        log_level=_env_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, problems, upper=True),
+        log_format=_env_choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems),
+    )
+
+
+def _retry_from_env(retry: RetryConfig, env: Mapping[str, str], problems: list[str]):
+    changes: dict = {}
+    if env.get("RETRY_MAX_RETRIES"):
+        changes["max_retries"] = _env_int(
+            env, "RETRY_MAX_RETRIES", retry.max_retries, 0, 20, problems
+        )
+    for name, key in (("RETRY_BASE_DELAY", "base_delay"), ("RETRY_MAX_DELAY", "max_delay")):
+        if env.get(name):
+            try:
+                changes[key] = parse_duration(env[name])
+            except ValueError as err:
+                problems.append(f"{name}: {err}")
+    if env.get("RETRY_JITTER"):
+        try:
+            jitter = float(env["RETRY_JITTER"])
+            if not 0 <= jitter <= 1:
+                raise ValueError
+            changes["jitter"] = jitter
+        except ValueError:
+            problems.append(
+                f"RETRY_JITTER: must be a number from 0 to 1, got {env['RETRY_JITTER']!r}"
+            )
+    return replace(retry, **changes)
+
+
+def _rate_limits_from_env(limits: RateLimitConfig, env: Mapping[str, str], problems: list[str]):
+    storage = env.get("RATE_LIMIT_STORAGE")
+    if not storage:
+        return limits
+    try:
+        _storage_uri(storage)
+    except ValidationError:
+        problems.append(
+            f"RATE_LIMIT_STORAGE: the scheme must be one of {', '.join(STORAGE_SCHEMES)}"
+        )
+        return limits
+    return replace(limits, storage=storage)

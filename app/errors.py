@@ -1,0 +1,210 @@
+"""The proxy's error model: one exception root and the JSON bodies it renders to on each surface."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from flask import Response
+
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+
+class ProxyError(Exception):
+    """A failure the client is told about; subclasses set status, type and code."""
+
+    status = 500
+    type = "api_error"
+    code: str | None = "internal_error"
+    anthropic_type = "api_error"
+    default_message = "The proxy failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.extra_headers = dict(headers or {})
+
+    def headers(self) -> dict[str, str]:
+        """Response headers this error carries (Retry-After, WWW-Authenticate, Allow)."""
+        headers = dict(self.extra_headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
+
+    def openai_body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def anthropic_body(self) -> dict:
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+    def body(self, surface: str) -> dict:
+        return self.anthropic_body() if surface == ANTHROPIC else self.openai_body()
+
+
+class InvalidRequestError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = None
+    anthropic_type = "invalid_request_error"
+    default_message = "The request is not valid."
+
+
+class InvalidJSONError(InvalidRequestError):
+    code = "invalid_json"
+    default_message = "The request body is not valid JSON."
+
+
+class AuthenticationError(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    anthropic_type = "authentication_error"
+    default_message = "A valid API key is required."
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="ai-proxy"'}
+
+
+class PermissionDeniedError(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+    anthropic_type = "permission_error"
+    default_message = "This API key may not use that model."
+
+
+class NotFoundError(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    anthropic_type = "not_found_error"
+    default_message = "Not found."
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+    default_message = "The model does not exist."
+
+
+class MethodNotAllowedError(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    anthropic_type = "invalid_request_error"
+    default_message = "The method is not allowed for this path."
+
+
+class RequestTooLargeError(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    anthropic_type = "request_too_large"
+    default_message = "The request body is too large."
+
+
+class RateLimitError(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_error"
+    default_message = "Rate limit exceeded."
+
+
+class BudgetExceededError(RateLimitError):
+    code = "budget_exceeded"
+    default_message = "Budget exceeded."
+
+
+class UpstreamError(ProxyError):
+    """An upstream failure; retryable ones move routing on to the next candidate."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    anthropic_type = "api_error"
+    default_message = "The upstream provider failed."
+
+    def __init__(self, message: str | None = None, *, retryable: bool = True, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+    anthropic_type = "timeout_error"
+    default_message = "The upstream provider timed out."
+
+
+class UpstreamClientError(UpstreamError):
+    """The upstream refused the request itself (400, 404, 413, 422): the client's to fix."""
+
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, **kwargs) -> None:
+        super().__init__(message, retryable=False, status=status, code=code, **kwargs)
+        if code is None:
+            self.code = None
+        if status == 404:
+            self.anthropic_type = "not_found_error"
+        elif status == 413:
+            self.anthropic_type = "request_too_large"
+
+
+class NoAvailableModelError(ProxyError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_available_model"
+    anthropic_type = "overloaded_error"
+    default_message = "No deployment of this model is available right now."
+
+
+class StorageUnavailableError(ProxyError):
+    status = 503
+    type = "service_unavailable"
+    code = "rate_limit_storage_unavailable"
+    anthropic_type = "api_error"
+    default_message = "The rate-limit storage is unavailable."
+
+
+def error_response(err: ProxyError, surface: str = OPENAI) -> Response:
+    """Render an error as the JSON response of the given surface."""
+    response = Response(
+        json.dumps(err.body(surface)), status=err.status, mimetype="application/json"
+    )
+    for name, value in err.headers().items():
+        response.headers[name] = value
+    return response
+
+
+def sse_error_event(err: ProxyError, surface: str = OPENAI) -> bytes:
+    """The in-band event that ends a stream that failed after its first byte."""
+    data = json.dumps(err.body(surface))
+    if surface == ANTHROPIC:
+        return f"event: error\ndata: {data}\n\n".encode()
+    return f"data: {data}\n\n".encode()

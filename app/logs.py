@@ -1,0 +1,83 @@
+"""Logging set-up: one JSON object per line (LOG_FORMAT=json) or plain text, gunicorn's included."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from gunicorn.glogging import Logger as GunicornLogger
+
+from app.config import runtime_from_env
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Fields of a LogRecord that are not `extra=` data.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# gunicorn access-log atoms worth keeping, under readable names.
+_ACCESS_FIELDS = {
+    "h": "remote_addr",
+    "m": "method",
+    "U": "path",
+    "s": "status",
+    "B": "bytes",
+    "D": "duration_us",
+    "a": "user_agent",
+    "{x-request-id}o": "request_id",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and any `extra=` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        if record.name == "gunicorn.access" and isinstance(record.args, dict):
+            entry["msg"] = "access"
+            for atom, name in _ACCESS_FIELDS.items():
+                value = record.args.get(atom)
+                if value not in (None, "-"):
+                    entry[name] = value
+        else:
+            entry["msg"] = record.getMessage()
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def make_formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send the proxy's own log records to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(make_formatter(fmt))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class ProxyGunicornLogger(GunicornLogger):
+    """gunicorn's logger with the proxy's format on its error and access logs."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        # Invalid values are reported by the start-up check; logging falls back to defaults.
+        runtime = runtime_from_env(os.environ, [])
+        configure_logging(runtime.log_level, runtime.log_format)
+        formatter = make_formatter(runtime.log_format)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter)

@@ -1,0 +1,57 @@
+"""The provider registry: which adapter serves a `provider:` name, and where by default."""
+
+from __future__ import annotations
+
+from app.config import ConfigError, ModelConfig
+from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.echo import EchoProvider
+from app.providers.openai import OpenAIProvider
+from app.upstream import UpstreamPool
+
+__all__ = ["CallContext", "ChatStream", "Provider", "build_providers", "check_models"]
+
+# provider name -> (adapter, default API root). Names without a native adapter yet use the
+# provider's OpenAI-compatible endpoint; an unknown name means a generic OpenAI-compatible one.
+REGISTRY: dict[str, tuple[type[Provider], str | None]] = {
+    "echo": (EchoProvider, None),
+    "openai": (OpenAIProvider, "https://api.openai.com/v1"),
+    "openrouter": (OpenAIProvider, "https://openrouter.ai/api/v1"),
+    "groq": (OpenAIProvider, "https://api.groq.com/openai/v1"),
+    "mistral": (OpenAIProvider, "https://api.mistral.ai/v1"),
+    "deepseek": (OpenAIProvider, "https://api.deepseek.com/v1"),
+    "together": (OpenAIProvider, "https://api.together.xyz/v1"),
+    "huggingface": (OpenAIProvider, "https://router.huggingface.co/v1"),
+    "github": (OpenAIProvider, "https://models.github.ai/inference"),
+    "arliai": (OpenAIProvider, "https://api.arliai.com/v1"),
+    "ollama": (OpenAIProvider, "http://127.0.0.1:11434/v1"),
+    "glama": (OpenAIProvider, "https://glama.ai/api/gateway/openai/v1"),
+    "anthropic": (OpenAIProvider, "https://api.anthropic.com/v1"),
+    "google": (OpenAIProvider, "https://generativelanguage.googleapis.com/v1beta/openai"),
+    "gemini": (OpenAIProvider, "https://generativelanguage.googleapis.com/v1beta/openai"),
+    "cohere": (OpenAIProvider, "https://api.cohere.ai/compatibility/v1"),
+}
+
+
+def lookup(provider: str) -> tuple[type[Provider], str | None]:
+    return REGISTRY.get(provider, (OpenAIProvider, None))
+
+
+def check_models(models: tuple[ModelConfig, ...]) -> list[str]:
+    """Provider-specific problems of every model entry, with their paths."""
+    problems = []
+    for model in models:
+        cls, default_url = lookup(model.provider)
+        problems.extend(f"models[{model.index}].{p}" for p in cls.check(model, default_url))
+    return problems
+
+
+def build_providers(models: tuple[ModelConfig, ...], pool: UpstreamPool) -> list[Provider]:
+    """One adapter per deployment, in config order; raises ConfigError if any is wrong."""
+    problems = check_models(models)
+    if problems:
+        raise ConfigError(problems)
+    adapters = []
+    for model in models:
+        cls, default_url = lookup(model.provider)
+        adapters.append(cls(model, pool, default_url))
+    return adapters

@@ -1,0 +1,58 @@
+"""What every provider adapter offers: canonical OpenAI chat in, canonical OpenAI chat out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from app.config import ModelConfig
+from app.errors import InvalidRequestError
+from app.upstream import UpstreamPool
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a provider needs to know about the client request beyond its body."""
+
+    request_id: str
+    requested_model: str | None = None
+
+
+class ChatStream:
+    """An opened upstream stream: iterate for canonical chunks; `close()` releases the upstream."""
+
+    def __iter__(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the upstream connection; safe to call more than once."""
+
+
+class Provider:
+    """One configured deployment's adapter; providers take plain data and return plain data."""
+
+    name: ClassVar[str] = "base"
+    requires_url: ClassVar[bool] = True
+
+    def __init__(self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None):
+        self.model = model
+        self.pool = pool
+        self.default_base_url = default_base_url
+        self.label = f"{model.name} ({model.provider})"
+        self.timeout = (model.connect_timeout_seconds, model.timeout_seconds)
+
+    @classmethod
+    def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
+        """Problems with a model entry that only this provider can see, as `field: message`."""
+        if cls.requires_url and not (model.url or model.base_url or default_base_url):
+            return [f"base_url: required for provider {model.provider!r} (or give url)"]
+        return []
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        """A chat completion for a canonical request whose `model` is already the upstream id."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        """Send a streamed chat request and return once the upstream accepted it."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")

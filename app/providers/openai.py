@@ -1,0 +1,137 @@
+"""Any OpenAI-compatible endpoint: the canonical form is its wire format, so this mostly relays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import requests
+
+from app.errors import UpstreamError
+from app.providers.base import CallContext, ChatStream, Provider
+from app.streaming import iter_sse
+from app.upstream import error_message, read_chunks, read_json, safe_text
+
+CHAT_PATH = "/chat/completions"
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+
+    @property
+    def base_url(self) -> str:
+        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
+        if self.model.base_url:
+            return self.model.base_url.rstrip("/")
+        if self.model.url:
+            url = self.model.url.rstrip("/")
+            return url[: -len(CHAT_PATH)] if url.endswith(CHAT_PATH) else url
+        return (self.default_base_url or "").rstrip("/")
+
+    def endpoint(self, path: str) -> str:
+        """A Go-style `url` ending in /chat/completions is that endpoint; any other is the root."""
+        if path == CHAT_PATH and self.model.url and not self.model.base_url:
+            url = self.model.url.rstrip("/")
+            return url if url.endswith(CHAT_PATH) else url + path
+        return self.base_url + path
+
+    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        headers.update(self.model.headers)
+        if self.model.token:
+            headers["Authorization"] = f"Bearer {self.model.token}"
+        return headers
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        response = self.pool.send(
+            "POST",
+            self.endpoint(CHAT_PATH),
+            label=self.label,
+            headers=self.headers(ctx),
+            body=json.dumps(body).encode(),
+            timeout=self.timeout,
+        )
+        answer = read_json(response, self.label)
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamError(f"{self.label}: the upstream answer is not a chat completion")
+        return answer
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        # Ask for usage whatever the client asked, so quotas and metrics see real numbers.
+        options = body.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        options["include_usage"] = True
+        body = {**body, "stream": True, "stream_options": options}
+        response = self.pool.send(
+            "POST",
+            self.endpoint(CHAT_PATH),
+            label=self.label,
+            headers=self.headers(ctx, stream=True),
+            body=json.dumps(body).encode(),
+            timeout=self.timeout,
+            stream=True,
+        )
+        return OpenAIStream(response, self.label)
+
+
+class OpenAIStream(ChatStream):
+    """Chunks from an OpenAI-style SSE stream, or from a whole answer if upstream ignored stream."""
+
+    def __init__(self, response: requests.Response, label: str) -> None:
+        self.response = response
+        self.label = label
+
+    def __iter__(self) -> Iterator[dict]:
+        content_type = self.response.headers.get("Content-Type", "")
+        if "application/json" in content_type:
+            yield from completion_to_chunks(read_json(self.response, self.label), self.label)
+            return
+        for event in iter_sse(read_chunks(self.response, self.label), self.label):
+            if event.data == "[DONE]":
+                return
+            try:
+                chunk = json.loads(event.data)
+            except ValueError as err:
+                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            if "error" in chunk and "choices" not in chunk:
+                message, _ = error_message(chunk)
+                raise UpstreamError(
+                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def completion_to_chunks(answer: object, label: str) -> Iterator[dict]:
+    """The chunks a streamed answer would have had, for upstreams that answer whole."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
+    base = {
+        "id": answer.get("id", "chatcmpl-proxy"),
+        "object": "chat.completion.chunk",
+        "created": answer.get("created", 0),
+        "model": answer.get("model", ""),
+    }
+    for choice in answer["choices"]:
+        message = dict(choice.get("message") or {})
+        delta = {"role": message.pop("role", "assistant"), **message}
+        yield {
+            **base,
+            "choices": [
+                {
+                    "index": choice.get("index", 0),
+                    "delta": delta,
+                    "finish_reason": choice.get("finish_reason"),
+                }
+            ],
+        }
+    if answer.get("usage"):
+        yield {**base, "choices": [], "usage": answer["usage"]}

@@ -1,0 +1,136 @@
+"""Serving: the gunicorn settings shared by conf/gunicorn.conf.py and `ai-proxy serve`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from gunicorn.app.base import BaseApplication
+
+from app.auth import is_loopback_host
+from app.config import (
+    Config,
+    ConfigError,
+    RuntimeConfig,
+    load_config,
+    load_env_file,
+    runtime_from_env,
+)
+from app.providers import check_models
+
+logger = logging.getLogger("ai_proxy.server")
+
+DEFAULT_GRACEFUL_TIMEOUT = 30
+DEFAULT_WORKER_TIMEOUT = 120
+DEFAULT_KEEPALIVE = 5
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus id=%({x-request-id}o)s'
+
+
+def bind_address(runtime: RuntimeConfig) -> str:
+    host = runtime.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{runtime.port}"
+
+
+def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
+    """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
+    if env is None:
+        try:
+            load_env_file()
+        except ConfigError as err:
+            _fail(err.problems)
+        env = os.environ
+    problems: list[str] = []
+    runtime = runtime_from_env(env, problems)
+    if problems:
+        _fail(problems)
+    return {
+        "bind": [bind_address(runtime)],
+        "workers": runtime.workers,
+        "threads": runtime.threads,
+        "worker_class": "gthread",
+        "preload_app": False,
+        "graceful_timeout": DEFAULT_GRACEFUL_TIMEOUT,
+        "timeout": DEFAULT_WORKER_TIMEOUT,
+        "keepalive": DEFAULT_KEEPALIVE,
+        "accesslog": "-",
+        "errorlog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "loglevel": runtime.log_level.lower(),
+        "logger_class": "app.logs.ProxyGunicornLogger",
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+        # One host may run several proxies; the gunicornc control socket is not needed.
+        "control_socket_disable": True,
+        "on_starting": on_starting,
+    }
+
+
+def check_startup(config: Config, binds: list[str]) -> list[str]:
+    """Problems that stop the server from starting, beyond the config file's own."""
+    problems = check_models(config.models)
+    if not config.tokens:
+        for bind in binds:
+            if bind.startswith(("unix:", "fd://")):
+                continue
+            host = bind.rsplit(":", 1)[0] if ":" in bind else bind
+            if not is_loopback_host(host):
+                problems.append(
+                    f"bind {bind}: no client token is configured, so the proxy only serves on a "
+                    "loopback address; set AUTH_TOKEN or auth.tokens to listen on others"
+                )
+    return problems
+
+
+def log_loaded(config: Config) -> None:
+    """Start-up lines: what was loaded, what was left out and why."""
+    logger.info(
+        "config %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        config.source,
+        len(config.models),
+        len(config.aliases),
+        len(config.tokens),
+    )
+    for reason in config.left_out:
+        logger.warning("left out %s", reason)
+    if not config.tokens:
+        logger.warning("no client token is configured: serving local clients without auth")
+
+
+def on_starting(server) -> None:
+    """gunicorn master hook: validate the config before any worker starts."""
+    try:
+        config = load_config()
+    except ConfigError as err:
+        _fail(err.problems)
+    problems = check_startup(config, list(server.cfg.bind))
+    if problems:
+        _fail(problems)
+    log_loaded(config)
+
+
+def _fail(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"ai-proxy: {problem}", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+class ProxyApplication(BaseApplication):
+    """gunicorn in-process, for `ai-proxy serve`."""
+
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if value is not None and key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self):
+        from app import create_app
+
+        return create_app()

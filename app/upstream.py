@@ -1,0 +1,267 @@
+"""Upstream HTTP: one pooled `requests.Session` per provider endpoint, retries, error mapping."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from app.config import RetryConfig
+from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
+from app.version import __version__
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Upstream answers that are the client's to fix: they go back at once and cool nothing down.
+CLIENT_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422})
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 1000
+READ_SIZE = 64 * 1024
+USER_AGENT = f"ai-proxy/{__version__}"
+_URL_RE = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
+_KEY_RE = re.compile(r"\b(?:sk|pk|rk|gsk|key|AIza)[-_A-Za-z0-9]{12,}\b")
+
+
+class BackoffRetry(Retry):
+    """urllib3 Retry whose jitter is a fraction of the backoff, as the Go proxy's was."""
+
+    def __init__(self, *args, jitter_ratio: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.jitter_ratio = jitter_ratio
+
+    def new(self, **kwargs):
+        retry = super().new(**kwargs)
+        retry.jitter_ratio = self.jitter_ratio
+        return retry
+
+    def get_backoff_time(self) -> float:
+        # base_delay before the first retry, doubling after each (urllib3 would skip the first).
+        failures = len(self.history)
+        if failures == 0 or not self.backoff_factor:
+            return 0.0
+        backoff = self.backoff_factor * 2 ** (failures - 1)
+        if self.jitter_ratio:
+            backoff *= 1 + random.uniform(-self.jitter_ratio, self.jitter_ratio)
+        return max(0.0, min(self.backoff_max, backoff))
+
+
+def make_retry(config: RetryConfig) -> BackoffRetry:
+    """Retries for one deployment: connection failures and 429/502/503/504, POST included."""
+    return BackoffRetry(
+        total=config.max_retries,
+        connect=config.max_retries,
+        # A read error means the upstream may have started work: routing moves on instead.
+        read=False,
+        status=config.max_retries,
+        other=0,
+        redirect=False,
+        allowed_methods=None,
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=config.base_delay,
+        backoff_max=config.max_delay,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+        retry_after_max=int(config.max_delay),
+        jitter_ratio=config.jitter,
+    )
+
+
+def safe_text(text: str) -> str:
+    """An upstream message fit for a client: no URLs, nothing shaped like a key, bounded."""
+    text = _URL_RE.sub("<url>", text)
+    text = _KEY_RE.sub("<redacted>", text)
+    return text[:MAX_MESSAGE_CHARS]
+
+
+def error_message(payload: object) -> tuple[str | None, str | None]:
+    """The message and code in an upstream error body, whatever provider shaped it."""
+    if isinstance(payload, list) and payload:
+        payload = payload[0]
+    if not isinstance(payload, dict):
+        return None, None
+    err = payload.get("error", payload)
+    if isinstance(err, str):
+        return err, None
+    if isinstance(err, dict):
+        message = err.get("message") or err.get("detail") or payload.get("message")
+        code = err.get("code") or err.get("type") or err.get("status")
+        if isinstance(message, (dict, list)):
+            message = json.dumps(message)
+        return (str(message) if message else None), (str(code) if code else None)
+    return None, None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+def translate(err: BaseException, label: str) -> UpstreamError:
+    """The one place a requests/urllib3 failure becomes a proxy error (no URLs, no keys)."""
+    reason = err
+    if isinstance(err, requests.RequestException) and err.args:
+        inner = err.args[0]
+        if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+            reason = inner.reason
+        elif isinstance(inner, BaseException):
+            reason = inner
+    if isinstance(err, requests.ConnectTimeout) or isinstance(
+        reason, urllib3.exceptions.ConnectTimeoutError
+    ):
+        return UpstreamError(f"{label}: connecting timed out")
+    if isinstance(err, requests.ReadTimeout) or isinstance(
+        reason, urllib3.exceptions.ReadTimeoutError | TimeoutError
+    ):
+        return UpstreamTimeoutError(f"{label}: no data within the read timeout")
+    if isinstance(err, requests.exceptions.SSLError) or isinstance(
+        reason, urllib3.exceptions.SSLError
+    ):
+        return UpstreamError(f"{label}: TLS handshake failed")
+    if isinstance(err, requests.exceptions.ChunkedEncodingError) or isinstance(
+        reason, urllib3.exceptions.ProtocolError | urllib3.exceptions.IncompleteRead
+    ):
+        return UpstreamError(f"{label}: the connection broke off mid-answer")
+    return UpstreamError(f"{label}: connection failed")
+
+
+class UpstreamPool:
+    """Sessions per endpoint origin, each with a retrying, thread-sized connection pool."""
+
+    def __init__(self, retry: RetryConfig, pool_size: int) -> None:
+        self.retry = retry
+        self.pool_size = max(1, pool_size)
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def session(self, url: str) -> requests.Session:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        session = self._sessions.get(key)
+        if session is None:
+            with self._lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._new_session()
+                    self._sessions[key] = session
+        return session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        # No proxies, .netrc or CA paths from the environment: keys go only where configured.
+        session.trust_env = False
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=self.pool_size, max_retries=make_retry(self.retry)
+        )
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.clear()
+        return session
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        label: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+        timeout: tuple[float, float],
+        stream: bool = False,
+        params: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send one request (retried per `retry:`), raising the proxy's error for any failure."""
+        all_headers = {"User-Agent": USER_AGENT, **headers}
+        try:
+            response = self.session(url).request(
+                method,
+                url,
+                params=params,
+                data=body,
+                headers=all_headers,
+                timeout=timeout,
+                stream=stream,
+                allow_redirects=False,
+            )
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+            logger.warning("upstream %s failed: %s", label, type(err).__name__)
+            raise translate(err, label) from err
+        if response.status_code >= 300:
+            raise status_error(response, label)
+        return response
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+
+def status_error(response: requests.Response, label: str) -> UpstreamError:
+    """Map an upstream non-2xx answer to the proxy's error, reading at most a little of it."""
+    status = response.status_code
+    try:
+        raw = response.raw.read(MAX_ERROR_BODY_BYTES, decode_content=True) if response.raw else b""
+    except Exception:  # noqa: BLE001 - the body is only for the message; the status decides.
+        raw = b""
+    finally:
+        response.close()
+    try:
+        message, code = error_message(json.loads(raw))
+    except ValueError:
+        message, code = None, None
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status in CLIENT_ERROR_STATUSES:
+        text = safe_text(message) if message else f"the upstream rejected the request ({status})"
+        return UpstreamClientError(text, status=status, code=code)
+    if status in (401, 403):
+        return UpstreamError(f"{label}: the provider refused the proxy's credentials ({status})")
+    detail = f": {safe_text(message)}" if message else ""
+    return UpstreamError(f"{label}: upstream answered {status}{detail}", retry_after=retry_after)
+
+
+def read_chunks(response: requests.Response, label: str) -> Iterator[bytes]:
+    """Yield upstream bytes as soon as each read returns them (chunked or not)."""
+    raw = response.raw
+    try:
+        while True:
+            data = raw.read1(READ_SIZE)
+            if not data:
+                return
+            yield data
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+        raise translate(err, label) from err
+
+
+def read_json(response: requests.Response, label: str) -> object:
+    """The whole body of a non-streamed answer as JSON; garbage is a retryable failure."""
+    try:
+        content = response.content
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+        raise translate(err, label) from err
+    finally:
+        response.close()
+    try:
+        return json.loads(content)
+    except ValueError as err:
+        raise UpstreamError(f"{label}: the upstream answer is not valid JSON") from err

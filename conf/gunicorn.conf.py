@@ -1,0 +1,9 @@
+"""gunicorn settings for ai-proxy: `gunicorn -c conf/gunicorn.conf.py wsgi:app`.
+
+Everything comes from the environment (HOST, PORT, WEB_CONCURRENCY, THREADS, LOG_LEVEL,
+LOG_FORMAT); the config file is validated in the master before any worker starts.
+"""
+
+from app.server import gunicorn_options
+
+globals().update(gunicorn_options())

@@ -1,0 +1,34 @@
+"""Packaging for ai-proxy: the `app` package and the `ai-proxy` console script."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "app/version.py").read_text()).group(1)
+
+setup(
+    name="ai-proxy",
+    version=VERSION,
+    description="One OpenAI- and Anthropic-compatible API in front of many LLM providers.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["app", "app.*"]),
+    py_modules=["wsgi"],
+    install_requires=[
+        "Flask>=3.1,<4",
+        "Werkzeug>=3.1,<4",
+        "gunicorn>=23",
+        "marshmallow>=4,<5",
+        "python-dotenv>=1.0",
+        "PyYAML>=6",
+        "requests>=2.32,<3",
+        "urllib3>=2.5,<3",
+    ],
+    extras_require={
+        "test": ["openai>=1.40", "pytest>=8", "pytest-timeout>=2.3", "responses>=0.25", "ruff"],
+    },
+    entry_points={"console_scripts": ["ai-proxy=app.cli:main"]},
+)
