@@ -187,10 +187,13 @@ class UpstreamPool:
         headers: Mapping[str, str],
         body: bytes | None = None,
         timeout: tuple[float, float],
-        stream: bool = False,
         params: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        """Send one request (retried per `retry:`), raising the proxy's error for any failure."""
+        """Send one request (retried per `retry:`), raising the proxy's error for any failure.
+
+        The body is not read here: callers stream it (`read_chunks`) or read it (`read_json`),
+        and an error answer is read only as far as its message needs.
+        """
         all_headers = {"User-Agent": USER_AGENT, **headers}
         try:
             response = self.session(url).request(
@@ -200,7 +203,7 @@ class UpstreamPool:
                 data=body,
                 headers=all_headers,
                 timeout=timeout,
-                stream=stream,
+                stream=True,
                 allow_redirects=False,
             )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:

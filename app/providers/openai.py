@@ -73,7 +73,6 @@ class OpenAIProvider(Provider):
             headers=self.headers(ctx, stream=True),
             body=json.dumps(body).encode(),
             timeout=self.timeout,
-            stream=True,
         )
         return OpenAIStream(response, self.label)
 

@@ -1,0 +1,112 @@
+"""Starting the real proxy under gunicorn for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+# Variables the proxy reads; none may leak in from the machine running the tests.
+PROXY_VARS = (
+    "AI_PROXY_CONFIG",
+    "AI_PROXY_ENV_FILE",
+    "AUTH_TOKEN",
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "THREADS",
+    "RETRY_MAX_RETRIES",
+    "RETRY_BASE_DELAY",
+    "RETRY_MAX_DELAY",
+    "RETRY_JITTER",
+    "RATE_LIMIT_STORAGE",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+    env.update(extra)
+    return env
+
+
+class ProxyServer:
+    """gunicorn running wsgi:app with conf/gunicorn.conf.py, as a user would start it."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        threads: int = 8,
+        cwd: Path | None = None,
+        args: list[str] | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_env(
+            AI_PROXY_CONFIG=str(config_path),
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            WEB_CONCURRENCY=str(workers),
+            THREADS=str(threads),
+            **(env or {}),
+        )
+        self.cwd = cwd or ROOT
+        self.args = args or [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "conf/gunicorn.conf.py"),
+            "wsgi:app",
+        ]
+        self.log_path = config_path.parent / f"proxy-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> ProxyServer:
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"proxy did not become healthy:\n{self.logs()}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,244 @@
+"""Config loading: interpolation, environment overrides, validation with paths."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from app.config import (
+    ConfigError,
+    hash_token,
+    load_config,
+    load_env_file,
+    parse_duration,
+)
+
+
+def write(tmp_path, text: str, name: str = "config.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def problems_of(path, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env or {})
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m", 60.0), ("1.5", 1.5), (3, 3.0), ("1h", 3600.0)],
+)
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["fast", "-1s", "1 parsec", True])
+def test_bad_durations(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_interpolation_and_defaults(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        default_model: ${DEFAULT:-echo}
+        models:
+          - name: echo
+            provider: echo
+          - name: gpt
+            base_url: ${BASE}/v1
+            token: ${KEY}
+            requests_per_minute: ${RPM:-20}
+        """,
+    )
+    config = load_config(path, env={"BASE": "https://example.test", "KEY": "sk-1"})
+    gpt = config.models[1]
+    assert config.default_model == "echo"
+    assert gpt.base_url == "https://example.test/v1"
+    assert gpt.token == "sk-1"
+    assert gpt.requests_per_minute == 20
+    assert gpt.provider == "openai"  # no provider means OpenAI-compatible
+    assert gpt.upstream_model() == "gpt"
+
+
+def test_model_with_unset_key_is_left_out(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        models:
+          - name: echo
+            provider: echo
+          - name: groq/llama
+            provider: groq
+            token: ${GROQ_API_KEY}
+        """,
+    )
+    config = load_config(path, env={})
+    assert [m.name for m in config.models] == ["echo"]
+    assert len(config.left_out) == 1 and "models[1]" in config.left_out[0]
+    # An empty variable (a copied env.example) counts as unset too.
+    assert len(load_config(path, env={"GROQ_API_KEY": ""}).models) == 1
+    assert len(load_config(path, env={"GROQ_API_KEY": "gsk"}).models) == 2
+
+
+def test_every_problem_is_reported_with_its_path(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        models:
+          - name: ok
+            provider: echo
+          - name: bad-url
+            url: ftp://nope
+          - name: bad-limit
+            provider: echo
+            requests_per_minute: lots
+            kindd: chat
+        routing:
+          strategy: random
+        """,
+    )
+    problems = problems_of(path)
+    joined = "\n".join(problems)
+    assert "models[1].url: must be an http:// or https:// URL" in joined
+    assert "models[2].requests_per_minute: Not a valid integer." in joined
+    assert "models[2].kindd: Unknown field." in joined
+    assert "routing.strategy: Must be one of" in joined
+    assert len(problems) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("models: [{name: a, provider: echo}]\naliases: {fast: [nope]}", "aliases.fast[0]"),
+        ("models: [{name: a, provider: echo}]\ndefault_model: missing", "default_model"),
+        (
+            "auth: {tokens: [{name: x, token: a}, {name: x, token: b}]}",
+            "auth.tokens: the name 'x' is used twice",
+        ),
+        ("auth: {tokens: [{name: x}]}", "auth.tokens[0].token: set exactly one"),
+        ("auth: {tokens: [{name: x, token_sha256: abc}]}", "auth.tokens[0].token_sha256"),
+        ("server: {max_body_bytes: 10}", "server.max_body_bytes"),
+        ("models: {name: a}", "models: Not a valid list."),
+        ("- just a list", "the top level must be a mapping"),
+        ("models: [\n  {name: a", "line"),
+    ],
+)
+def test_faults(tmp_path, text, expected):
+    path = write(tmp_path, text + "\n")
+    assert any(expected in p for p in problems_of(path)), problems_of(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    assert "cannot read" in problems_of(str(tmp_path / "absent.yaml"))[0]
+
+
+def test_env_overrides(tmp_path):
+    path = write(tmp_path, "retry: {max_retries: 5, base_delay: 2s}\n")
+    env = {
+        "RETRY_MAX_RETRIES": "1",
+        "RETRY_BASE_DELAY": "250ms",
+        "RETRY_MAX_DELAY": "4",
+        "RETRY_JITTER": "0.5",
+        "RATE_LIMIT_STORAGE": "redis://127.0.0.1:6379/0",
+        "AUTH_TOKEN": "secret-token",
+        "PORT": "9000",
+        "THREADS": "16",
+        "LOG_FORMAT": "TEXT",
+    }
+    config = load_config(path, env=env)
+    assert (config.retry.max_retries, config.retry.base_delay) == (1, 0.25)
+    assert (config.retry.max_delay, config.retry.jitter) == (4.0, 0.5)
+    assert config.rate_limits.storage == "redis://127.0.0.1:6379/0"
+    assert config.runtime.port == 9000 and config.runtime.threads == 16
+    assert config.runtime.log_format == "text"
+    (token,) = config.tokens
+    assert token.name == "default" and token.sha256 == hash_token("secret-token")
+    assert "secret-token" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("RETRY_JITTER", "x"),
+        ("RETRY_BASE_DELAY", "soon"),
+        ("WEB_CONCURRENCY", "0"),
+        ("LOG_LEVEL", "LOUD"),
+        ("RATE_LIMIT_STORAGE", "mysql://db"),
+    ],
+)
+def test_invalid_env_values_name_the_variable(tmp_path, name, value):
+    path = write(tmp_path, "models: []\n")
+    problems = problems_of(path, env={name: value})
+    assert problems and all(p.startswith(name + ":") for p in problems)
+
+
+def test_tokens_plain_and_hashed(tmp_path):
+    digest = hash_token("second")
+    path = write(
+        tmp_path,
+        f"""
+        auth:
+          tokens:
+            - name: a
+              token: first
+              models: ["gpt-*", SMALL]
+            - name: b
+              token_sha256: {digest.upper()}
+          admin_token: ${{ADMIN_TOKEN}}
+        """,
+    )
+    config = load_config(path, env={})
+    a, b = config.tokens
+    assert a.sha256 == hash_token("first") and a.models == ("gpt-*", "SMALL")
+    assert b.sha256 == digest and b.models == ("*",)
+    assert config.admin_token is None
+
+
+def test_go_config_is_accepted(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        models:
+          - name: deepseek/deepseek-chat:free
+            provider: openrouter
+            priority: 1
+            requests_per_minute: 20
+            requests_per_hour: 100
+            requests_per_day: 200
+            url: "https://openrouter.ai/api/v1/chat/completions"
+            token: "or-token"
+            max_request_length: 131072
+            model_size: BIG
+            http_client_config:
+              timeout_seconds: 30
+        """,
+    )
+    (model,) = load_config(path, env={}).models
+    assert model.timeout_seconds == 30 and model.connect_timeout_seconds == 5
+    assert model.all_categories == ("BIG",)
+    assert model.upstream_model() == "deepseek/deepseek-chat:free"
+
+
+def test_builtin_default_when_no_file(tmp_path):
+    # The working directory (tmp_path) has no conf/, so the repository's default is used.
+    config = load_config(env={})
+    assert {m.name for m in config.models} == {"echo", "echo-large"}
+    assert config.default_model == "SMALL"
+
+
+def test_env_file_does_not_override_real_env(tmp_path, monkeypatch):
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("AUTH_TOKEN=from-file\nPORT=9999\n")
+    monkeypatch.setattr(os, "environ", {**os.environ, "PORT": "7000"})
+    load_env_file(str(env_file))
+    assert os.environ["AUTH_TOKEN"] == "from-file"
+    assert os.environ["PORT"] == "7000"
+    with pytest.raises(ConfigError):
+        load_env_file(str(tmp_path / "missing.env"))

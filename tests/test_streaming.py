@@ -1,0 +1,143 @@
+"""Streams: relayed chunk by chunk, usage handling, in-band errors, the SSE parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.streaming import iter_sse
+from tests.conftest import TOKEN, openai_model
+from tests.stub_upstream import Reply, chat_chunks, chat_completion
+
+CHAT = {"model": "gpt", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+
+
+def events(response) -> list[str]:
+    text = response.get_data(as_text=True)
+    assert text.endswith("\n\n")
+    return [block.removeprefix("data: ") for block in text.strip().split("\n\n")]
+
+
+@pytest.fixture
+def client(make_app, upstream):
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
+            "models": [
+                openai_model(upstream, name="gpt", priority=1),
+                openai_model(upstream, name="gpt", priority=2, model="backup"),
+                {"name": "echo", "provider": "echo"},
+            ],
+            "retry": {"max_retries": 0},
+        }
+    )
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
+def test_stream_is_relayed_and_usage_asked_upstream(client, upstream):
+    upstream.queue(Reply(events=chat_chunks(["one", "two", "three"])))
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    data = events(response)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "one two three"
+    # The client did not ask for usage: the usage-only chunk is dropped.
+    assert all(c["choices"] and "usage" not in c for c in chunks)
+    sent = upstream.requests[0].json()
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_include_usage_gives_the_usage_chunk(client, upstream):
+    upstream.queue(Reply(events=chat_chunks(["a", "b"])))
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(d) for d in events(client.post("/v1/chat/completions", json=body))[:-1]]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_echo_streams_word_by_word_with_usage(client):
+    body = {
+        **CHAT,
+        "model": "echo",
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "the quick brown fox"}],
+    }
+    chunks = [json.loads(d) for d in events(client.post("/v1/chat/completions", json=body))[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert contents == ["", "the", " quick", " brown", " fox", None]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+
+def test_failure_before_the_first_byte_falls_back(client, upstream):
+    upstream.queue(
+        Reply(status=503, body={"error": "busy"}), Reply(events=chat_chunks(["from", "backup"]))
+    )
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.headers["x-ai-proxy-attempts"] == "2"
+    assert "from" in response.get_data(as_text=True)
+    assert upstream.requests[1].json()["model"] == "backup"
+
+
+def test_stream_cut_mid_way_ends_with_an_in_band_error(client, upstream):
+    upstream.queue(Reply(events=chat_chunks(["one", "two", "three", "four"]), cut_after=3))
+    data = events(client.post("/v1/chat/completions", json=CHAT))
+    assert "[DONE]" not in data
+    error = json.loads(data[-1])["error"]
+    assert error["type"] == "upstream_error"
+    assert str(upstream.port) not in data[-1]
+    # Only one answer: no second deployment was spliced in after the first bytes.
+    assert len(upstream.requests) == 1
+
+
+def test_garbage_mid_stream_is_an_in_band_error(client, upstream):
+    garbage = chat_chunks(["ok"])[:2] + ["data: {not json"]
+    upstream.queue(Reply(events=garbage))
+    data = events(client.post("/v1/chat/completions", json=CHAT))
+    assert json.loads(data[-1])["error"]["code"] == "upstream_error"
+
+
+def test_upstream_error_event_mid_stream(client, upstream):
+    upstream.queue(
+        Reply(events=chat_chunks(["ok"])[:2] + ['data: {"error": {"message": "overloaded"}}'])
+    )
+    data = events(client.post("/v1/chat/completions", json=CHAT))
+    assert "overloaded" in json.loads(data[-1])["error"]["message"]
+
+
+def test_unchunked_stream_with_connection_close(client, upstream):
+    upstream.queue(Reply(events=chat_chunks(["no", "chunking"]), chunked=False))
+    data = events(client.post("/v1/chat/completions", json=CHAT))
+    assert data[-1] == "[DONE]"
+
+
+def test_upstream_that_ignores_stream_still_streams(client, upstream):
+    upstream.queue(Reply(body=chat_completion("whole answer")))
+    body = {**CHAT, "stream_options": {"include_usage": True}}
+    chunks = [json.loads(d) for d in events(client.post("/v1/chat/completions", json=body))[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["content"] == "whole answer"
+    assert chunks[-1]["usage"]["total_tokens"] == 7
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"data: a\n\n", b"data: b\n\n"],
+        [b"da", b"ta: a\n", b"\ndata:", b" b\n\n"],
+        [b"data: a\r\n\r\n: keep-alive\r\n\r\ndata: b\r\n\r\n"],
+        [b": OPENROUTER PROCESSING\n\ndata: a\n\nevent: x\ndata: b"],
+    ],
+)
+def test_sse_parser(pieces):
+    assert [e.data for e in iter_sse(pieces)] == ["a", "b"]
+
+
+def test_sse_parser_keeps_event_names_and_multiline_data():
+    (event,) = iter_sse([b'event: message_start\ndata: {"a":\ndata: 1}\n\n'])
+    assert event.event == "message_start" and event.data == '{"a":\n1}'
