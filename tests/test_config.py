@@ -242,3 +242,20 @@ def test_env_file_does_not_override_real_env(tmp_path, monkeypatch):
     assert os.environ["PORT"] == "7000"
     with pytest.raises(ConfigError):
         load_env_file(str(tmp_path / "missing.env"))
+
+
+def test_token_with_unset_variable_is_left_out(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        auth:
+          tokens:
+            - name: team-a
+              token: ${TEAM_A_TOKEN}
+            - name: team-b
+              token: b-secret
+        """,
+    )
+    config = load_config(path, env={})
+    assert [t.name for t in config.tokens] == ["team-b"]
+    assert any("auth.tokens[0] (team-a)" in reason for reason in config.left_out)
