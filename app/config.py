@@ -35,6 +35,10 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_IDLE_CONN_TIMEOUT_SECONDS = 90.0
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Longest a request may spend on retries and fallbacks before its first byte.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 300.0
+# Longest a stream may run in all.
+DEFAULT_STREAM_TIMEOUT_SECONDS = 1800.0
 
 ROUTING_STRATEGIES = ("priority", "weighted", "least-busy", "latency")
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -171,6 +175,8 @@ class RoutingConfig:
     max_attempts: int = 5
     cooldown_seconds: float = 60.0
     failure_threshold: int = 1
+    request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS
+    stream_timeout_seconds: float = DEFAULT_STREAM_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,8 @@ class RoutingSchema(_Strict):
     max_attempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=100))
     cooldown_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
     failure_threshold = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    request_timeout_seconds = _positive_seconds(DEFAULT_REQUEST_TIMEOUT_SECONDS)
+    stream_timeout_seconds = _positive_seconds(DEFAULT_STREAM_TIMEOUT_SECONDS)
 
     @post_load
     def make(self, data, **kwargs):

@@ -166,8 +166,17 @@ class UpstreamClientError(UpstreamError):
     type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, status: int, code: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        context_length: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(message, retryable=False, status=status, code=code, **kwargs)
+        self.context_length = context_length
         if code is None:
             self.code = None
         if status == 404:

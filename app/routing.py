@@ -1,19 +1,31 @@
-"""Routing: which deployments may answer a request's `model`, in what order, and falling back."""
+"""Routing: which deployments may answer a request's `model`, in what order, and falling back.
+
+Resolution: a configured name, an alias, a category (case-insensitive, filtered by
+`max_request_length`), a wildcard `provider/*`, else 404. Candidates are ordered by priority
+first and by the configured strategy among equal priorities; deployments cooling down are
+skipped; retryable failures move on to the next candidate until `max_attempts` or the request's
+deadline.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from app.config import Config
+from app.cooldown import BreakerState, Cooldowns, MemoryBreakers
 from app.errors import (
     InvalidRequestError,
     ModelNotFoundError,
+    NoAvailableModelError,
+    ProxyError,
     RequestTooLargeError,
+    UpstreamClientError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -22,6 +34,12 @@ from app.providers import Provider
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+LATENCY_SMOOTHING = 0.3
+
+
+def deployment_key(provider: Provider) -> str:
+    """A deployment's identity, stable across workers and hosts that share a config."""
+    return f"{provider.model.name}#{provider.model.index}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,10 @@ class Candidate:
     def name(self) -> str:
         return self.provider.model.name
 
+    @property
+    def key(self) -> str:
+        return deployment_key(self.provider)
+
 
 @dataclass(frozen=True)
 class Resolution:
@@ -45,19 +67,44 @@ class Resolution:
     candidates: tuple[Candidate, ...]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Outcome(Generic[T]):
+    """A successful call: its result, who answered, and how many deployments were tried.
+
+    `finish()` must be called once the answer is fully delivered (at once for whole answers, at
+    the end of a stream); a stream that fails after its first byte passes the error.
+    """
+
     result: T
     candidate: Candidate
     attempts: int
+    _done: Callable[[ProxyError | None], None] = field(repr=False, default=lambda err: None)
+    _finished: bool = field(default=False, repr=False)
+
+    def finish(self, error: ProxyError | None = None) -> None:
+        if not self._finished:
+            self._finished = True
+            self._done(error)
 
 
 class Router:
     """Resolves names, aliases, categories and wildcards; runs a call with fallback."""
 
-    def __init__(self, config: Config, providers: list[Provider]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        providers: list[Provider],
+        cooldowns: Cooldowns | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.providers = providers
+        self.cooldowns = cooldowns or Cooldowns(
+            MemoryBreakers(),
+            threshold=config.routing.failure_threshold,
+            cooldown_seconds=config.routing.cooldown_seconds,
+        )
+        self.clock = clock
         self.by_name: dict[str, list[Provider]] = {}
         self.wildcards: list[Provider] = []
         self.categories: dict[str, list[Provider]] = {}
@@ -69,8 +116,12 @@ class Router:
                 self.by_name.setdefault(model.name, []).append(provider)
             for category in model.all_categories:
                 self.categories.setdefault(category, []).append(provider)
-        self._last_used: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._last_used: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+        self._latency: dict[str, float] = {}
+
+    # -- resolution ---------------------------------------------------------------------------
 
     def resolve(self, requested: str | None, body_size: int = 0, kind: str = "chat") -> Resolution:
         """Candidates for `requested` (or `default_model`), best first; 404 if nothing matches."""
@@ -125,37 +176,124 @@ class Router:
         return chosen
 
     def _candidates(self, providers: list[Provider], requested: str) -> tuple[Candidate, ...]:
-        # Lowest priority first; among equals the least recently used, as the Go proxy did.
-        ordered = sorted(
-            providers, key=lambda p: (p.model.priority, self._last_used.get(id(p), 0.0))
-        )
+        ordered = sorted(providers, key=self._sort_key())
         return tuple(Candidate(p, p.model.upstream_model(requested)) for p in ordered)
 
-    def run(self, resolution: Resolution, call: Callable[[Candidate], T]) -> Outcome[T]:
-        """Call candidates in order until one answers; retryable failures move on."""
+    def _sort_key(self) -> Callable[[Provider], tuple]:
+        """Priority first; among equal priorities, the configured strategy."""
+        strategy = self.config.routing.strategy
+        with self._lock:
+            last_used = dict(self._last_used)
+            in_flight = dict(self._in_flight)
+            latency = dict(self._latency)
+        if strategy == "weighted":
+            # Weighted random order without replacement (Efraimidis-Spirakis keys).
+            draws: dict[int, float] = {}
+
+            def weighted(p: Provider) -> tuple:
+                weight = p.model.weight
+                if id(p) not in draws:
+                    draws[id(p)] = -(random.random() ** (1 / weight)) if weight > 0 else 1.0
+                return (p.model.priority, draws[id(p)])
+
+            return weighted
+        if strategy == "least-busy":
+            return lambda p: (
+                p.model.priority,
+                in_flight.get(deployment_key(p), 0),
+                last_used.get(deployment_key(p), 0.0),
+            )
+        if strategy == "latency":
+            # Unmeasured deployments sort first so that each one gets measured.
+            return lambda p: (
+                p.model.priority,
+                latency.get(deployment_key(p), 0.0),
+                last_used.get(deployment_key(p), 0.0),
+            )
+        # priority: then least recently used, as the Go proxy did.
+        return lambda p: (p.model.priority, last_used.get(deployment_key(p), 0.0))
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        resolution: Resolution,
+        call: Callable[[Candidate], T],
+        deadline: float | None = None,
+    ) -> Outcome[T]:
+        """Call candidates in order until one answers; retryable failures move on.
+
+        No new candidate is tried once `deadline` (monotonic seconds) has passed. Raises the last
+        failure when every candidate failed, 503 when none could be tried (all cooling down),
+        504 when the deadline passed.
+        """
+        queue = list(resolution.candidates)
+        states = self.cooldowns.states([c.key for c in queue])
+        state_of = dict(zip((c.key for c in queue), states, strict=True))
         last_error: UpstreamError | None = None
         attempts = 0
-        for candidate in resolution.candidates[: self.config.routing.max_attempts]:
+        soonest_back: float | None = None
+        index = 0
+        while index < len(queue):
+            candidate = queue[index]
+            index += 1
+            if attempts >= self.config.routing.max_attempts:
+                break
+            if deadline is not None and self.clock() >= deadline:
+                last_error = UpstreamTimeoutError("The request ran out of time before an answer.")
+                break
+            state = state_of[candidate.key]
+            if state.open_until is not None:
+                soonest_back = min(soonest_back or state.open_until, state.open_until)
+                continue
+            if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
+                # Another request is probing this deployment; it stays out until that ends.
+                continue
             attempts += 1
-            with self._lock:
-                self._last_used[id(candidate.provider)] = time.monotonic()
+            self._begin(candidate)
+            started = self.clock()
             try:
                 result = call(candidate)
             except UpstreamError as err:
+                self._end(candidate)
                 err.extra_headers["x-ai-proxy-attempts"] = str(attempts)
-                if not err.retryable:
-                    raise
-                logger.warning(
-                    "deployment %s failed (%s); %s",
-                    candidate.name,
-                    err.code,
-                    "trying the next" if attempts < len(resolution.candidates) else "none left",
-                )
-                last_error = err
-                continue
-            return Outcome(result, candidate, attempts)
+                if err.retryable:
+                    self.cooldowns.failure(candidate.key, err.retry_after)
+                    logger.warning("deployment %s failed: %s", candidate.name, err.code)
+                    last_error = err
+                    continue
+                # The client's own mistake: the deployment is fine and nothing cools down.
+                self.cooldowns.success(candidate.key, state)
+                if isinstance(err, UpstreamClientError) and err.context_length:
+                    larger = self._larger_context(candidate, queue[index:])
+                    if larger:
+                        queue[index:] = larger
+                        last_error = err
+                        continue
+                raise
+            except BaseException:
+                self._end(candidate)
+                raise
+            self._record_latency(candidate, self.clock() - started)
+            return Outcome(
+                result,
+                candidate,
+                attempts,
+                _done=lambda error, c=candidate, s=state: self._finish(c, s, error),
+            )
+        if attempts == 0 and last_error is None:
+            retry_after = 1.0
+            if soonest_back is not None:
+                retry_after = max(1.0, soonest_back - self.cooldowns.clock())
+            raise NoAvailableModelError(
+                f"Every deployment of {resolution.identifier!r} is cooling down or busy.",
+                retry_after=retry_after,
+                headers={"x-ai-proxy-attempts": "0"},
+            )
         if last_error is None:
             raise ModelNotFoundError(f"No deployment of {resolution.identifier!r} is loaded.")
+        if isinstance(last_error, UpstreamClientError):
+            raise last_error
         cls = (
             UpstreamTimeoutError if isinstance(last_error, UpstreamTimeoutError) else UpstreamError
         )
@@ -163,6 +301,39 @@ class Router:
         if attempts > 1:
             message = f"All {attempts} deployments failed; the last: {message}"
         raise cls(message, headers={"x-ai-proxy-attempts": str(attempts)})
+
+    @staticmethod
+    def _larger_context(failed: Candidate, rest: list[Candidate]) -> list[Candidate]:
+        """The remaining candidates with a larger `context_window` than the one that refused."""
+        window = failed.provider.model.context_window
+        return [c for c in rest if c.provider.model.context_window > window]
+
+    def _begin(self, candidate: Candidate) -> None:
+        with self._lock:
+            self._last_used[candidate.key] = self.clock()
+            self._in_flight[candidate.key] = self._in_flight.get(candidate.key, 0) + 1
+
+    def _end(self, candidate: Candidate) -> None:
+        with self._lock:
+            self._in_flight[candidate.key] = max(0, self._in_flight.get(candidate.key, 1) - 1)
+
+    def _record_latency(self, candidate: Candidate, seconds: float) -> None:
+        with self._lock:
+            previous = self._latency.get(candidate.key)
+            self._latency[candidate.key] = (
+                seconds if previous is None else previous + LATENCY_SMOOTHING * (seconds - previous)
+            )
+
+    def _finish(self, candidate: Candidate, state: BreakerState, error: ProxyError | None):
+        self._end(candidate)
+        if error is None:
+            self.cooldowns.success(candidate.key, state)
+        elif isinstance(error, UpstreamError) and error.retryable:
+            self.cooldowns.failure(candidate.key, error.retry_after)
+
+    def in_flight(self) -> dict[str, int]:
+        with self._lock:
+            return {key: n for key, n in self._in_flight.items() if n}
 
     def public_models(self) -> list[tuple[str, str, bool]]:
         """(id, owned_by, is_category) for every name, alias and category, in config order."""

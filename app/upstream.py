@@ -31,6 +31,11 @@ MAX_MESSAGE_CHARS = 1000
 READ_SIZE = 64 * 1024
 USER_AGENT = f"ai-proxy/{__version__}"
 _URL_RE = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
+_CONTEXT_RE = re.compile(
+    r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long"
+    r"|reduce the length",
+    re.IGNORECASE,
+)
 _KEY_RE = re.compile(r"\b(?:sk|pk|rk|gsk|key|AIza)[-_A-Za-z0-9]{12,}\b")
 
 
@@ -45,6 +50,17 @@ class BackoffRetry(Retry):
         retry = super().new(**kwargs)
         retry.jitter_ratio = self.jitter_ratio
         return retry
+
+    def increment(
+        self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None
+    ):
+        # A Retry-After past max_delay is not slept in a worker thread: the answer goes back,
+        # the deployment cools down for that long and routing tries the next one.
+        if response is not None:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            if wait is not None and wait > self.backoff_max:
+                raise urllib3.exceptions.MaxRetryError(_pool, url, "Retry-After too long")
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def get_backoff_time(self) -> float:
         # base_delay before the first retry, doubling after each (urllib3 would skip the first).
@@ -73,7 +89,7 @@ def make_retry(config: RetryConfig) -> BackoffRetry:
         backoff_max=config.max_delay,
         raise_on_status=False,
         respect_retry_after_header=True,
-        retry_after_max=int(config.max_delay),
+        retry_after_max=max(1, int(config.max_delay)),
         jitter_ratio=config.jitter,
     )
 
@@ -236,7 +252,10 @@ def status_error(response: requests.Response, label: str) -> UpstreamError:
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status in CLIENT_ERROR_STATUSES:
         text = safe_text(message) if message else f"the upstream rejected the request ({status})"
-        return UpstreamClientError(text, status=status, code=code)
+        too_long = code == "context_length_exceeded" or bool(
+            message and _CONTEXT_RE.search(message)
+        )
+        return UpstreamClientError(text, status=status, code=code, context_length=too_long)
     if status in (401, 403):
         return UpstreamError(f"{label}: the provider refused the proxy's credentials ({status})")
     detail = f": {safe_text(message)}" if message else ""

@@ -55,6 +55,8 @@ def proxy(stub, tmp_path_factory) -> Iterator[ProxyServer]:
         ],
         "aliases": {"fast": ["gpt-test", "echo"]},
         "retry": {"max_retries": 0, "base_delay": "10ms"},
+        # Tests reuse failing deployments; cooldowns have their own tests.
+        "routing": {"cooldown_seconds": 0},
     }
     path = tmp_path_factory.mktemp("proxy") / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -176,17 +176,32 @@ def test_retries_on_one_deployment_use_the_retry_adapter(routed, upstream):
     assert response.headers["x-ai-proxy-attempts"] == "1"
 
 
-def test_retry_after_is_honoured_but_capped(routed, upstream):
-    client = routed(
-        [openai_model(upstream, name="gpt")],
-        retry={"max_retries": 1, "base_delay": "10ms", "max_delay": "1s"},
-    )
-    upstream.queue(
-        Reply(status=429, body={}, headers={"Retry-After": "3600"}), Reply(body=chat_completion())
-    )
+def test_a_short_retry_after_is_slept_and_retried(routed, upstream):
+    client = routed([openai_model(upstream, name="gpt")],
+                    retry={"max_retries": 1, "base_delay": "10ms", "max_delay": "2s"})
+    upstream.queue(Reply(status=429, body={}, headers={"Retry-After": "1"}),
+                   Reply(body=chat_completion()))
     started = time.monotonic()
+    response = post(client, "gpt")
+    assert response.status_code == 200
+    assert 0.9 < time.monotonic() - started < 2
+    assert len(upstream.requests) == 2
+
+
+def test_a_long_retry_after_is_not_slept_but_cools_the_deployment(routed, upstream):
+    client = routed(
+        [openai_model(upstream, name="gpt", priority=1, model="first"),
+         openai_model(upstream, name="gpt", priority=2, model="second")],
+        retry={"max_retries": 3, "base_delay": "10ms", "max_delay": "1s"},
+    )
+    upstream.queue(Reply(status=429, body={}, headers={"Retry-After": "3600"}))
+    started = time.monotonic()
+    assert post(client, "gpt").headers["x-ai-proxy-model"] == "gpt"
+    assert time.monotonic() - started < 1
+    assert [r.json()["model"] for r in upstream.requests] == ["first", "second"]
+    # The first deployment now cools down for the hour: the next request skips it.
     assert post(client, "gpt").status_code == 200
-    assert time.monotonic() - started < 3
+    assert [r.json()["model"] for r in upstream.requests][2:] == ["second"]
 
 
 def test_upstream_timeout_is_504(routed, upstream):

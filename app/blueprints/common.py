@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Response, current_app, g, request
 
@@ -36,7 +37,13 @@ def read_json_body() -> tuple[object, int]:
 
 
 def call_context(requested_model: str | None) -> CallContext:
-    return CallContext(request_id=g.ai_proxy_request_id, requested_model=requested_model)
+    """The provider's view of this request, with the deadline for its first byte."""
+    timeout = proxy_state().config.routing.request_timeout_seconds
+    return CallContext(
+        request_id=g.ai_proxy_request_id,
+        requested_model=requested_model,
+        deadline=time.monotonic() + timeout,
+    )
 
 
 def routing_headers(outcome: Outcome) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, g
@@ -16,9 +17,15 @@ from app.blueprints.common import (
     read_json_body,
     routing_headers,
 )
-from app.errors import OPENAI, ModelNotFoundError, ProxyError, sse_error_event
-from app.providers import ChatStream
-from app.routing import Candidate
+from app.errors import (
+    OPENAI,
+    ModelNotFoundError,
+    ProxyError,
+    UpstreamTimeoutError,
+    sse_error_event,
+)
+from app.providers import ChatStream, PrimedStream
+from app.routing import Candidate, Outcome
 from app.schemas import CHAT_COMPLETION, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
 
@@ -45,17 +52,24 @@ def create_chat_completion():
     if body.get("stream"):
         outcome = state.router.run(
             resolution,
-            lambda c: c.provider.open_chat_stream(_upstream_body(body, c), ctx),
+            lambda c: PrimedStream(
+                c.provider.open_chat_stream(_upstream_body(body, c), ctx), c.provider.label
+            ),
+            ctx.deadline,
         )
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        limit = state.config.routing.stream_timeout_seconds
         return Response(
-            relay_chat(outcome.result, include_usage),
+            relay_chat(outcome, include_usage, time.monotonic() + limit),
             mimetype="text/event-stream",
             headers={**SSE_HEADERS, **routing_headers(outcome)},
         )
 
-    outcome = state.router.run(resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx))
+    outcome = state.router.run(
+        resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx), ctx.deadline
+    )
+    outcome.finish()
     return json_response(outcome.result, headers=routing_headers(outcome))
 
 
@@ -63,8 +77,10 @@ def _upstream_body(body: dict, candidate: Candidate) -> dict:
     return {**body, "model": candidate.upstream_model}
 
 
-def relay_chat(stream: ChatStream, include_usage: bool) -> Iterator[bytes]:
+def relay_chat(outcome: Outcome, include_usage: bool, ends_by: float) -> Iterator[bytes]:
     """Write each upstream chunk as it comes; a failure after the first byte ends in-band."""
+    stream: ChatStream = outcome.result
+    error: ProxyError | None = None
     try:
         for chunk in stream:
             if "usage" in chunk and not include_usage:
@@ -73,15 +89,20 @@ def relay_chat(stream: ChatStream, include_usage: bool) -> Iterator[bytes]:
                     continue
                 chunk = {key: value for key, value in chunk.items() if key != "usage"}
             yield encode_chunk(chunk)
+            if time.monotonic() > ends_by:
+                raise UpstreamTimeoutError("The stream ran longer than the proxy allows.")
         yield DONE
     except ProxyError as err:
+        error = err
         logger.warning("stream ended early: %s", err.message)
         yield sse_error_event(err, OPENAI)
     except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
+        error = ProxyError()
         logger.exception("stream failed inside the proxy")
-        yield sse_error_event(ProxyError(), OPENAI)
+        yield sse_error_event(error, OPENAI)
     finally:
         stream.close()
+        outcome.finish(error)
 
 
 def _model_object(model_id: str, owned_by: str, created: int) -> dict:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from app.config import ConfigError, ModelConfig
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, PrimedStream, Provider
 from app.providers.echo import EchoProvider
 from app.providers.openai import OpenAIProvider
 from app.upstream import UpstreamPool
 
-__all__ = ["CallContext", "ChatStream", "Provider", "build_providers", "check_models"]
+__all__ = [
+    "CallContext",
+    "ChatStream",
+    "PrimedStream",
+    "Provider",
+    "build_providers",
+    "check_models",
+]
 
 # provider name -> (adapter, default API root). Names without a native adapter yet use the
 # provider's OpenAI-compatible endpoint; an unknown name means a generic OpenAI-compatible one.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 from app.config import ModelConfig
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, UpstreamError
 from app.upstream import UpstreamPool
 
 
@@ -17,6 +18,7 @@ class CallContext:
 
     request_id: str
     requested_model: str | None = None
+    deadline: float | None = None  # time.monotonic() by which the first byte is due
 
 
 class ChatStream:
@@ -40,7 +42,13 @@ class Provider:
         self.pool = pool
         self.default_base_url = default_base_url
         self.label = f"{model.name} ({model.provider})"
-        self.timeout = (model.connect_timeout_seconds, model.timeout_seconds)
+
+    def timeout(self, ctx: CallContext) -> tuple[float, float]:
+        """(connect, read) timeouts, the read one cut short by the request's deadline."""
+        read = self.model.timeout_seconds
+        if ctx.deadline is not None:
+            read = max(0.001, min(read, ctx.deadline - time.monotonic()))
+        return (min(self.model.connect_timeout_seconds, read), read)
 
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
@@ -56,3 +64,32 @@ class Provider:
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         """Send a streamed chat request and return once the upstream accepted it."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")
+
+
+class PrimedStream(ChatStream):
+    """A stream whose first chunk was read before the client saw a byte.
+
+    Failing up to then is still an ordinary failure that routing can fall back from; after it,
+    failures end the stream in-band.
+    """
+
+    def __init__(self, stream: ChatStream, label: str) -> None:
+        self.stream = stream
+        self._chunks = iter(stream)
+        try:
+            self.first = next(self._chunks)
+        except StopIteration:
+            stream.close()
+            raise UpstreamError(
+                f"{label}: the upstream ended the stream without an answer"
+            ) from None
+        except BaseException:
+            stream.close()
+            raise
+
+    def __iter__(self) -> Iterator[dict]:
+        yield self.first
+        yield from self._chunks
+
+    def close(self) -> None:
+        self.stream.close()

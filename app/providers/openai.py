@@ -53,7 +53,7 @@ class OpenAIProvider(Provider):
             label=self.label,
             headers=self.headers(ctx),
             body=json.dumps(body).encode(),
-            timeout=self.timeout,
+            timeout=self.timeout(ctx),
         )
         answer = read_json(response, self.label)
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
@@ -72,7 +72,7 @@ class OpenAIProvider(Provider):
             label=self.label,
             headers=self.headers(ctx, stream=True),
             body=json.dumps(body).encode(),
-            timeout=self.timeout,
+            timeout=self.timeout(ctx),
         )
         return OpenAIStream(response, self.label)
 
