@@ -127,6 +127,11 @@ class ModelConfig:
     index: int = 0
 
     @property
+    def key(self) -> str:
+        """The deployment's identity in quotas and cooldowns, the same in every worker."""
+        return f"{self.name}#{self.index}"
+
+    @property
     def is_wildcard(self) -> bool:
         return self.name.endswith("/*")
 

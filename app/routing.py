@@ -30,6 +30,7 @@ from app.errors import (
     UpstreamTimeoutError,
 )
 from app.providers import Provider
+from app.ratelimit import Quotas
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ LATENCY_SMOOTHING = 0.3
 
 def deployment_key(provider: Provider) -> str:
     """A deployment's identity, stable across workers and hosts that share a config."""
-    return f"{provider.model.name}#{provider.model.index}"
+    return provider.model.key
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,12 @@ class Router:
         config: Config,
         providers: list[Provider],
         cooldowns: Cooldowns | None = None,
+        quotas: Quotas | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.providers = providers
+        self.quotas = quotas
         self.cooldowns = cooldowns or Cooldowns(
             MemoryBreakers(),
             threshold=config.routing.failure_threshold,
@@ -249,6 +252,11 @@ class Router:
             if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
                 # Another request is probing this deployment; it stays out until that ends.
                 continue
+            if self.quotas is not None:
+                back = self.quotas.admit_deployment(candidate.key)
+                if back is not None:
+                    soonest_back = min(soonest_back or back, back)
+                    continue
             attempts += 1
             self._begin(candidate)
             started = self.clock()
@@ -286,7 +294,7 @@ class Router:
             if soonest_back is not None:
                 retry_after = max(1.0, soonest_back - self.cooldowns.clock())
             raise NoAvailableModelError(
-                f"Every deployment of {resolution.identifier!r} is cooling down or busy.",
+                f"Every deployment of {resolution.identifier!r} is cooling down or out of quota.",
                 retry_after=retry_after,
                 headers={"x-ai-proxy-attempts": "0"},
             )

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from app.auth import Authenticator
 from app.config import Config
+from app.cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from app.providers import build_providers
+from app.ratelimit import Quotas, make_storage, redis_client
 from app.routing import Router
 from app.upstream import UpstreamPool
 
@@ -20,6 +22,7 @@ class ProxyState:
     authenticator: Authenticator
     router: Router
     pool: UpstreamPool
+    quotas: Quotas
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
 
@@ -28,10 +31,21 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
     """Wire the services for one app from a validated config; raises ConfigError."""
     pool = UpstreamPool(config.retry, pool_size=config.runtime.threads)
     providers = build_providers(config.models, pool)
+    storage = make_storage(config.rate_limits.storage)
+    quotas = Quotas(config, storage)
+    client = redis_client(storage)
+    # With Redis, cooldowns are shared like quotas; otherwise each worker keeps its own.
+    cooldowns = Cooldowns(
+        RedisBreakers(client) if client is not None else MemoryBreakers(),
+        threshold=config.routing.failure_threshold,
+        cooldown_seconds=config.routing.cooldown_seconds,
+        probe_seconds=config.routing.request_timeout_seconds,
+    )
     return ProxyState(
         config=config,
         authenticator=Authenticator(config.tokens),
-        router=Router(config, providers),
+        router=Router(config, providers, cooldowns, quotas),
         pool=pool,
+        quotas=quotas,
         url_prefix=url_prefix,
     )

@@ -10,8 +10,9 @@ from flask import Response, current_app, g, request
 from app.config import TokenConfig
 from app.errors import InvalidJSONError
 from app.providers import CallContext
-from app.routing import Outcome
+from app.routing import Candidate, Outcome
 from app.state import EXTENSION_KEY, ProxyState
+from app.tokens import cost_usd, usage_numbers
 
 
 def proxy_state() -> ProxyState:
@@ -44,6 +45,19 @@ def call_context(requested_model: str | None) -> CallContext:
         requested_model=requested_model,
         deadline=time.monotonic() + timeout,
     )
+
+
+def settle_usage(token: TokenConfig, candidate: Candidate, body: dict):
+    """A callback charging an answer's tokens and cost once its usage (or text) is known."""
+    quotas = proxy_state().quotas
+    model = candidate.provider.model
+
+    def settle(usage: object, completion_text: str) -> tuple[int, int]:
+        prompt, completion = usage_numbers(usage, body, completion_text)
+        quotas.charge(token, model.key, prompt + completion, cost_usd(model, prompt, completion))
+        return prompt, completion
+
+    return settle
 
 
 def routing_headers(outcome: Outcome) -> dict[str, str]:

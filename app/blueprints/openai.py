@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, g
 
@@ -16,6 +16,7 @@ from app.blueprints.common import (
     proxy_state,
     read_json_body,
     routing_headers,
+    settle_usage,
 )
 from app.errors import (
     OPENAI,
@@ -25,6 +26,7 @@ from app.errors import (
     sse_error_event,
 )
 from app.providers import ChatStream, PrimedStream
+from app.ratelimit import rate_limit_headers
 from app.routing import Candidate, Outcome
 from app.schemas import CHAT_COMPLETION, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
@@ -46,7 +48,9 @@ def create_chat_completion():
     body = validate_body(CHAT_COMPLETION, body)
     state = proxy_state()
     resolution = state.router.resolve(body.get("model"), size)
-    require_model(g.ai_proxy_token, resolution.identifier, resolution.is_category)
+    token = g.ai_proxy_token
+    require_model(token, resolution.identifier, resolution.is_category)
+    quota_headers = rate_limit_headers(state.quotas.admit_client(token))
     ctx = call_context(resolution.identifier)
 
     if body.get("stream"):
@@ -60,29 +64,54 @@ def create_chat_completion():
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         limit = state.config.routing.stream_timeout_seconds
+        settle = settle_usage(token, outcome.candidate, body)
         return Response(
-            relay_chat(outcome, include_usage, time.monotonic() + limit),
+            relay_chat(outcome, include_usage, time.monotonic() + limit, settle),
             mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **routing_headers(outcome)},
+            headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
         )
 
     outcome = state.router.run(
         resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx), ctx.deadline
     )
     outcome.finish()
-    return json_response(outcome.result, headers=routing_headers(outcome))
+    answer = outcome.result
+    settle_usage(token, outcome.candidate, body)(answer.get("usage"), _answer_text(answer))
+    return json_response(answer, headers={**routing_headers(outcome), **quota_headers})
 
 
 def _upstream_body(body: dict, candidate: Candidate) -> dict:
     return {**body, "model": candidate.upstream_model}
 
 
-def relay_chat(outcome: Outcome, include_usage: bool, ends_by: float) -> Iterator[bytes]:
+def _answer_text(answer: dict) -> str:
+    parts = []
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            parts.append(message["content"])
+    return "".join(parts)
+
+
+def relay_chat(
+    outcome: Outcome,
+    include_usage: bool,
+    ends_by: float,
+    settle: Callable[[object, str], object],
+) -> Iterator[bytes]:
     """Write each upstream chunk as it comes; a failure after the first byte ends in-band."""
     stream: ChatStream = outcome.result
     error: ProxyError | None = None
+    usage = None
+    texts: list[str] = []
     try:
         for chunk in stream:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if isinstance(content, str):
+                    texts.append(content)
             if "usage" in chunk and not include_usage:
                 # The proxy asked upstream for usage; the client did not, so it gets none.
                 if not chunk.get("choices"):
@@ -103,6 +132,8 @@ def relay_chat(outcome: Outcome, include_usage: bool, ends_by: float) -> Iterato
     finally:
         stream.close()
         outcome.finish(error)
+        # Tokens streamed before a failure or a disconnect were spent all the same.
+        settle(usage, "".join(texts))
 
 
 def _model_object(model_id: str, owned_by: str, created: int) -> dict:

@@ -1,0 +1,282 @@
+"""Quotas through `limits` (the one module that touches it): per deployment and per client token.
+
+Requests are counted on admission, atomically in the storage, so N concurrent requests against a
+limit of L admit exactly L across threads, workers and hosts sharing one Redis. Tokens and cost
+are charged when the answer is known; a window already spent refuses the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerHour,
+    RateLimitItemPerMinute,
+    RateLimitItemPerMonth,
+)
+from limits.errors import StorageError
+from limits.storage import Storage, storage_from_string
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from app.config import Config, TokenConfig
+from app.cooldown import LogThrottle
+from app.errors import BudgetExceededError, RateLimitError, StorageUnavailableError
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "fixed-window": FixedWindowRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+# A dead or slow Redis must never stall a request: short socket timeouts, no client retries.
+REDIS_TIMEOUT_SECONDS = 0.25
+MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
+NAMESPACE = "aiproxy"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One configured limit: what it counts, its window, and whose it is."""
+
+    counts: str  # "requests", "tokens" or "budget"
+    item: RateLimitItem
+    owner: str  # "model:<deployment key>" or "token:<name>"
+    name: str  # config field, e.g. requests_per_minute
+
+    @property
+    def identifiers(self) -> tuple[str, str]:
+        return (self.counts, self.owner)
+
+
+@dataclass(frozen=True)
+class WindowState:
+    limit: Limit
+    remaining: int
+    reset_at: float  # epoch seconds
+
+
+def make_storage(uri: str) -> Storage:
+    """The `limits` storage for a URI; Redis ones get short timeouts and no hidden retries."""
+    options: dict = {}
+    if uri.startswith(("redis", "rediss")):
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = {
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    return storage_from_string(uri, wrap_exceptions=True, **options)
+
+
+def redis_client(storage: Storage):
+    """The Redis client behind a Redis storage (for shared cooldowns), else None."""
+    getter = getattr(storage, "get_connection", None)
+    return getter() if getter is not None else None
+
+
+def _items(
+    prefix: str, source, fields: Iterable[tuple[str, str, type[RateLimitItem]]], scale: float = 1
+) -> list[Limit]:
+    limits = []
+    for counts, name, item_cls in fields:
+        amount = getattr(source, name, 0) or 0
+        if amount > 0:
+            limits.append(Limit(counts, item_cls(max(1, math.floor(amount * scale))), prefix, name))
+    return limits
+
+
+_REQUEST_FIELDS = (
+    ("requests", "requests_per_minute", RateLimitItemPerMinute),
+    ("requests", "requests_per_hour", RateLimitItemPerHour),
+    ("requests", "requests_per_day", RateLimitItemPerDay),
+)
+_TOKEN_FIELDS = (
+    ("tokens", "tokens_per_minute", RateLimitItemPerMinute),
+    ("tokens", "tokens_per_day", RateLimitItemPerDay),
+)
+_BUDGET_FIELDS = (
+    ("budget", "budget_per_day", RateLimitItemPerDay),
+    ("budget", "budget_per_month", RateLimitItemPerMonth),
+)
+
+
+def format_reset(seconds: float) -> str:
+    """A duration as OpenAI writes it in x-ratelimit-reset-*: `17ms`, `1s`, `6m0s`, `1h2m3s`."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+class Quotas:
+    """Admission and charging against every configured limit."""
+
+    def __init__(self, config: Config, storage: Storage | None = None) -> None:
+        settings = config.rate_limits
+        self.storage = storage or make_storage(settings.storage)
+        self.limiter = STRATEGIES[settings.strategy](self.storage)
+        self.deny_on_error = settings.on_storage_error == "deny"
+        self.storage_errors = 0
+        self._throttle = LogThrottle()
+        self.models: dict[str, list[Limit]] = {}
+        self.model_tokens: dict[str, list[Limit]] = {}
+        for model in config.models:
+            key = f"model:{model.key}"
+            self.models[key] = _items(key, model, _REQUEST_FIELDS)
+            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS)
+        self.tokens: dict[str, list[Limit]] = {}
+        self.token_usage: dict[str, list[Limit]] = {}
+        for token in config.tokens:
+            key = f"token:{token.name}"
+            self.tokens[key] = _items(key, token, _REQUEST_FIELDS)
+            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS) + _items(
+                key, token, _BUDGET_FIELDS, scale=MICRO_USD
+            )
+
+    @property
+    def shared(self) -> bool:
+        return redis_client(self.storage) is not None
+
+    def healthy(self) -> bool:
+        try:
+            return bool(self.storage.check())
+        except Exception:  # noqa: BLE001 - a health probe only reports.
+            return False
+
+    # -- client tokens ------------------------------------------------------------------------
+
+    def admit_client(self, token: TokenConfig) -> list[WindowState]:
+        """Count a request against the token's limits; 429 if any is spent.
+
+        Returns the windows that apply, for the x-ratelimit-* headers.
+        """
+        key = f"token:{token.name}"
+        requests = self.tokens.get(key, [])
+        usage = self.token_usage.get(key, [])
+        if not requests and not usage:
+            return []
+        try:
+            for limit in usage:
+                # Tokens and budgets are charged afterwards; a spent window refuses the next one.
+                if not self.limiter.test(limit.item, *limit.identifiers):
+                    raise self._refusal(limit)
+            for limit in requests:
+                if not self.limiter.test(limit.item, *limit.identifiers):
+                    raise self._refusal(limit)
+            for limit in requests:
+                if not self.limiter.hit(limit.item, *limit.identifiers):
+                    raise self._refusal(limit)
+            return [self._window(limit) for limit in requests + usage]
+        except StorageError as err:
+            self._storage_failed(err)
+            return []
+
+    def _refusal(self, limit: Limit) -> RateLimitError:
+        state = self._window(limit)
+        wait = max(1.0, state.reset_at - time.time())
+        if limit.counts == "budget":
+            return BudgetExceededError(
+                f"The {limit.name.replace('_', ' ')} of this API key is spent.", retry_after=wait
+            )
+        return RateLimitError(
+            f"Rate limit reached: {limit.name.replace('_', ' ')} "
+            f"({limit.item.amount}) for this API key.",
+            retry_after=wait,
+            headers=rate_limit_headers([state]),
+        )
+
+    def _window(self, limit: Limit) -> WindowState:
+        stats = self.limiter.get_window_stats(limit.item, *limit.identifiers)
+        return WindowState(limit, max(0, stats.remaining), stats.reset_time)
+
+    # -- deployments --------------------------------------------------------------------------
+
+    def admit_deployment(self, deployment: str) -> float | None:
+        """Count a request on a deployment: None if admitted, else when it has room again."""
+        key = f"model:{deployment}"
+        requests = self.models.get(key, [])
+        tokens = self.model_tokens.get(key, [])
+        if not requests and not tokens:
+            return None
+        try:
+            for limit in tokens + requests:
+                if not self.limiter.test(limit.item, *limit.identifiers):
+                    return self._window(limit).reset_at
+            for limit in requests:
+                if not self.limiter.hit(limit.item, *limit.identifiers):
+                    return self._window(limit).reset_at
+            return None
+        except StorageError as err:
+            self._storage_failed(err)
+            return None
+
+    # -- charging -----------------------------------------------------------------------------
+
+    def charge(
+        self, token: TokenConfig, deployment: str, total_tokens: int, cost_usd: float
+    ) -> None:
+        """Charge an answer's tokens (and cost) to its deployment and its client token."""
+        charges = [
+            (limit, total_tokens) for limit in self.model_tokens.get(f"model:{deployment}", [])
+        ]
+        for limit in self.token_usage.get(f"token:{token.name}", []):
+            amount = math.ceil(cost_usd * MICRO_USD) if limit.counts == "budget" else total_tokens
+            charges.append((limit, amount))
+        try:
+            for limit, amount in charges:
+                if amount > 0 and not self.limiter.hit(limit.item, *limit.identifiers, cost=amount):
+                    # More than is left: fill the window so the next request is refused.
+                    remaining = self.limiter.get_window_stats(
+                        limit.item, *limit.identifiers
+                    ).remaining
+                    if remaining > 0:
+                        self.limiter.hit(limit.item, *limit.identifiers, cost=remaining)
+        except StorageError as err:
+            self._storage_failed(err, raise_on_deny=False)
+
+    def _storage_failed(self, err: StorageError, raise_on_deny: bool = True) -> None:
+        self.storage_errors += 1
+        if self._throttle.ready():
+            logger.warning(
+                "rate-limit storage failed (%s); %s",
+                type(getattr(err, "storage_error", err)).__name__,
+                "refusing requests" if self.deny_on_error else "serving without quotas",
+            )
+        if self.deny_on_error and raise_on_deny:
+            raise StorageUnavailableError(
+                "The rate-limit storage is unavailable; try again shortly.", retry_after=5
+            ) from err
+
+
+def rate_limit_headers(windows: list[WindowState]) -> dict[str, str]:
+    """x-ratelimit-* for the tightest request window and the tightest token window."""
+    headers: dict[str, str] = {}
+    for counts, suffix in (("requests", "requests"), ("tokens", "tokens")):
+        relevant = [w for w in windows if w.limit.counts == counts]
+        if not relevant:
+            continue
+        tightest = min(relevant, key=lambda w: (w.remaining, w.reset_at))
+        headers[f"x-ratelimit-limit-{suffix}"] = str(tightest.limit.item.amount)
+        headers[f"x-ratelimit-remaining-{suffix}"] = str(tightest.remaining)
+        headers[f"x-ratelimit-reset-{suffix}"] = format_reset(tightest.reset_at - time.time())
+    return headers
