@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ class Reply:
     raw: bytes | None = None  # a body sent as-is (garbage tests)
     hang: float = 0.0  # seconds to wait before answering at all
     cut_after: int | None = None  # drop the connection after this many events
+    reset: bool = False  # close the connection without answering
 
 
 def chat_completion(content: str = "hi there", model: str = "up-model", usage=None) -> dict:
@@ -135,6 +137,13 @@ class StubUpstream:
     def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
         if reply.hang:
             time.sleep(reply.hang)
+        if reply.reset:
+            handler.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            handler.connection.close()
+            handler.close_connection = True
+            return
         if reply.raw is not None:
             handler.send_response(reply.status)
             handler.send_header("Content-Type", "application/json")

@@ -177,10 +177,13 @@ def test_retries_on_one_deployment_use_the_retry_adapter(routed, upstream):
 
 
 def test_a_short_retry_after_is_slept_and_retried(routed, upstream):
-    client = routed([openai_model(upstream, name="gpt")],
-                    retry={"max_retries": 1, "base_delay": "10ms", "max_delay": "2s"})
-    upstream.queue(Reply(status=429, body={}, headers={"Retry-After": "1"}),
-                   Reply(body=chat_completion()))
+    client = routed(
+        [openai_model(upstream, name="gpt")],
+        retry={"max_retries": 1, "base_delay": "10ms", "max_delay": "2s"},
+    )
+    upstream.queue(
+        Reply(status=429, body={}, headers={"Retry-After": "1"}), Reply(body=chat_completion())
+    )
     started = time.monotonic()
     response = post(client, "gpt")
     assert response.status_code == 200
@@ -190,8 +193,10 @@ def test_a_short_retry_after_is_slept_and_retried(routed, upstream):
 
 def test_a_long_retry_after_is_not_slept_but_cools_the_deployment(routed, upstream):
     client = routed(
-        [openai_model(upstream, name="gpt", priority=1, model="first"),
-         openai_model(upstream, name="gpt", priority=2, model="second")],
+        [
+            openai_model(upstream, name="gpt", priority=1, model="first"),
+            openai_model(upstream, name="gpt", priority=2, model="second"),
+        ],
         retry={"max_retries": 3, "base_delay": "10ms", "max_delay": "1s"},
     )
     upstream.queue(Reply(status=429, body={}, headers={"Retry-After": "3600"}))
@@ -231,3 +236,55 @@ def test_equal_priority_deployments_take_turns(routed, upstream):
     for _ in range(4):
         assert post(client, "gpt").status_code == 200
     assert [r.json()["model"] for r in upstream.requests] == ["a", "b", "a", "b"]
+
+
+def strategy_router(make_app, strategy, **extra):
+    models = [
+        {"name": "m", "provider": "echo", "model": "a", "weight": 3, **extra},
+        {"name": "m", "provider": "echo", "model": "b", "weight": 1, **extra},
+    ]
+    app = make_app({"models": models, "routing": {"strategy": strategy}})
+    return app.extensions["ai_proxy"].router
+
+
+def first_choice(router) -> str:
+    return router.resolve("m").candidates[0].upstream_model
+
+
+def test_weighted_strategy_follows_weights(make_app):
+    router = strategy_router(make_app, "weighted")
+    picks = [first_choice(router) for _ in range(2000)]
+    assert 0.70 < picks.count("a") / len(picks) < 0.80
+
+
+def test_least_busy_strategy_avoids_deployments_in_flight(make_app):
+    router = strategy_router(make_app, "least-busy")
+    busy = router.resolve("m").candidates[0]
+    router._begin(busy)
+    assert router.resolve("m").candidates[0].key != busy.key
+    router._end(busy)
+    assert router.in_flight() == {}
+
+
+def test_latency_strategy_prefers_the_fastest(make_app):
+    router = strategy_router(make_app, "latency")
+    a, b = sorted(router.resolve("m").candidates, key=lambda c: c.upstream_model)
+    router._record_latency(a, 0.9)
+    router._record_latency(b, 0.2)
+    assert first_choice(router) == "b"
+    for _ in range(10):
+        router._record_latency(b, 2.0)
+    assert first_choice(router) == "a"
+
+
+def test_priority_tiers_come_before_any_strategy(make_app):
+    models = [
+        {"name": "m", "provider": "echo", "model": "low", "priority": 2, "weight": 100},
+        {"name": "m", "provider": "echo", "model": "high", "priority": 1, "weight": 1},
+    ]
+    router = (
+        make_app({"models": models, "routing": {"strategy": "weighted"}})
+        .extensions["ai_proxy"]
+        .router
+    )
+    assert {first_choice(router) for _ in range(50)} == {"high"}
