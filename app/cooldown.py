@@ -47,10 +47,14 @@ class LogThrottle:
             return True
 
 
+def _now() -> float:
+    return time.time()
+
+
 class MemoryBreakers:
     """Breaker state for one worker process."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = _now) -> None:
         self.clock = clock
         self._open: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -96,7 +100,7 @@ class MemoryBreakers:
 class RedisBreakers:
     """Breaker state in Redis, shared by every worker and host using it; keys expire by TTL."""
 
-    def __init__(self, client, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client, clock: Callable[[], float] = _now) -> None:
         self.client = client
         self.clock = clock
 

@@ -84,7 +84,7 @@ def check_startup(config: Config, binds: list[str]) -> list[str]:
     return problems
 
 
-def log_loaded(config: Config) -> None:
+def log_loaded(config: Config, workers: int = 1) -> None:
     """Start-up lines: what was loaded, what was left out and why."""
     logger.info(
         "config %s: %d model deployment(s), %d alias(es), %d client token(s)",
@@ -97,6 +97,13 @@ def log_loaded(config: Config) -> None:
         logger.warning("left out %s", reason)
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
+    if workers > 1 and config.rate_limits.storage.startswith("memory"):
+        logger.warning(
+            "rate limits and cooldowns use memory:// with %d workers: each worker counts alone, "
+            "so limits are %dx too loose; set RATE_LIMIT_STORAGE=redis://... to share them",
+            workers,
+            workers,
+        )
 
 
 def on_starting(server) -> None:
@@ -108,7 +115,7 @@ def on_starting(server) -> None:
     problems = check_startup(config, list(server.cfg.bind))
     if problems:
         _fail(problems)
-    log_loaded(config)
+    log_loaded(config, server.cfg.workers)
 
 
 def _fail(problems: list[str]) -> None:

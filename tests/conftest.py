@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from app import create_app
-from tests.servers import PROXY_VARS, ProxyServer
+from tests.servers import PROXY_VARS, ProxyServer, RedisServer
 from tests.stub_upstream import StubUpstream
 
 TOKEN = "sk-client-test-token"
@@ -94,3 +94,11 @@ def proxy_factory(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port (`.ci/run` installs it)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

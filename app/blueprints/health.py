@@ -25,11 +25,19 @@ def get_health():
 def get_readiness():
     state = proxy_state()
     loaded = len(state.config.models)
+    storage_ok = state.quotas.healthy()
+    policy = state.config.rate_limits.on_storage_error
     checks = {
         "config": {"ok": True, "source": state.config.source},
         "models": {"ok": loaded > 0, "loaded": loaded, "left_out": len(state.config.left_out)},
+        "rate_limit_storage": {
+            "ok": storage_ok,
+            "on_storage_error": policy,
+            "errors": state.quotas.storage_errors,
+        },
     }
-    ready = all(check["ok"] for check in checks.values())
+    # With `allow`, a storage outage degrades quotas but the proxy still serves.
+    ready = checks["config"]["ok"] and checks["models"]["ok"] and (storage_ok or policy == "allow")
     return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status=200 if ready else 503,
