@@ -61,13 +61,34 @@ def client(make_app, upstream, clock):
     return client
 
 
+def connections_in_use(app) -> int:
+    """Upstream connections checked out of the proxy's pools and not given back."""
+    in_use = 0
+    for session in app.extensions["ai_proxy"].pool._sessions.values():
+        for adapter in session.adapters.values():
+            pools = adapter.poolmanager.pools
+            for key in pools.keys():
+                in_use += pools[key].pool.maxsize - pools[key].pool.qsize()
+    return in_use
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_connections(request):
+    yield
+    client = request.node.funcargs.get("client")
+    if client is not None:
+        assert connections_in_use(client.application) == 0
+
+
 def called(upstream) -> list[str]:
     return [r.json()["model"] for r in upstream.requests]
 
 
 def chat(client, stream: bool):
     body = {"model": "gpt", "messages": MESSAGES, "stream": stream}
-    return client.post("/v1/chat/completions", json=body)
+    response = client.post("/v1/chat/completions", json=body)
+    response.get_data()  # read to the end, as a real client does, so the stream finishes
+    return response
 
 
 def stream_text(response) -> tuple[str, list[str]]:
