@@ -43,7 +43,7 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
 # A dead or slow Redis must never stall a request: short socket timeouts, no client retries.
 REDIS_TIMEOUT_SECONDS = 0.25
 MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
-NAMESPACE = "aiproxy"
+USAGE_SCOPE = "sliding-window-counter"
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,11 @@ class Limit:
     owner: str  # "model:<deployment key>" or "token:<name>"
     name: str  # config field, e.g. requests_per_minute
 
+    scope: str = ""  # the counting strategy: keys of different strategies never collide
+
     @property
-    def identifiers(self) -> tuple[str, str]:
-        return (self.counts, self.owner)
+    def identifiers(self) -> tuple[str, str, str]:
+        return (self.counts, self.scope, self.owner)
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,18 @@ def redis_client(storage: Storage):
 
 
 def _items(
-    prefix: str, source, fields: Iterable[tuple[str, str, type[RateLimitItem]]], scale: float = 1
+    owner: str,
+    source,
+    fields: Iterable[tuple[str, str, type[RateLimitItem]]],
+    scope: str,
+    scale: float = 1,
 ) -> list[Limit]:
     limits = []
     for counts, name, item_cls in fields:
         amount = getattr(source, name, 0) or 0
         if amount > 0:
-            limits.append(Limit(counts, item_cls(max(1, math.floor(amount * scale))), prefix, name))
+            item = item_cls(max(1, math.floor(amount * scale)))
+            limits.append(Limit(counts, item, owner, name, scope))
     return limits
 
 
@@ -135,6 +142,9 @@ class Quotas:
         settings = config.rate_limits
         self.storage = storage or make_storage(settings.storage)
         self.limiter = STRATEGIES[settings.strategy](self.storage)
+        # Tokens and budgets are counted in large amounts (a moving window would store one entry
+        # per token), so they always use the sliding-window counter: two counters per window.
+        self.usage_limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.deny_on_error = settings.on_storage_error == "deny"
         self.storage_errors = 0
         self._throttle = LogThrottle()
@@ -142,15 +152,15 @@ class Quotas:
         self.model_tokens: dict[str, list[Limit]] = {}
         for model in config.models:
             key = f"model:{model.key}"
-            self.models[key] = _items(key, model, _REQUEST_FIELDS)
-            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS)
+            self.models[key] = _items(key, model, _REQUEST_FIELDS, settings.strategy)
+            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE)
         self.tokens: dict[str, list[Limit]] = {}
         self.token_usage: dict[str, list[Limit]] = {}
         for token in config.tokens:
             key = f"token:{token.name}"
-            self.tokens[key] = _items(key, token, _REQUEST_FIELDS)
-            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS) + _items(
-                key, token, _BUDGET_FIELDS, scale=MICRO_USD
+            self.tokens[key] = _items(key, token, _REQUEST_FIELDS, settings.strategy)
+            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE) + _items(
+                key, token, _BUDGET_FIELDS, USAGE_SCOPE, scale=MICRO_USD
             )
 
     @property
@@ -163,12 +173,20 @@ class Quotas:
         except Exception:  # noqa: BLE001 - a health probe only reports.
             return False
 
+    def _limiter(self, limit: Limit) -> RateLimiter:
+        return self.limiter if limit.counts == "requests" else self.usage_limiter
+
+    def _window(self, limit: Limit) -> WindowState:
+        stats = self._limiter(limit).get_window_stats(limit.item, *limit.identifiers)
+        return WindowState(limit, max(0, stats.remaining), stats.reset_time)
+
     # -- client tokens ------------------------------------------------------------------------
 
     def admit_client(self, token: TokenConfig) -> list[WindowState]:
         """Count a request against the token's limits; 429 if any is spent.
 
-        Returns the windows that apply, for the x-ratelimit-* headers.
+        Returns the windows shown in the x-ratelimit-* headers: the token's first request limit
+        and first token limit (one storage call each).
         """
         key = f"token:{token.name}"
         requests = self.tokens.get(key, [])
@@ -178,15 +196,14 @@ class Quotas:
         try:
             for limit in usage:
                 # Tokens and budgets are charged afterwards; a spent window refuses the next one.
-                if not self.limiter.test(limit.item, *limit.identifiers):
+                if not self.usage_limiter.test(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
             for limit in requests:
-                if not self.limiter.test(limit.item, *limit.identifiers):
-                    raise self._refusal(limit)
-            for limit in requests:
+                # hit() checks and counts atomically in the storage: admission is exact.
                 if not self.limiter.hit(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
-            return [self._window(limit) for limit in requests + usage]
+            shown = [group[0] for group in (requests, usage) if group]
+            return [self._window(limit) for limit in shown]
         except StorageError as err:
             self._storage_failed(err)
             return []
@@ -205,10 +222,6 @@ class Quotas:
             headers=rate_limit_headers([state]),
         )
 
-    def _window(self, limit: Limit) -> WindowState:
-        stats = self.limiter.get_window_stats(limit.item, *limit.identifiers)
-        return WindowState(limit, max(0, stats.remaining), stats.reset_time)
-
     # -- deployments --------------------------------------------------------------------------
 
     def admit_deployment(self, deployment: str) -> float | None:
@@ -219,8 +232,8 @@ class Quotas:
         if not requests and not tokens:
             return None
         try:
-            for limit in tokens + requests:
-                if not self.limiter.test(limit.item, *limit.identifiers):
+            for limit in tokens:
+                if not self.usage_limiter.test(limit.item, *limit.identifiers):
                     return self._window(limit).reset_at
             for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):
@@ -242,15 +255,14 @@ class Quotas:
         for limit in self.token_usage.get(f"token:{token.name}", []):
             amount = math.ceil(cost_usd * MICRO_USD) if limit.counts == "budget" else total_tokens
             charges.append((limit, amount))
+        limiter = self.usage_limiter
         try:
             for limit, amount in charges:
-                if amount > 0 and not self.limiter.hit(limit.item, *limit.identifiers, cost=amount):
+                if amount > 0 and not limiter.hit(limit.item, *limit.identifiers, cost=amount):
                     # More than is left: fill the window so the next request is refused.
-                    remaining = self.limiter.get_window_stats(
-                        limit.item, *limit.identifiers
-                    ).remaining
+                    remaining = limiter.get_window_stats(limit.item, *limit.identifiers).remaining
                     if remaining > 0:
-                        self.limiter.hit(limit.item, *limit.identifiers, cost=remaining)
+                        limiter.hit(limit.item, *limit.identifiers, cost=remaining)
         except StorageError as err:
             self._storage_failed(err, raise_on_deny=False)
 

@@ -39,7 +39,10 @@ def make_client(make_app, config, token="k-1"):
 
 
 def post(client, model="echo", **extra):
-    return client.post("/v1/chat/completions", json={**CHAT, "model": model, **extra})
+    response = client.post("/v1/chat/completions", json={**CHAT, "model": model, **extra})
+    response.get_data()
+    response.close()  # as a WSGI server does once the answer is sent: usage is charged then
+    return response
 
 
 @pytest.mark.parametrize(
@@ -170,7 +173,7 @@ def test_tokens_charged_from_a_streamed_answer(make_app, frozen, upstream):
     assert post(client, "gpt").status_code == 429
     quotas = client.application.extensions["ai_proxy"].quotas
     (limit,) = quotas.model_tokens["model:gpt#0"]
-    assert quotas.limiter.get_window_stats(limit.item, *limit.identifiers).remaining == 92
+    assert quotas.usage_limiter.get_window_stats(limit.item, *limit.identifiers).remaining == 92
 
 
 def test_usage_is_estimated_when_upstream_gives_none(make_app, frozen, upstream):

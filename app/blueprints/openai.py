@@ -76,8 +76,11 @@ def create_chat_completion():
     )
     outcome.finish()
     answer = outcome.result
-    settle_usage(token, outcome.candidate, body)(answer.get("usage"), _answer_text(answer))
-    return json_response(answer, headers={**routing_headers(outcome), **quota_headers})
+    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
+    # Charged once the answer is on its way, so quota storage adds nothing to its latency.
+    settle = settle_usage(token, outcome.candidate, body)
+    response.call_on_close(lambda: settle(answer.get("usage"), _answer_text(answer)))
+    return response
 
 
 def _upstream_body(body: dict, candidate: Candidate) -> dict:

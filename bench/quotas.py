@@ -1,0 +1,127 @@
+"""Added cost of quota checks per request, with memory:// and with a local redis-server.
+
+    .venv/bin/python bench/quotas.py [--requests 5000]
+
+Two configurations: "typical" (requests_per_minute on the client token and on the deployment) and
+"full" (request, token and budget limits on the token; request and token limits on the
+deployment). "Admission" is what runs before the upstream call (client and deployment checks plus
+the x-ratelimit-* window); "charge" runs after the answer has been sent (tokens and cost), so it
+adds nothing to the client's latency. Prints median and p99 per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.config import load_config  # noqa: E402
+from app.ratelimit import Quotas  # noqa: E402
+
+TYPICAL = {
+    "default_model": None,
+    "auth": {"tokens": [{"name": "bench", "token": "bench-token", "requests_per_minute": 10**9}]},
+    "models": [{"name": "m", "provider": "echo", "requests_per_minute": 10**9}],
+}
+FULL = {
+    "default_model": None,
+    "auth": {
+        "tokens": [
+            {
+                "name": "bench",
+                "token": "bench-token",
+                "requests_per_minute": 10**9,
+                "requests_per_day": 10**9,
+                "tokens_per_minute": 10**12,
+                "budget_per_day": 10**6,
+            }
+        ]
+    },
+    "models": [
+        {
+            "name": "m",
+            "provider": "echo",
+            "requests_per_minute": 10**9,
+            "tokens_per_minute": 10**12,
+            "input_cost_per_mtok": 1,
+            "output_cost_per_mtok": 2,
+        }
+    ],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(base: dict, storage: str, strategy: str, requests: int) -> list[float]:
+    """Median and p99 (ms) of admission, then of charging."""
+    config = load_config(
+        env={}, overrides={**base, "rate_limits": {"storage": storage, "strategy": strategy}}
+    )
+    quotas = Quotas(config)
+    token, model = config.tokens[0], config.models[0]
+    admit, charge = [], []
+    for _ in range(requests):
+        started = time.perf_counter()
+        quotas.admit_client(token)
+        quotas.admit_deployment(model.key)
+        admitted = time.perf_counter()
+        quotas.charge(token, model.key, 120, 0.0002)
+        charge.append(time.perf_counter() - admitted)
+        admit.append(admitted - started)
+    figures = []
+    for timings in (admit, charge):
+        timings.sort()
+        figures += [statistics.median(timings) * 1000, timings[int(len(timings) * 0.99)] * 1000]
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+    binary = shutil.which("redis-server")
+    redis_proc = None
+    rows = []
+    try:
+        storages = [("memory", "memory://")]
+        if binary:
+            port = free_port()
+            workdir = tempfile.mkdtemp()
+            redis_proc = subprocess.Popen(
+                [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
+                stdout=subprocess.DEVNULL,
+            )
+            time.sleep(0.5)
+            storages.append(("redis (loopback)", f"redis://127.0.0.1:{port}/0"))
+        for label, uri in storages:
+            for name, base in (("typical", TYPICAL), ("full", FULL)):
+                for strategy in ("fixed-window", "moving-window", "sliding-window-counter"):
+                    rows.append(
+                        (label, name, strategy, *measure(base, uri, strategy, args.requests))
+                    )
+    finally:
+        if redis_proc:
+            redis_proc.terminate()
+    print("| storage | limits | strategy | admission median ms | p99 | charge median ms | p99 |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for label, name, strategy, *figures in rows:
+        print(
+            f"| {label} | {name} | {strategy} | " + " | ".join(f"{f:.3f}" for f in figures) + " |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
