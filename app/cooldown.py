@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from app import metrics
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_SECONDS = 60.0
@@ -212,6 +214,7 @@ class Cooldowns:
 
     def _storage_failed(self, what: str, err: Exception) -> None:
         self.errors += 1
+        metrics.STORAGE_ERRORS.labels("cooldown").inc()
         if self._throttle.ready():
             logger.warning(
                 "cooldown storage %s failed (%s); routing ignores cooldowns",

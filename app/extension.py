@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from app.blueprints import health, openai
+from app import metrics
+from app.blueprints import health, openai, ops
 from app.config import Config, load_config
 from app.errors import (
     ANTHROPIC,
@@ -25,9 +27,21 @@ from app.errors import (
 from app.state import EXTENSION_KEY, ProxyState, build_state
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("ai_proxy.access")
+
+QUIET_PATHS = ("/ping", "/healthz", "/readyz", "/metrics")
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, X-API-Key, API-Key, X-Goog-API-Key, X-Request-ID, "
+    "anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
+)
+CORS_EXPOSE = (
+    "x-request-id, x-ai-proxy-model, x-ai-proxy-attempts, x-ratelimit-limit-requests, "
+    "x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, "
+    "x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, Retry-After"
+)
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, openai.bp)
+API_SURFACES = (health.bp, ops.bp, openai.bp)
 
 
 class AIProxy:
@@ -82,21 +96,83 @@ def _surface() -> str:
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 
 
-def _begin_request() -> None:
+def _begin_request():
     if not _ours():
-        return
+        return None
     incoming = request.headers.get("X-Request-ID", "")
-    g.ai_proxy_request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-    request.max_content_length = _state().config.server.max_body_bytes
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    g.ai_proxy_request_id = request_id
+    g.ai_proxy_started = time.perf_counter()
+    g.ai_proxy_record = {"request_id": request_id, "method": request.method, "path": request.path}
+    metrics.IN_FLIGHT.inc()
+    g.ai_proxy_counted = True
+    state = _state()
+    request.max_content_length = state.config.server.max_body_bytes
+    origin = request.headers.get("Origin")
+    if (
+        request.method == "OPTIONS"
+        and origin
+        and request.headers.get("Access-Control-Request-Method")
+        and origin in state.config.server.cors_origins
+    ):
+        return Response(status=204)
+    return None
 
 
-def _finish_response(response):
+def _finish_response(response: Response) -> Response:
     if not _ours():
         return response
-    response.headers["x-request-id"] = g.get("ai_proxy_request_id") or uuid.uuid4().hex
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers.setdefault("Cache-Control", "no-store")
+    headers = response.headers
+    headers["x-request-id"] = g.get("ai_proxy_request_id") or uuid.uuid4().hex
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers.setdefault("Cache-Control", "no-store")
+    _cors(response)
+    if g.get("ai_proxy_counted"):
+        g.ai_proxy_counted = False
+        record = g.ai_proxy_record
+        record["status"] = response.status_code
+        started = g.ai_proxy_started
+        surface = _surface()
+        # Logged and counted once the last byte is out (streams included).
+        response.call_on_close(lambda: _request_done(record, started, surface))
     return response
+
+
+def _cors(response: Response) -> None:
+    origin = request.headers.get("Origin")
+    if not origin or origin not in _state().config.server.cors_origins:
+        return
+    headers = response.headers
+    headers["Access-Control-Allow-Origin"] = origin
+    headers.add("Vary", "Origin")
+    headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+    if request.method == "OPTIONS":
+        headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        headers["Access-Control-Max-Age"] = "600"
+
+
+def _request_done(record: dict, started: float, surface: str) -> None:
+    """One log line and the request metrics, when the answer is fully delivered."""
+    metrics.IN_FLIGHT.dec()
+    seconds = time.perf_counter() - started
+    record["latency_ms"] = round(seconds * 1000, 2)
+    model = record.get("model", "")
+    if model:
+        metrics.REQUESTS.labels(
+            surface, model, record.get("provider", ""), str(record["status"])
+        ).inc()
+        metrics.REQUEST_SECONDS.labels(surface, model).observe(seconds)
+    quiet = record["path"].endswith(QUIET_PATHS) and record["status"] < 400
+    access_logger.log(
+        logging.DEBUG if quiet else logging.INFO,
+        "%s %s %s %.1fms",
+        record["method"],
+        record["path"],
+        record["status"],
+        record["latency_ms"],
+        extra={key: value for key, value in record.items() if value is not None},
+    )
 
 
 def _handle_proxy_error(err: ProxyError):

@@ -59,14 +59,22 @@ def make_formatter(fmt: str) -> logging.Formatter:
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Send the proxy's own log records to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(fmt))
+    """The proxy's log records to stderr, its one line per request to stdout, in one format."""
+    formatter = make_formatter(fmt)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
+    access = logging.getLogger("ai_proxy.access")
+    for old in list(access.handlers):
+        access.removeHandler(old)
+    access_handler = logging.StreamHandler(sys.stdout)
+    access_handler.setFormatter(formatter)
+    access.addHandler(access_handler)
+    access.propagate = False
 
 
 class ProxyGunicornLogger(GunicornLogger):

@@ -29,6 +29,7 @@ from limits.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
+from app import metrics
 from app.config import Config, TokenConfig
 from app.cooldown import LogThrottle
 from app.errors import BudgetExceededError, RateLimitError, StorageUnavailableError
@@ -209,6 +210,7 @@ class Quotas:
             return []
 
     def _refusal(self, limit: Limit) -> RateLimitError:
+        metrics.QUOTA_REFUSALS.labels("client", limit.name).inc()
         state = self._window(limit)
         wait = max(1.0, state.reset_at - time.time())
         if limit.counts == "budget":
@@ -243,6 +245,31 @@ class Quotas:
             self._storage_failed(err)
             return None
 
+    def report(self, owner: str) -> dict[str, dict]:
+        """What is left of each of an owner's limits, for /admin/status."""
+        limits = (
+            self.models.get(owner, [])
+            + self.model_tokens.get(owner, [])
+            + self.tokens.get(owner, [])
+            + self.token_usage.get(owner, [])
+        )
+        report = {}
+        for limit in limits:
+            try:
+                window = self._window(limit)
+            except StorageError:
+                report[limit.name] = {"limit": limit.item.amount, "remaining": None}
+                continue
+            amount, remaining = limit.item.amount, window.remaining
+            if limit.counts == "budget":
+                amount, remaining = amount / MICRO_USD, remaining / MICRO_USD
+            report[limit.name] = {
+                "limit": amount,
+                "remaining": remaining,
+                "resets_in_seconds": round(max(0.0, window.reset_at - time.time()), 1),
+            }
+        return report
+
     # -- charging -----------------------------------------------------------------------------
 
     def charge(
@@ -268,6 +295,7 @@ class Quotas:
 
     def _storage_failed(self, err: StorageError, raise_on_deny: bool = True) -> None:
         self.storage_errors += 1
+        metrics.STORAGE_ERRORS.labels("rate_limit").inc()
         if self._throttle.ready():
             logger.warning(
                 "rate-limit storage failed (%s); %s",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from app import metrics
 from app.config import Config
 from app.cooldown import BreakerState, Cooldowns, MemoryBreakers
 from app.errors import (
@@ -255,6 +256,7 @@ class Router:
             if self.quotas is not None:
                 back = self.quotas.admit_deployment(candidate.key)
                 if back is not None:
+                    metrics.QUOTA_REFUSALS.labels("deployment", candidate.name).inc()
                     soonest_back = min(soonest_back or back, back)
                     continue
             attempts += 1
@@ -265,9 +267,12 @@ class Router:
             except UpstreamError as err:
                 self._end(candidate)
                 err.extra_headers["x-ai-proxy-attempts"] = str(attempts)
+                outcome = "retryable" if err.retryable else "client_error"
+                self._observe(candidate, outcome, self.clock() - started)
                 if err.retryable:
-                    self.cooldowns.failure(candidate.key, err.retry_after)
+                    self._failed(candidate, err)
                     logger.warning("deployment %s failed: %s", candidate.name, err.code)
+                    metrics.FALLBACKS.labels(candidate.name).inc()
                     last_error = err
                     continue
                 # The client's own mistake: the deployment is fine and nothing cools down.
@@ -282,7 +287,9 @@ class Router:
             except BaseException:
                 self._end(candidate)
                 raise
-            self._record_latency(candidate, self.clock() - started)
+            elapsed = self.clock() - started
+            self._record_latency(candidate, elapsed)
+            self._observe(candidate, "success", elapsed)
             return Outcome(
                 result,
                 candidate,
@@ -337,7 +344,23 @@ class Router:
         if error is None:
             self.cooldowns.success(candidate.key, state)
         elif isinstance(error, UpstreamError) and error.retryable:
-            self.cooldowns.failure(candidate.key, error.retry_after)
+            self._failed(candidate, error)
+
+    def _failed(self, candidate: Candidate, error: UpstreamError) -> None:
+        if self.cooldowns.failure(candidate.key, error.retry_after) is not None:
+            metrics.COOLDOWNS.labels(candidate.name, candidate.provider.model.provider).inc()
+
+    @staticmethod
+    def _observe(candidate: Candidate, outcome: str, seconds: float) -> None:
+        model = candidate.provider.model
+        metrics.ATTEMPTS.labels(model.name, model.provider, outcome).inc()
+        metrics.UPSTREAM_SECONDS.labels(model.name, model.provider, outcome).observe(seconds)
+
+    def latency_ms(self, key: str) -> float | None:
+        """The recent (smoothed) latency of a deployment in this worker, if measured."""
+        with self._lock:
+            seconds = self._latency.get(key)
+        return round(seconds * 1000, 1) if seconds is not None else None
 
     def in_flight(self) -> dict[str, int]:
         with self._lock:

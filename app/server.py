@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 
 from gunicorn.app.base import BaseApplication
@@ -37,6 +40,7 @@ def bind_address(runtime: RuntimeConfig) -> str:
 
 def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
+    prepare_metrics_dir()
     if env is None:
         try:
             load_env_file()
@@ -56,7 +60,8 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         "graceful_timeout": DEFAULT_GRACEFUL_TIMEOUT,
         "timeout": DEFAULT_WORKER_TIMEOUT,
         "keepalive": DEFAULT_KEEPALIVE,
-        "accesslog": "-",
+        # The app writes one richer line per request itself (logger ai_proxy.access, stdout).
+        "accesslog": None,
         "errorlog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "loglevel": runtime.log_level.lower(),
@@ -65,7 +70,33 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         # One host may run several proxies; the gunicornc control socket is not needed.
         "control_socket_disable": True,
         "on_starting": on_starting,
+        "child_exit": child_exit,
+        "on_exit": on_exit,
     }
+
+
+def prepare_metrics_dir() -> str:
+    """PROMETHEUS_MULTIPROC_DIR for the workers, set before any of them imports the metrics."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="ai-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        os.environ["AI_PROXY_OWNS_METRICS_DIR"] = "1"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def child_exit(server, worker) -> None:
+    """gunicorn master hook: a dead worker's live gauges no longer count."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and os.environ.get("AI_PROXY_OWNS_METRICS_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_startup(config: Config, binds: list[str]) -> list[str]:
@@ -108,6 +139,9 @@ def log_loaded(config: Config, workers: int = 1) -> None:
 
 def on_starting(server) -> None:
     """gunicorn master hook: validate the config before any worker starts."""
+    # Samples of an earlier run in a reused directory would be counted again.
+    for stale in glob.glob(os.path.join(prepare_metrics_dir(), "*.db")):
+        os.remove(stale)
     try:
         config = load_config()
     except ConfigError as err:

@@ -7,6 +7,7 @@ import time
 
 from flask import Response, current_app, g, request
 
+from app import metrics
 from app.config import TokenConfig
 from app.errors import InvalidJSONError
 from app.providers import CallContext
@@ -23,7 +24,31 @@ def authenticate() -> TokenConfig:
     """The caller's token, or a 401 (no token configured: loopback callers only)."""
     token = proxy_state().authenticator.authenticate(request.headers, request.remote_addr)
     g.ai_proxy_token = token
+    note(token=token.name)
     return token
+
+
+def note(**fields) -> dict:
+    """Add fields to this request's log line (and return the line's record)."""
+    record = g.get("ai_proxy_record")
+    if record is None:
+        record = g.ai_proxy_record = {}
+    record.update(fields)
+    return record
+
+
+def note_outcome(outcome: Outcome, surface: str, stream: bool) -> None:
+    """Record who answered and how soon the first byte came."""
+    first_byte = time.perf_counter() - g.ai_proxy_started
+    model = outcome.candidate.provider.model
+    note(
+        model=model.name,
+        provider=model.provider,
+        attempts=outcome.attempts,
+        stream=stream,
+        ttfb_ms=round(first_byte * 1000, 2),
+    )
+    metrics.FIRST_BYTE_SECONDS.labels(surface, model.name).observe(first_byte)
 
 
 def read_json_body() -> tuple[object, int]:
@@ -51,10 +76,17 @@ def settle_usage(token: TokenConfig, candidate: Candidate, body: dict):
     """A callback charging an answer's tokens and cost once its usage (or text) is known."""
     quotas = proxy_state().quotas
     model = candidate.provider.model
+    record = note()
 
     def settle(usage: object, completion_text: str) -> tuple[int, int]:
         prompt, completion = usage_numbers(usage, body, completion_text)
-        quotas.charge(token, model.key, prompt + completion, cost_usd(model, prompt, completion))
+        cost = cost_usd(model, prompt, completion)
+        quotas.charge(token, model.key, prompt + completion, cost)
+        record.update(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
+        metrics.TOKENS.labels(model.name, token.name, "prompt").inc(prompt)
+        metrics.TOKENS.labels(model.name, token.name, "completion").inc(completion)
+        if cost:
+            metrics.COST.labels(model.name, token.name).inc(cost)
         return prompt, completion
 
     return settle

@@ -8,11 +8,14 @@ from collections.abc import Callable, Iterator
 
 from flask import Blueprint, Response, g
 
+from app import metrics
 from app.auth import model_allowed, require_model
 from app.blueprints.common import (
     authenticate,
     call_context,
     json_response,
+    note,
+    note_outcome,
     proxy_state,
     read_json_body,
     routing_headers,
@@ -48,6 +51,7 @@ def create_chat_completion():
     body = validate_body(CHAT_COMPLETION, body)
     state = proxy_state()
     resolution = state.router.resolve(body.get("model"), size)
+    note(model_requested=resolution.identifier)
     token = g.ai_proxy_token
     require_model(token, resolution.identifier, resolution.is_category)
     quota_headers = rate_limit_headers(state.quotas.admit_client(token))
@@ -61,6 +65,7 @@ def create_chat_completion():
             ),
             ctx.deadline,
         )
+        note_outcome(outcome, OPENAI, stream=True)
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         limit = state.config.routing.stream_timeout_seconds
@@ -75,6 +80,7 @@ def create_chat_completion():
         resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx), ctx.deadline
     )
     outcome.finish()
+    note_outcome(outcome, OPENAI, stream=False)
     answer = outcome.result
     response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
     # Charged once the answer is on its way, so quota storage adds nothing to its latency.
@@ -107,6 +113,7 @@ def relay_chat(
     error: ProxyError | None = None
     usage = None
     texts: list[str] = []
+    metrics.STREAMS_IN_FLIGHT.inc()
     try:
         for chunk in stream:
             if chunk.get("usage"):
@@ -133,6 +140,7 @@ def relay_chat(
         logger.exception("stream failed inside the proxy")
         yield sse_error_event(error, OPENAI)
     finally:
+        metrics.STREAMS_IN_FLIGHT.dec()
         stream.close()
         outcome.finish(error)
         # Tokens streamed before a failure or a disconnect were spent all the same.

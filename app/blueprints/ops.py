@@ -1,0 +1,110 @@
+"""Operator endpoints: Prometheus `/metrics` and `/admin/status`."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Blueprint, Response, request
+
+from app import metrics
+from app.auth import extract_token
+from app.blueprints.common import json_response, proxy_state
+from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+
+bp = Blueprint("ai_proxy_ops", __name__)
+
+
+def _matches(presented: str | None, expected: str) -> bool:
+    return presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "surrogateescape"), expected.encode("utf-8")
+    )
+
+
+@bp.get("/metrics")
+def get_metrics():
+    expected = proxy_state().config.server.metrics_token
+    if expected and not _matches(extract_token(request.headers), expected):
+        raise AuthenticationError("/metrics wants the metrics token as a Bearer token.")
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/admin/status")
+def get_status():
+    state = proxy_state()
+    expected = state.config.admin_token
+    if not expected:
+        raise NotFoundError(f"No route for {request.method} {request.path}.")
+    presented = extract_token(request.headers)
+    if presented is None:
+        raise AuthenticationError("/admin/status wants the admin token.")
+    if not _matches(presented, expected):
+        is_client = state.authenticator.enabled and _is_client_token(presented)
+        if is_client:
+            raise PermissionDeniedError(
+                "A client token may not read /admin/status.", code="admin_only"
+            )
+        raise AuthenticationError("Invalid admin token.")
+    return json_response(status_report())
+
+
+def _is_client_token(presented: str) -> bool:
+    try:
+        proxy_state().authenticator.authenticate({"x-api-key": presented}, None)
+        return True
+    except AuthenticationError:
+        return False
+
+
+def status_report() -> dict:
+    """Each deployment's health, quota left and load; each client token's quota left."""
+    state = proxy_state()
+    router, quotas = state.router, state.quotas
+    providers = router.providers
+    keys = [p.model.key for p in providers]
+    breakers = router.cooldowns.states(keys)
+    in_flight = router.in_flight()
+    now = time.time()
+    deployments = []
+    for provider, breaker in zip(providers, breakers, strict=True):
+        model = provider.model
+        if breaker.open_until is not None:
+            health = "cooling_down"
+        elif router.cooldowns.needs_probe(breaker):
+            health = "probing"
+        else:
+            health = "healthy"
+        deployments.append(
+            {
+                "key": model.key,
+                "name": model.name,
+                "provider": model.provider,
+                "priority": model.priority,
+                "state": health,
+                "cooling_down_until": breaker.open_until,
+                "cooling_down_for_seconds": (
+                    round(breaker.open_until - now, 1) if breaker.open_until else None
+                ),
+                "consecutive_failures": breaker.failures,
+                "latency_ms": router.latency_ms(model.key),
+                "in_flight": in_flight.get(model.key, 0),
+                "quota": quotas.report(f"model:{model.key}"),
+            }
+        )
+    tokens = [
+        {"name": token.name, "quota": quotas.report(f"token:{token.name}")}
+        for token in state.config.tokens
+    ]
+    return {
+        "deployments": deployments,
+        "tokens": tokens,
+        "requests_in_flight": sum(in_flight.values()),
+        "in_flight_scope": "this worker",
+        "rate_limit_storage": {
+            "uri_scheme": state.config.rate_limits.storage.split("://", 1)[0],
+            "ok": quotas.healthy(),
+            "errors": quotas.storage_errors,
+        },
+        "cooldown_storage_errors": router.cooldowns.errors,
+    }

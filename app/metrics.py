@@ -1,0 +1,101 @@
+"""Prometheus metrics: what the proxy serves, how fast, how it fails, what it costs.
+
+Under gunicorn, `conf/gunicorn.conf.py` sets PROMETHEUS_MULTIPROC_DIR before any worker imports
+this module, so every worker writes its samples there and `/metrics` adds them up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "ai_proxy_requests_total",
+    "Client requests answered, by surface, model served, provider and status.",
+    ["surface", "model", "provider", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "ai_proxy_request_duration_seconds",
+    "Time from request to the last byte of the answer.",
+    ["surface", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+FIRST_BYTE_SECONDS = Histogram(
+    "ai_proxy_time_to_first_byte_seconds",
+    "Time from request to the first answer byte the upstream sent (streams: first chunk).",
+    ["surface", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_SECONDS = Histogram(
+    "ai_proxy_upstream_duration_seconds",
+    "Time one upstream attempt took until its answer (streams: its first chunk).",
+    ["model", "provider", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+ATTEMPTS = Counter(
+    "ai_proxy_upstream_attempts_total",
+    "Upstream attempts by outcome: success, retryable (moved on), client_error.",
+    ["model", "provider", "outcome"],
+)
+FALLBACKS = Counter(
+    "ai_proxy_fallbacks_total",
+    "Requests that moved on from a failed deployment to the next candidate.",
+    ["model"],
+)
+COOLDOWNS = Counter(
+    "ai_proxy_cooldowns_total",
+    "Times a deployment was put in cooldown.",
+    ["model", "provider"],
+)
+TOKENS = Counter(
+    "ai_proxy_tokens_total",
+    "Tokens charged, by model, client token and kind (prompt or completion).",
+    ["model", "token", "kind"],
+)
+COST = Counter(
+    "ai_proxy_cost_usd_total",
+    "Cost in USD at the configured prices, by model and client token.",
+    ["model", "token"],
+)
+QUOTA_REFUSALS = Counter(
+    "ai_proxy_quota_refusals_total",
+    "Requests refused or deployments skipped for quota, by scope and limit.",
+    ["scope", "limit"],
+)
+STORAGE_ERRORS = Counter(
+    "ai_proxy_storage_errors_total",
+    "Rate-limit or cooldown storage failures.",
+    ["what"],
+)
+IN_FLIGHT = Gauge(
+    "ai_proxy_requests_in_flight",
+    "Requests being served now (streams included).",
+    multiprocess_mode="livesum",
+)
+STREAMS_IN_FLIGHT = Gauge(
+    "ai_proxy_streams_in_flight",
+    "Streams open to clients now.",
+    multiprocess_mode="livesum",
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text for every worker (multiprocess) or for this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
