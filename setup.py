@@ -23,6 +23,7 @@ setup(
         "gunicorn>=23",
         "limits>=5,<6",
         "marshmallow>=4,<5",
+        "prometheus-client>=0.20",
         "python-dotenv>=1.0",
         "PyYAML>=6",
         "redis>=5",
