@@ -104,8 +104,10 @@ def _begin_request():
     g.ai_proxy_request_id = request_id
     g.ai_proxy_started = time.perf_counter()
     g.ai_proxy_record = {"request_id": request_id, "method": request.method, "path": request.path}
-    metrics.IN_FLIGHT.inc()
-    g.ai_proxy_counted = True
+    # Scrapes and probes are not the load the gauge is for.
+    g.ai_proxy_counted = not request.path.endswith(QUIET_PATHS)
+    if g.ai_proxy_counted:
+        metrics.IN_FLIGHT.inc()
     state = _state()
     request.max_content_length = state.config.server.max_body_bytes
     origin = request.headers.get("Origin")
@@ -127,14 +129,14 @@ def _finish_response(response: Response) -> Response:
     headers["X-Content-Type-Options"] = "nosniff"
     headers.setdefault("Cache-Control", "no-store")
     _cors(response)
-    if g.get("ai_proxy_counted"):
-        g.ai_proxy_counted = False
-        record = g.ai_proxy_record
+    record = g.pop("ai_proxy_record", None)
+    if record is not None:
+        counted = g.get("ai_proxy_counted", False)
         record["status"] = response.status_code
         started = g.ai_proxy_started
         surface = _surface()
         # Logged and counted once the last byte is out (streams included).
-        response.call_on_close(lambda: _request_done(record, started, surface))
+        response.call_on_close(lambda: _request_done(record, started, surface, counted))
     return response
 
 
@@ -152,9 +154,10 @@ def _cors(response: Response) -> None:
         headers["Access-Control-Max-Age"] = "600"
 
 
-def _request_done(record: dict, started: float, surface: str) -> None:
+def _request_done(record: dict, started: float, surface: str, counted: bool) -> None:
     """One log line and the request metrics, when the answer is fully delivered."""
-    metrics.IN_FLIGHT.dec()
+    if counted:
+        metrics.IN_FLIGHT.dec()
     seconds = time.perf_counter() - started
     record["latency_ms"] = round(seconds * 1000, 2)
     model = record.get("model", "")
