@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from app import metrics
+from app import metrics, tracing
 from app.blueprints import health, openai, ops
 from app.config import Config, load_config
 from app.errors import (
@@ -68,6 +69,7 @@ class AIProxy:
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
         prefix = (self.url_prefix if url_prefix is None else url_prefix).rstrip("/")
         config = self.config or load_config(self.config_path, self.env, self.overrides)
+        tracing.setup_tracing(os.environ if self.env is None else self.env)
         state = build_state(config, prefix)
         app.extensions[EXTENSION_KEY] = state
         for blueprint in API_SURFACES:
@@ -108,6 +110,15 @@ def _begin_request():
     g.ai_proxy_counted = not request.path.endswith(QUIET_PATHS)
     if g.ai_proxy_counted:
         metrics.IN_FLIGHT.inc()
+        g.ai_proxy_span = tracing.start_request_span(
+            f"{request.method} {request.path}",
+            request.headers,
+            {
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "ai_proxy.request_id": request_id,
+            },
+        )
     state = _state()
     request.max_content_length = state.config.server.max_body_bytes
     origin = request.headers.get("Origin")
@@ -136,7 +147,9 @@ def _finish_response(response: Response) -> Response:
         started = g.ai_proxy_started
         surface = _surface()
         # Logged and counted once the last byte is out (streams included).
-        response.call_on_close(lambda: _request_done(record, started, surface, counted))
+        span = g.pop("ai_proxy_span", None)
+        tracing.detach(span)
+        response.call_on_close(lambda: _request_done(record, started, surface, counted, span))
     return response
 
 
@@ -154,10 +167,21 @@ def _cors(response: Response) -> None:
         headers["Access-Control-Max-Age"] = "600"
 
 
-def _request_done(record: dict, started: float, surface: str, counted: bool) -> None:
-    """One log line and the request metrics, when the answer is fully delivered."""
+def _request_done(record: dict, started: float, surface: str, counted: bool, span) -> None:
+    """One log line, the request metrics and the request span, once the answer is delivered."""
     if counted:
         metrics.IN_FLIGHT.dec()
+    tracing.end_request_span(
+        span,
+        record["status"],
+        {
+            "gen_ai.request.model": record.get("model_requested"),
+            "ai_proxy.model": record.get("model"),
+            "ai_proxy.attempts": record.get("attempts"),
+            "gen_ai.usage.input_tokens": record.get("prompt_tokens"),
+            "gen_ai.usage.output_tokens": record.get("completion_tokens"),
+        },
+    )
     seconds = time.perf_counter() - started
     record["latency_ms"] = round(seconds * 1000, 2)
     model = record.get("model", "")

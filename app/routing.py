@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from app import metrics
+from app import metrics, tracing
 from app.config import Config
 from app.cooldown import BreakerState, Cooldowns, MemoryBreakers
 from app.errors import (
@@ -263,7 +263,13 @@ class Router:
             self._begin(candidate)
             started = self.clock()
             try:
-                result = call(candidate)
+                with tracing.attempt_span(
+                    "chat",
+                    candidate.provider.model.provider,
+                    candidate.upstream_model,
+                    candidate.key,
+                ):
+                    result = call(candidate)
             except UpstreamError as err:
                 self._end(candidate)
                 err.extra_headers["x-ai-proxy-attempts"] = str(attempts)

@@ -17,6 +17,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from app import tracing
 from app.config import RetryConfig
 from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from app.version import __version__
@@ -211,6 +212,7 @@ class UpstreamPool:
         and an error answer is read only as far as its message needs.
         """
         all_headers = {"User-Agent": USER_AGENT, **headers}
+        tracing.inject(all_headers)
         try:
             response = self.session(url).request(
                 method,
