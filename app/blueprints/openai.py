@@ -33,6 +33,7 @@ from app.ratelimit import rate_limit_headers
 from app.routing import Candidate, Outcome
 from app.schemas import CHAT_COMPLETION, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
+from app.think import strip_answer, strip_stream
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def create_chat_completion():
     outcome.finish()
     note_outcome(outcome, OPENAI, stream=False)
     answer = outcome.result
+    if outcome.candidate.provider.model.strip_think:
+        answer = strip_answer(answer)
     response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
     # Charged once the answer is on its way, so quota storage adds nothing to its latency.
     settle = settle_usage(token, outcome.candidate, body)
@@ -114,8 +117,9 @@ def relay_chat(
     usage = None
     texts: list[str] = []
     metrics.STREAMS_IN_FLIGHT.inc()
+    chunks = strip_stream(stream) if outcome.candidate.provider.model.strip_think else stream
     try:
-        for chunk in stream:
+        for chunk in chunks:
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
