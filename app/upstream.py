@@ -24,7 +24,7 @@ from app.version import __version__
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504, 529})
 # Upstream answers that are the client's to fix: they go back at once and cool nothing down.
 CLIENT_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422})
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -34,7 +34,7 @@ USER_AGENT = f"ai-proxy/{__version__}"
 _URL_RE = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long"
-    r"|reduce the length",
+    r"|reduce the length|context limit|exceeds the maximum number of tokens",
     re.IGNORECASE,
 )
 _KEY_RE = re.compile(r"\b(?:sk|pk|rk|gsk|key|AIza)[-_A-Za-z0-9]{12,}\b")
@@ -113,7 +113,15 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
         return err, None
     if isinstance(err, dict):
         message = err.get("message") or err.get("detail") or payload.get("message")
-        code = err.get("code") or err.get("type") or err.get("status")
+        # Gemini's `code` is the HTTP status number; its `status` names the error.
+        code = next(
+            (
+                c
+                for c in (err.get("code"), err.get("type"), err.get("status"))
+                if isinstance(c, str) and c
+            ),
+            None,
+        )
         if isinstance(message, (dict, list)):
             message = json.dumps(message)
         return (str(message) if message else None), (str(code) if code else None)

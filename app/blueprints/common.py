@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 from flask import Response, current_app, g, request
 
 from app import metrics
 from app.config import TokenConfig
-from app.errors import InvalidJSONError
+from app.errors import InvalidJSONError, ProxyError, UpstreamTimeoutError, sse_error_event
 from app.providers import CallContext
 from app.routing import Candidate, Outcome
 from app.state import EXTENSION_KEY, ProxyState
 from app.tokens import cost_usd, usage_numbers
+
+logger = logging.getLogger(__name__)
 
 
 def proxy_state() -> ProxyState:
@@ -104,3 +108,53 @@ def json_response(payload: object, status: int = 200, headers: dict | None = Non
     if headers:
         response.headers.update(headers)
     return response
+
+
+class Tally:
+    """What a stream delivered, for charging it: the last usage seen and the text sent."""
+
+    def __init__(self) -> None:
+        self.usage: object = None
+        self.texts: list[str] = []
+
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+def bounded(items: Iterable, ends_by: float) -> Iterator:
+    """Items until the stream's time is up; then an in-band timeout."""
+    for item in items:
+        yield item
+        if time.monotonic() > ends_by:
+            raise UpstreamTimeoutError("The stream ran longer than the proxy allows.")
+
+
+def relay(
+    outcome: Outcome,
+    events: Iterator[bytes],
+    tally: Tally,
+    surface: str,
+    settle: Callable[[object, str], object],
+) -> Iterator[bytes]:
+    """Send a stream's events as they come; a failure after the first byte ends in-band.
+
+    Whatever happens, the upstream is closed, routing hears how it ended, and the tokens
+    delivered (before a failure or a disconnect too) are charged.
+    """
+    error: ProxyError | None = None
+    metrics.STREAMS_IN_FLIGHT.inc()
+    try:
+        yield from events
+    except ProxyError as err:
+        error = err
+        logger.warning("stream ended early: %s", err.message)
+        yield sse_error_event(err, surface)
+    except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
+        error = ProxyError()
+        logger.exception("stream failed inside the proxy")
+        yield sse_error_event(error, surface)
+    finally:
+        metrics.STREAMS_IN_FLIGHT.dec()
+        outcome.result.close()
+        outcome.finish(error)
+        settle(tally.usage, tally.text())

@@ -4,33 +4,32 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, g
 
-from app import metrics
 from app.auth import model_allowed, require_model
 from app.blueprints.common import (
+    Tally,
     authenticate,
+    bounded,
     call_context,
     json_response,
     note,
     note_outcome,
     proxy_state,
     read_json_body,
+    relay,
     routing_headers,
     settle_usage,
 )
 from app.errors import (
     OPENAI,
     ModelNotFoundError,
-    ProxyError,
-    UpstreamTimeoutError,
-    sse_error_event,
 )
-from app.providers import ChatStream, PrimedStream
+from app.providers import PrimedStream
 from app.ratelimit import rate_limit_headers
-from app.routing import Candidate, Outcome
+from app.routing import Candidate
 from app.schemas import CHAT_COMPLETION, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
 from app.think import strip_answer, strip_stream
@@ -71,8 +70,12 @@ def create_chat_completion():
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         limit = state.config.routing.stream_timeout_seconds
         settle = settle_usage(token, outcome.candidate, body)
+        chunks = bounded(outcome.result, time.monotonic() + limit)
+        if outcome.candidate.provider.model.strip_think:
+            chunks = strip_stream(chunks)
+        tally = Tally()
         return Response(
-            relay_chat(outcome, include_usage, time.monotonic() + limit, settle),
+            relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
             mimetype="text/event-stream",
             headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
         )
@@ -105,50 +108,22 @@ def _answer_text(answer: dict) -> str:
     return "".join(parts)
 
 
-def relay_chat(
-    outcome: Outcome,
-    include_usage: bool,
-    ends_by: float,
-    settle: Callable[[object, str], object],
-) -> Iterator[bytes]:
-    """Write each upstream chunk as it comes; a failure after the first byte ends in-band."""
-    stream: ChatStream = outcome.result
-    error: ProxyError | None = None
-    usage = None
-    texts: list[str] = []
-    metrics.STREAMS_IN_FLIGHT.inc()
-    chunks = strip_stream(stream) if outcome.candidate.provider.model.strip_think else stream
-    try:
-        for chunk in chunks:
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if isinstance(content, str):
-                    texts.append(content)
-            if "usage" in chunk and not include_usage:
-                # The proxy asked upstream for usage; the client did not, so it gets none.
-                if not chunk.get("choices"):
-                    continue
-                chunk = {key: value for key, value in chunk.items() if key != "usage"}
-            yield encode_chunk(chunk)
-            if time.monotonic() > ends_by:
-                raise UpstreamTimeoutError("The stream ran longer than the proxy allows.")
-        yield DONE
-    except ProxyError as err:
-        error = err
-        logger.warning("stream ended early: %s", err.message)
-        yield sse_error_event(err, OPENAI)
-    except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
-        error = ProxyError()
-        logger.exception("stream failed inside the proxy")
-        yield sse_error_event(error, OPENAI)
-    finally:
-        metrics.STREAMS_IN_FLIGHT.dec()
-        stream.close()
-        outcome.finish(error)
-        # Tokens streamed before a failure or a disconnect were spent all the same.
-        settle(usage, "".join(texts))
+def chat_events(chunks, include_usage: bool, tally: Tally) -> Iterator[bytes]:
+    """OpenAI stream events for canonical chunks, ending with [DONE]."""
+    for chunk in chunks:
+        if chunk.get("usage"):
+            tally.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if isinstance(content, str):
+                tally.texts.append(content)
+        if "usage" in chunk and not include_usage:
+            # The proxy asked upstream for usage; the client did not, so it gets none.
+            if not chunk.get("choices"):
+                continue
+            chunk = {key: value for key, value in chunk.items() if key != "usage"}
+        yield encode_chunk(chunk)
+    yield DONE
 
 
 def _model_object(model_id: str, owned_by: str, created: int) -> dict:

@@ -65,6 +65,21 @@ class Provider:
         """Send a streamed chat request and return once the upstream accepted it."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")
 
+    # Providers that speak Anthropic Messages natively take /v1/messages requests as they are.
+    native_messages: ClassVar[bool] = False
+
+    def messages(self, body: dict, ctx: CallContext) -> dict:
+        """An Anthropic Messages request answered natively (only if `native_messages`)."""
+        raise NotImplementedError
+
+    def open_messages_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        """A native Anthropic event stream: iterate for (event name, payload) pairs."""
+        raise NotImplementedError
+
+    def count_tokens(self, body: dict, ctx: CallContext) -> int | None:
+        """The provider's own input-token count for an Anthropic Messages body, if it has one."""
+        return None
+
 
 class PrimedStream(ChatStream):
     """A stream whose first chunk was read before the client saw a byte.

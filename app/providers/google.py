@@ -1,0 +1,618 @@
+"""The Gemini API (`generateContent`, `streamGenerateContent?alt=sse`) behind the canonical form.
+
+Requests go out in Gemini's wire format with the key in `x-goog-api-key`; answers and stream
+events come back as OpenAI chat completions and chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
+
+import requests
+
+from app.errors import UpstreamClientError, UpstreamError
+from app.providers.base import CallContext, ChatStream, Provider
+from app.streaming import iter_sse
+from app.tokens import message_text
+from app.upstream import error_message, read_chunks, read_json, safe_text
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+DEFAULT_IMAGE_TYPE = "image/jpeg"
+# Gemini 3 rejects a replayed function call step whose first call carries no thought signature;
+# this value is the one Google documents for history the model did not produce (or lost).
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+}
+TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+# Gemini answers a bad or expired key, and a region it does not serve, with 400: that is this
+# deployment failing, not the client's request, so routing should move on.
+_KEY_REFUSED_RE = re.compile(r"\bAPI[ _]?key\b", re.IGNORECASE)
+_REGION_REFUSED_RE = re.compile(r"location is not supported", re.IGNORECASE)
+# What a Go-style `url` or an OpenAI-compatible root may end with beyond the API root.
+_ROOT_SUFFIX_RE = re.compile(
+    r"(/models/[^/]+:[A-Za-z]+|/models|/openai/chat/completions|/chat/completions|/openai)$"
+)
+_DATA_URL_RE = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),(.*)$", re.DOTALL)
+
+
+def api_root(url: str) -> str:
+    """The API root of a configured URL: no query, no endpoint, no `/openai` compatibility path."""
+    parts = urlsplit(url.strip())
+    path = _ROOT_SUFFIX_RE.sub("", parts.path.rstrip("/"))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).rstrip("/")
+
+
+class GoogleProvider(Provider):
+    name = "google"
+
+    @property
+    def base_url(self) -> str:
+        """`base_url`, else the Go-style `url` (`.../v1beta/models`), else Google's own root."""
+        configured = self.model.base_url or self.model.url or self.default_base_url
+        return api_root(configured or DEFAULT_BASE_URL)
+
+    def endpoint(self, model: str, method: str) -> str:
+        # `models/x` and `tunedModels/x` are full resource names; a bare id is a base model.
+        resource = model if "/" in model else f"models/{model}"
+        return f"{self.base_url}/{quote(resource, safe='/-_.@')}:{method}"
+
+    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        headers.update(self.model.headers)
+        if self.model.token:
+            headers["x-goog-api-key"] = self.model.token
+        return headers
+
+    def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
+        model = str(body.get("model") or self.model.upstream_model())
+        method = "streamGenerateContent" if stream else "generateContent"
+        payload = json.dumps(to_gemini(body)).encode()
+        try:
+            return self.pool.send(
+                "POST",
+                self.endpoint(model, method),
+                label=self.label,
+                headers=self.headers(ctx, stream),
+                body=payload,
+                timeout=self.timeout(ctx),
+                params={"alt": "sse"} if stream else None,
+            )
+        except UpstreamClientError as err:
+            if _KEY_REFUSED_RE.search(err.message):
+                raise UpstreamError(
+                    f"{self.label}: the provider refused the proxy's credentials ({err.status})"
+                ) from err
+            if _REGION_REFUSED_RE.search(err.message):
+                raise UpstreamError(
+                    f"{self.label}: the provider does not serve the proxy's location"
+                ) from err
+            raise
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        response = self._send(body, ctx, stream=False)
+        answer = read_json(response, self.label)
+        return to_completion(answer, str(body.get("model") or ""), self.label)
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        response = self._send(body, ctx, stream=True)
+        return GeminiStream(response, self.label, str(body.get("model") or ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI chat request -> GenerateContentRequest.
+
+
+def to_gemini(body: dict) -> dict:
+    """The GenerateContentRequest for a canonical chat request, minus what Gemini cannot take."""
+    system, contents = _contents(body.get("messages") or [])
+    request: dict = {"contents": contents}
+    if system:
+        request["systemInstruction"] = {"parts": system}
+    config = _generation_config(body)
+    if config:
+        request["generationConfig"] = config
+    declarations = _function_declarations(body)
+    if declarations:
+        request["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _tool_config(body)
+        if tool_config:
+            request["toolConfig"] = tool_config
+    return request
+
+
+def _contents(messages: list) -> tuple[list[dict], list[dict]]:
+    """System parts and the turns; consecutive turns of one role become one, as Gemini wants."""
+    system: list[dict] = []
+    contents: list[dict] = []
+    names: dict[str, str] = {}  # tool call id -> function name, for the results that follow
+
+    def add(role: str, parts: list[dict]) -> None:
+        if not parts:
+            return
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            text = message_text(content)
+            if text:
+                system.append({"text": text})
+        elif role == "user":
+            add("user", _user_parts(content, position))
+        elif role == "assistant":
+            add("model", _model_parts(message, position, names))
+        elif role in ("tool", "function"):
+            call_id = message.get("tool_call_id")
+            name = names.get(call_id) if isinstance(call_id, str) else None
+            name = name or message.get("name") or "function"
+            add("user", [{"functionResponse": {"name": name, "response": _tool_result(content)}}])
+    return system, contents
+
+
+def _user_parts(content: object, position: int) -> list[dict]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        return []
+    parts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        where = f"messages[{position}].content[{index}]"
+        if kind == "text" and isinstance(part.get("text"), str) and part["text"]:
+            parts.append({"text": part["text"]})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str) and url:
+                parts.append(_media_part(url, DEFAULT_IMAGE_TYPE, where))
+        elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+            audio = part["input_audio"]
+            fmt = str(audio.get("format") or "wav")
+            parts.append({"inlineData": {"mimeType": f"audio/{fmt}", "data": audio.get("data")}})
+        elif kind == "file" and isinstance(part.get("file"), dict):
+            data = part["file"].get("file_data")
+            if isinstance(data, str) and data:
+                guessed = mimetypes.guess_type(str(part["file"].get("filename") or ""))[0]
+                fallback = guessed or "application/octet-stream"
+                if data.startswith("data:"):
+                    parts.append(_media_part(data, fallback, where))
+                else:
+                    parts.append({"inlineData": {"mimeType": fallback, "data": data}})
+    return parts
+
+
+def _media_part(url: str, default_type: str, where: str) -> dict:
+    """A data: URL becomes inline bytes; any other URL is referenced for Gemini to fetch."""
+    if url.startswith("data:"):
+        match = _DATA_URL_RE.match(url)
+        if not match:
+            raise UpstreamClientError(
+                f"Invalid request: {where}: not a valid data: URL", status=400, param=where
+            )
+        mime, params, data = match.groups()
+        if ";base64" not in params.lower():
+            data = base64.b64encode(unquote_to_bytes(data)).decode()
+        return {"inlineData": {"mimeType": mime or default_type, "data": data}}
+    guessed = mimetypes.guess_type(urlsplit(url).path)[0]
+    return {"fileData": {"mimeType": guessed or default_type, "fileUri": url}}
+
+
+def _model_parts(message: dict, position: int, names: dict[str, str]) -> list[dict]:
+    content = message.get("content")
+    parts: list[dict] = []
+    if isinstance(content, str):
+        if content:
+            parts.append({"text": content})
+    elif isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
+            if isinstance(text, str) and text:
+                parts.append({"text": text})
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        legacy = message.get("function_call")
+        calls = [{"function": legacy}] if isinstance(legacy, dict) else []
+    first = True
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        name = str(function["name"])
+        if isinstance(call.get("id"), str):
+            names[call["id"]] = name
+        where = f"messages[{position}].tool_calls[{index}].function.arguments"
+        part: dict = {"functionCall": {"name": name, "args": _arguments(function, where)}}
+        signature = _signature(call)
+        if signature or first:
+            part["thoughtSignature"] = signature or SKIP_SIGNATURE
+        first = False
+        parts.append(part)
+    return parts
+
+
+def _arguments(function: dict, where: str) -> dict:
+    raw = function.get("arguments")
+    if isinstance(raw, dict):
+        return raw
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        args = None
+    if not isinstance(args, dict):
+        raise UpstreamClientError(
+            f"Invalid request: {where}: must be a JSON object", status=400, param=where
+        )
+    return args
+
+
+def _signature(call: dict) -> str | None:
+    """The thought signature this proxy (or Gemini's own OpenAI endpoint) put on a tool call."""
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
+
+
+def _tool_result(content: object) -> dict:
+    """A tool's output as Gemini's `response` object: its JSON object, else {"content": text}."""
+    text = content if isinstance(content, str) else message_text(content)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"content": text}
+
+
+def _generation_config(body: dict) -> dict:
+    config: dict = {}
+    for source, target in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("n", "candidateCount"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("seed", "seed"),
+    ):
+        if body.get(source) is not None:
+            config[target] = body[source]
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None:
+        config["maxOutputTokens"] = limit
+    stop = body.get("stop")
+    if isinstance(stop, str) and stop:
+        config["stopSequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        config["stopSequences"] = [s for s in stop if isinstance(s, str)]
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind in ("json_object", "json_schema"):
+            config["responseMimeType"] = "application/json"
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if kind == "json_schema" and isinstance(schema, dict):
+            # responseJsonSchema takes JSON Schema as OpenAI clients write it; responseSchema
+            # takes only Google's OpenAPI subset.
+            config["responseJsonSchema"] = schema
+    return config
+
+
+def _function_declarations(body: dict) -> list[dict]:
+    functions = []
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict) and tool.get("type") == "function":
+                functions.append(tool.get("function"))
+    elif isinstance(body.get("functions"), list):
+        functions = body["functions"]
+    declarations = []
+    for function in functions:
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        declaration = {"name": function["name"]}
+        if function.get("description"):
+            declaration["description"] = function["description"]
+        if isinstance(function.get("parameters"), dict):
+            # JSON Schema as given (additionalProperties, $ref, anyOf ...): `parameters` would
+            # take only Google's OpenAPI subset and reject much of what OpenAI clients send.
+            declaration["parametersJsonSchema"] = function["parameters"]
+        declarations.append(declaration)
+    return declarations
+
+
+def _tool_config(body: dict) -> dict | None:
+    choice = body.get("tool_choice")
+    if choice is None:
+        choice = body.get("function_call")
+        if isinstance(choice, dict) and choice.get("name"):
+            choice = {"type": "function", "function": choice}
+    if isinstance(choice, str) and choice in TOOL_MODES:
+        return {"functionCallingConfig": {"mode": TOOL_MODES[choice]}}
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if name:
+            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# GenerateContentResponse -> OpenAI chat completion.
+
+
+def finish_reason(reason: object, called_tools: bool) -> str:
+    """OpenAI's finish reason for Gemini's; a stop after function calls is `tool_calls`."""
+    mapped = FINISH_REASONS.get(str(reason), "stop")
+    return "tool_calls" if called_tools and mapped == "stop" else mapped
+
+
+def usage(meta: object) -> dict | None:
+    """OpenAI usage from `usageMetadata`; thinking tokens count as completion tokens."""
+    if not isinstance(meta, dict):
+        return None
+
+    def count(key: str) -> int:
+        value = meta.get(key)
+        return value if isinstance(value, int) else 0
+
+    prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
+    thoughts = count("thoughtsTokenCount")
+    completion = count("candidatesTokenCount") + thoughts
+    result: dict = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": count("totalTokenCount") or prompt + completion,
+    }
+    if count("cachedContentTokenCount"):
+        result["prompt_tokens_details"] = {"cached_tokens": count("cachedContentTokenCount")}
+    if thoughts:
+        result["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    return result
+
+
+def _answer_parts(candidate: dict) -> Iterator[dict]:
+    """The parts that are the answer: thought summaries are not."""
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts if isinstance(parts, list) else ():
+        if isinstance(part, dict) and not part.get("thought"):
+            yield part
+
+
+def _tool_call(part: dict) -> dict:
+    call = part["functionCall"]
+    call_id = call.get("id")
+    tool_call: dict = {
+        "id": call_id if isinstance(call_id, str) and call_id else f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": str(call.get("name") or ""),
+            "arguments": json.dumps(call.get("args") or {}),
+        },
+    }
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        # Where Gemini's own OpenAI endpoint puts it; clients replay it with the history.
+        tool_call["extra_content"] = {"google": {"thought_signature": signature}}
+    return tool_call
+
+
+def _is_call(part: dict) -> bool:
+    return isinstance(part.get("functionCall"), dict)
+
+
+def _response_id(answer: dict) -> str:
+    response_id = answer.get("responseId")
+    return f"chatcmpl-{response_id}" if response_id else f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _check_answer(answer: object, label: str) -> dict:
+    if isinstance(answer, list) and len(answer) == 1:
+        answer = answer[0]
+    if not isinstance(answer, dict):
+        raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
+    if "error" in answer and "candidates" not in answer:
+        message, _ = error_message(answer)
+        raise UpstreamError(f"{label}: the upstream failed: {safe_text(message or 'unknown')}")
+    if not isinstance(answer.get("candidates"), list) and not _block_reason(answer):
+        raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
+    return answer
+
+
+def _block_reason(answer: dict) -> str | None:
+    feedback = answer.get("promptFeedback")
+    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    return str(reason) if reason else None
+
+
+def to_completion(answer: object, model: str, label: str) -> dict:
+    """The chat completion for a whole GenerateContentResponse."""
+    answer = _check_answer(answer, label)
+    choices = []
+    for position, candidate in enumerate(answer.get("candidates") or []):
+        if not isinstance(candidate, dict):
+            continue
+        parts = list(_answer_parts(candidate))
+        text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+        calls = [_tool_call(p) for p in parts if _is_call(p)]
+        message: dict = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = calls
+        choices.append(
+            {
+                "index": candidate.get("index", position),
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
+            }
+        )
+    if not choices:
+        if not _block_reason(answer):
+            raise UpstreamError(f"{label}: the upstream answered without a candidate")
+        # The prompt itself was blocked: an empty, filtered answer, as OpenAI reports one.
+        choices.append(
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": "content_filter",
+            }
+        )
+    completion = {
+        "id": _response_id(answer),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": answer.get("modelVersion") or model,
+        "choices": choices,
+    }
+    counted = usage(answer.get("usageMetadata"))
+    if counted:
+        completion["usage"] = counted
+    return completion
+
+
+# ---------------------------------------------------------------------------------------------
+# streamGenerateContent?alt=sse -> OpenAI chunks.
+
+
+@dataclass
+class _Choice:
+    calls: int = 0
+    finished: bool = False
+
+
+class GeminiStream(ChatStream):
+    """Chunks from Gemini's SSE stream: each event is a partial GenerateContentResponse."""
+
+    def __init__(self, response: requests.Response, label: str, model: str) -> None:
+        self.response = response
+        self.label = label
+        self.model = model
+        self.id: str | None = None
+        self.created = int(time.time())
+        self.choices: dict[int, _Choice] = {}
+        self.usage: dict | None = None
+
+    def _events(self) -> Iterator[object]:
+        content_type = self.response.headers.get("Content-Type", "")
+        if "application/json" in content_type:
+            # An upstream that ignored alt=sse answers a JSON array of the same responses.
+            answer = read_json(self.response, self.label)
+            yield from answer if isinstance(answer, list) else [answer]
+            return
+        for event in iter_sse(read_chunks(self.response, self.label), self.label):
+            try:
+                payload = json.loads(event.data)
+            except ValueError as err:
+                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
+            # Errors may come wrapped in a one-element list, as Google's error bodies do.
+            yield from payload if isinstance(payload, list) else [payload]
+
+    def __iter__(self) -> Iterator[dict]:
+        for payload in self._events():
+            yield from self._translate(payload)
+        if not self.choices:
+            return
+        if not all(choice.finished for choice in self.choices.values()):
+            raise UpstreamError(f"{self.label}: the stream ended before the answer was complete")
+        if self.usage:
+            yield {**self._base(), "choices": [], "usage": self.usage}
+
+    def _base(self) -> dict:
+        return {
+            "id": self.id or f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, index: int, delta: dict, finish: str | None = None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**self._base(), "choices": [choice]}
+
+    def _translate(self, payload: object) -> Iterable[dict]:
+        if not isinstance(payload, dict):
+            raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+        if "error" in payload and "candidates" not in payload:
+            message, _ = error_message(payload)
+            raise UpstreamError(
+                f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
+            )
+        if self.id is None:
+            self.id = _response_id(payload)
+        self.model = payload.get("modelVersion") or self.model
+        self.usage = usage(payload.get("usageMetadata")) or self.usage
+        candidates = payload.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            if _block_reason(payload) and not self.choices:
+                yield from self._start(0)
+                self.choices[0].finished = True
+                yield self._chunk(0, {}, "content_filter")
+            return
+        for position, candidate in enumerate(candidates):
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index", position)
+            yield from self._start(index)
+            state = self.choices[index]
+            parts = list(_answer_parts(candidate))
+            text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+            if text:
+                yield self._chunk(index, {"content": text})
+            for part in parts:
+                if _is_call(part):
+                    # Gemini sends each call whole: one delta carries all of its arguments.
+                    yield self._chunk(
+                        index, {"tool_calls": [{"index": state.calls, **_tool_call(part)}]}
+                    )
+                    state.calls += 1
+            if candidate.get("finishReason"):
+                state.finished = True
+                reason = finish_reason(candidate["finishReason"], state.calls > 0)
+                yield self._chunk(index, {}, reason)
+
+    def _start(self, index: int) -> Iterable[dict]:
+        if index not in self.choices:
+            self.choices[index] = _Choice()
+            yield self._chunk(index, {"role": "assistant", "content": ""})
+
+    def close(self) -> None:
+        self.response.close()
