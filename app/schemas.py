@@ -70,3 +70,59 @@ def validate_body(schema: Schema, body: object) -> dict:
         param, _, message = first.partition(": ")
         raise InvalidRequestError(f"Invalid request: {param}: {message}", param=param)
     return body
+
+
+def _anthropic_content(value: object) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(
+        isinstance(block, dict) and isinstance(block.get("type"), str) for block in value
+    ):
+        raise ValidationError("must be a string or a list of content blocks with a type")
+
+
+def _system(value: object) -> None:
+    if value is not None and not isinstance(value, str | list):
+        raise ValidationError("must be a string or a list of text blocks")
+
+
+class AnthropicMessageSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(("user", "assistant")))
+    content = fields.Raw(required=True, validate=_anthropic_content)
+
+
+class MessagesSchema(Schema):
+    """POST /v1/messages (Anthropic); fields not named here pass through to Anthropic upstreams."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    max_tokens = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    messages = fields.List(
+        fields.Nested(AnthropicMessageSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_MESSAGES),
+    )
+    system = fields.Raw(allow_none=True, validate=_system)
+    stream = fields.Boolean(allow_none=True)
+    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
+    stop_sequences = fields.List(fields.String(), allow_none=True)
+    tools = fields.List(fields.Dict(), allow_none=True)
+    tool_choice = fields.Dict(allow_none=True)
+    metadata = fields.Dict(allow_none=True)
+
+
+class CountTokensSchema(MessagesSchema):
+    """POST /v1/messages/count_tokens: a Messages body without max_tokens."""
+
+    max_tokens = fields.Integer(strict=True, validate=validate.Range(min=1))
+
+
+MESSAGES = MessagesSchema()
+COUNT_TOKENS = CountTokensSchema()
