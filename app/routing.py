@@ -166,6 +166,20 @@ class Router:
             return Resolution(identifier, False, self._candidates(providers, identifier))
         raise ModelNotFoundError(f"The model {identifier!r} does not exist.", param="model")
 
+    def resolve_kind(self, kind: str, allowed: Callable[[str], bool]) -> Resolution:
+        """Every `kind` model the caller may use, best first (for requests without a model)."""
+        providers = [p for p in self.providers if p.model.kind == kind and allowed(p.model.name)]
+        if not providers:
+            raise ModelNotFoundError(
+                f"No {kind} model is configured for this API key.", param="model"
+            )
+        candidates = sorted(providers, key=self._sort_key())
+        return Resolution(
+            candidates[0].model.name,
+            False,
+            tuple(Candidate(p, p.model.upstream_model(p.model.name)) for p in candidates),
+        )
+
     def _wildcard_for(self, name: str) -> list[Provider]:
         return [p for p in self.wildcards if name.startswith(p.model.name[:-1])]
 

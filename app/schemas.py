@@ -9,6 +9,8 @@ from app.errors import InvalidRequestError
 
 MAX_MODEL_NAME = 256
 MAX_MESSAGES = 100_000
+MAX_EMBEDDING_INPUTS = 2048
+MAX_PROMPT_CHARS = 32_000
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
@@ -126,3 +128,82 @@ class CountTokensSchema(MessagesSchema):
 
 MESSAGES = MessagesSchema()
 COUNT_TOKENS = CountTokensSchema()
+
+
+def _embedding_input(value: object) -> None:
+    if isinstance(value, str):
+        if not value:
+            raise ValidationError("must not be empty")
+        return
+    if not isinstance(value, list) or not value:
+        raise ValidationError("must be a string or a non-empty list")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise ValidationError(f"at most {MAX_EMBEDDING_INPUTS} inputs")
+    kinds = {type(item) for item in value}
+    if kinds == {str} or kinds == {int}:
+        return
+    if kinds == {list} and all(isinstance(t, int) for item in value for t in item):
+        return
+    raise ValidationError("must be strings, or token ids, or lists of token ids")
+
+
+class EmbeddingsSchema(Schema):
+    """POST /v1/embeddings."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    input = fields.Raw(required=True, validate=_embedding_input)
+    dimensions = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
+    encoding_format = fields.String(allow_none=True, validate=validate.OneOf(("float", "base64")))
+
+
+class ImagesSchema(Schema):
+    """POST /v1/images/generations."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    prompt = fields.String(required=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
+    n = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=10))
+    size = fields.String(allow_none=True, validate=validate.Length(max=32))
+    response_format = fields.String(allow_none=True, validate=validate.OneOf(("url", "b64_json")))
+
+
+def _prompt(value: object) -> None:
+    if isinstance(value, str):
+        return
+    if isinstance(value, list) and value and all(isinstance(p, str | int | list) for p in value):
+        return
+    raise ValidationError("must be a string or a non-empty list")
+
+
+class CompletionsSchema(Schema):
+    """POST /v1/completions (legacy)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    prompt = fields.Raw(required=True, validate=_prompt)
+    stream = fields.Boolean(allow_none=True)
+    max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
+
+
+class GoImageSchema(Schema):
+    """POST /image (Go ai-proxy): a prompt, as `prompt` or `inputs`, and maybe a model."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    prompt = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
+    inputs = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
+
+
+EMBEDDINGS = EmbeddingsSchema()
+IMAGES = ImagesSchema()
+COMPLETIONS = CompletionsSchema()
+GO_IMAGE = GoImageSchema()

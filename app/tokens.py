@@ -40,8 +40,9 @@ def usage_numbers(usage: object, body: dict, completion_text: str) -> tuple[int,
     if isinstance(usage, dict):
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        if isinstance(prompt, int) and isinstance(completion, int):
-            return prompt, completion
+        if isinstance(prompt, int):
+            # Embeddings report prompt tokens only.
+            return prompt, completion if isinstance(completion, int) else 0
     return prompt_estimate(body), estimate_tokens(completion_text)
 
 

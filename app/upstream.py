@@ -285,6 +285,20 @@ def read_chunks(response: requests.Response, label: str) -> Iterator[bytes]:
         raise translate(err, label) from err
 
 
+def read_bytes(response: requests.Response, label: str, limit: int) -> bytes:
+    """A whole binary answer, at most `limit` bytes (more is a failure, not a truncation)."""
+    chunks, size = [], 0
+    try:
+        for chunk in read_chunks(response, label):
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"{label}: the upstream answer is larger than {limit} bytes")
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
 def read_json(response: requests.Response, label: str) -> object:
     """The whole body of a non-streamed answer as JSON; garbage is a retryable failure."""
     try:

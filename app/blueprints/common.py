@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -10,12 +11,22 @@ from collections.abc import Callable, Iterable, Iterator
 from flask import Response, current_app, g, request
 
 from app import metrics
+from app.auth import model_allowed, require_model
 from app.config import TokenConfig
-from app.errors import InvalidJSONError, ProxyError, UpstreamTimeoutError, sse_error_event
+from app.errors import (
+    InvalidJSONError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    sse_error_event,
+)
+from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
 from app.providers import CallContext
+from app.ratelimit import rate_limit_headers
 from app.routing import Candidate, Outcome
 from app.state import EXTENSION_KEY, ProxyState
 from app.tokens import cost_usd, usage_numbers
+from app.upstream import read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +169,53 @@ def relay(
         outcome.result.close()
         outcome.finish(error)
         settle(tally.usage, tally.text())
+
+
+def admit(identifier: str | None, size: int, kind: str = "chat"):
+    """Resolve the model, check the token may use it, count the request: the common start."""
+    state = proxy_state()
+    token = g.ai_proxy_token
+    if identifier is None and kind != "chat":
+        resolution = state.router.resolve_kind(kind, lambda name: model_allowed(token, name))
+    else:
+        resolution = state.router.resolve(identifier, size, kind=kind)
+        require_model(token, resolution.identifier, resolution.is_category)
+    note(model_requested=resolution.identifier)
+    quota_headers = rate_limit_headers(state.quotas.admit_client(token))
+    return state, token, resolution, quota_headers
+
+
+def image_bytes(entry: dict, candidate: Candidate, ctx: CallContext) -> bytes:
+    """The bytes of an image entry: decoded, or fetched from the URL the upstream gave."""
+    provider = candidate.provider
+    if entry.get("b64_json"):
+        return decode_b64(entry["b64_json"], provider.label)
+    url = entry.get("url", "")
+    if url.startswith("data:"):
+        return decode_b64(url, provider.label)
+    if not url.startswith(("https://", "http://")):
+        raise UpstreamError(f"{provider.label}: the upstream image URL is not http(s)")
+    response = provider.pool.send(
+        "GET",
+        url,
+        label=provider.label,
+        headers={"Accept": "image/*"},
+        timeout=provider.timeout(ctx),
+    )
+    return read_bytes(response, provider.label, MAX_IMAGE_BYTES)
+
+
+def image_entry(entry: dict, wanted: str, candidate: Candidate, ctx: CallContext) -> dict:
+    """An image entry in the form the client asked for (`url` or `b64_json`)."""
+    extra = {"revised_prompt": entry["revised_prompt"]} if entry.get("revised_prompt") else {}
+    if wanted == "b64_json":
+        if entry.get("b64_json"):
+            return {"b64_json": entry["b64_json"], **extra}
+        data = image_bytes(entry, candidate, ctx)
+        return {"b64_json": base64.b64encode(data).decode(), **extra}
+    if entry.get("url"):
+        return {"url": entry["url"], **extra}
+    # No place to host the bytes: a data URL is a URL every client can read.
+    data = image_bytes(entry, candidate, ctx)
+    media = sniff_type(data) or "image/png"
+    return {"url": f"data:{media};base64,{base64.b64encode(data).decode()}", **extra}

@@ -11,9 +11,11 @@ from flask import Blueprint, Response, g
 from app.auth import model_allowed, require_model
 from app.blueprints.common import (
     Tally,
+    admit,
     authenticate,
     bounded,
     call_context,
+    image_entry,
     json_response,
     note,
     note_outcome,
@@ -30,7 +32,7 @@ from app.errors import (
 from app.providers import PrimedStream
 from app.ratelimit import rate_limit_headers
 from app.routing import Candidate
-from app.schemas import CHAT_COMPLETION, validate_body
+from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
 from app.think import strip_answer, strip_stream
 
@@ -152,3 +154,92 @@ def get_model(model_id: str):
         if matches and model_allowed(g.ai_proxy_token, public_id, is_category):
             return json_response(_model_object(public_id, owned_by, int(state.started)))
     raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+
+
+@bp.post("/v1/embeddings")
+@bp.post("/embeddings")
+def create_embedding():
+    body, size = read_json_body()
+    body = validate_body(EMBEDDINGS, body)
+    state, token, resolution, quota_headers = admit(body["model"], size, kind="embedding")
+    ctx = call_context(resolution.identifier)
+    outcome = state.router.run(
+        resolution,
+        lambda c: c.provider.embed({**body, "model": c.upstream_model}, ctx),
+        ctx.deadline,
+    )
+    outcome.finish()
+    note_outcome(outcome, OPENAI, stream=False)
+    answer = outcome.result
+    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
+    settle = settle_usage(token, outcome.candidate, {"messages": []})
+    response.call_on_close(lambda: settle(answer.get("usage"), ""))
+    return response
+
+
+@bp.post("/v1/images/generations")
+@bp.post("/images/generations")
+def create_image():
+    body, size = read_json_body()
+    body = validate_body(IMAGES, body)
+    state, _token, resolution, quota_headers = admit(body.get("model"), size, kind="image")
+    ctx = call_context(resolution.identifier)
+    outcome = state.router.run(
+        resolution,
+        lambda c: (c, c.provider.generate_image({**body, "model": c.upstream_model}, ctx)),
+        ctx.deadline,
+    )
+    outcome.finish()
+    note_outcome(outcome, OPENAI, stream=False)
+    candidate, entries = outcome.result
+    wanted = body.get("response_format") or "url"
+    data = [image_entry(entry, wanted, candidate, ctx) for entry in entries]
+    return json_response(
+        {"created": int(time.time()), "data": data},
+        headers={**routing_headers(outcome), **quota_headers},
+    )
+
+
+@bp.post("/v1/completions")
+@bp.post("/completions")
+def create_completion():
+    body, size = read_json_body()
+    body = validate_body(COMPLETIONS, body)
+    state, token, resolution, quota_headers = admit(body["model"], size)
+    ctx = call_context(resolution.identifier)
+    prompt = body["prompt"] if isinstance(body["prompt"], str) else ""
+    settle_body = {"messages": [{"role": "user", "content": prompt}]}
+    if body.get("stream"):
+        outcome = state.router.run(
+            resolution,
+            lambda c: PrimedStream(
+                c.provider.open_completion_stream({**body, "model": c.upstream_model}, ctx),
+                c.provider.label,
+            ),
+            ctx.deadline,
+        )
+        note_outcome(outcome, OPENAI, stream=True)
+        options = body.get("stream_options")
+        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        limit = state.config.routing.stream_timeout_seconds
+        chunks = bounded(outcome.result, time.monotonic() + limit)
+        tally = Tally()
+        settle = settle_usage(token, outcome.candidate, settle_body)
+        return Response(
+            relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
+        )
+    outcome = state.router.run(
+        resolution,
+        lambda c: c.provider.complete({**body, "model": c.upstream_model}, ctx),
+        ctx.deadline,
+    )
+    outcome.finish()
+    note_outcome(outcome, OPENAI, stream=False)
+    answer = outcome.result
+    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
+    text = "".join(str(c.get("text") or "") for c in answer.get("choices") or [])
+    settle = settle_usage(token, outcome.candidate, settle_body)
+    response.call_on_close(lambda: settle(answer.get("usage"), text))
+    return response

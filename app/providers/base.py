@@ -65,6 +65,21 @@ class Provider:
         """Send a streamed chat request and return once the upstream accepted it."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")
 
+    def embed(self, body: dict, ctx: CallContext) -> dict:
+        """An OpenAI embeddings answer for an OpenAI embeddings request."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve embeddings.")
+
+    def generate_image(self, body: dict, ctx: CallContext) -> list[dict]:
+        """Images for an OpenAI images request: a list of {"b64_json"} or {"url"} entries."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not generate images.")
+
+    def complete(self, body: dict, ctx: CallContext) -> dict:
+        """A legacy OpenAI text completion."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve completions.")
+
+    def open_completion_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve completions.")
+
     # Providers that speak Anthropic Messages natively take /v1/messages requests as they are.
     native_messages: ClassVar[bool] = False
 

@@ -8,11 +8,15 @@ from collections.abc import Iterator
 import requests
 
 from app.errors import UpstreamError
+from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.upstream import error_message, read_bytes, read_chunks, read_json, safe_text
 
 CHAT_PATH = "/chat/completions"
+COMPLETIONS_PATH = "/completions"
+EMBEDDINGS_PATH = "/embeddings"
+IMAGES_PATH = "/images/generations"
 
 
 class OpenAIProvider(Provider):
@@ -75,6 +79,62 @@ class OpenAIProvider(Provider):
             timeout=self.timeout(ctx),
         )
         return OpenAIStream(response, self.label)
+
+    def _post(self, path: str, body: dict, ctx: CallContext, stream: bool = False):
+        return self.pool.send(
+            "POST",
+            self.endpoint(path),
+            label=self.label,
+            headers=self.headers(ctx, stream=stream),
+            body=json.dumps(body).encode(),
+            timeout=self.timeout(ctx),
+        )
+
+    def embed(self, body: dict, ctx: CallContext) -> dict:
+        answer = read_json(self._post(EMBEDDINGS_PATH, body, ctx), self.label)
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise UpstreamError(f"{self.label}: the upstream answer is not an embedding list")
+        return answer
+
+    def generate_image(self, body: dict, ctx: CallContext) -> list[dict]:
+        url = (self.model.url or "").rstrip("/")
+        if url and not self.model.base_url and not url.endswith(IMAGES_PATH):
+            # A Go-style inference endpoint (Hugging Face and kin): {"inputs": prompt} in,
+            # the image bytes (or a JSON wrapper around them) out.
+            payload = {"inputs": body["prompt"]}
+            if body.get("size") and "x" in str(body["size"]):
+                width, _, height = str(body["size"]).partition("x")
+                if width.isdigit() and height.isdigit():
+                    payload["parameters"] = {"width": int(width), "height": int(height)}
+            response = self.pool.send(
+                "POST",
+                url,
+                label=self.label,
+                headers={**self.headers(ctx), "Accept": "image/png, image/jpeg, */*"},
+                body=json.dumps(payload).encode(),
+                timeout=self.timeout(ctx),
+            )
+            if response.headers.get("Content-Type", "").startswith("image/"):
+                return [
+                    entry_from_bytes(read_bytes(response, self.label, MAX_IMAGE_BYTES), self.label)
+                ]
+            return entries_from_json(read_json(response, self.label), self.label)
+        return entries_from_json(
+            read_json(self._post(IMAGES_PATH, body, ctx), self.label), self.label
+        )
+
+    def complete(self, body: dict, ctx: CallContext) -> dict:
+        answer = read_json(self._post(COMPLETIONS_PATH, body, ctx), self.label)
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamError(f"{self.label}: the upstream answer is not a completion")
+        return answer
+
+    def open_completion_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        options = body.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        options["include_usage"] = True
+        body = {**body, "stream": True, "stream_options": options}
+        return OpenAIStream(self._post(COMPLETIONS_PATH, body, ctx, stream=True), self.label)
 
 
 class OpenAIStream(ChatStream):
