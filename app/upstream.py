@@ -28,6 +28,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504, 529})
 # Upstream answers that are the client's to fix: they go back at once and cool nothing down.
 CLIENT_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422})
 MAX_ERROR_BODY_BYTES = 64 * 1024
+SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
 READ_SIZE = 64 * 1024
 USER_AGENT = f"ai-proxy/{__version__}"
@@ -108,6 +109,11 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
         payload = payload[0]
     if not isinstance(payload, dict):
         return None, None
+    errors = payload.get("errors")
+    if "error" not in payload and isinstance(errors, list) and errors:
+        # Cloudflare's v4 envelope: {"success": false, "errors": [{"code", "message"}]}.
+        first = errors[0]
+        payload = first if isinstance(first, dict) else {"message": str(first)}
     err = payload.get("error", payload)
     if isinstance(err, str):
         return err, None
@@ -236,7 +242,7 @@ class UpstreamPool:
             logger.warning("upstream %s failed: %s", label, type(err).__name__)
             raise translate(err, label) from err
         if response.status_code >= 300:
-            raise status_error(response, label)
+            raise status_error(response, label, _secrets(all_headers))
         return response
 
     def close(self) -> None:
@@ -246,7 +252,18 @@ class UpstreamPool:
             self._sessions.clear()
 
 
-def status_error(response: requests.Response, label: str) -> UpstreamError:
+def _secrets(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials in upstream headers, to scrub from anything an upstream echoes back."""
+    found = []
+    for name, value in headers.items():
+        if name.lower() in SECRET_HEADERS and value:
+            found.append(value.split(" ", 1)[1] if " " in value else value)
+    return tuple(secret for secret in found if len(secret) >= 8)
+
+
+def status_error(
+    response: requests.Response, label: str, secrets: tuple[str, ...] = ()
+) -> UpstreamError:
     """Map an upstream non-2xx answer to the proxy's error, reading at most a little of it."""
     status = response.status_code
     try:
@@ -259,6 +276,9 @@ def status_error(response: requests.Response, label: str) -> UpstreamError:
         message, code = error_message(json.loads(raw))
     except ValueError:
         message, code = None, None
+    for secret in secrets:
+        if message and secret in message:
+            message = message.replace(secret, "<redacted>")
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if status in CLIENT_ERROR_STATUSES:
         text = safe_text(message) if message else f"the upstream rejected the request ({status})"

@@ -146,9 +146,9 @@ class StubUpstream:
             return
         if reply.raw is not None:
             handler.send_response(reply.status)
-            handler.send_header("Content-Type", "application/json")
+            headers = {"Content-Type": "application/json", **reply.headers}
             handler.send_header("Content-Length", str(len(reply.raw)))
-            for name, value in reply.headers.items():
+            for name, value in headers.items():
                 handler.send_header(name, value)
             handler.end_headers()
             handler.wfile.write(reply.raw)

@@ -1,0 +1,434 @@
+"""Cohere's native v2 Chat API (`POST /v2/chat`): canonical OpenAI chat in and out, streams too."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import requests
+
+from app.errors import InvalidRequestError, UpstreamError
+from app.providers.base import CallContext, ChatStream, Provider
+from app.streaming import iter_sse
+from app.tokens import estimate_tokens, prompt_estimate
+from app.upstream import read_chunks, read_json, safe_text
+
+CHAT_PATH = "/v2/chat"
+# Suffixes a configured URL may carry that are not part of the API root: the v2 endpoint itself,
+# and the OpenAI-compatible endpoint this provider name pointed at before it had an adapter.
+_ROOT_SUFFIXES = (
+    "/compatibility/v1/chat/completions",
+    "/compatibility/v1",
+    "/v2/chat",
+    "/v1/chat",
+    "/v2",
+    "/v1",
+)
+FINISH_REASONS = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+}
+# Finish reasons that mean the generation failed rather than ended.
+FAILED_REASONS = frozenset({"ERROR", "TIMEOUT", "ERROR_TOXIC", "ERROR_LIMIT"})
+# OpenAI sampling fields with the same name and meaning in Cohere's request.
+_SAME_FIELDS = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+
+
+class CohereProvider(Provider):
+    name = "cohere"
+
+    def endpoint(self) -> str:
+        """`{root}/v2/chat`, whichever of `base_url`, Go-style `url` or the default names it."""
+        url = (self.model.base_url or self.model.url or self.default_base_url or "").rstrip("/")
+        for suffix in _ROOT_SUFFIXES:
+            if url.endswith(suffix):
+                url = url[: -len(suffix)]
+                break
+        return url + CHAT_PATH
+
+    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        headers.update(self.model.headers)
+        if self.model.token:
+            headers["Authorization"] = f"Bearer {self.model.token}"
+        return headers
+
+    def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
+        return self.pool.send(
+            "POST",
+            self.endpoint(),
+            label=self.label,
+            headers=self.headers(ctx, stream=stream),
+            body=json.dumps(to_cohere(body, stream=stream)).encode(),
+            timeout=self.timeout(ctx),
+        )
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        answer = read_json(self._send(body, ctx, stream=False), self.label)
+        return to_completion(answer, body, self.label)
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        return CohereStream(self._send(body, ctx, stream=True), body, self.label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request: OpenAI chat -> Cohere v2 chat.
+
+
+def _text(content: object) -> str:
+    """The text of OpenAI message content: a string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _user_content(content: object) -> str | list[dict]:
+    """User content: a string, or Cohere content blocks (text and image_url parts)."""
+    if not isinstance(content, list):
+        return _text(content)
+    blocks: list[dict] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+            image = {k: v for k, v in part["image_url"].items() if k in ("url", "detail")}
+            blocks.append({"type": "image_url", "image_url": image})
+    return blocks
+
+
+def _tool_call(call: object) -> dict | None:
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        return None
+    function = call["function"]
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {})
+    return {
+        "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": function.get("name") or "", "arguments": arguments},
+    }
+
+
+def _message(message: dict) -> dict:
+    role = message.get("role")
+    content = message.get("content")
+    if role in ("system", "developer"):
+        return {"role": "system", "content": _text(content)}
+    if role == "assistant":
+        calls = [c for c in map(_tool_call, message.get("tool_calls") or ()) if c]
+        if calls:
+            # Cohere keeps the text that precedes tool calls as the call's plan.
+            converted: dict = {"role": "assistant", "tool_calls": calls}
+            if _text(content):
+                converted["tool_plan"] = _text(content)
+            return converted
+        return {"role": "assistant", "content": _text(content)}
+    if role in ("tool", "function"):
+        call_id = message.get("tool_call_id") or message.get("name") or ""
+        return {"role": "tool", "tool_call_id": call_id, "content": _text(content)}
+    return {"role": "user", "content": _user_content(content)}
+
+
+def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
+    """Cohere `tools` and `tool_choice` for OpenAI ones.
+
+    Cohere can only require some tool, not a named one: naming one keeps just that tool and
+    requires it.
+    """
+    converted = []
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict) or not function.get("name"):
+            continue
+        parameters = function.get("parameters")
+        entry = {
+            "name": function["name"],
+            "parameters": parameters
+            if isinstance(parameters, dict)
+            else {"type": "object", "properties": {}},
+        }
+        if function.get("description"):
+            entry["description"] = function["description"]
+        converted.append({"type": "function", "function": entry, "strict": function.get("strict")})
+    choice = None
+    if tool_choice == "none":
+        choice = "NONE"
+    elif tool_choice == "required":
+        choice = "REQUIRED"
+    elif isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        converted = [t for t in converted if t["function"]["name"] == name]
+        if not converted:
+            raise InvalidRequestError(
+                f"tool_choice names the function {name!r}, which is not in tools.",
+                param="tool_choice",
+            )
+        choice = "REQUIRED"
+    return converted, choice
+
+
+def _response_format(value: object) -> dict | None:
+    if not isinstance(value, dict):
+        return None
+    if value.get("type") == "json_object":
+        return {"type": "json_object"}
+    if value.get("type") == "json_schema":
+        schema = (value.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return {"type": "json_object", "json_schema": schema}
+        return {"type": "json_object"}
+    return None
+
+
+def to_cohere(body: dict, stream: bool = False) -> dict:
+    """The Cohere v2 request for a canonical one; OpenAI fields Cohere has no use for go."""
+    payload: dict = {
+        "model": body.get("model"),
+        "messages": [_message(m) for m in body.get("messages") or () if isinstance(m, dict)],
+    }
+    if stream:
+        payload["stream"] = True
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is not None:
+        payload["max_tokens"] = limit
+    for name in _SAME_FIELDS:
+        if body.get(name) is not None:
+            payload[name] = body[name]
+    if body.get("top_p") is not None:
+        payload["p"] = body["top_p"]
+    if body.get("top_k") is not None:
+        payload["k"] = body["top_k"]
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        payload["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        payload["stop_sequences"] = stop
+    response_format = _response_format(body.get("response_format"))
+    if response_format:
+        payload["response_format"] = response_format
+    tools, choice = _tools(body.get("tools"), body.get("tool_choice"))
+    if tools:
+        # Cohere's strictness is one switch for every tool.
+        if any([tool.pop("strict") for tool in tools]):
+            payload["strict_tools"] = True
+        payload["tools"] = tools
+        if choice:
+            payload["tool_choice"] = choice
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers: Cohere v2 -> OpenAI chat.completion and chat.completion.chunk.
+
+
+def finish_reason(reason: object, label: str, detail: object = None) -> str:
+    """The OpenAI finish reason for Cohere's, or UpstreamError for a failed generation."""
+    reason = str(reason or "").upper()
+    if reason in FAILED_REASONS:
+        text = detail if isinstance(detail, str) and detail else reason.lower()
+        raise UpstreamError(f"{label}: the generation failed: {safe_text(text)}")
+    return FINISH_REASONS.get(reason, "stop")
+
+
+def _count(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def to_usage(usage: object, body: dict, completion_text: str) -> dict:
+    """OpenAI usage from Cohere's `usage.tokens` (else `billed_units`, else an estimate)."""
+    prompt = completion = None
+    if isinstance(usage, dict):
+        for key in ("tokens", "billed_units"):
+            counts = usage.get(key)
+            if isinstance(counts, dict):
+                prompt = _count(counts.get("input_tokens"))
+                completion = _count(counts.get("output_tokens"))
+                if prompt is not None and completion is not None:
+                    break
+    if prompt is None or completion is None:
+        prompt, completion = prompt_estimate(body), estimate_tokens(completion_text)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _answer_tool_calls(calls: object) -> list[dict]:
+    return [c for c in map(_tool_call, calls if isinstance(calls, list) else ()) if c]
+
+
+def to_completion(answer: object, body: dict, label: str) -> dict:
+    """The OpenAI chat completion for a Cohere v2 chat answer."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("message"), dict):
+        raise UpstreamError(f"{label}: the upstream answer is not a chat answer")
+    message = answer["message"]
+    reason = finish_reason(answer.get("finish_reason"), label, answer.get("error_message"))
+    content = message.get("content")
+    text = "".join(
+        part["text"]
+        for part in (content if isinstance(content, list) else ())
+        if isinstance(part, dict)
+        and part.get("type", "text") == "text"
+        and isinstance(part.get("text"), str)
+    )
+    if isinstance(content, str):
+        text = content
+    calls = _answer_tool_calls(message.get("tool_calls"))
+    reply: dict = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        reply["tool_calls"] = calls
+    return {
+        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or "",
+        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": reason}],
+        "usage": to_usage(answer.get("usage"), body, text),
+    }
+
+
+class CohereStream(ChatStream):
+    """OpenAI chunks from Cohere's v2 SSE events, each written as soon as it is read."""
+
+    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
+        self.response = response
+        self.body = body
+        self.label = label
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = body.get("model") or ""
+        self.texts: list[str] = []
+        self.tool_index: dict[object, int] = {}
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def _ending(self, finish: str, usage: dict) -> Iterator[dict]:
+        yield self._chunk({}, finish)
+        last = self._chunk({})
+        last["choices"] = []
+        last["usage"] = usage
+        yield last
+
+    def __iter__(self) -> Iterator[dict]:
+        content_type = self.response.headers.get("Content-Type", "")
+        if "application/json" in content_type:
+            yield from self._whole(read_json(self.response, self.label))
+            return
+        started = ended = False
+        for event in iter_sse(read_chunks(self.response, self.label), self.label):
+            data = event.data.strip()
+            if not data:
+                continue
+            if data == "[DONE]":
+                break
+            try:
+                payload = json.loads(data)
+            except ValueError as err:
+                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
+            if not isinstance(payload, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            kind = payload.get("type") or event.event
+            if kind == "error" or ("error" in payload and kind is None):
+                raise UpstreamError(
+                    f"{self.label}: the stream failed: {safe_text(_error_text(payload))}"
+                )
+            if ended:
+                continue
+            if not started:
+                started = True
+                if kind == "message-start" and payload.get("id"):
+                    self.id = str(payload["id"])
+                yield self._chunk({"role": "assistant", "content": ""})
+            delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+            message = delta.get("message") if isinstance(delta.get("message"), dict) else {}
+            if kind in ("content-start", "content-delta"):
+                text = (message.get("content") or {}).get("text")
+                if isinstance(text, str) and text:
+                    self.texts.append(text)
+                    yield self._chunk({"content": text})
+            elif kind == "tool-call-start":
+                yield self._chunk({"tool_calls": [self._tool_start(payload, message)]})
+            elif kind == "tool-call-delta":
+                arguments = ((message.get("tool_calls") or {}).get("function") or {}).get(
+                    "arguments"
+                )
+                if isinstance(arguments, str) and arguments:
+                    index = self.tool_index.get(
+                        payload.get("index"), max(self.tool_index.values(), default=0)
+                    )
+                    yield self._chunk(
+                        {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}
+                    )
+            elif kind == "message-end":
+                ended = True
+                reason = finish_reason(delta.get("finish_reason"), self.label, delta.get("error"))
+                usage = to_usage(delta.get("usage"), self.body, "".join(self.texts))
+                yield from self._ending(reason, usage)
+        if not ended:
+            raise UpstreamError(f"{self.label}: the stream ended before the answer was complete")
+
+    def _tool_start(self, payload: dict, message: dict) -> dict:
+        call = message.get("tool_calls")
+        call = call[0] if isinstance(call, list) and call else call
+        call = call if isinstance(call, dict) else {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = len(self.tool_index)
+        self.tool_index[payload.get("index", index)] = index
+        arguments = function.get("arguments")
+        return {
+            "index": index,
+            "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": function.get("name") or "",
+                "arguments": arguments if isinstance(arguments, str) else "",
+            },
+        }
+
+    def _whole(self, answer: object) -> Iterator[dict]:
+        """The chunks of an answer the upstream sent whole instead of streaming it."""
+        completion = to_completion(answer, self.body, self.label)
+        message = completion["choices"][0]["message"]
+        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
+        calls = message.get("tool_calls") or []
+        if calls:
+            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+        yield from self._ending(completion["choices"][0]["finish_reason"], completion["usage"])
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _error_text(payload: dict) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        error = error.get("message")
+    message = error if isinstance(error, str) and error else payload.get("message")
+    return message if isinstance(message, str) and message else "unknown error"
