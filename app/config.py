@@ -124,6 +124,11 @@ class ModelConfig:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     idle_conn_timeout_seconds: float = DEFAULT_IDLE_CONN_TIMEOUT_SECONDS
+    # Provider-specific: Azure's API version; GigaChat's OAuth endpoint, scope and CA bundle.
+    api_version: str | None = None
+    auth_url: str | None = None
+    scope: str | None = None
+    ca_bundle: str | None = None
     index: int = 0
 
     @property
@@ -295,13 +300,19 @@ class ModelSchema(_Strict):
     strip_think = fields.Boolean(load_default=False)
     headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     http_client_config = fields.Nested(HttpClientSchema, load_default=None, allow_none=True)
+    api_version = fields.String(load_default=None, allow_none=True)
+    auth_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    scope = fields.String(load_default=None, allow_none=True)
+    ca_bundle = fields.String(load_default=None, allow_none=True)
 
     @post_load
     def make(self, data, **kwargs):
         http = data.pop("http_client_config", None) or {}
-        for key in ("base_url", "url"):
+        for key in ("base_url", "url", "api_version", "auth_url", "scope", "ca_bundle"):
             if data.get(key) == "":
                 data[key] = None
+        if data.get("ca_bundle") and not Path(data["ca_bundle"]).is_file():
+            raise ValidationError("no such file", "ca_bundle")
         data["provider"] = data["provider"].lower()
         data["categories"] = tuple(data["categories"])
         for key, value in list(data.items()):

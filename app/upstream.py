@@ -219,6 +219,7 @@ class UpstreamPool:
         body: bytes | None = None,
         timeout: tuple[float, float],
         params: Mapping[str, str] | None = None,
+        verify: bool | str = True,
     ) -> requests.Response:
         """Send one request (retried per `retry:`), raising the proxy's error for any failure.
 
@@ -237,6 +238,7 @@ class UpstreamPool:
                 timeout=timeout,
                 stream=True,
                 allow_redirects=False,
+                verify=verify,
             )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
             logger.warning("upstream %s failed: %s", label, type(err).__name__)
