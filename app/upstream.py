@@ -282,6 +282,12 @@ def status_error(
         if message and secret in message:
             message = message.replace(secret, "<redacted>")
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    error = _status_error(status, message, code, retry_after, label)
+    error.upstream_status = status
+    return error
+
+
+def _status_error(status, message, code, retry_after, label) -> UpstreamError:
     if status in CLIENT_ERROR_STATUSES:
         text = safe_text(message) if message else f"the upstream rejected the request ({status})"
         too_long = code == "context_length_exceeded" or bool(

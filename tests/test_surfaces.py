@@ -210,3 +210,88 @@ def test_echo_serves_no_embeddings(make_app):
         environ_base={"REMOTE_ADDR": "127.0.0.1"},
     )
     assert response.status_code == 400
+
+
+@pytest.fixture
+def native(make_app, upstream):
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
+            "models": [
+                {
+                    "name": "gemini-embed",
+                    "provider": "google",
+                    "kind": "embedding",
+                    "base_url": upstream.url + "/v1beta",
+                    "token": "g-secret",
+                    "model": "text-embedding-004",
+                },
+                {
+                    "name": "cf-embed",
+                    "provider": "cloudflare",
+                    "kind": "embedding",
+                    "base_url": upstream.url + "/accounts/acc/ai",
+                    "token": "cf-secret",
+                    "model": "@cf/baai/bge-small-en-v1.5",
+                },
+                {
+                    "name": "cf-flux",
+                    "provider": "cloudflare",
+                    "kind": "image",
+                    "base_url": upstream.url + "/accounts/acc/ai",
+                    "token": "cf-secret",
+                    "model": "@cf/black-forest-labs/flux-1-schnell",
+                },
+            ],
+            "retry": {"max_retries": 0},
+        }
+    )
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
+
+
+def test_gemini_batch_embeddings(native, upstream):
+    upstream.queue(Reply(body={"embeddings": [{"values": [0.5, -1.0]}, {"values": [2.0, 0.25]}]}))
+    body = {"model": "gemini-embed", "input": ["one", "two"], "dimensions": 2}
+    answer = native.post("/v1/embeddings", json=body).json
+    assert [d["embedding"] for d in answer["data"]] == [[0.5, -1.0], [2.0, 0.25]]
+    assert answer["usage"]["prompt_tokens"] > 0
+    sent = upstream.requests[0]
+    assert sent.path == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    assert sent.headers["x-goog-api-key"] == "g-secret" and "key=" not in sent.path
+    assert sent.json()["requests"][1] == {
+        "model": "models/text-embedding-004",
+        "content": {"parts": [{"text": "two"}]},
+        "outputDimensionality": 2,
+    }
+    upstream.queue(Reply(body={"embeddings": [{"values": [0.5, -1.0]}]}))
+    encoded = native.post(
+        "/v1/embeddings",
+        json={"model": "gemini-embed", "input": "one", "encoding_format": "base64"},
+    ).json
+    raw = base64.b64decode(encoded["data"][0]["embedding"])
+    import struct
+
+    assert struct.unpack("<2f", raw) == (0.5, -1.0)
+
+
+def test_cloudflare_embeddings_and_flux(native, upstream):
+    upstream.queue(
+        Reply(
+            body={"success": True, "errors": [], "result": {"shape": [1, 2], "data": [[0.1, 0.2]]}}
+        )
+    )
+    answer = native.post("/v1/embeddings", json={"model": "cf-embed", "input": "hi"}).json
+    assert answer["data"][0]["embedding"] == [0.1, 0.2]
+    assert upstream.requests[0].path == "/accounts/acc/ai/run/@cf/baai/bge-small-en-v1.5"
+    assert upstream.requests[0].json() == {"text": ["hi"]}
+
+    b64 = base64.b64encode(JPEG).decode()
+    upstream.queue(Reply(body={"success": True, "errors": [], "result": {"image": b64}}))
+    response = native.post("/image", json={"model": "cf-flux", "prompt": "a fox"})
+    assert response.data == JPEG and response.headers["Content-Type"] == "image/jpeg"
+    sent = upstream.requests[1]
+    assert sent.path == "/accounts/acc/ai/run/@cf/black-forest-labs/flux-1-schnell"
+    assert sent.json() == {"prompt": "a fox"}
+    assert sent.headers["Authorization"] == "Bearer cf-secret"

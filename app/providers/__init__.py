@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from app.config import ConfigError, ModelConfig
+from app.providers.anthropic import AnthropicProvider
+from app.providers.azure import AzureProvider
 from app.providers.base import CallContext, ChatStream, PrimedStream, Provider
+from app.providers.cloudflare import CloudflareProvider
+from app.providers.cohere import CohereProvider
 from app.providers.echo import EchoProvider
+from app.providers.gigachat import GigaChatProvider
+from app.providers.google import GoogleProvider
 from app.providers.openai import OpenAIProvider
 from app.upstream import UpstreamPool
 
@@ -32,10 +38,13 @@ REGISTRY: dict[str, tuple[type[Provider], str | None]] = {
     "arliai": (OpenAIProvider, "https://api.arliai.com/v1"),
     "ollama": (OpenAIProvider, "http://127.0.0.1:11434/v1"),
     "glama": (OpenAIProvider, "https://glama.ai/api/gateway/openai/v1"),
-    "anthropic": (OpenAIProvider, "https://api.anthropic.com/v1"),
-    "google": (OpenAIProvider, "https://generativelanguage.googleapis.com/v1beta/openai"),
-    "gemini": (OpenAIProvider, "https://generativelanguage.googleapis.com/v1beta/openai"),
-    "cohere": (OpenAIProvider, "https://api.cohere.ai/compatibility/v1"),
+    "anthropic": (AnthropicProvider, "https://api.anthropic.com/v1"),
+    "google": (GoogleProvider, "https://generativelanguage.googleapis.com/v1beta"),
+    "gemini": (GoogleProvider, "https://generativelanguage.googleapis.com/v1beta"),
+    "cohere": (CohereProvider, "https://api.cohere.com"),
+    "cloudflare": (CloudflareProvider, None),
+    "azure": (AzureProvider, None),
+    "gigachat": (GigaChatProvider, "https://gigachat.devices.sberbank.ru/api/v1"),
 }
 
 

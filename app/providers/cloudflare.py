@@ -15,10 +15,11 @@ import requests
 
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
+from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
 from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_chunks, read_json, safe_text
+from app.upstream import read_bytes, read_chunks, read_json, safe_text
 
 RUN_PATH = "/run/"
 BASE_URL_FORM = "https://api.cloudflare.com/client/v4/accounts/<ACCOUNT_ID>/ai"
@@ -85,6 +86,62 @@ class CloudflareProvider(Provider):
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         return WorkersAIStream(self._send(body, ctx, stream=True), body, self.label)
+
+    def generate_image(self, body: dict, ctx: CallContext) -> list[dict]:
+        """Workers AI text-to-image (flux and kin): {"prompt"} in, `result.image` or bytes out."""
+        payload: dict = {"prompt": body["prompt"]}
+        width, _, height = str(body.get("size") or "").partition("x")
+        if width.isdigit() and height.isdigit():
+            payload.update(width=int(width), height=int(height))
+        # One image per call: Workers AI has no `n`.
+        return [self._one_image(payload, body, ctx) for _ in range(int(body.get("n") or 1))]
+
+    def _one_image(self, payload: dict, body: dict, ctx: CallContext) -> dict:
+        response = self.pool.send(
+            "POST",
+            self.endpoint(str(body.get("model") or "")),
+            label=self.label,
+            headers={**self.headers(ctx), "Accept": "application/json, image/*"},
+            body=json.dumps(payload).encode(),
+            timeout=self.timeout(ctx),
+        )
+        if response.headers.get("Content-Type", "").startswith("image/"):
+            # Stable Diffusion models answer with the PNG itself.
+            return entry_from_bytes(read_bytes(response, self.label, MAX_IMAGE_BYTES), self.label)
+        envelope = read_json(response, self.label)
+        if isinstance(envelope, dict):
+            _raise_failure(envelope, self.label)
+        return entries_from_json(envelope, self.label)[0]
+
+    def embed(self, body: dict, ctx: CallContext) -> dict:
+        """Workers AI embeddings (bge and kin): {"text": [...]} in, `result.data` out."""
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if not all(isinstance(text, str) for text in inputs):
+            raise InvalidRequestError("Workers AI embeds text only, not token ids.", param="input")
+        response = self.pool.send(
+            "POST",
+            self.endpoint(str(body.get("model") or "")),
+            label=self.label,
+            headers=self.headers(ctx),
+            body=json.dumps({"text": inputs}).encode(),
+            timeout=self.timeout(ctx),
+        )
+        envelope = read_json(response, self.label)
+        if isinstance(envelope, dict):
+            _raise_failure(envelope, self.label)
+        result = envelope.get("result") if isinstance(envelope, dict) else None
+        vectors = result.get("data") if isinstance(result, dict) else None
+        if not isinstance(vectors, list) or len(vectors) != len(inputs):
+            raise UpstreamError(f"{self.label}: the upstream answer is not an embedding list")
+        prompt = sum(estimate_tokens(text) for text in inputs)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "model": str(body.get("model") or ""),
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
 
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:

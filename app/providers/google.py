@@ -10,6 +10,7 @@ import base64
 import json
 import mimetypes
 import re
+import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -18,10 +19,10 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
 import requests
 
-from app.errors import UpstreamClientError, UpstreamError
+from app.errors import InvalidRequestError, UpstreamClientError, UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
-from app.tokens import message_text
+from app.tokens import estimate_tokens, message_text
 from app.upstream import error_message, read_chunks, read_json, safe_text
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
@@ -120,6 +121,52 @@ class GoogleProvider(Provider):
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         response = self._send(body, ctx, stream=True)
         return GeminiStream(response, self.label, str(body.get("model") or ""))
+
+    def embed(self, body: dict, ctx: CallContext) -> dict:
+        """OpenAI embeddings through `batchEmbedContents`, one request per input."""
+        model = str(body.get("model") or self.model.upstream_model())
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if not all(isinstance(text, str) for text in inputs):
+            raise InvalidRequestError("Gemini embeds text only, not token ids.", param="input")
+        resource = model if "/" in model else f"models/{model}"
+        requests_ = []
+        for text in inputs:
+            request: dict = {"model": resource, "content": {"parts": [{"text": text}]}}
+            if body.get("dimensions"):
+                request["outputDimensionality"] = body["dimensions"]
+            requests_.append(request)
+        response = self.pool.send(
+            "POST",
+            self.endpoint(model, "batchEmbedContents"),
+            label=self.label,
+            headers=self.headers(ctx),
+            body=json.dumps({"requests": requests_}).encode(),
+            timeout=self.timeout(ctx),
+        )
+        answer = read_json(response, self.label)
+        embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
+        if not isinstance(embeddings, list) or len(embeddings) != len(inputs):
+            raise UpstreamError(f"{self.label}: the upstream answer is not an embedding list")
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = []
+        for index, item in enumerate(embeddings):
+            values = item.get("values") if isinstance(item, dict) else None
+            if not isinstance(values, list):
+                raise UpstreamError(f"{self.label}: an embedding has no values")
+            data.append(
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": encode_floats(values) if base64_wanted else values,
+                }
+            )
+        prompt = sum(estimate_tokens(text) for text in inputs)
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,3 +663,8 @@ class GeminiStream(ChatStream):
 
     def close(self) -> None:
         self.response.close()
+
+
+def encode_floats(values: list) -> str:
+    """An embedding as OpenAI's base64 encoding: little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()

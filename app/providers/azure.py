@@ -1,0 +1,153 @@
+"""Azure OpenAI: OpenAI's wire format behind per-deployment URLs, an `api-key` and `api-version`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import parse_qs, quote, urlsplit
+
+import requests
+
+from app.config import ModelConfig
+from app.errors import UpstreamError
+from app.providers.base import CallContext, ChatStream, Provider
+from app.streaming import iter_sse
+from app.upstream import error_message, read_chunks, read_json, safe_text
+
+DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
+CHAT_PATH = "/chat/completions"
+DEPLOYMENTS_PATH = "/openai/deployments/"
+
+
+class AzureProvider(Provider):
+    name = "azure"
+
+    @classmethod
+    def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
+        if model.base_url or model.url:
+            return []
+        return [
+            "base_url: required for provider 'azure' "
+            "(https://<resource>.openai.azure.com, or the Go-style deployment url)"
+        ]
+
+    @property
+    def api_version(self) -> str:
+        return getattr(self.model, "api_version", None) or DEFAULT_API_VERSION
+
+    def endpoint(self, deployment: str) -> tuple[str, dict[str, str]]:
+        """The chat URL and its query for a deployment.
+
+        A Go-style `url` that already names a deployment is used as it is, keeping its own
+        api-version if it has one; any other `url` is the resource root, like `base_url`.
+        """
+        params = {"api-version": self.api_version}
+        if self.model.url and not self.model.base_url:
+            parts = urlsplit(self.model.url)
+            root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+            if DEPLOYMENTS_PATH in root:
+                version = parse_qs(parts.query).get("api-version")
+                if version:
+                    params["api-version"] = version[0]
+                return (root if root.endswith(CHAT_PATH) else root + CHAT_PATH), params
+        else:
+            root = (self.model.base_url or "").rstrip("/")
+        root = root.removesuffix("/openai")
+        return f"{root}{DEPLOYMENTS_PATH}{quote(deployment, safe='')}{CHAT_PATH}", params
+
+    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        headers.update(self.model.headers)
+        if self.model.token:
+            headers["api-key"] = self.model.token
+        return headers
+
+    def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
+        url, params = self.endpoint(body.get("model") or self.model.upstream_model())
+        return self.pool.send(
+            "POST",
+            url,
+            label=self.label,
+            headers=self.headers(ctx, stream),
+            body=json.dumps(body).encode(),
+            timeout=self.timeout(ctx),
+            params=params,
+        )
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        answer = read_json(self._send(body, ctx, stream=False), self.label)
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise UpstreamError(f"{self.label}: the upstream answer is not a chat completion")
+        return answer
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        # Ask for usage whatever the client asked, so quotas and metrics see real numbers.
+        options = body.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        options["include_usage"] = True
+        body = {**body, "stream": True, "stream_options": options}
+        return AzureStream(self._send(body, ctx, stream=True), self.label)
+
+
+class AzureStream(ChatStream):
+    """OpenAI chunks from Azure's stream, without its content-filter-only chunks."""
+
+    def __init__(self, response: requests.Response, label: str) -> None:
+        self.response = response
+        self.label = label
+
+    def __iter__(self) -> Iterator[dict]:
+        if "application/json" in self.response.headers.get("Content-Type", ""):
+            yield from _answer_chunks(read_json(self.response, self.label), self.label)
+            return
+        for event in iter_sse(read_chunks(self.response, self.label), self.label):
+            if event.data == "[DONE]":
+                return
+            try:
+                chunk = json.loads(event.data)
+            except ValueError as err:
+                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            if "error" in chunk and "choices" not in chunk:
+                message, _ = error_message(chunk)
+                raise UpstreamError(
+                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
+                )
+            if not chunk.get("choices") and not chunk.get("usage"):
+                # Azure opens with `prompt_filter_results` and no choices: nothing to relay.
+                continue
+            yield chunk
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _answer_chunks(answer: object, label: str) -> Iterator[dict]:
+    """The chunks a streamed answer would have had, for an upstream that answered whole."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
+    base = {
+        "id": answer.get("id", "chatcmpl-proxy"),
+        "object": "chat.completion.chunk",
+        "created": answer.get("created", 0),
+        "model": answer.get("model", ""),
+    }
+    for choice in answer["choices"]:
+        message = dict(choice.get("message") or {})
+        delta = {"role": message.pop("role", "assistant"), **message}
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [
+                {"index": i, **call} for i, call in enumerate(delta["tool_calls"])
+            ]
+        finish = choice.get("finish_reason")
+        yield {
+            **base,
+            "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": finish}],
+        }
+    if answer.get("usage"):
+        yield {**base, "choices": [], "usage": answer["usage"]}

@@ -1,0 +1,586 @@
+"""Sber GigaChat: an OAuth access token per deployment, and OpenAI tools mapped to its functions.
+
+The chat API is close to OpenAI's, but function calling is the older `functions` /
+`function_call` form with arguments as JSON objects, and tool results are `function` messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import requests
+
+from app.config import ModelConfig
+from app.errors import UpstreamClientError, UpstreamError
+from app.providers.base import CallContext, ChatStream, Provider
+from app.streaming import iter_sse
+from app.tokens import message_text
+from app.upstream import UpstreamPool, error_message, read_chunks, read_json, safe_text
+
+DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
+DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
+DEFAULT_SCOPE = "GIGACHAT_API_PERS"
+# Access tokens live 30 minutes; one is renewed this long before it expires.
+TOKEN_MARGIN_SECONDS = 60.0
+DEFAULT_TOKEN_LIFETIME_SECONDS = 30 * 60.0
+CHAT_PATH = "/chat/completions"
+
+# GigaChat's finish reasons in OpenAI's words ("error" is raised, not mapped).
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "function_call": "tool_calls",
+    "blacklist": "content_filter",
+}
+# OpenAI request fields GigaChat takes as they are.
+PASSED_FIELDS = (
+    "temperature",
+    "top_p",
+    "n",
+    "max_tokens",
+    "repetition_penalty",
+    "update_interval",
+    "profanity_check",
+    "flags",
+)
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+class GigaChatProvider(Provider):
+    name = "gigachat"
+
+    def __init__(
+        self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None
+    ) -> None:
+        super().__init__(model, pool, default_base_url)
+        # (access token, time.time() after which it is renewed); one refresh at a time.
+        self._token: tuple[str, float] | None = None
+        self._token_lock = threading.Lock()
+
+    @classmethod
+    def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
+        problems = super().check(model, default_base_url)
+        if not model.token:
+            problems.append(
+                "token: required for provider 'gigachat' "
+                "(the authorization key, or client_id:client_secret)"
+            )
+        return problems
+
+    # --- settings that ModelConfig may not have yet -------------------------------------------
+
+    @property
+    def scope(self) -> str:
+        return getattr(self.model, "scope", None) or DEFAULT_SCOPE
+
+    @property
+    def auth_url(self) -> str:
+        return getattr(self.model, "auth_url", None) or DEFAULT_AUTH_URL
+
+    def tls(self) -> dict[str, str]:
+        """`verify=` for a configured CA bundle (GigaChat uses the Russian Trusted Root CA)."""
+        ca_bundle = getattr(self.model, "ca_bundle", None)
+        return {"verify": ca_bundle} if ca_bundle else {}
+
+    # --- endpoints ----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
+        if self.model.base_url:
+            return self.model.base_url.rstrip("/")
+        if self.model.url:
+            url = self.model.url.rstrip("/")
+            return url[: -len(CHAT_PATH)] if url.endswith(CHAT_PATH) else url
+        return (self.default_base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    # --- access tokens ------------------------------------------------------------------------
+
+    def authorization_key(self) -> str:
+        """The Base64 authorization key; the Go proxy's `client_id:client_secret` is encoded."""
+        token = (self.model.token or "").strip()
+        if ":" in token:
+            return base64.b64encode(token.encode("utf-8")).decode("ascii")
+        return token
+
+    def access_token(self, ctx: CallContext, stale: str | None = None) -> str:
+        """A cached access token, fetched when missing, near expiry, or equal to `stale`."""
+        cached = self._token
+        if cached and cached[0] != stale and time.time() < cached[1]:
+            return cached[0]
+        with self._token_lock:
+            # Another thread may have renewed it while this one waited.
+            cached = self._token
+            if cached and cached[0] != stale and time.time() < cached[1]:
+                return cached[0]
+            token, expires = self._fetch_token(ctx)
+            self._token = (token, expires - TOKEN_MARGIN_SECONDS)
+            return token
+
+    def _fetch_token(self, ctx: CallContext) -> tuple[str, float]:
+        headers = {
+            "Authorization": f"Basic {self.authorization_key()}",
+            "RqUID": str(uuid.uuid4()),
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        try:
+            response = self.pool.send(
+                "POST",
+                self.auth_url,
+                label=self.label,
+                headers=headers,
+                body=urlencode({"scope": self.scope}).encode(),
+                timeout=self.timeout(ctx),
+                **self.tls(),
+            )
+        except UpstreamClientError as err:
+            # A refused token request is the deployment's fault, never the client's.
+            raise UpstreamError(
+                f"{self.label}: getting an access token failed: {err.message}"
+            ) from err
+        answer = read_json(response, self.label)
+        token = answer.get("access_token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise UpstreamError(f"{self.label}: the OAuth answer has no access token")
+        expires_at = answer.get("expires_at")
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+            # Documented in milliseconds; a value in seconds is taken as such.
+            expires = expires_at / 1000 if expires_at > 1e11 else float(expires_at)
+        else:
+            expires = time.time() + DEFAULT_TOKEN_LIFETIME_SECONDS
+        return token, expires
+
+    # --- chat ---------------------------------------------------------------------------------
+
+    def headers(self, ctx: CallContext, access_token: str, stream: bool) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+        }
+        headers.update(self.model.headers)
+        headers["Authorization"] = f"Bearer {access_token}"
+        return headers
+
+    def _send_chat(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
+        """POST the chat request; on a 401 the access token is renewed once and sent again."""
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        token = self.access_token(ctx)
+        try:
+            return self._post_chat(token, body, ctx, stream)
+        except UpstreamError as err:
+            if not _unauthorized(err):
+                raise
+        return self._post_chat(self.access_token(ctx, stale=token), body, ctx, stream)
+
+    def _post_chat(
+        self, token: str, body: bytes, ctx: CallContext, stream: bool
+    ) -> requests.Response:
+        return self.pool.send(
+            "POST",
+            self.base_url + CHAT_PATH,
+            label=self.label,
+            headers=self.headers(ctx, token, stream),
+            body=body,
+            timeout=self.timeout(ctx),
+            **self.tls(),
+        )
+
+    def chat(self, body: dict, ctx: CallContext) -> dict:
+        response = self._send_chat(to_gigachat(body, stream=False), ctx, stream=False)
+        answer = read_json(response, self.label)
+        return to_completion(answer, self.label, body.get("model") or self.model.name)
+
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        response = self._send_chat(to_gigachat(body, stream=True), ctx, stream=True)
+        return GigaChatStream(response, self.label, body.get("model") or self.model.name)
+
+
+def _unauthorized(err: UpstreamError) -> bool:
+    """Whether the upstream answered 401 (its access token expired or was revoked)."""
+    status = getattr(err, "upstream_status", None)
+    if status is not None:
+        return status == 401
+    return not isinstance(err, UpstreamClientError) and "credentials (401)" in err.message
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def to_gigachat(body: dict, stream: bool) -> dict:
+    """The GigaChat request for a canonical one; fields it has no use for are dropped."""
+    payload: dict = {"model": body.get("model"), "messages": to_messages(body.get("messages"))}
+    for field in PASSED_FIELDS:
+        if body.get(field) is not None:
+            payload[field] = body[field]
+    if "max_tokens" not in payload and body.get("max_completion_tokens") is not None:
+        payload["max_tokens"] = body["max_completion_tokens"]
+    if body.get("reasoning_effort") in REASONING_EFFORTS:
+        payload["reasoning_effort"] = body["reasoning_effort"]
+    response_format = _response_format(body.get("response_format"))
+    if response_format:
+        payload["response_format"] = response_format
+    functions = _functions(body)
+    if functions:
+        payload["functions"] = functions
+        choice = _function_call(body, functions)
+        if choice is not None:
+            payload["function_call"] = choice
+    if stream:
+        payload["stream"] = True
+    return payload
+
+
+def to_messages(messages: object) -> list[dict]:
+    """OpenAI messages as GigaChat's: one function call per assistant message, results after.
+
+    OpenAI lets an assistant message carry several tool calls followed by their results;
+    GigaChat takes one `function_call` per assistant message, so each further call becomes its
+    own assistant message placed just before its result.
+    """
+    out: list[dict] = []
+    names: dict[str, str] = {}  # tool_call_id -> function name
+    pending: dict[str, dict] = {}  # tool_call_id -> assistant message not yet sent
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role in ("system", "developer"):
+            out.append({"role": "system", "content": message_text(message.get("content"))})
+        elif role == "user":
+            out.append({"role": "user", "content": message_text(message.get("content"))})
+        elif role == "assistant":
+            out.extend(_assistant_messages(message, names, pending))
+        elif role in ("tool", "function"):
+            call_id = message.get("tool_call_id")
+            if call_id in pending:
+                out.append(pending.pop(call_id))
+            result = {"role": "function", "content": _function_result(message.get("content"))}
+            name = message.get("name") or names.get(call_id)
+            if name:
+                result["name"] = name
+            out.append(result)
+    return out
+
+
+def _assistant_messages(message: dict, names: dict, pending: dict) -> list[dict]:
+    text = message_text(message.get("content"))
+    calls = [
+        call
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, dict) and isinstance(call.get("function"), dict)
+    ]
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict) and legacy.get("name"):
+        calls = [{"function": legacy}]
+    if not calls:
+        return [{"role": "assistant", "content": text}]
+    first = None
+    for index, call in enumerate(calls):
+        function = call["function"]
+        entry = {
+            "role": "assistant",
+            "content": text if index == 0 else "",
+            "function_call": {
+                "name": function.get("name"),
+                "arguments": _arguments_object(function.get("arguments")),
+            },
+        }
+        call_id = call.get("id")
+        if call_id:
+            names[call_id] = function.get("name")
+        if index == 0:
+            first = entry
+        elif call_id:
+            pending[call_id] = entry
+    return [first]
+
+
+def _arguments_object(arguments: object) -> dict:
+    """OpenAI's JSON-string arguments as the object GigaChat wants."""
+    if isinstance(arguments, dict):
+        return arguments
+    if isinstance(arguments, str) and arguments.strip():
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _function_result(content: object) -> str:
+    """A tool result as the JSON object string GigaChat requires in `function` messages."""
+    text = message_text(content)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    if isinstance(parsed, dict):
+        return text
+    return json.dumps({"result": parsed}, ensure_ascii=False)
+
+
+def _functions(body: dict) -> list[dict]:
+    functions = []
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("type", "function") == "function":
+            function = tool.get("function")
+            if isinstance(function, dict) and function.get("name"):
+                functions.append(_function(function))
+    for function in body.get("functions") or ():  # OpenAI's deprecated form
+        if isinstance(function, dict) and function.get("name"):
+            functions.append(_function(function))
+    return functions
+
+
+def _function(function: dict) -> dict:
+    entry = {
+        "name": function["name"],
+        "parameters": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        entry["description"] = function["description"]
+    return entry
+
+
+def _function_call(body: dict, functions: list[dict]) -> object:
+    """`tool_choice` (or the deprecated `function_call`) as GigaChat's `function_call`."""
+    choice = body.get("tool_choice", body.get("function_call"))
+    if choice in ("auto", "none"):
+        return choice
+    if choice == "required":
+        # GigaChat cannot force "some" function; with only one, forcing it is the same thing.
+        return {"name": functions[0]["name"]} if len(functions) == 1 else "auto"
+    if isinstance(choice, dict):
+        function = choice.get("function") if isinstance(choice.get("function"), dict) else choice
+        if function.get("name"):
+            return {"name": function["name"]}
+    return None
+
+
+def _response_format(value: object) -> dict | None:
+    """OpenAI's `json_schema` response format in GigaChat's shape; other formats are dropped."""
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return None
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        return None
+    result = {"type": "json_schema", "schema": spec["schema"]}
+    if isinstance(spec.get("strict"), bool):
+        result["strict"] = spec["strict"]
+    return result
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+def to_completion(answer: object, label: str, model: str) -> dict:
+    """A GigaChat answer as an OpenAI `chat.completion`."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
+    choices = []
+    for position, choice in enumerate(answer["choices"]):
+        if not isinstance(choice, dict):
+            raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = message.get("content") if isinstance(message.get("content"), str) else ""
+        out = {"role": "assistant", "content": content}
+        call = message.get("function_call")
+        if isinstance(call, dict) and call.get("name"):
+            out["content"] = content or None
+            out["tool_calls"] = [
+                {
+                    "id": _call_id(),
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": _arguments_text(call)},
+                }
+            ]
+        if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+            out["reasoning_content"] = message["reasoning_content"]
+        choices.append(
+            {
+                "index": choice.get("index", position),
+                "message": out,
+                "logprobs": None,
+                "finish_reason": _finish_reason(choice.get("finish_reason"), label),
+            }
+        )
+    completion = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": answer.get("created") or int(time.time()),
+        "model": answer.get("model") or model,
+        "choices": choices,
+    }
+    usage = to_usage(answer.get("usage"))
+    if usage:
+        completion["usage"] = usage
+    return completion
+
+
+def to_usage(usage: object) -> dict | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = usage.get("total_tokens")
+    result = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total if isinstance(total, int) else prompt + completion,
+    }
+    cached = usage.get("precached_prompt_tokens")
+    if isinstance(cached, int):
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    return result
+
+
+def _finish_reason(reason: object, label: str) -> str | None:
+    if reason is None:
+        return None
+    if reason == "error":
+        raise UpstreamError(f"{label}: the upstream stopped with an error")
+    return FINISH_REASONS.get(str(reason), "stop")
+
+
+def _arguments_text(call: dict) -> str:
+    arguments = call.get("arguments")
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+class GigaChatStream(ChatStream):
+    """OpenAI chunks from GigaChat's SSE stream (`data:` chunks ending with `[DONE]`)."""
+
+    def __init__(self, response: requests.Response, label: str, model: str) -> None:
+        self.response = response
+        self.label = label
+        self.model = model
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self._started = False
+        self._calls: dict[int, str] = {}  # choice index -> its tool call's id
+        self._arguments_sent: set[int] = set()
+
+    def __iter__(self) -> Iterator[dict]:
+        if "application/json" in self.response.headers.get("Content-Type", ""):
+            # The upstream answered whole: replay it as chunks.
+            answer = to_completion(read_json(self.response, self.label), self.label, self.model)
+            yield from self._replay(answer)
+            return
+        for event in iter_sse(read_chunks(self.response, self.label), self.label):
+            if event.data == "[DONE]":
+                return
+            try:
+                chunk = json.loads(event.data)
+            except ValueError as err:
+                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
+            if not isinstance(chunk, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            if event.event == "error" or (
+                "choices" not in chunk and any(k in chunk for k in ("error", "message", "status"))
+            ):
+                message, _ = error_message(chunk)
+                raise UpstreamError(
+                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
+                )
+            yield from self._translate(chunk)
+
+    def _chunk(self, choices: list[dict], chunk: dict | None = None) -> dict:
+        chunk = chunk or {}
+        if chunk.get("model"):
+            self.model = chunk["model"]
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": chunk.get("created") or self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def _emit(self, index: int, delta: dict, finish: str | None, chunk: dict) -> dict:
+        if not self._started:
+            delta = {"role": "assistant", **delta}
+            self._started = True
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self._chunk([choice], chunk)
+
+    def _translate(self, chunk: dict) -> Iterator[dict]:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            index = choice.get("index", 0)
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text: dict = {}
+            content = delta.get("content")
+            if isinstance(content, str) and (content or not self._started):
+                text["content"] = content
+            reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                text["reasoning_content"] = reasoning
+            if text or not self._started:
+                yield self._emit(index, text, None, chunk)
+            for tool_delta in self._tool_deltas(index, delta.get("function_call")):
+                yield self._emit(index, {"tool_calls": [tool_delta]}, None, chunk)
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                if index in self._calls and index not in self._arguments_sent:
+                    # A call whose arguments never came has none: "{}" keeps them valid JSON.
+                    self._arguments_sent.add(index)
+                    args = {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}
+                    yield self._emit(index, args, None, chunk)
+                yield self._emit(index, {}, _finish_reason(reason, self.label), chunk)
+        usage = to_usage(chunk.get("usage"))
+        if usage:
+            yield {**self._chunk([], chunk), "usage": usage}
+
+    def _tool_deltas(self, index: int, call: object) -> list[dict]:
+        """The OpenAI tool-call deltas for a `function_call` delta (name, then arguments)."""
+        if not isinstance(call, dict):
+            return []
+        deltas = []
+        if index not in self._calls:
+            self._calls[index] = _call_id()
+            deltas.append(
+                {
+                    "index": 0,
+                    "id": self._calls[index],
+                    "type": "function",
+                    "function": {"name": call.get("name") or "", "arguments": ""},
+                }
+            )
+        if call.get("arguments") is not None:
+            self._arguments_sent.add(index)
+            deltas.append({"index": 0, "function": {"arguments": _arguments_text(call)}})
+        return deltas
+
+    def _replay(self, answer: dict) -> Iterator[dict]:
+        for choice in answer["choices"]:
+            message = dict(choice["message"])
+            message.pop("role", None)
+            if message.get("tool_calls"):
+                message["tool_calls"] = [
+                    {"index": i, **call} for i, call in enumerate(message["tool_calls"])
+                ]
+            yield self._emit(choice["index"], message, choice["finish_reason"], answer)
+        if answer.get("usage"):
+            yield {**self._chunk([], answer), "usage": answer["usage"]}
+
+    def close(self) -> None:
+        self.response.close()
