@@ -340,8 +340,10 @@ class EventWriter:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": STOP_REASONS.get(finish, "end_turn"),
-                          "stop_sequence": None},
+                "delta": {
+                    "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+                    "stop_sequence": None,
+                },
                 "usage": {
                     "input_tokens": usage.get("prompt_tokens", self.input_tokens),
                     "output_tokens": output,
