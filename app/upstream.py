@@ -183,11 +183,14 @@ class UpstreamPool:
         self.retry = retry
         self.pool_size = max(1, pool_size)
         self._sessions: dict[str, requests.Session] = {}
+        self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def session(self, url: str) -> requests.Session:
+    def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
+        """The endpoint's session; its idle connections are dropped after `idle_timeout`."""
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
+        now = time.monotonic()
         session = self._sessions.get(key)
         if session is None:
             with self._lock:
@@ -195,6 +198,11 @@ class UpstreamPool:
                 if session is None:
                     session = self._new_session()
                     self._sessions[key] = session
+        elif idle_timeout and now - self._last_used.get(key, now) > idle_timeout:
+            # Pooled connections unused this long may have been dropped by the other side;
+            # closing the pools closes only idle connections, never ones in use.
+            session.close()
+        self._last_used[key] = now
         return session
 
     def _new_session(self) -> requests.Session:
@@ -220,6 +228,7 @@ class UpstreamPool:
         timeout: tuple[float, float],
         params: Mapping[str, str] | None = None,
         verify: bool | str = True,
+        idle_timeout: float | None = None,
     ) -> requests.Response:
         """Send one request (retried per `retry:`), raising the proxy's error for any failure.
 
@@ -229,7 +238,7 @@ class UpstreamPool:
         all_headers = {"User-Agent": USER_AGENT, **headers}
         tracing.inject(all_headers)
         try:
-            response = self.session(url).request(
+            response = self.session(url, idle_timeout).request(
                 method,
                 url,
                 params=params,

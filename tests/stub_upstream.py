@@ -108,7 +108,9 @@ class StubUpstream:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                record = Recorded(self.command, self.path, dict(self.headers.items()), body)
+                headers = dict(self.headers.items())
+                headers["X-Client-Port"] = str(self.client_address[1])
+                record = Recorded(self.command, self.path, headers, body)
                 stub.requests.append(record)
                 if stub.handler is not None:
                     reply = stub.handler(record)

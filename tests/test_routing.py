@@ -288,3 +288,16 @@ def test_priority_tiers_come_before_any_strategy(make_app):
         .router
     )
     assert {first_choice(router) for _ in range(50)} == {"high"}
+
+
+def test_idle_connections_are_dropped_after_the_idle_timeout(routed, upstream):
+    client = routed(
+        [openai_model(upstream, name="gpt", http_client_config={"idle_conn_timeout_seconds": 0.3})]
+    )
+    assert post(client, "gpt").status_code == 200
+    assert post(client, "gpt").status_code == 200
+    time.sleep(0.5)
+    assert post(client, "gpt").status_code == 200
+    ports = [r.headers.get("X-Client-Port") for r in upstream.requests]
+    # Two requests share a pooled connection; after the idle time a new one is opened.
+    assert ports[0] == ports[1] != ports[2]

@@ -21,6 +21,18 @@ class CallContext:
     deadline: float | None = None  # time.monotonic() by which the first byte is due
 
 
+class ModelPool:
+    """The shared upstream pool, with one model's idle-connection timeout applied."""
+
+    def __init__(self, pool: UpstreamPool, idle_timeout: float) -> None:
+        self._pool = pool
+        self._idle_timeout = idle_timeout
+
+    def send(self, *args, **kwargs):
+        kwargs.setdefault("idle_timeout", self._idle_timeout)
+        return self._pool.send(*args, **kwargs)
+
+
 class ChatStream:
     """An opened upstream stream: iterate for canonical chunks; `close()` releases the upstream."""
 
@@ -39,7 +51,7 @@ class Provider:
 
     def __init__(self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None):
         self.model = model
-        self.pool = pool
+        self.pool = ModelPool(pool, model.idle_conn_timeout_seconds)
         self.default_base_url = default_base_url
         self.label = f"{model.name} ({model.provider})"
 
