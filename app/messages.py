@@ -44,9 +44,13 @@ def _image_part(block: dict, warnings: list[str]) -> dict | None:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _tool_result_content(block: dict) -> str:
+def _tool_result_content(block: dict, warnings: list[str] | None = None) -> str:
     content = block.get("content")
     text = content if isinstance(content, str) else _text_of(content)
+    if warnings is not None and isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") != "text":
+                warnings.append(f"{part.get('type')} in tool_result dropped")
     if block.get("is_error"):
         return f"Error: {text}" if text else "Error"
     return text
@@ -94,7 +98,7 @@ def to_chat_request(body: dict, warnings: list[str]) -> dict:
                     {
                         "role": "tool",
                         "tool_call_id": block.get("tool_use_id", ""),
-                        "content": _tool_result_content(block),
+                        "content": _tool_result_content(block, warnings),
                     }
                 )
             else:
@@ -127,7 +131,8 @@ def to_chat_request(body: dict, warnings: list[str]) -> dict:
         request["stop"] = body["stop_sequences"]
     if body.get("top_k") is not None:
         warnings.append("top_k dropped")
-    if body.get("thinking"):
+    thinking = body.get("thinking")
+    if thinking and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
         warnings.append("thinking dropped")
     user = (body.get("metadata") or {}).get("user_id")
     if user:
@@ -193,12 +198,20 @@ def _tool_input(arguments: str | None) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _usage(usage: object, fallback_input: int) -> dict:
+def _usage(usage: object, fallback_input: int, output_text: str) -> dict:
     usage = usage if isinstance(usage, dict) else {}
+    output = usage.get("completion_tokens")
     return {
         "input_tokens": usage.get("prompt_tokens", fallback_input),
-        "output_tokens": usage.get("completion_tokens", 0),
+        "output_tokens": output if isinstance(output, int) else estimate_tokens(output_text),
     }
+
+
+def _output_text(message: dict) -> str:
+    """What an answer said, tool arguments included, for estimating its output tokens."""
+    calls = message.get("tool_calls") or []
+    arguments = "".join(str((c.get("function") or {}).get("arguments") or "") for c in calls)
+    return (message.get("content") or "") + arguments
 
 
 def to_message(answer: dict, model: str, fallback_input: int) -> dict:
@@ -229,7 +242,7 @@ def to_message(answer: dict, model: str, fallback_input: int) -> dict:
         "content": content,
         "stop_reason": STOP_REASONS.get(finish, "end_turn"),
         "stop_sequence": None,
-        "usage": _usage(answer.get("usage"), fallback_input),
+        "usage": _usage(answer.get("usage"), fallback_input, _output_text(message)),
     }
 
 

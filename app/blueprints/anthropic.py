@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response, g, request
 
 from app.auth import require_model
 from app.blueprints.common import (
@@ -52,7 +53,10 @@ def create_message():
     token = g.ai_proxy_token
     require_model(token, resolution.identifier, resolution.is_category)
     quota_headers = rate_limit_headers(state.quotas.admit_client(token))
-    ctx = call_context(resolution.identifier)
+    ctx = replace(
+        call_context(resolution.identifier),
+        anthropic_beta=request.headers.get("anthropic-beta", "")[:1000] or None,
+    )
     warnings: list[str] = []
     canonical = to_chat_request(body, warnings)
     input_estimate = estimate_input_tokens(body)
@@ -90,7 +94,8 @@ def create_message():
             events = native_events(items, tally)
         else:
             chunks = strip_stream(items) if strip else items
-            events = canonical_events(chunks, body["model"], input_estimate, tally)
+            prompt_tokens = result.prompt_tokens or input_estimate
+            events = canonical_events(chunks, body["model"], prompt_tokens, tally)
         return Response(
             relay(outcome, events, tally, ANTHROPIC, settle),
             mimetype="text/event-stream",
@@ -141,6 +146,9 @@ def canonical_events(chunks, model: str, input_estimate: int, tally: Tally) -> I
             tally.usage = chunk["usage"]
         yield from writer.feed(chunk)
     tally.texts = writer.text
+    if writer.finish is None:
+        # An upstream that stopped without saying why was cut off: never a clean end.
+        raise UpstreamError("The upstream stream ended before its answer was complete.")
     yield from writer.finish_events()
 
 

@@ -58,6 +58,8 @@ class AnthropicProvider(Provider):
             "anthropic-version": API_VERSION,
             "X-Request-ID": ctx.request_id,
         }
+        if ctx.anthropic_beta:
+            headers["anthropic-beta"] = ctx.anthropic_beta
         headers.update(self.model.headers)
         if self.model.token:
             headers["x-api-key"] = self.model.token
@@ -138,6 +140,7 @@ class NativeEvents(ChatStream):
             yield kind, data
             if kind == "message_stop":
                 return
+        raise UpstreamError(f"{self.label}: the stream ended before message_stop")
 
     def close(self) -> None:
         self.response.close()

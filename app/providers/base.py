@@ -19,6 +19,7 @@ class CallContext:
     request_id: str
     requested_model: str | None = None
     deadline: float | None = None  # time.monotonic() by which the first byte is due
+    anthropic_beta: str | None = None  # the client's `anthropic-beta`, for Anthropic upstreams
 
 
 class ModelPool:
@@ -35,6 +36,9 @@ class ModelPool:
 
 class ChatStream:
     """An opened upstream stream: iterate for canonical chunks; `close()` releases the upstream."""
+
+    # The upstream's own prompt-token count once it has sent one (some do with the first chunk).
+    prompt_tokens: int | None = None
 
     def __iter__(self) -> Iterator[dict]:
         raise NotImplementedError
@@ -128,6 +132,10 @@ class PrimedStream(ChatStream):
         except BaseException:
             stream.close()
             raise
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.stream.prompt_tokens
 
     def __iter__(self) -> Iterator[dict]:
         yield self.first

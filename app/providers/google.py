@@ -627,6 +627,8 @@ class GeminiStream(ChatStream):
             self.id = _response_id(payload)
         self.model = payload.get("modelVersion") or self.model
         self.usage = usage(payload.get("usageMetadata")) or self.usage
+        if self.usage and self.prompt_tokens is None:
+            self.prompt_tokens = self.usage.get("prompt_tokens")
         candidates = payload.get("candidates")
         if not isinstance(candidates, list) or not candidates:
             if _block_reason(payload) and not self.choices:

@@ -149,6 +149,7 @@ class OpenAIStream(ChatStream):
         if "application/json" in content_type:
             yield from completion_to_chunks(read_json(self.response, self.label), self.label)
             return
+        finished = False
         for event in iter_sse(read_chunks(self.response, self.label), self.label):
             if event.data == "[DONE]":
                 return
@@ -163,7 +164,13 @@ class OpenAIStream(ChatStream):
                 raise UpstreamError(
                     f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
                 )
+            finished = finished or any(
+                isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ()
+            )
             yield chunk
+        if not finished:
+            # Neither [DONE] nor a finish reason: the stream was cut, not completed.
+            raise UpstreamError(f"{self.label}: the stream ended before its answer was complete")
 
     def close(self) -> None:
         self.response.close()
