@@ -32,7 +32,14 @@ setup(
     ],
     extras_require={
         "otel": ["opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25"],
-        "test": ["anthropic>=0.40", "openai>=1.40", "pytest>=8", "pytest-timeout>=2.3", "responses>=0.25", "ruff"],
+        "test": [
+            "anthropic>=0.40",
+            "openai>=1.40",
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "responses>=0.25",
+            "ruff",
+        ],
     },
     entry_points={"console_scripts": ["ai-proxy=app.cli:main"]},
 )
