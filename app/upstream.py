@@ -256,6 +256,23 @@ class UpstreamPool:
             raise status_error(response, label, _secrets(all_headers))
         return response
 
+    def connections(self) -> dict[str, int]:
+        """Upstream connections of this worker: checked out now (`in_use`) and pooled idle."""
+        in_use = idle = 0
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            for adapter in session.adapters.values():
+                pools = adapter.poolmanager.pools
+                for key in pools.keys():
+                    pool = pools.get(key)
+                    if pool is None or pool.pool is None:
+                        continue
+                    queued = pool.pool.qsize()
+                    in_use += pool.pool.maxsize - queued
+                    idle += sum(1 for conn in list(pool.pool.queue) if conn is not None)
+        return {"in_use": in_use, "idle": idle}
+
     def close(self) -> None:
         with self._lock:
             for session in self._sessions.values():

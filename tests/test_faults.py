@@ -63,13 +63,7 @@ def client(make_app, upstream, clock):
 
 def connections_in_use(app) -> int:
     """Upstream connections checked out of the proxy's pools and not given back."""
-    in_use = 0
-    for session in app.extensions["ai_proxy"].pool._sessions.values():
-        for adapter in session.adapters.values():
-            pools = adapter.poolmanager.pools
-            for key in pools.keys():
-                in_use += pools[key].pool.maxsize - pools[key].pool.qsize()
-    return in_use
+    return app.extensions["ai_proxy"].pool.connections()["in_use"]
 
 
 @pytest.fixture(autouse=True)

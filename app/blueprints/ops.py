@@ -107,4 +107,5 @@ def status_report() -> dict:
             "errors": quotas.storage_errors,
         },
         "cooldown_storage_errors": router.cooldowns.errors,
+        "upstream_connections": state.pool.connections(),
     }
