@@ -270,7 +270,11 @@ class UpstreamPool:
                         continue
                     queued = pool.pool.qsize()
                     in_use += pool.pool.maxsize - queued
-                    idle += sum(1 for conn in list(pool.pool.queue) if conn is not None)
+                    idle += sum(
+                        1
+                        for conn in list(pool.pool.queue)
+                        if conn is not None and getattr(conn, "sock", None) is not None
+                    )
         return {"in_use": in_use, "idle": idle}
 
     def close(self) -> None:
