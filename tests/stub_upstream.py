@@ -87,6 +87,13 @@ def chat_chunks(words: list[str], model: str = "up-model", usage: bool = True) -
     return [f"data: {e}" for e in events]
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients (the proxy) hanging up mid-answer is part of the tests, not an error to print."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
 class StubUpstream:
     """Serves queued replies (or a handler's) and records every request it gets."""
 
@@ -123,7 +130,7 @@ class StubUpstream:
 
             do_POST = do_GET = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
