@@ -52,15 +52,9 @@ class AnthropicProvider(Provider):
         return (self.default_base_url or "").rstrip("/")
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "anthropic-version": API_VERSION,
-            "X-Request-ID": ctx.request_id,
-        }
+        headers = {"anthropic-version": API_VERSION, **self.json_headers(ctx, stream)}
         if ctx.anthropic_beta:
-            headers["anthropic-beta"] = ctx.anthropic_beta
-        headers.update(self.model.headers)
+            headers.setdefault("anthropic-beta", ctx.anthropic_beta)
         if self.model.token:
             headers["x-api-key"] = self.model.token
         return headers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from urllib.parse import parse_qs, quote, urlsplit
 
 import requests
@@ -11,8 +10,8 @@ import requests
 from app.config import ModelConfig
 from app.errors import UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.providers.wire import OpenAIStream
+from app.upstream import read_json
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
 CHAT_PATH = "/chat/completions"
@@ -56,12 +55,7 @@ class AzureProvider(Provider):
         return f"{root}{DEPLOYMENTS_PATH}{quote(deployment, safe='')}{CHAT_PATH}", params
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "X-Request-ID": ctx.request_id,
-        }
-        headers.update(self.model.headers)
+        headers = self.json_headers(ctx, stream)
         if self.model.token:
             headers["api-key"] = self.model.token
         return headers
@@ -90,64 +84,4 @@ class AzureProvider(Provider):
         options = dict(options) if isinstance(options, dict) else {}
         options["include_usage"] = True
         body = {**body, "stream": True, "stream_options": options}
-        return AzureStream(self._send(body, ctx, stream=True), self.label)
-
-
-class AzureStream(ChatStream):
-    """OpenAI chunks from Azure's stream, without its content-filter-only chunks."""
-
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
-
-    def __iter__(self) -> Iterator[dict]:
-        if "application/json" in self.response.headers.get("Content-Type", ""):
-            yield from _answer_chunks(read_json(self.response, self.label), self.label)
-            return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            if event.data == "[DONE]":
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if "error" in chunk and "choices" not in chunk:
-                message, _ = error_message(chunk)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
-            if not chunk.get("choices") and not chunk.get("usage"):
-                # Azure opens with `prompt_filter_results` and no choices: nothing to relay.
-                continue
-            yield chunk
-
-    def close(self) -> None:
-        self.response.close()
-
-
-def _answer_chunks(answer: object, label: str) -> Iterator[dict]:
-    """The chunks a streamed answer would have had, for an upstream that answered whole."""
-    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
-    base = {
-        "id": answer.get("id", "chatcmpl-proxy"),
-        "object": "chat.completion.chunk",
-        "created": answer.get("created", 0),
-        "model": answer.get("model", ""),
-    }
-    for choice in answer["choices"]:
-        message = dict(choice.get("message") or {})
-        delta = {"role": message.pop("role", "assistant"), **message}
-        if isinstance(delta.get("tool_calls"), list):
-            delta["tool_calls"] = [
-                {"index": i, **call} for i, call in enumerate(delta["tool_calls"])
-            ]
-        finish = choice.get("finish_reason")
-        yield {
-            **base,
-            "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": finish}],
-        }
-    if answer.get("usage"):
-        yield {**base, "choices": [], "usage": answer["usage"]}
+        return OpenAIStream(self._send(body, ctx, stream=True), self.label)

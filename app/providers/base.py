@@ -66,6 +66,16 @@ class Provider:
             read = max(0.001, min(read, ctx.deadline - time.monotonic()))
         return (min(self.model.connect_timeout_seconds, read), read)
 
+    def json_headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        """The headers every JSON call upstream carries, then the model's configured extras;
+        each adapter adds its own credentials."""
+        return {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "X-Request-ID": ctx.request_id,
+            **self.model.headers,
+        }
+
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
         """Problems with a model entry that only this provider can see, as `field: message`."""

@@ -60,12 +60,7 @@ class CloudflareProvider(Provider):
         return root + RUN_PATH + upstream_model
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "X-Request-ID": ctx.request_id,
-        }
-        headers.update(self.model.headers)
+        headers = self.json_headers(ctx, stream)
         if self.model.token:
             headers["Authorization"] = f"Bearer {self.model.token}"
         return headers

@@ -161,12 +161,7 @@ class GigaChatProvider(Provider):
     # --- chat ---------------------------------------------------------------------------------
 
     def headers(self, ctx: CallContext, access_token: str, stream: bool) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "X-Request-ID": ctx.request_id,
-        }
-        headers.update(self.model.headers)
+        headers = self.json_headers(ctx, stream)
         headers["Authorization"] = f"Bearer {access_token}"
         return headers
 

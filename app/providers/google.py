@@ -78,12 +78,7 @@ class GoogleProvider(Provider):
         return f"{self.base_url}/{quote(resource, safe='/-_.@')}:{method}"
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "X-Request-ID": ctx.request_id,
-        }
-        headers.update(self.model.headers)
+        headers = self.json_headers(ctx, stream)
         if self.model.token:
             headers["x-goog-api-key"] = self.model.token
         return headers

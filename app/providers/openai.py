@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import requests
 
 from app.errors import UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.upstream import error_message, read_bytes, read_chunks, read_json, safe_text
+from app.providers.wire import OpenAIStream
+from app.upstream import read_bytes, read_json
 
 CHAT_PATH = "/chat/completions"
 COMPLETIONS_PATH = "/completions"
@@ -40,12 +37,7 @@ class OpenAIProvider(Provider):
         return self.base_url + path
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "X-Request-ID": ctx.request_id,
-        }
-        headers.update(self.model.headers)
+        headers = self.json_headers(ctx, stream)
         if self.model.token:
             headers["Authorization"] = f"Bearer {self.model.token}"
         return headers
@@ -135,69 +127,3 @@ class OpenAIProvider(Provider):
         options["include_usage"] = True
         body = {**body, "stream": True, "stream_options": options}
         return OpenAIStream(self._post(COMPLETIONS_PATH, body, ctx, stream=True), self.label)
-
-
-class OpenAIStream(ChatStream):
-    """Chunks from an OpenAI-style SSE stream, or from a whole answer if upstream ignored stream."""
-
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
-
-    def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from completion_to_chunks(read_json(self.response, self.label), self.label)
-            return
-        finished = False
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            if event.data == "[DONE]":
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if "error" in chunk and "choices" not in chunk:
-                message, _ = error_message(chunk)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
-            finished = finished or any(
-                isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ()
-            )
-            yield chunk
-        if not finished:
-            # Neither [DONE] nor a finish reason: the stream was cut, not completed.
-            raise UpstreamError(f"{self.label}: the stream ended before its answer was complete")
-
-    def close(self) -> None:
-        self.response.close()
-
-
-def completion_to_chunks(answer: object, label: str) -> Iterator[dict]:
-    """The chunks a streamed answer would have had, for upstreams that answer whole."""
-    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
-    base = {
-        "id": answer.get("id", "chatcmpl-proxy"),
-        "object": "chat.completion.chunk",
-        "created": answer.get("created", 0),
-        "model": answer.get("model", ""),
-    }
-    for choice in answer["choices"]:
-        message = dict(choice.get("message") or {})
-        delta = {"role": message.pop("role", "assistant"), **message}
-        yield {
-            **base,
-            "choices": [
-                {
-                    "index": choice.get("index", 0),
-                    "delta": delta,
-                    "finish_reason": choice.get("finish_reason"),
-                }
-            ],
-        }
-    if answer.get("usage"):
-        yield {**base, "choices": [], "usage": answer["usage"]}
