@@ -130,6 +130,11 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
         )
         if isinstance(message, (dict, list)):
             message = json.dumps(message)
+        metadata = err.get("metadata")
+        provider = metadata.get("provider_name") if isinstance(metadata, dict) else None
+        if message and isinstance(provider, str) and provider:
+            # OpenRouter names the provider behind the failure; operators want to see it.
+            message = f"{message} (provider: {provider})"
         return (str(message) if message else None), (str(code) if code else None)
     return None, None
 
@@ -355,6 +360,17 @@ def read_bytes(response: requests.Response, label: str, limit: int) -> bytes:
     finally:
         response.close()
     return b"".join(chunks)
+
+
+def body_error(answer: dict, label: str) -> UpstreamError:
+    """An error an upstream put in a 200 answer (OpenRouter does), mapped by its own code."""
+    message, code = error_message(answer)
+    err = answer.get("error")
+    status = err.get("code") if isinstance(err, dict) else None
+    text = safe_text(message or "unknown error")
+    if isinstance(status, int) and status in CLIENT_ERROR_STATUSES:
+        return UpstreamClientError(text, status=status, code=code)
+    return UpstreamError(f"{label}: the upstream failed: {text}")
 
 
 def read_json(response: requests.Response, label: str) -> object:

@@ -172,3 +172,46 @@ def test_garbage_from_upstream_is_502(client, body):
     response = client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 502
     assert response.json["error"]["type"] == "upstream_error"
+
+
+@responses.activate
+def test_openrouter_errors_name_the_provider_and_body_errors_map(make_app):
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
+            "models": [
+                {
+                    "name": "or",
+                    "provider": "openrouter",
+                    "token": "or-secret",
+                    "model": "deepseek/deepseek-chat",
+                    "headers": {"HTTP-Referer": "https://example.com", "X-Title": "my-app"},
+                }
+            ],
+            "retry": {"max_retries": 0},
+            "routing": {"cooldown_seconds": 0},
+        }
+    )
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    url = "https://openrouter.ai/api/v1/chat/completions"
+    responses.post(
+        url,
+        status=502,
+        json={
+            "error": {
+                "code": 502,
+                "message": "Provider returned error",
+                "metadata": {"provider_name": "DeepInfra", "raw": "upstream says no"},
+            }
+        },
+    )
+    failed = client.post("/v1/chat/completions", json={**CHAT, "model": "or"})
+    assert failed.status_code == 502
+    assert "(provider: DeepInfra)" in failed.json["error"]["message"]
+    assert responses.calls[0].request.headers["X-Title"] == "my-app"
+    assert responses.calls[0].request.headers["HTTP-Referer"] == "https://example.com"
+    # OpenRouter also answers 200 with an error inside: a client error stays one.
+    responses.post(url, status=200, json={"error": {"code": 400, "message": "bad tools"}})
+    refused = client.post("/v1/chat/completions", json={**CHAT, "model": "or"})
+    assert refused.status_code == 400 and refused.json["error"]["message"] == "bad tools"

@@ -8,7 +8,7 @@ from app.errors import UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.providers.base import CallContext, ChatStream, Provider
 from app.providers.wire import OpenAIStream
-from app.upstream import read_bytes, read_json
+from app.upstream import body_error, read_bytes, read_json
 
 CHAT_PATH = "/chat/completions"
 COMPLETIONS_PATH = "/completions"
@@ -52,6 +52,8 @@ class OpenAIProvider(Provider):
             timeout=self.timeout(ctx),
         )
         answer = read_json(response, self.label)
+        if isinstance(answer, dict) and answer.get("error") and not answer.get("choices"):
+            raise body_error(answer, self.label)
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise UpstreamError(f"{self.label}: the upstream answer is not a chat completion")
         return answer
