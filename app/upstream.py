@@ -28,6 +28,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504, 529})
 # Upstream answers that are the client's to fix: they go back at once and cool nothing down.
 CLIENT_ERROR_STATUSES = frozenset({400, 404, 405, 409, 413, 415, 422})
 MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
 READ_SIZE = 64 * 1024
@@ -375,12 +376,7 @@ def body_error(answer: dict, label: str) -> UpstreamError:
 
 def read_json(response: requests.Response, label: str) -> object:
     """The whole body of a non-streamed answer as JSON; garbage is a retryable failure."""
-    try:
-        content = response.content
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
-        raise translate(err, label) from err
-    finally:
-        response.close()
+    content = read_bytes(response, label, MAX_ANSWER_BYTES)
     try:
         return json.loads(content)
     except ValueError as err:
