@@ -268,7 +268,8 @@ class UpstreamPool:
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            for adapter in session.adapters.values():
+            # One adapter is mounted for both http:// and https://: count it once.
+            for adapter in {id(a): a for a in session.adapters.values()}.values():
                 pools = adapter.poolmanager.pools
                 for key in pools.keys():
                     pool = pools.get(key)
