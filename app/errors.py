@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
+from collections.abc import Callable
 
 from flask import Response
 
@@ -217,3 +220,45 @@ def sse_error_event(err: ProxyError, surface: str = OPENAI) -> bytes:
     if surface == ANTHROPIC:
         return f"event: error\ndata: {data}\n\n".encode()
     return f"data: {data}\n\n".encode()
+
+
+MALFORMED = (TypeError, AttributeError, KeyError, ValueError, IndexError)
+
+
+def _guard(make_error: Callable[[], ProxyError]):
+    """A translator boundary: input of an unexpected shape becomes a clean proxy error."""
+
+    def decorate(fn):
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def generate(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except MALFORMED as err:
+                    raise make_error() from err
+
+            return generate
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except MALFORMED as err:
+                raise make_error() from err
+
+        return call
+
+    return decorate
+
+
+def client_shape(fn):
+    """For translators of client requests: a malformed request is a 400, not a crash."""
+    return _guard(lambda: InvalidRequestError("The request has a field of an unexpected shape."))(
+        fn
+    )
+
+
+def upstream_shape(fn):
+    """For translators of upstream answers: a malformed answer is a retryable upstream failure."""
+    return _guard(lambda: UpstreamError("The upstream answer has an unexpected shape."))(fn)

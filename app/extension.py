@@ -13,7 +13,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import metrics, tracing
-from app.blueprints import anthropic, go, health, openai, ops
+from app.blueprints import anthropic, docs, go, health, openai, ops
 from app.config import Config, load_config
 from app.errors import (
     ANTHROPIC,
@@ -42,7 +42,7 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp)
+API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp)
 
 
 class AIProxy:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from app.errors import InvalidRequestError
+from app.errors import InvalidRequestError, client_shape, upstream_shape
 from app.streaming import encode_event
 from app.tokens import estimate_tokens
 
@@ -27,7 +27,9 @@ def _text_of(blocks: object) -> str:
         return blocks
     if isinstance(blocks, list):
         return "\n".join(
-            b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+            b["text"]
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
         )
     return ""
 
@@ -56,6 +58,7 @@ def _tool_result_content(block: dict, warnings: list[str] | None = None) -> str:
     return text
 
 
+@client_shape
 def to_chat_request(body: dict, warnings: list[str]) -> dict:
     """An Anthropic Messages request as a canonical OpenAI chat request.
 
@@ -168,6 +171,7 @@ def to_chat_request(body: dict, warnings: list[str]) -> dict:
     return request
 
 
+@client_shape
 def estimate_input_tokens(body: dict) -> int:
     """Input tokens of a Messages request, estimated from its text (for count_tokens)."""
     text = [_text_of(body.get("system"))]
@@ -214,6 +218,7 @@ def _output_text(message: dict) -> str:
     return (message.get("content") or "") + arguments
 
 
+@upstream_shape
 def to_message(answer: dict, model: str, fallback_input: int) -> dict:
     """A canonical chat completion as an Anthropic message."""
     choice = (answer.get("choices") or [{}])[0]
@@ -289,6 +294,7 @@ class EventWriter:
             {"type": "content_block_start", "index": self.block, "content_block": block},
         )
 
+    @upstream_shape
     def feed(self, chunk: dict) -> Iterator[bytes]:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
@@ -342,6 +348,7 @@ class EventWriter:
                 },
             )
 
+    @upstream_shape
     def finish_events(self) -> Iterator[bytes]:
         yield from self._close_block()
         finish = "tool_calls" if self.saw_tool else (self.finish or "stop")

@@ -14,6 +14,62 @@ MAX_PROMPT_CHARS = 32_000
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing that merely looks like one ("false", 0, "no")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
+class StrictNumber(fields.Float):
+    """A JSON number (not a string holding one, not a boolean)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("Must be a number.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _is_token_id(value: object) -> bool:
+    return type(value) is int
+
+
+def _tools(value: object) -> None:
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of tools.")
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict):
+            raise ValidationError(f"tools[{i}] must be an object.")
+        if tool.get("type", "function") != "function":
+            continue  # built-in tools (web_search and kin) go to the providers that have them
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValidationError(
+                f'tools[{i}] must be {{"type": "function", "function": {{"name": ...}}}}.'
+            )
+
+
+def _tool_choice(value: object) -> None:
+    if value is None or value in ("none", "auto", "required"):
+        return
+    function = value.get("function") if isinstance(value, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValidationError('Must be "none", "auto", "required" or a named function.')
+
+
+def _tool_calls(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of tool calls.")
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValidationError("Every tool call needs a function with a name.")
+
+
 def _content(value: object) -> None:
     if value is not None and not isinstance(value, str | list):
         raise ValidationError("must be a string, a list of content parts, or null")
@@ -27,13 +83,14 @@ class MessageSchema(Schema):
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = fields.Raw(allow_none=True, validate=_content)
+    tool_calls = fields.Raw(allow_none=True, validate=_tool_calls)
 
 
 class StreamOptionsSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    include_usage = fields.Boolean(allow_none=True)
+    include_usage = StrictBoolean(allow_none=True)
 
 
 class ChatCompletionSchema(Schema):
@@ -48,15 +105,17 @@ class ChatCompletionSchema(Schema):
         required=True,
         validate=validate.Length(min=1, max=MAX_MESSAGES),
     )
-    stream = fields.Boolean(allow_none=True)
+    stream = StrictBoolean(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    tools = fields.Raw(allow_none=True, validate=_tools)
+    tool_choice = fields.Raw(allow_none=True, validate=_tool_choice)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(min=1)
     )
     n = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=128))
-    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
-    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=2))
+    top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
 
 
 CHAT_COMPLETION = ChatCompletionSchema()
@@ -74,18 +133,71 @@ def validate_body(schema: Schema, body: object) -> dict:
     return body
 
 
+def _block_problem(block: object) -> str | None:
+    """What is wrong with one Anthropic content block, if anything."""
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        return "every content block must be an object with a type"
+    kind = block["type"]
+    if kind == "text" and not isinstance(block.get("text"), str):
+        return "a text block needs a string text"
+    if kind == "image" and not isinstance(block.get("source"), dict):
+        return "an image block needs a source object"
+    if kind == "tool_use" and not (
+        isinstance(block.get("name"), str) and isinstance(block.get("input", {}), dict)
+    ):
+        return "a tool_use block needs a name and an object input"
+    if kind == "tool_result":
+        if not isinstance(block.get("tool_use_id"), str):
+            return "a tool_result block needs a tool_use_id"
+        content = block.get("content")
+        if content is not None and not isinstance(content, str):
+            if not isinstance(content, list):
+                return "tool_result content must be a string or a list of blocks"
+            for inner in content:
+                problem = _block_problem(inner)
+                if problem:
+                    return problem
+    return None
+
+
 def _anthropic_content(value: object) -> None:
     if isinstance(value, str):
         return
-    if not isinstance(value, list) or not all(
-        isinstance(block, dict) and isinstance(block.get("type"), str) for block in value
-    ):
-        raise ValidationError("must be a string or a list of content blocks with a type")
+    if not isinstance(value, list):
+        raise ValidationError("must be a string or a list of content blocks")
+    for block in value:
+        problem = _block_problem(block)
+        if problem:
+            raise ValidationError(problem)
 
 
 def _system(value: object) -> None:
-    if value is not None and not isinstance(value, str | list):
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(
+        isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        for b in value
+    ):
         raise ValidationError("must be a string or a list of text blocks")
+
+
+def _anthropic_tools(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] for t in value
+    ):
+        raise ValidationError("every tool needs a name")
+
+
+def _anthropic_tool_choice(value: object) -> None:
+    if value is None:
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("auto", "any", "tool", "none"):
+        raise ValidationError('type must be "auto", "any", "tool" or "none"')
+    if kind == "tool" and not isinstance(value.get("name"), str):
+        raise ValidationError('a "tool" choice needs the tool\'s name')
 
 
 class AnthropicMessageSchema(Schema):
@@ -110,13 +222,13 @@ class MessagesSchema(Schema):
         validate=validate.Length(min=1, max=MAX_MESSAGES),
     )
     system = fields.Raw(allow_none=True, validate=_system)
-    stream = fields.Boolean(allow_none=True)
-    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
-    top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
+    stream = StrictBoolean(allow_none=True)
+    temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
+    top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     stop_sequences = fields.List(fields.String(), allow_none=True)
-    tools = fields.List(fields.Dict(), allow_none=True)
-    tool_choice = fields.Dict(allow_none=True)
+    tools = fields.Raw(allow_none=True, validate=_anthropic_tools)
+    tool_choice = fields.Raw(allow_none=True, validate=_anthropic_tool_choice)
     metadata = fields.Dict(allow_none=True)
 
 
@@ -142,7 +254,7 @@ def _embedding_input(value: object) -> None:
     kinds = {type(item) for item in value}
     if kinds == {str} or kinds == {int}:
         return
-    if kinds == {list} and all(isinstance(t, int) for item in value for t in item):
+    if kinds == {list} and all(_is_token_id(t) for item in value for t in item):
         return
     raise ValidationError("must be strings, or token ids, or lists of token ids")
 
@@ -175,7 +287,11 @@ class ImagesSchema(Schema):
 def _prompt(value: object) -> None:
     if isinstance(value, str):
         return
-    if isinstance(value, list) and value and all(isinstance(p, str | int | list) for p in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, str) or _is_token_id(p) or isinstance(p, list) for p in value)
+    ):
         return
     raise ValidationError("must be a string or a non-empty list")
 
@@ -188,7 +304,7 @@ class CompletionsSchema(Schema):
 
     model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
     prompt = fields.Raw(required=True, validate=_prompt)
-    stream = fields.Boolean(allow_none=True)
+    stream = StrictBoolean(allow_none=True)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
 
 

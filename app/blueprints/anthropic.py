@@ -3,6 +3,7 @@ to any provider: passed through to Anthropic deployments, translated for every o
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -82,7 +83,7 @@ def create_message():
     outcome.result = result
     headers = {**routing_headers(outcome), **quota_headers}
     if mode == CANONICAL and warnings:
-        headers["x-ai-proxy-warning"] = "; ".join(dict.fromkeys(warnings))[:1000]
+        headers["x-ai-proxy-warning"] = header_safe("; ".join(dict.fromkeys(warnings)))
     settle = settle_usage(token, outcome.candidate, canonical)
     strip = outcome.candidate.provider.model.strip_think
 
@@ -119,6 +120,12 @@ def create_message():
     response = json_response(message, headers=headers)
     response.call_on_close(lambda: settle(usage or message.get("usage"), text))
     return response
+
+
+def header_safe(text: str, limit: int = 1000) -> str:
+    """Client-supplied names inside a header: ASCII only, no control characters, bounded."""
+    ascii_text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return re.sub(r"[\x00-\x1f\x7f]", "?", ascii_text)[:limit]
 
 
 def native_events(items, tally: Tally) -> Iterator[bytes]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import requests
 
-from app.errors import InvalidRequestError, UpstreamError
+from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
 from app.tokens import message_text
@@ -117,6 +117,7 @@ class NativeEvents(ChatStream):
         self.response = response
         self.label = label
 
+    @upstream_shape
     def __iter__(self) -> Iterator[tuple[str, dict]]:
         for event in iter_sse(read_chunks(self.response, self.label), self.label):
             try:
@@ -144,6 +145,7 @@ class NativeEvents(ChatStream):
 # Requests: OpenAI chat -> Anthropic Messages.
 
 
+@client_shape
 def to_messages_request(body: dict) -> dict:
     """The Messages request for a canonical OpenAI chat request; 400 for what cannot be said."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
@@ -357,6 +359,7 @@ def chat_usage(usage: object) -> dict:
     return result
 
 
+@upstream_shape
 def to_chat_completion(answer: object, label: str) -> dict:
     """An OpenAI chat.completion for an Anthropic Message."""
     if not isinstance(answer, dict) or not isinstance(answer.get("content"), list):
@@ -430,6 +433,7 @@ class AnthropicStream(ChatStream):
             self.started = True
             yield self._chunk({"role": "assistant", "content": ""})
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         content_type = self.response.headers.get("Content-Type", "")
         if "application/json" in content_type:

@@ -19,7 +19,13 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
 import requests
 
-from app.errors import InvalidRequestError, UpstreamClientError, UpstreamError
+from app.errors import (
+    InvalidRequestError,
+    UpstreamClientError,
+    UpstreamError,
+    client_shape,
+    upstream_shape,
+)
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
 from app.tokens import estimate_tokens, message_text
@@ -168,6 +174,7 @@ class GoogleProvider(Provider):
 # OpenAI chat request -> GenerateContentRequest.
 
 
+@client_shape
 def to_gemini(body: dict) -> dict:
     """The GenerateContentRequest for a canonical chat request, minus what Gemini cannot take."""
     system, contents = _contents(body.get("messages") or [])
@@ -505,6 +512,7 @@ def _block_reason(answer: dict) -> str | None:
     return str(reason) if reason else None
 
 
+@upstream_shape
 def to_completion(answer: object, model: str, label: str) -> dict:
     """The chat completion for a whole GenerateContentResponse."""
     answer = _check_answer(answer, label)
@@ -588,6 +596,7 @@ class GeminiStream(ChatStream):
             # Errors may come wrapped in a one-element list, as Google's error bodies do.
             yield from payload if isinstance(payload, list) else [payload]
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         for payload in self._events():
             yield from self._translate(payload)
