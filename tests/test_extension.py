@@ -50,8 +50,9 @@ def test_init_app_later_with_a_config_object():
 
 def test_create_app_under_dispatcher_middleware():
     outer = Flask("outer")
-    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/proxy": create_app({**CONFIG,
-                                                                                 "env": {}})})
+    outer.wsgi_app = DispatcherMiddleware(
+        outer.wsgi_app, {"/proxy": create_app({**CONFIG, "env": {}})}
+    )
     client = Client(outer)
     response = client.post("/proxy/v1/chat/completions", json=CHAT, headers=AUTH)
     assert response.status_code == 200

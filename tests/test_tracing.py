@@ -38,12 +38,16 @@ def test_off_without_configuration():
 
 
 def test_request_and_attempt_spans(spans, make_app, upstream):
-    app = make_app({
-        "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
-        "models": [openai_model(upstream, name="gpt", priority=1, model="first"),
-                   openai_model(upstream, name="gpt", priority=2, model="second")],
-        "retry": {"max_retries": 0},
-    })
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
+            "models": [
+                openai_model(upstream, name="gpt", priority=1, model="first"),
+                openai_model(upstream, name="gpt", priority=2, model="second"),
+            ],
+            "retry": {"max_retries": 0},
+        }
+    )
     upstream.queue(Reply(status=503, body={}), Reply(body=chat_completion()))
     response = app.test_client().post(
         "/v1/chat/completions",
