@@ -97,30 +97,47 @@ def run_wrk(
     connections: int,
     duration: int,
     workdir: Path,
-    register=None,
+    children=None,
     threads: int = 1,
 ) -> LoadResult:
-    """One wrk run; `register(proc)` lets the caller kill it on Ctrl-C."""
+    """One wrk run; `children.register(proc)` lets the caller end it on Ctrl-C."""
     script = workdir / f"post-{abs(hash((url, token))) % 10**8}.lua"
     auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
-    script.write_text(WRK_SCRIPT % {"body": _lua_string(body.decode()), "auth": auth,
-                                    "mark": WRK_MARK})
+    script.write_text(
+        WRK_SCRIPT % {"body": _lua_string(body.decode()), "auth": auth, "mark": WRK_MARK}
+    )
     cmd = [
-        "wrk", f"-t{max(1, min(threads, connections))}", f"-c{connections}", f"-d{duration}s",
-        "--timeout", "10s", "--latency", "-s", str(script), url,
+        "wrk",
+        f"-t{max(1, min(threads, connections))}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    if register:
-        register(proc)
-    out, err = proc.communicate(timeout=duration + 60)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0
+    )
+    if children is not None:
+        children.register(proc)
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"wrk did not finish within {duration + 60} s") from None
+    if children is not None:
+        children.unregister(proc)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     line = next((ln for ln in out.splitlines() if ln.startswith(WRK_MARK)), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip() or out.strip()}")
-    data = json.loads(line[len(WRK_MARK):])
+    data = json.loads(line[len(WRK_MARK) :])
     non_2xx = 0
     match = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     if match:
@@ -268,9 +285,27 @@ class StreamResult:
     failed: int = 0
     ttfb_ms: list[float] = field(default_factory=list)
     delays_ms: list[float] = field(default_factory=list)
+    # The first chunk's delay also holds the server's set-up of the answer (part of its TTFB);
+    # the later chunks' is the relay alone.
+    first_delays_ms: list[float] = field(default_factory=list)
+    later_delays_ms: list[float] = field(default_factory=list)
     chunks: int = 0
     expected_chunks: int = 0
     problems: list[str] = field(default_factory=list)
+    # (delay ms, index of the chunk in its stream) of the slowest chunks, for diagnosis.
+    worst: list[tuple[float, int]] = field(default_factory=list)
+
+    def merge(self, other: StreamResult) -> None:
+        self.streams += other.streams
+        self.failed += other.failed
+        self.ttfb_ms += other.ttfb_ms
+        self.delays_ms += other.delays_ms
+        self.first_delays_ms += other.first_delays_ms
+        self.later_delays_ms += other.later_delays_ms
+        self.chunks += other.chunks
+        self.expected_chunks += other.expected_chunks
+        self.problems += other.problems
+        self.worst = sorted(self.worst + other.worst, reverse=True)[:5]
 
     def summary(self) -> dict:
         return {
@@ -284,7 +319,14 @@ class StreamResult:
             "delay_p50_ms": percentile(self.delays_ms, 50),
             "delay_p99_ms": percentile(self.delays_ms, 99),
             "delay_max_ms": max(self.delays_ms) if self.delays_ms else math.nan,
+            "first_delay_p50_ms": percentile(self.first_delays_ms, 50),
+            "first_delay_max_ms": max(self.first_delays_ms) if self.first_delays_ms else math.nan,
+            "later_delay_p99_ms": percentile(self.later_delays_ms, 99),
+            "later_delay_max_ms": max(self.later_delays_ms) if self.later_delays_ms else math.nan,
             "problems": self.problems[:5],
+            "worst_chunks": [
+                {"delay_ms": round(delay, 3), "chunk": index} for delay, index in self.worst
+            ],
         }
 
 
@@ -329,8 +371,9 @@ class _ChunkedSSE:
         return events
 
 
-async def _one_stream(url: str, body: bytes, token: str | None, result: StreamResult,
-                      timeout: float) -> None:
+async def _one_stream(
+    url: str, body: bytes, token: str | None, result: StreamResult, timeout: float
+) -> None:
     reader, writer = await _open(url)
     try:
         start = time.time()
@@ -365,6 +408,11 @@ async def _one_stream(url: str, body: bytes, token: str | None, result: StreamRe
             raise RuntimeError("the stream ended without data: [DONE]")
         result.ttfb_ms.append((first - start) * 1000)
         result.delays_ms.extend(delays)
+        result.first_delays_ms.extend(delays[:1])
+        result.later_delays_ms.extend(delays[1:])
+        result.worst = sorted(result.worst + [(d, i) for i, d in enumerate(delays)], reverse=True)[
+            :5
+        ]
         result.chunks += len(delays)
     finally:
         writer.close()
@@ -388,8 +436,13 @@ def measure_streams(
         result.streams += 1
         try:
             await _one_stream(url, body, token, result, timeout)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, RuntimeError,
-                ValueError) as err:
+        except (
+            TimeoutError,
+            OSError,
+            asyncio.IncompleteReadError,
+            RuntimeError,
+            ValueError,
+        ) as err:
             result.failed += 1
             result.problems.append(f"{type(err).__name__}: {err}")
 

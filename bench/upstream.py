@@ -57,9 +57,7 @@ def _response(status: str, content_type: str, body: bytes, close: bool = False) 
         f"HTTP/1.1 {status}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "x-request-id: bench-upstream\r\n"
-        + ("Connection: close\r\n" if close else "")
-        + "\r\n"
+        "x-request-id: bench-upstream\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
     )
     return head.encode() + body
 
@@ -107,7 +105,7 @@ def _chunked(data: bytes) -> bytes:
 def content_event(index: int) -> bytes:
     """One content chunk stamped with the time it leaves the upstream."""
     role = '"role":"assistant",' if index == 0 else ""
-    delta = '{%s"content":"<ts:%.6f> "}' % (role, time.time())
+    delta = f'{{{role}"content":"<ts:{time.time():.6f}> "}}'
     return CHUNK_PREFIX + delta.encode() + b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
@@ -124,6 +122,12 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which a socket made
+        # with proto 0 is not: without it, Nagle holds a stream's first chunk back until the
+        # client ACKs the headers (up to 40 ms of delayed ACK).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -260,7 +264,7 @@ def _dechunk(data: bytes) -> tuple[bytes, int] | None:
 
 
 def make_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -1,0 +1,233 @@
+"""Where a request's time goes in the proxy (or the bare forwarder): py-spy on the live workers.
+
+    pip install -r bench/requirements.txt          # py-spy
+    .venv/bin/python bench/profile.py [--target proxy|bare] [--concurrency 1] [--duration 10]
+
+Starts the fake upstream and the target exactly as bench/run.py does, drives it with wrk, and
+samples every gunicorn worker with `py-spy record --gil` (only the thread holding the GIL, i.e.
+Python doing work). Prints, per function, the sampled GIL time per request (inclusive and self),
+with the functions of app/ marked, plus a summary by area (gunicorn, Flask, requests, app, ...).
+py-spy slows the workers a little; compare functions, not the absolute total, with run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+import run as bench  # noqa: E402
+
+FRAME_RE = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+LOGGING = ("logging (access log)", ("logging/", "gunicorn/glogging.py", "app/logs.py"))
+AREAS = (
+    LOGGING,
+    ("app/ (the proxy's own code)", ("app/",)),
+    ("marshmallow (app/schemas.py validation)", ("marshmallow/",)),
+    (
+        "requests/urllib3/http.client (upstream call)",
+        ("requests/", "urllib3/", "http/client.py", "email/", "socket.py", "ssl.py"),
+    ),
+    ("flask/werkzeug", ("flask/", "werkzeug/")),
+    ("prometheus_client (metrics)", ("prometheus_client/",)),
+    ("limits (rate limiting)", ("limits/",)),
+    ("opentelemetry (tracing)", ("opentelemetry/",)),
+    ("gunicorn (HTTP parsing, gthread)", ("gunicorn/",)),
+)
+OTHER = "stdlib called from elsewhere"
+
+
+def area_of(path: str) -> str:
+    for name, needles in AREAS:
+        if any(path.startswith(n) or "/" + n in path for n in needles):
+            return name
+    return OTHER
+
+
+def area_of_stack(paths: list[str]) -> str:
+    """Logging wherever it is called from; else the innermost frame's area, stdlib code (json,
+    threading, ...) counting for the library or app code that called it."""
+    areas = [area_of(path) for path in paths]
+    if LOGGING[0] in areas:
+        return LOGGING[0]
+    return next((area for area in reversed(areas) if area != OTHER), OTHER)
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    match = FRAME_RE.match(frame.strip())
+    if not match:
+        return frame.strip(), ""
+    return match.group("func"), match.group("file")
+
+
+def short(path: str) -> str:
+    root = str(bench.ROOT) + "/"
+    if path.startswith(root):
+        return path[len(root) :]
+    return re.sub(r"^.*/(site-packages|lib/python3\.\d+)/", "", path)
+
+
+def analyse(raw: Path, rate: int, requests: int, top: int) -> str:
+    inclusive: collections.Counter = collections.Counter()
+    self_time: collections.Counter = collections.Counter()
+    areas: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [parse_frame(f) for f in stack.split(";")]
+        frames = [(func, path) for func, path in frames if path]  # drop process/thread labels
+        if not frames:
+            continue
+        seen = set()
+        for func, path in frames:
+            key = (func, short(path))
+            if key not in seen:
+                inclusive[key] += n
+                seen.add(key)
+        leaf_func, leaf_path = frames[-1]
+        self_time[(leaf_func, short(leaf_path))] += n
+        areas[area_of_stack([path for _, path in frames])] += n
+
+    def ms(samples: int) -> float:
+        return 1000 * samples / rate / max(1, requests)
+
+    out = [
+        f"{total} GIL samples at {rate} Hz over {requests} requests: "
+        f"{ms(total):.3f} ms of Python (GIL held) per request, as sampled",
+        "",
+        "By area (innermost frame; stdlib code counts for the library or app code calling it):",
+    ]
+    for name, n in areas.most_common():
+        out.append(f"  {ms(n):7.3f} ms/req  {100 * n / total:5.1f}%  {name}")
+    out += ["", f"Top {top} functions by inclusive time (* = app/):"]
+    for (func, path), n in inclusive.most_common(top):
+        mark = "*" if path.startswith("app/") else " "
+        out.append(f"  {ms(n):7.3f} ms/req  {100 * n / total:5.1f}% {mark} {func} ({path})")
+    out += ["", "Functions of app/ by inclusive time:"]
+    for (func, path), n in inclusive.most_common():
+        if path.startswith("app/"):
+            out.append(f"  {ms(n):7.3f} ms/req  {100 * n / total:5.1f}%  {func} ({path})")
+    out += ["", f"Top {top} by self time:"]
+    for (func, path), n in self_time.most_common(top):
+        out.append(f"  {ms(n):7.3f} ms/req  {100 * n / total:5.1f}%  {func} ({path})")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--target", choices=("proxy", "bare"), default="proxy")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    args = parser.parse_args(argv)
+    if not shutil.which(args.py_spy) and not os.access(args.py_spy, os.X_OK):
+        print(
+            "py-spy not found: pip install -r bench/requirements.txt (or --py-spy PATH)",
+            file=sys.stderr,
+        )
+        return 2
+    if not loadgen.wrk_path():
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    run_args = bench.parse_args(["--quick", "--targets", args.target])
+    children = bench.Children()
+    workdir = loadgen.scratch_dir(bench.RESULTS_DIR)
+    try:
+        url, master = start(run_args, children, workdir, args.target)
+        body = bench.request_body(False)
+        loadgen.run_wrk(url, body, bench.CLIENT_TOKEN, args.concurrency, 2, workdir, children)
+        raw = workdir / f"{args.target}.pyspy.txt"
+        spy = subprocess.Popen(
+            [
+                args.py_spy,
+                "record",
+                "--pid",
+                str(master),
+                "--subprocesses",
+                "--gil",
+                "--rate",
+                str(args.rate),
+                "--duration",
+                str(args.duration + 1),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            process_group=0,
+        )
+        children.register(spy, "py-spy")
+        time.sleep(0.5)
+        result = loadgen.run_wrk(
+            url, body, bench.CLIENT_TOKEN, args.concurrency, args.duration, workdir, children
+        )
+        _, err = spy.communicate(timeout=args.duration + 30)
+        if not raw.exists():
+            print(f"py-spy failed: {err.strip()}", file=sys.stderr)
+            return 1
+        print(
+            f"{args.target}, concurrency {args.concurrency}: {result.rps:.0f} req/s, p50 "
+            f"{result.p50_ms:.3f} ms under py-spy ({result.requests} requests)\n"
+        )
+        print(analyse(raw, args.rate, result.requests, args.top))
+        print(f"\nraw samples: {raw.relative_to(bench.ROOT)}")
+    finally:
+        children.stop_all()
+    return 0
+
+
+def start(run_args, children, workdir: Path, target: str) -> tuple[str, int]:
+    """The fake upstream and one target, as bench/run.py starts them."""
+    up_port = bench.free_port()
+    upstream = children.start(
+        "upstream",
+        [sys.executable, str(bench.BENCH / "upstream.py"), "--port", str(up_port)],
+        bench.child_env(),
+        workdir / "upstream.log",
+    )
+    up_url = f"http://127.0.0.1:{up_port}"
+    bench.wait_healthy("upstream", up_url + "/healthz", upstream, workdir / "upstream.log")
+    port = bench.free_port()
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(run_args.workers),
+        "LOG_LEVEL": run_args.log_level,
+    }
+    if target == "proxy":
+        config = workdir / "config.yaml"
+        config.write_text(bench.proxy_config(up_url))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
+        env.update(AI_PROXY_CONFIG=str(config), AUTH_TOKEN=bench.CLIENT_TOKEN)
+    else:
+        cmd = [sys.executable, str(bench.BENCH / "bare.py")]
+        env.update(BARE_UPSTREAM=up_url)
+    log_path = workdir / f"{target}.log"
+    proc = children.start(target, cmd, bench.child_env(**env), log_path)
+    bench.wait_healthy(target, f"http://127.0.0.1:{port}/healthz", proc, log_path)
+    time.sleep(1.0)
+    return f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid
+
+
+if __name__ == "__main__":
+    sys.exit(main())
