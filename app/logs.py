@@ -75,6 +75,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     access_handler.setFormatter(formatter)
     access.addHandler(access_handler)
     access.propagate = False
+    # The request lines are the access log: LOG_LEVEL=WARNING quiets the proxy, not them.
+    # (DEBUG also shows the probe and scrape requests.)
+    access.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
 
 
 class ProxyGunicornLogger(GunicornLogger):

@@ -28,6 +28,15 @@ logger = logging.getLogger("ai_proxy.server")
 DEFAULT_GRACEFUL_TIMEOUT = 30
 DEFAULT_WORKER_TIMEOUT = 120
 DEFAULT_KEEPALIVE = 5
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "requests_per_hour",
+    "requests_per_day",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "budget_per_day",
+    "budget_per_month",
+)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus id=%({x-request-id}o)s'
 
 
@@ -129,11 +138,18 @@ def log_loaded(config: Config, workers: int = 1) -> None:
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
     if workers > 1 and config.rate_limits.storage.startswith("memory"):
+        limited = any(
+            getattr(item, name, 0)
+            for item in (*config.models, *config.tokens)
+            for name in LIMIT_FIELDS
+        )
         logger.warning(
-            "rate limits and cooldowns use memory:// with %d workers: each worker counts alone, "
-            "so limits are %dx too loose; set RATE_LIMIT_STORAGE=redis://... to share them",
+            "memory:// with %d workers: each worker keeps its own cooldowns%s; "
+            "set RATE_LIMIT_STORAGE=redis://... to share them",
             workers,
-            workers,
+            f" and counts its own quotas, so every limit is {workers}x too loose"
+            if limited
+            else "",
         )
 
 
