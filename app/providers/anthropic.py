@@ -417,15 +417,6 @@ class AnthropicStream(ChatStream):
         # Anthropic content block index -> OpenAI tool_calls index (tool_use blocks from 0).
         self.tools: dict[int, int] = {}
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-
     def _start(self) -> Iterator[dict]:
         # Sent with the first content rather than at message_start, so an error event that
         # follows message_start still fails over before the client sees a byte.

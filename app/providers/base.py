@@ -40,11 +40,34 @@ class ChatStream:
     # The upstream's own prompt-token count once it has sent one (some do with the first chunk).
     prompt_tokens: int | None = None
 
+    # Adapters that build chunks themselves set these and use _chunk / _ending.
+    id: str = ""
+    created: int = 0
+    model: str = ""
+
     def __iter__(self) -> Iterator[dict]:
         raise NotImplementedError
 
     def close(self) -> None:
         """Release the upstream connection; safe to call more than once."""
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        """A canonical one-choice chunk of this stream."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def _ending(self, finish: str, usage: dict) -> Iterator[dict]:
+        """The finish chunk, then the usage chunk (`"choices": []`) as OpenAI sends them."""
+        yield self._chunk({}, finish)
+        last = self._chunk({})
+        last["choices"] = []
+        last["usage"] = usage
+        yield last
 
 
 class Provider:

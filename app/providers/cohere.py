@@ -315,22 +315,6 @@ class CohereStream(ChatStream):
         self.texts: list[str] = []
         self.tool_index: dict[object, int] = {}
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-
-    def _ending(self, finish: str, usage: dict) -> Iterator[dict]:
-        yield self._chunk({}, finish)
-        last = self._chunk({})
-        last["choices"] = []
-        last["usage"] = usage
-        yield last
-
     def __iter__(self) -> Iterator[dict]:
         content_type = self.response.headers.get("Content-Type", "")
         if "application/json" in content_type:

@@ -61,15 +61,6 @@ class EchoStream(ChatStream):
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-
     def __iter__(self) -> Iterator[dict]:
         yield self._chunk({"role": "assistant", "content": ""})
         for i, word in enumerate(self.words):
