@@ -199,8 +199,12 @@ class Quotas:
                 # Tokens and budgets are charged afterwards; a spent window refuses the next one.
                 if not self.usage_limiter.test(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
+            # A spent window refuses without using up the others; hit() then checks and counts
+            # atomically in the storage, which is what makes admission exact.
             for limit in requests:
-                # hit() checks and counts atomically in the storage: admission is exact.
+                if not self.limiter.test(limit.item, *limit.identifiers):
+                    raise self._refusal(limit)
+            for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
             shown = [group[0] for group in (requests, usage) if group]
@@ -236,6 +240,9 @@ class Quotas:
         try:
             for limit in tokens:
                 if not self.usage_limiter.test(limit.item, *limit.identifiers):
+                    return self._window(limit).reset_at
+            for limit in requests:
+                if not self.limiter.test(limit.item, *limit.identifiers):
                     return self._window(limit).reset_at
             for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):

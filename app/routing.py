@@ -304,6 +304,18 @@ class Router:
                         last_error = err
                         continue
                 raise
+            except ProxyError:
+                self._end(candidate)
+                raise
+            except Exception:  # noqa: BLE001 - named fail point: an adapter's bug or an
+                # answer it did not expect must not be a 500 while other deployments are left.
+                self._end(candidate)
+                logger.exception("deployment %s: unexpected failure", candidate.name)
+                failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
+                self._observe(candidate, "retryable", self.clock() - started)
+                self._failed(candidate, failure)
+                last_error = failure
+                continue
             except BaseException:
                 self._end(candidate)
                 raise

@@ -39,6 +39,7 @@ _CONTEXT_RE = re.compile(
     r"|reduce the length|context limit|exceeds the maximum number of tokens",
     re.IGNORECASE,
 )
+_PROVIDER_RE = re.compile(r"\(provider: [\w .-]{1,64}\)$")
 _KEY_RE = re.compile(r"\b(?:sk|pk|rk|gsk|key|AIza)[-_A-Za-z0-9]{12,}\b")
 
 
@@ -333,7 +334,13 @@ def _status_error(status, message, code, retry_after, label) -> UpstreamError:
         return UpstreamClientError(text, status=status, code=code, context_length=too_long)
     if status in (401, 403):
         return UpstreamError(f"{label}: the provider refused the proxy's credentials ({status})")
-    detail = f": {safe_text(message)}" if message else ""
+    detail = ""
+    if message:
+        # Logged for operators, not relayed: a provider's own failure text can echo a key.
+        logger.warning("upstream %s answered %s: %s", label, status, safe_text(message))
+        behind = _PROVIDER_RE.search(message)
+        if behind:
+            detail = f" {safe_text(behind.group(0))}"
     return UpstreamError(f"{label}: upstream answered {status}{detail}", retry_after=retry_after)
 
 

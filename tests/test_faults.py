@@ -239,3 +239,34 @@ def test_deadline_stops_fallback(make_app, upstream):
     assert response.status_code == 504
     assert response.json["error"]["code"] == "upstream_timeout"
     assert len(upstream.requests) == 1
+
+
+def test_deeply_nested_json_is_a_400(client):
+    response = client.post(
+        "/v1/chat/completions",
+        data="[" * 100_000 + "]" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Reply(body={"choices": ["x"]}),
+        Reply(body={"choices": []}),
+        Reply(events=['data: {"usage": {"prompt_tokens": 1}}', "data: [DONE]"]),
+        Reply(events=['data: {"choices": [{"delta": "x"}]}', "data: [DONE]"]),
+        Reply(events=['data: {"choices": "zz"}', "data: [DONE]"]),
+    ],
+    ids=["string-choice", "no-choices", "usage-only", "string-delta", "string-choices"],
+)
+def test_malformed_answers_fall_back(client, upstream, bad, stream):
+    good = Reply(events=chat_chunks(["fine"])) if stream else Reply(body=chat_completion("fine"))
+    upstream.queue(bad, good)
+    response = chat(client, stream)
+    assert response.status_code == 200
+    assert response.headers["x-ai-proxy-attempts"] == "2"
+    assert "fine" in response.get_data(as_text=True)

@@ -237,3 +237,22 @@ def test_storage_failure_policy(make_app, policy, status):
         assert response.json["error"]["code"] == "rate_limit_storage_unavailable"
         assert response.headers["Retry-After"]
     assert app.extensions["ai_proxy"].quotas.storage_errors >= 1
+
+
+def test_a_spent_window_does_not_use_up_the_others(make_app, frozen):
+    client = make_client(
+        make_app,
+        {
+            "auth": {
+                "tokens": [
+                    {"name": "a", "token": "k-1", "requests_per_minute": 3, "requests_per_hour": 2}
+                ]
+            },
+            "models": [{"name": "echo", "provider": "echo"}],
+        },
+    )
+    assert [post(client).status_code for _ in range(4)] == [200, 200, 429, 429]
+    quotas = client.application.extensions["ai_proxy"].quotas
+    (minute, _hour) = quotas.tokens["token:a"]
+    # Only the two admitted requests count in the minute window.
+    assert quotas.limiter.get_window_stats(minute.item, *minute.identifiers).remaining == 1

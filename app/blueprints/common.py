@@ -75,6 +75,8 @@ def read_json_body() -> tuple[object, int]:
         return json.loads(raw), len(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise InvalidJSONError("The request body is nested too deeply.") from None
 
 
 def call_context(requested_model: str | None) -> CallContext:

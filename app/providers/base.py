@@ -155,8 +155,14 @@ class PrimedStream(ChatStream):
     def __init__(self, stream: ChatStream, label: str) -> None:
         self.stream = stream
         self._chunks = iter(stream)
+        self.head: list = []
         try:
-            self.first = next(self._chunks)
+            # Read up to the first chunk that answers something: usage alone is not an answer.
+            while True:
+                item = next(self._chunks)
+                self.head.append(item)
+                if not isinstance(item, dict) or item.get("choices"):
+                    break
         except StopIteration:
             stream.close()
             raise UpstreamError(
@@ -171,7 +177,7 @@ class PrimedStream(ChatStream):
         return self.stream.prompt_tokens
 
     def __iter__(self) -> Iterator[dict]:
-        yield self.first
+        yield from self.head
         yield from self._chunks
 
     def close(self) -> None:

@@ -54,8 +54,15 @@ class OpenAIProvider(Provider):
         answer = read_json(response, self.label)
         if isinstance(answer, dict) and answer.get("error") and not answer.get("choices"):
             raise body_error(answer, self.label)
-        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if (
+            not choices
+            or not isinstance(choices, list)
+            or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+        ):
             raise UpstreamError(f"{self.label}: the upstream answer is not a chat completion")
+        if not isinstance(answer.get("usage"), dict | None):
+            del answer["usage"]
         return answer
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
@@ -119,7 +126,12 @@ class OpenAIProvider(Provider):
 
     def complete(self, body: dict, ctx: CallContext) -> dict:
         answer = read_json(self._post(COMPLETIONS_PATH, body, ctx), self.label)
-        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if (
+            not choices
+            or not isinstance(choices, list)
+            or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices)
+        ):
             raise UpstreamError(f"{self.label}: the upstream answer is not a completion")
         return answer
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import requests
 
-from app.errors import UpstreamError
+from app.errors import UpstreamError, upstream_shape
 from app.providers.base import ChatStream
 from app.streaming import iter_sse
 from app.upstream import error_message, read_chunks, read_json, safe_text
@@ -21,6 +21,7 @@ class OpenAIStream(ChatStream):
         self.response = response
         self.label = label
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         content_type = self.response.headers.get("Content-Type", "")
         if "application/json" in content_type:
@@ -41,12 +42,15 @@ class OpenAIStream(ChatStream):
                 raise UpstreamError(
                     f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
                 )
-            if not chunk.get("choices") and not chunk.get("usage"):
+            choices = chunk.get("choices")
+            if not choices and not chunk.get("usage"):
                 # Nothing to relay (Azure opens with a `prompt_filter_results`-only chunk).
                 continue
-            finished = finished or any(
-                isinstance(c, dict) and c.get("finish_reason") for c in chunk["choices"] or ()
-            )
+            if choices is None:
+                chunk["choices"] = choices = []
+            if not isinstance(choices, list) or not all(map(_well_formed, choices)):
+                raise UpstreamError(f"{self.label}: the stream sent a malformed chunk")
+            finished = finished or any(c.get("finish_reason") for c in choices)
             yield chunk
         if not finished:
             # Neither [DONE] nor a finish reason: the stream was cut, not completed.
@@ -56,6 +60,16 @@ class OpenAIStream(ChatStream):
         self.response.close()
 
 
+def _well_formed(choice: object) -> bool:
+    """A chat choice carries a `delta` object; a legacy completion choice a `text` string."""
+    if not isinstance(choice, dict):
+        return False
+    if "delta" in choice:
+        return isinstance(choice["delta"], dict)
+    return isinstance(choice.get("text", ""), str)
+
+
+@upstream_shape
 def completion_to_chunks(answer: object, label: str) -> Iterator[dict]:
     """The chunks a streamed answer would have had, for upstreams that answer whole."""
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
