@@ -13,11 +13,11 @@ from flask import Blueprint, Response, g, request
 from app.auth import require_model
 from app.blueprints.common import (
     Tally,
+    admit,
     authenticate,
     bounded,
     call_context,
     json_response,
-    note,
     note_outcome,
     proxy_state,
     read_json_body,
@@ -28,7 +28,6 @@ from app.blueprints.common import (
 from app.errors import ANTHROPIC, UpstreamError
 from app.messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
 from app.providers import PrimedStream
-from app.ratelimit import rate_limit_headers
 from app.routing import Candidate
 from app.schemas import COUNT_TOKENS, MESSAGES, validate_body
 from app.streaming import SSE_HEADERS, encode_event
@@ -48,12 +47,7 @@ def require_token():
 def create_message():
     body, size = read_json_body()
     body = validate_body(MESSAGES, body)
-    state = proxy_state()
-    resolution = state.router.resolve(body["model"], size)
-    note(model_requested=resolution.identifier)
-    token = g.ai_proxy_token
-    require_model(token, resolution.identifier, resolution.is_category)
-    quota_headers = rate_limit_headers(state.quotas.admit_client(token))
+    state, token, resolution, quota_headers = admit(body["model"], size)
     ctx = replace(
         call_context(resolution.identifier),
         anthropic_beta=request.headers.get("anthropic-beta", "")[:1000] or None,

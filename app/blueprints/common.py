@@ -179,10 +179,11 @@ def admit(identifier: str | None, size: int, kind: str = "chat"):
     token = g.ai_proxy_token
     if identifier is None and kind != "chat":
         resolution = state.router.resolve_kind(kind, lambda name: model_allowed(token, name))
+        note(model_requested=resolution.identifier)
     else:
         resolution = state.router.resolve(identifier, size, kind=kind)
+        note(model_requested=resolution.identifier)
         require_model(token, resolution.identifier, resolution.is_category)
-    note(model_requested=resolution.identifier)
     quota_headers = rate_limit_headers(state.quotas.admit_client(token))
     return state, token, resolution, quota_headers
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, g
 
-from app.auth import model_allowed, require_model
+from app.auth import model_allowed
 from app.blueprints.common import (
     Tally,
     admit,
@@ -17,7 +17,6 @@ from app.blueprints.common import (
     call_context,
     image_entry,
     json_response,
-    note,
     note_outcome,
     proxy_state,
     read_json_body,
@@ -30,8 +29,7 @@ from app.errors import (
     ModelNotFoundError,
 )
 from app.providers import PrimedStream
-from app.ratelimit import rate_limit_headers
-from app.routing import Candidate
+from app.routing import Candidate, Outcome
 from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES, validate_body
 from app.streaming import DONE, SSE_HEADERS, encode_chunk
 from app.think import strip_answer, strip_stream
@@ -51,12 +49,7 @@ def require_token():
 def create_chat_completion():
     body, size = read_json_body()
     body = validate_body(CHAT_COMPLETION, body)
-    state = proxy_state()
-    resolution = state.router.resolve(body.get("model"), size)
-    note(model_requested=resolution.identifier)
-    token = g.ai_proxy_token
-    require_model(token, resolution.identifier, resolution.is_category)
-    quota_headers = rate_limit_headers(state.quotas.admit_client(token))
+    state, token, resolution, quota_headers = admit(body.get("model"), size)
     ctx = call_context(resolution.identifier)
 
     if body.get("stream"):
@@ -67,19 +60,8 @@ def create_chat_completion():
             ),
             ctx.deadline,
         )
-        note_outcome(outcome, OPENAI, stream=True)
-        options = body.get("stream_options")
-        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        limit = state.config.routing.stream_timeout_seconds
-        settle = settle_usage(token, outcome.candidate, body)
-        chunks = bounded(outcome.result, time.monotonic() + limit)
-        if outcome.candidate.provider.model.strip_think:
-            chunks = strip_stream(chunks)
-        tally = Tally()
-        return Response(
-            relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
+        return stream_response(
+            outcome, body, settle_usage(token, outcome.candidate, body), quota_headers
         )
 
     outcome = state.router.run(
@@ -95,6 +77,23 @@ def create_chat_completion():
     settle = settle_usage(token, outcome.candidate, body)
     response.call_on_close(lambda: settle(answer.get("usage"), _answer_text(answer)))
     return response
+
+
+def stream_response(outcome: Outcome, body: dict, settle, quota_headers: dict) -> Response:
+    """An opened OpenAI-style stream (chat or legacy completion) relayed to the client."""
+    note_outcome(outcome, OPENAI, stream=True)
+    options = body.get("stream_options")
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    limit = proxy_state().config.routing.stream_timeout_seconds
+    chunks = bounded(outcome.result, time.monotonic() + limit)
+    if outcome.candidate.provider.model.strip_think:
+        chunks = strip_stream(chunks)
+    tally = Tally()
+    return Response(
+        relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
+        mimetype="text/event-stream",
+        headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
+    )
 
 
 def _upstream_body(body: dict, candidate: Candidate) -> dict:
@@ -218,18 +217,8 @@ def create_completion():
             ),
             ctx.deadline,
         )
-        note_outcome(outcome, OPENAI, stream=True)
-        options = body.get("stream_options")
-        include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-        limit = state.config.routing.stream_timeout_seconds
-        chunks = bounded(outcome.result, time.monotonic() + limit)
-        tally = Tally()
         settle = settle_usage(token, outcome.candidate, settle_body)
-        return Response(
-            relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
-        )
+        return stream_response(outcome, body, settle, quota_headers)
     outcome = state.router.run(
         resolution,
         lambda c: c.provider.complete({**body, "model": c.upstream_model}, ctx),
