@@ -181,6 +181,18 @@ class Quotas:
         stats = self._limiter(limit).get_window_stats(limit.item, *limit.identifiers)
         return WindowState(limit, max(0, stats.remaining), stats.reset_time)
 
+    def _first_spent(self, requests: list[Limit]) -> Limit | None:
+        """A spent request window among all but the first, checked before any is counted.
+
+        hit() checks and counts atomically, which makes admission exact; checking the later
+        windows first keeps a refusal from using up the earlier ones. The first needs no check
+        of its own: its hit comes before any other, so a refusal there counts nothing.
+        """
+        for limit in requests[1:]:
+            if not self.limiter.test(limit.item, *limit.identifiers):
+                return limit
+        return None
+
     # -- client tokens ------------------------------------------------------------------------
 
     def admit_client(self, token: TokenConfig) -> list[WindowState]:
@@ -199,11 +211,9 @@ class Quotas:
                 # Tokens and budgets are charged afterwards; a spent window refuses the next one.
                 if not self.usage_limiter.test(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
-            # A spent window refuses without using up the others; hit() then checks and counts
-            # atomically in the storage, which is what makes admission exact.
-            for limit in requests:
-                if not self.limiter.test(limit.item, *limit.identifiers):
-                    raise self._refusal(limit)
+            blocked = self._first_spent(requests)
+            if blocked is not None:
+                raise self._refusal(blocked)
             for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
@@ -241,9 +251,9 @@ class Quotas:
             for limit in tokens:
                 if not self.usage_limiter.test(limit.item, *limit.identifiers):
                     return self._window(limit).reset_at
-            for limit in requests:
-                if not self.limiter.test(limit.item, *limit.identifiers):
-                    return self._window(limit).reset_at
+            blocked = self._first_spent(requests)
+            if blocked is not None:
+                return self._window(blocked).reset_at
             for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):
                     return self._window(limit).reset_at
