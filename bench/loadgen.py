@@ -294,6 +294,8 @@ class StreamResult:
     problems: list[str] = field(default_factory=list)
     # (delay ms, index of the chunk in its stream) of the slowest chunks, for diagnosis.
     worst: list[tuple[float, int]] = field(default_factory=list)
+    # (opened, ended) wall-clock times of every completed stream, for the peak concurrency.
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def merge(self, other: StreamResult) -> None:
         self.streams += other.streams
@@ -306,6 +308,18 @@ class StreamResult:
         self.expected_chunks += other.expected_chunks
         self.problems += other.problems
         self.worst = sorted(self.worst + other.worst, reverse=True)[:5]
+        self.spans += other.spans
+
+    def peak_open(self) -> int:
+        """The most streams that were open at the same moment."""
+        edges = sorted(
+            [(start, 1) for start, _ in self.spans] + [(end, -1) for _, end in self.spans]
+        )
+        peak = current = 0
+        for _, step in edges:
+            current += step
+            peak = max(peak, current)
+        return peak
 
     def summary(self) -> dict:
         return {
@@ -323,6 +337,7 @@ class StreamResult:
             "first_delay_max_ms": max(self.first_delays_ms) if self.first_delays_ms else math.nan,
             "later_delay_p99_ms": percentile(self.later_delays_ms, 99),
             "later_delay_max_ms": max(self.later_delays_ms) if self.later_delays_ms else math.nan,
+            "peak_open": self.peak_open(),
             "problems": self.problems[:5],
             "worst_chunks": [
                 {"delay_ms": round(delay, 3), "chunk": index} for delay, index in self.worst
@@ -414,6 +429,7 @@ async def _one_stream(
             :5
         ]
         result.chunks += len(delays)
+        result.spans.append((start, time.time()))
     finally:
         writer.close()
 
@@ -427,12 +443,15 @@ def measure_streams(
     chunks: int,
     interval: float,
     timeout: float = 30.0,
+    spread: float | None = None,
 ) -> StreamResult:
-    """`rounds` times, `concurrent` streams at once (starts spread evenly over one interval)."""
+    """`rounds` times, `concurrent` streams at once, their starts spread evenly over `spread`
+    seconds (default: one chunk interval)."""
     result = StreamResult(expected_chunks=concurrent * rounds * chunks)
+    spread = interval if spread is None else spread
 
     async def staggered(index: int) -> None:
-        await asyncio.sleep(interval * index / concurrent)
+        await asyncio.sleep(spread * index / concurrent)
         result.streams += 1
         try:
             await _one_stream(url, body, token, result, timeout)

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/quotas.py [--requests 5000]
 
+bench/run.py runs it as part of the full benchmark; this command runs it alone.
+
 Two configurations: "typical" (requests_per_minute on the client token and on the deployment) and
 "full" (request, token and budget limits on the token; request and token limits on the
 deployment). "Admission" is what runs before the upstream call (client and deployment checks plus
@@ -87,10 +89,8 @@ def measure(base: dict, storage: str, strategy: str, requests: int) -> list[floa
     return figures
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=5000)
-    args = parser.parse_args()
+def measure_all(requests: int) -> list[dict]:
+    """Every storage (memory, and a local redis-server if installed) x configuration x strategy."""
     binary = shutil.which("redis-server")
     redis_proc = None
     rows = []
@@ -108,18 +108,48 @@ def main() -> int:
         for label, uri in storages:
             for name, base in (("typical", TYPICAL), ("full", FULL)):
                 for strategy in ("fixed-window", "moving-window", "sliding-window-counter"):
+                    admit_p50, admit_p99, charge_p50, charge_p99 = measure(
+                        base, uri, strategy, requests
+                    )
                     rows.append(
-                        (label, name, strategy, *measure(base, uri, strategy, args.requests))
+                        {
+                            "storage": label,
+                            "limits": name,
+                            "strategy": strategy,
+                            "admit_p50_ms": admit_p50,
+                            "admit_p99_ms": admit_p99,
+                            "charge_p50_ms": charge_p50,
+                            "charge_p99_ms": charge_p99,
+                        }
                     )
     finally:
         if redis_proc:
             redis_proc.terminate()
-    print("| storage | limits | strategy | admission median ms | p99 | charge median ms | p99 |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
-    for label, name, strategy, *figures in rows:
-        print(
-            f"| {label} | {name} | {strategy} | " + " | ".join(f"{f:.3f}" for f in figures) + " |"
+            redis_proc.wait(timeout=10)
+    return rows
+
+
+def render(rows: list[dict]) -> list[str]:
+    lines = [
+        "| storage | limits | strategy | admission median ms | p99 | charge median ms | p99 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        keys = ("admit_p50_ms", "admit_p99_ms", "charge_p50_ms", "charge_p99_ms")
+        figures = (row[key] for key in keys)
+        lines.append(
+            f"| {row['storage']} | {row['limits']} | {row['strategy']} | "
+            + " | ".join(f"{f:.3f}" for f in figures)
+            + " |"
         )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+    print("\n".join(render(measure_all(args.requests))))
     return 0
 
 

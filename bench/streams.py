@@ -1,200 +1,323 @@
-"""Many open streams and memory per worker: the proxy holding N concurrent long streams, and its
-workers' memory at rest, after the streams and after a soak of many requests.
+"""Open streams and memory: many concurrent long streams held through the proxy (and the bare
+forwarder), and each worker's memory at rest, while holding them and after a 100k-request soak.
 
     .venv/bin/python bench/streams.py [--streams 1000] [--seconds 20] [--soak-requests 100000]
 
-Starts the fake upstream (one chunk a second per stream) and the proxy as shipped (2 workers,
-threads enough for the streams), opens every stream at once (spread over one second), and
-reports completed streams, time to first byte against the upstream alone, and each worker's RSS.
-The soak drives non-streamed requests with wrk until the count is reached. Writes a Markdown
-table to docs/benchmarks/streams.md.
+bench/run.py runs both parts as part of the full benchmark; this command runs them alone and
+prints the report's sections. Two arrival patterns for the streams:
+  * held: the starts are spread over half a stream's length, so every stream is open at once
+    for the second half (the peak is measured) and streams arrive at twice the rate that keeps
+    that many open for good (Little's law: N streams of T seconds need N / T new ones a second);
+  * burst: every start within one second, which on a small machine measures how fast streams
+    can be set up more than how many can be held.
+Time to first byte is compared with the same streams sent straight to the fake upstream.
+The soak runs the proxy exactly as shipped (64 threads) and samples worker memory every 10% of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadgen import measure_streams, run_wrk, scratch_dir, wrk_path  # noqa: E402
-from run import ROOT, Children, free_port, wait_healthy  # noqa: E402
+import loadgen  # noqa: E402
+import run as bench  # noqa: E402
 
-TOKEN = "bench-stream-token"
-OUT = ROOT / "docs/benchmarks/streams.md"
+BURST_SPREAD_S = 1.0
+SOAK_CONCURRENCY = 16
+SOAK_SAMPLES = 10
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
 def worker_pids(master: int) -> list[int]:
     children = Path(f"/proc/{master}/task/{master}/children")
-    return [int(pid) for pid in children.read_text().split()]
+    return sorted(int(pid) for pid in children.read_text().split())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--seconds", type=int, default=20, help="length of each stream")
-    parser.add_argument("--soak-requests", type=int, default=100_000)
-    args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+def worker_rss(master: int) -> list[float]:
+    return [round(rss_mb(pid), 1) for pid in worker_pids(master)]
 
-    workdir = scratch_dir(ROOT / "bench/results")
-    children = Children()
-    rows: list[tuple[str, str]] = []
-    try:
-        up_port, proxy_port = free_port(), free_port()
-        env = {**os.environ}
-        upstream = children.start(
-            "upstream",
-            [
-                sys.executable,
-                "bench/upstream.py",
-                "--port",
-                str(up_port),
-                "--chunks",
-                str(args.seconds),
-                "--interval",
-                "1.0",
-                "--procs",
-                "1",
-            ],
-            env,
-            workdir / "upstream.log",
-        )
-        time.sleep(0.5)
-        config = workdir / "config.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "default_model": None,
-                    "models": [
-                        {
-                            "name": "bench",
-                            "provider": "openai",
-                            "base_url": f"http://127.0.0.1:{up_port}/v1",
-                            "token": "up-key",
-                        }
-                    ],
-                    "routing": {"stream_timeout_seconds": args.seconds * 4},
-                }
-            )
-        )
-        proxy_env = {
-            **env,
-            "AI_PROXY_CONFIG": str(config),
-            "AUTH_TOKEN": TOKEN,
-            "HOST": "127.0.0.1",
-            "PORT": str(proxy_port),
-            "WEB_CONCURRENCY": "2",
-            "THREADS": str(args.streams // 2 + 50),
-            "LOG_LEVEL": "WARNING",
-        }
-        proxy = children.start(
-            "proxy",
-            [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"],
-            proxy_env,
-            workdir / "proxy.log",
-        )
-        base = f"http://127.0.0.1:{proxy_port}"
-        wait_healthy("proxy", base + "/healthz", proxy, workdir / "proxy.log")
-        workers = worker_pids(proxy.pid)
-        rows.append(("RSS per worker at rest (MB)", ", ".join(f"{rss_mb(p):.1f}" for p in workers)))
 
-        body = json.dumps(
-            {"model": "bench", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        ).encode()
-        direct = measure_streams(
-            f"http://127.0.0.1:{up_port}/v1/chat/completions",
-            body,
-            None,
-            args.streams,
-            1,
-            args.seconds,
-            1.0,
-            timeout=args.seconds * 3,
-        )
-        proxied = measure_streams(
-            base + "/v1/chat/completions",
-            body,
-            TOKEN,
-            args.streams,
-            1,
-            args.seconds,
-            1.0,
-            timeout=args.seconds * 3,
-        )
-        d, p = direct.summary(), proxied.summary()
-        rows += [
-            (
-                f"{args.streams} streams of {args.seconds} s: completed / failed",
-                f"direct {d['streams'] - d['failed']} / {d['failed']}; "
-                f"proxy {p['streams'] - p['failed']} / {p['failed']}",
-            ),
-            ("chunks delivered", f"proxy {p['chunks']} of {p['expected_chunks']}"),
-            (
-                "time to first byte p50 / p99 (ms)",
-                f"direct {d['ttfb_p50_ms']:.1f} / {d['ttfb_p99_ms']:.1f}; "
-                f"proxy {p['ttfb_p50_ms']:.1f} / {p['ttfb_p99_ms']:.1f}",
-            ),
-            ("added time to first byte p99 (ms)", f"{p['ttfb_p99_ms'] - d['ttfb_p99_ms']:.1f}"),
-            (
-                "chunk delay p50 / p99 (ms)",
-                f"proxy {p['delay_p50_ms']:.1f} / {p['delay_p99_ms']:.1f}",
-            ),
-            (
-                "RSS per worker after the streams (MB)",
-                ", ".join(f"{rss_mb(pid):.1f}" for pid in workers),
-            ),
-        ]
-        if p["problems"]:
-            rows.append(("stream problems (first few)", "; ".join(p["problems"])))
+class PeakRss:
+    """Samples the workers' RSS twice a second in the background; keeps each one's highest."""
 
-        if args.soak_requests and wrk_path():
-            whole = json.dumps(
-                {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
-            ).encode()
-            done, started = 0, time.monotonic()
-            while done < args.soak_requests:
-                result = run_wrk(
-                    base + "/v1/chat/completions", whole, TOKEN, 16, 10, workdir, children
+    def __init__(self, master: int) -> None:
+        self.pids = worker_pids(master)
+        self.peak = {pid: 0.0 for pid in self.pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for pid in self.pids:
+                self.peak[pid] = max(self.peak[pid], rss_mb(pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def values(self) -> list[float]:
+        return [round(self.peak[pid], 1) for pid in self.pids]
+
+
+def stream_body() -> bytes:
+    return json.dumps(
+        {"model": bench.MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+
+
+def start_upstream(children, workdir: Path, chunks: int, interval: float, name: str) -> str:
+    port = bench.free_port()
+    log_path = workdir / f"{name}.log"
+    proc = children.start(
+        name,
+        [
+            sys.executable,
+            str(bench.BENCH / "upstream.py"),
+            "--port",
+            str(port),
+            "--chunks",
+            str(chunks),
+            "--interval",
+            str(interval),
+            "--procs",
+            "1",
+        ],
+        bench.child_env(),
+        log_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    bench.wait_healthy(name, url + "/healthz", proc, log_path)
+    return url
+
+
+def start_server(
+    children, workdir: Path, kind: str, upstream: str, name: str, env: dict[str, str]
+) -> tuple[str, object]:
+    """The proxy (as production starts it, with the benchmark's config) or the bare forwarder."""
+    port = bench.free_port()
+    log_path = workdir / f"{name}.log"
+    common = {"HOST": "127.0.0.1", "PORT": str(port), **env}
+    if kind == "proxy":
+        config = workdir / f"{name}.yaml"
+        config.write_text(bench.proxy_config(upstream))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
+        common["AI_PROXY_CONFIG"] = str(config)
+    else:
+        cmd = [sys.executable, str(bench.BENCH / "bare.py")]
+        common["BARE_UPSTREAM"] = upstream
+    proc = children.start(name, cmd, bench.child_env(**common), log_path)
+    base = f"http://127.0.0.1:{port}"
+    bench.wait_healthy(name, base + "/healthz", proc, log_path)
+    # Every worker must be up before memory is read or load is sent.
+    deadline = time.monotonic() + 30
+    workers = int(env.get("WEB_CONCURRENCY", "1"))
+    while len(worker_pids(proc.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return base, proc
+
+
+def open_streams(args, children, workdir: Path) -> dict:
+    """N streams of T seconds (one chunk a second), held and in a burst, for direct, bare and
+    the proxy, with worker memory before, at the peak and after."""
+    seconds, count = args.open_seconds, args.open_streams
+    threads = str(count // args.workers + 50)
+    upstream = start_upstream(children, workdir, seconds, 1.0, "open-upstream")
+    env = {"WEB_CONCURRENCY": str(args.workers), "THREADS": threads, "LOG_LEVEL": args.log_level}
+    servers = {
+        "bare": start_server(children, workdir, "bare", upstream, "open-bare", env),
+        "proxy": start_server(children, workdir, "proxy", upstream, "open-proxy", env),
+    }
+    path = "/v1/chat/completions"
+    urls = {"direct": upstream + path, **{name: base + path for name, (base, _) in servers.items()}}
+    memory = {name: {"rest": worker_rss(proc.pid)} for name, (_, proc) in servers.items()}
+    patterns = {"held": seconds / 2, "burst": BURST_SPREAD_S}
+    runs: dict[str, dict[str, dict]] = {}
+    for pattern, spread in patterns.items():
+        for target in ("direct", "bare", "proxy"):
+            bench.log(f"open streams: {count} x {seconds} s, {pattern} ({spread:g} s), {target}")
+            proc = servers[target][1] if target in servers else None
+            peak = PeakRss(proc.pid) if proc else None
+            if peak:
+                peak.__enter__()
+            try:
+                result = loadgen.measure_streams(
+                    urls[target],
+                    stream_body(),
+                    bench.CLIENT_TOKEN,
+                    count,
+                    1,
+                    seconds,
+                    1.0,
+                    timeout=seconds * 3,
+                    spread=spread,
                 )
-                done += result.requests
-            rows += [
-                (f"soak: {done} requests in {time.monotonic() - started:.0f} s", "completed"),
-                (
-                    "RSS per worker after the soak (MB)",
-                    ", ".join(f"{rss_mb(pid):.1f}" for pid in workers),
-                ),
+            finally:
+                if peak:
+                    peak.__exit__()
+            summary = result.summary()
+            runs.setdefault(pattern, {})[target] = summary
+            if peak:
+                memory[target][f"peak_{pattern}"] = peak.values()
+                memory[target][f"after_{pattern}"] = worker_rss(proc.pid)
+            bench.log(
+                f"  completed {summary['streams'] - summary['failed']}/{summary['streams']}, "
+                f"peak open {summary['peak_open']}, TTFB p50 {summary['ttfb_p50_ms']:.1f} / p99 "
+                f"{summary['ttfb_p99_ms']:.1f} ms, chunks {summary['chunks']}/"
+                f"{summary['expected_chunks']}"
+            )
+            if summary["problems"]:
+                bench.log(f"  problems: {summary['problems'][:3]}")
+    return {
+        "streams": count,
+        "seconds": seconds,
+        "threads": int(threads),
+        "workers": args.workers,
+        "spreads": patterns,
+        "runs": runs,
+        "memory": memory,
+    }
+
+
+def soak(args, children, workdir: Path) -> dict:
+    """The proxy as shipped (default threads), its workers' RSS at rest and every tenth of a
+    soak of --soak-requests non-streamed requests."""
+    upstream = start_upstream(children, workdir, 1, 0.0, "soak-upstream")
+    env = {"WEB_CONCURRENCY": str(args.workers), "LOG_LEVEL": args.log_level}
+    base, proc = start_server(children, workdir, "proxy", upstream, "soak-proxy", env)
+    body = bench.request_body(False)
+    url = base + "/v1/chat/completions"
+    samples = [{"requests": 0, "rss": worker_rss(proc.pid)}]
+    step = max(1, args.soak_requests // SOAK_SAMPLES)
+    done, errors, started = 0, 0, time.monotonic()
+    bench.log(f"soak: {args.soak_requests} requests at concurrency {SOAK_CONCURRENCY}")
+    while done < args.soak_requests:
+        # A few seconds at a time, so memory is sampled about every tenth of the soak.
+        result = bench.load_once(url, body, SOAK_CONCURRENCY, 2, workdir, children)
+        done += result.requests
+        errors += result.errors + result.non_2xx
+        if done >= samples[-1]["requests"] + step or done >= args.soak_requests:
+            samples.append({"requests": done, "rss": worker_rss(proc.pid)})
+    return {
+        "requests": done,
+        "errors": errors,
+        "seconds": round(time.monotonic() - started, 1),
+        "threads": 64,
+        "samples": samples,
+    }
+
+
+def render(open_result: dict | None, soak_result: dict | None) -> list[str]:
+    """The report's sections for both parts (Markdown lines)."""
+    lines: list[str] = []
+    if open_result:
+        o = open_result
+        lines += [
+            "## Open streams",
+            "",
+            f"{o['streams']} streams of {o['seconds']} s (one content chunk a second) through "
+            f"{o['workers']} gthread workers with THREADS={o['threads']}; the bare forwarder "
+            "under the same settings. *held*: starts spread over "
+            f"{o['spreads']['held']:g} s, so all are open together for the second half; "
+            f"*burst*: every start within {o['spreads']['burst']:g} s. *Added TTFB* is the "
+            "target's time to first byte minus that of the same streams straight to the "
+            "upstream, at the same percentile.",
+            "",
+            "| pattern | target | completed | peak open | TTFB p50 ms | TTFB p99 ms | added TTFB "
+            "p50 / p99 ms | chunk delay p50 / p99 ms | chunks |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for pattern, targets in o["runs"].items():
+            direct = targets.get("direct")
+            for target, s in targets.items():
+                added = "–"
+                if direct and target != "direct":
+                    added = (
+                        f"{s['ttfb_p50_ms'] - direct['ttfb_p50_ms']:.1f} / "
+                        f"{s['ttfb_p99_ms'] - direct['ttfb_p99_ms']:.1f}"
+                    )
+                lines.append(
+                    f"| {pattern} | {target} | {s['streams'] - s['failed']}/{s['streams']} | "
+                    f"{s['peak_open']} | {bench._ms(s['ttfb_p50_ms'], 1)} | "
+                    f"{bench._ms(s['ttfb_p99_ms'], 1)} | {added} | "
+                    f"{bench._ms(s['delay_p50_ms'], 1)} / {bench._ms(s['delay_p99_ms'], 1)} | "
+                    f"{s['chunks']}/{s['expected_chunks']} |"
+                )
+        lines += [
+            "",
+            "RSS per worker (MB):",
+            "",
+            "| target | at rest | peak, held | after held | peak, burst | after burst |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for target, mem in o["memory"].items():
+            cells = [
+                ", ".join(f"{v:.1f}" for v in mem.get(key, []))
+                for key in ("rest", "peak_held", "after_held", "peak_burst", "after_burst")
             ]
-        del upstream
+            lines.append(f"| {target} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if soak_result:
+        s = soak_result
+        workers = range(len(s["samples"][0]["rss"]))
+        lines += [
+            "## Memory under a soak",
+            "",
+            f"The proxy as shipped (THREADS={s['threads']}), {s['requests']} non-streamed requests "
+            f"at concurrency {SOAK_CONCURRENCY} in {s['seconds']:.0f} s ({s['errors']} errors); "
+            "RSS of each worker (MB) as the soak went on.",
+            "",
+            "| requests | " + " | ".join(f"worker {i + 1}" for i in workers) + " |",
+            "| ---: | " + " | ".join("---:" for _ in workers) + " |",
+        ]
+        for sample in s["samples"]:
+            lines.append(
+                f"| {sample['requests']} | " + " | ".join(f"{v:.1f}" for v in sample["rss"]) + " |"
+            )
+        lines.append("")
+    return lines
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", dest="open_streams", type=int, default=1000)
+    parser.add_argument("--seconds", dest="open_seconds", type=int, default=20)
+    parser.add_argument("--soak-requests", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench.raise_fd_limit()
+    workdir = loadgen.scratch_dir(bench.RESULTS_DIR)
+    children = bench.Children()
+    try:
+        open_result = open_streams(args, children, workdir) if args.open_streams else None
+        soak_result = soak(args, children, workdir) if args.soak_requests else None
     finally:
         children.stop_all()
-
-    table = ["| measure | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
-    text = (
-        "# Open streams and memory\n\n"
-        f"- **Command:** `.venv/bin/python bench/streams.py --streams {args.streams} "
-        f"--seconds {args.seconds} --soak-requests {args.soak_requests}`\n"
-        f"- **Date:** {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 2 cores; proxy as "
-        "shipped (gthread, 2 workers), everything on the same machine.\n\n"
-        + "\n".join(table)
-        + "\n"
-    )
-    OUT.write_text(text)
-    print(text)
+    print("\n".join(render(open_result, soak_result)))
     return 0
 
 
