@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,7 +24,7 @@ from limits import (
     RateLimitItemPerMonth,
 )
 from limits.errors import StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -45,6 +48,7 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
 REDIS_TIMEOUT_SECONDS = 0.25
 MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
 USAGE_SCOPE = "sliding-window-counter"
+DEFAULT_SWEEP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,71 @@ class WindowState:
     reset_at: float  # epoch seconds
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' memory storage, its expired entries swept by one long-lived thread per process.
+
+    MemoryStorage starts a new 10 ms `threading.Timer` on a hit whenever the last one has run
+    out: under steady traffic that is a thread start every 10 ms, and the request that starts
+    one waits for the new thread to run (tens of microseconds, more when the GIL is busy).
+    Expiry is only clean-up (every read checks the times itself), so sweeping once a second off
+    the request threads keeps memory bounded the same way.
+    """
+
+    sweep_seconds = DEFAULT_SWEEP_SECONDS
+    _live: weakref.WeakSet[SweptMemoryStorage] = weakref.WeakSet()
+    _sweeper: threading.Thread | None = None
+    _sweeper_lock = threading.Lock()
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.timer.cancel()  # the parent's first 10 ms timer: the sweeper does its work
+        type(self)._live.add(self)
+        type(self)._ensure_sweeper()
+
+    @classmethod
+    def _ensure_sweeper(cls) -> None:
+        with cls._sweeper_lock:
+            if cls._sweeper is None:
+                # A child forked after a storage was made (gunicorn --preload) has the storage
+                # but not the thread: it starts one of its own.
+                os.register_at_fork(after_in_child=cls._restart_in_child)
+            if cls._sweeper is None or not cls._sweeper.is_alive():
+                cls._sweeper = threading.Thread(
+                    target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
+                )
+                cls._sweeper.start()
+
+    @classmethod
+    def _restart_in_child(cls) -> None:
+        cls._sweeper_lock = threading.Lock()
+        if cls._live:
+            cls._sweeper = threading.Thread(
+                target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
+            )
+            cls._sweeper.start()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the per-hit timer start
+        return None
+
+    def sweep(self) -> None:
+        """Drop the entries and counters whose windows have passed."""
+        self._MemoryStorage__expire_events()
+
+    @classmethod
+    def _sweep_forever(cls) -> None:
+        while True:
+            time.sleep(cls.sweep_seconds)
+            for storage in list(cls._live):
+                try:
+                    storage.sweep()
+                except Exception:  # noqa: BLE001 - clean-up must never end the sweeper.
+                    logger.exception("sweeping the in-memory quota storage failed")
+
+
 def make_storage(uri: str) -> Storage:
     """The `limits` storage for a URI; Redis ones get short timeouts and no hidden retries."""
+    if uri.startswith("memory"):
+        return SweptMemoryStorage(uri, wrap_exceptions=True)
     options: dict = {}
     if uri.startswith(("redis", "rediss")):
         from redis.backoff import NoBackoff

@@ -218,7 +218,7 @@ def start(run_args, children, workdir: Path, target: str) -> tuple[str, int]:
         config = workdir / "config.yaml"
         config.write_text(bench.proxy_config(up_url))
         cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
-        env.update(AI_PROXY_CONFIG=str(config), AUTH_TOKEN=bench.CLIENT_TOKEN)
+        env.update(AI_PROXY_CONFIG=str(config))
     else:
         cmd = [sys.executable, str(bench.BENCH / "bare.py")]
         env.update(BARE_UPSTREAM=up_url)

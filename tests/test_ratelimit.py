@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
+from limits import RateLimitItemPerSecond
 
-from app.ratelimit import format_reset
+from app.ratelimit import STRATEGIES as STRATEGIES_BY_NAME
+from app.ratelimit import SweptMemoryStorage, format_reset, make_storage
 from tests.conftest import openai_model
 from tests.servers import free_port
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
@@ -256,3 +259,50 @@ def test_a_spent_window_does_not_use_up_the_others(make_app, frozen):
     (minute, _hour) = quotas.tokens["token:a"]
     # Only the two admitted requests count in the minute window.
     assert quotas.limiter.get_window_stats(minute.item, *minute.identifiers).remaining == 1
+
+
+def _timer_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
+
+
+def test_memory_storage_starts_no_thread_per_request(make_app):
+    """limits' own MemoryStorage starts a 10 ms Timer thread on a hit whenever the last one has
+    run out; the proxy's storage sweeps from one long-lived thread instead."""
+    client = make_client(
+        make_app,
+        {
+            "auth": {"tokens": [{"name": "a", "token": "k-1", "requests_per_minute": 10**6}]},
+            "models": [{"name": "echo", "provider": "echo", "requests_per_minute": 10**6}],
+        },
+    )
+    before = _timer_threads()
+    seen: set[threading.Thread] = set()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        assert post(client).status_code == 200
+        seen |= _timer_threads() - before
+        time.sleep(0.005)
+    assert not seen
+    assert any(t.name == "ai-proxy-quota-sweeper" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_storage_forgets_passed_windows(monkeypatch, strategy):
+    """Expired entries and counters are dropped by the sweeper, so memory stays bounded."""
+    monkeypatch.setattr(SweptMemoryStorage, "sweep_seconds", 0.02)
+    storage = make_storage("memory://")
+    limiter = STRATEGIES_BY_NAME[strategy](storage)
+    item = RateLimitItemPerSecond(100)
+    for _ in range(5):
+        assert limiter.hit(item, "sweep-test")
+
+    def held() -> int:
+        return sum(map(len, storage.events.values())) + len(storage.storage)
+
+    assert held()
+    deadline = time.monotonic() + 5
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not held()
+    # Counting still works after a sweep.
+    assert limiter.hit(item, "sweep-test")
