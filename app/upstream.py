@@ -32,6 +32,9 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
 READ_SIZE = 64 * 1024
+# What a finished stream may still send after its last event for its connection to be reused.
+DRAIN_SECONDS = 0.05
+MAX_DRAIN_BYTES = 64 * 1024
 USER_AGENT = f"ai-proxy/{__version__}"
 _URL_RE = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
 _CONTEXT_RE = re.compile(
@@ -355,6 +358,32 @@ def read_chunks(response: requests.Response, label: str) -> Iterator[bytes]:
             yield data
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
         raise translate(err, label) from err
+
+
+def release(response: requests.Response, reuse: bool = False) -> None:
+    """Close an upstream answer; with `reuse`, first try to give its connection back to the pool.
+
+    A stream is over for the proxy at its last event (`[DONE]`, `message_stop`), a few bytes
+    before its HTTP body is (the chunked terminator). Reading those bytes, if they come within
+    DRAIN_SECONDS and MAX_DRAIN_BYTES, lets urllib3 pool the connection, so the next stream to
+    that upstream skips a TCP and TLS handshake. Anything else closes the connection. The socket
+    timeout set here is the drain's own: urllib3 sets its own before each use of the connection.
+    """
+    if reuse:
+        raw = response.raw
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        try:
+            if sock is not None:
+                sock.settimeout(DRAIN_SECONDS)
+            left = MAX_DRAIN_BYTES
+            while left > 0:
+                data = raw.read1(left)
+                if not data:
+                    break
+                left -= len(data)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            pass  # not at its end in time: the connection is closed below, as without reuse
+    response.close()
 
 
 def read_bytes(response: requests.Response, label: str, limit: int) -> bytes:

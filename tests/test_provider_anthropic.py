@@ -964,3 +964,12 @@ def test_openai_sdk_through_gunicorn_to_anthropic(proxy_factory, upstream):
                 pass
     logs = proxy.logs()
     assert KEY not in logs
+
+
+def test_finished_streams_reuse_the_upstream_connection(stream_client, upstream):
+    """message_stop ends the stream; the rest of the body is read so the connection is pooled."""
+    for word in ("one", "two"):
+        upstream.queue(Reply(events=text_events([word])))
+        assert chunks_of(stream_client.post("/v1/chat/completions", json=STREAM))
+    ports = {r.headers["X-Client-Port"] for r in upstream.requests}
+    assert len(upstream.requests) == 2 and len(ports) == 1

@@ -141,3 +141,41 @@ def test_sse_parser(pieces):
 def test_sse_parser_keeps_event_names_and_multiline_data():
     (event,) = iter_sse([b'event: message_start\ndata: {"a":\ndata: 1}\n\n'])
     assert event.event == "message_start" and event.data == '{"a":\n1}'
+
+
+def _ports(upstream) -> list[str]:
+    return [r.headers["X-Client-Port"] for r in upstream.requests]
+
+
+def test_a_finished_stream_gives_its_upstream_connection_back(client, upstream):
+    """After [DONE] the proxy reads the chunked terminator, so the next stream reuses the
+    connection instead of paying a new TCP (and TLS) handshake."""
+    for words in (["one"], ["two", "three"], ["four"]):
+        upstream.queue(Reply(events=chat_chunks(words)))
+        assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    ports = _ports(upstream)
+    assert len(ports) == 3
+    assert len(set(ports)) == 1
+
+
+def test_a_stream_the_client_leaves_closes_its_upstream_connection(client, upstream):
+    many = [f"w{i}" for i in range(50)]
+    upstream.queue(Reply(events=chat_chunks(many), delay=0.02))
+    response = client.post("/v1/chat/completions", json=CHAT, buffered=False)
+    first = next(iter(response.response))
+    assert first.startswith(b"data: ")
+    response.close()  # the client hangs up mid-stream: nothing is drained
+    upstream.queue(Reply(events=chat_chunks(["next"])))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    first_port, second_port = _ports(upstream)
+    assert first_port != second_port
+
+
+def test_an_upstream_that_does_not_end_its_body_is_not_waited_for(client, upstream):
+    """[DONE], then silence longer than the drain waits: the connection is closed, not kept
+    (had the drain waited for the late event and the body's end, it would have been reused)."""
+    upstream.queue(Reply(events=[*chat_chunks(["x"]), "data: late"], delay=0.3))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    upstream.queue(Reply(events=chat_chunks(["next"])))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    assert len(set(_ports(upstream))) == 2

@@ -134,11 +134,9 @@ class NativeEvents(ChatStream):
                 )
             yield kind, data
             if kind == "message_stop":
+                self.completed = True
                 return
         raise UpstreamError(f"{self.label}: the stream ended before message_stop")
-
-    def close(self) -> None:
-        self.response.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +437,7 @@ class AnthropicStream(ChatStream):
                 raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
             kind = data.get("type") or event.event
             if kind == "message_stop":
+                self.completed = True
                 return
             yield from self._event(kind, data)
         raise UpstreamError(f"{self.label}: the stream ended before message_stop")
@@ -517,6 +516,3 @@ class AnthropicStream(ChatStream):
         usage["choices"] = []
         usage["usage"] = completion["usage"]
         yield usage
-
-    def close(self) -> None:
-        self.response.close()

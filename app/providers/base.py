@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
-from app.upstream import UpstreamPool
+from app.upstream import UpstreamPool, release
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class ChatStream:
 
     # The upstream's own prompt-token count once it has sent one (some do with the first chunk).
     prompt_tokens: int | None = None
+    # The upstream answer the stream reads, and whether its last event has been read: a stream
+    # that ended so gives its connection back to the pool; a cut or abandoned one closes it.
+    response = None
+    completed = False
 
     # Adapters that build chunks themselves set these and use _chunk / _ending.
     id: str = ""
@@ -50,6 +54,8 @@ class ChatStream:
 
     def close(self) -> None:
         """Release the upstream connection; safe to call more than once."""
+        if self.response is not None:
+            release(self.response, reuse=self.completed)
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         """A canonical one-choice chunk of this stream."""

@@ -421,7 +421,7 @@ class WorkersAIStream(ChatStream):
             if not data:
                 continue
             if data == "[DONE]":
-                done = True
+                done = self.completed = True
                 break
             try:
                 payload = json.loads(data)
@@ -507,6 +507,3 @@ class WorkersAIStream(ChatStream):
         if calls:
             yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
         yield from self._ending(choice["finish_reason"], completion["usage"])
-
-    def close(self) -> None:
-        self.response.close()

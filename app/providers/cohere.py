@@ -326,6 +326,7 @@ class CohereStream(ChatStream):
             if not data:
                 continue
             if data == "[DONE]":
+                self.completed = True
                 break
             try:
                 payload = json.loads(data)
@@ -400,9 +401,6 @@ class CohereStream(ChatStream):
         if calls:
             yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
         yield from self._ending(completion["choices"][0]["finish_reason"], completion["usage"])
-
-    def close(self) -> None:
-        self.response.close()
 
 
 def _error_text(payload: dict) -> str:

@@ -481,6 +481,7 @@ class GigaChatStream(ChatStream):
             return
         for event in iter_sse(read_chunks(self.response, self.label), self.label):
             if event.data == "[DONE]":
+                self.completed = True
                 return
             try:
                 chunk = json.loads(event.data)
@@ -576,6 +577,3 @@ class GigaChatStream(ChatStream):
             yield self._emit(choice["index"], message, choice["finish_reason"], answer)
         if answer.get("usage"):
             yield {**self._chunk([], answer), "usage": answer["usage"]}
-
-    def close(self) -> None:
-        self.response.close()

@@ -667,9 +667,6 @@ class GeminiStream(ChatStream):
             self.choices[index] = _Choice()
             yield self._chunk(index, {"role": "assistant", "content": ""})
 
-    def close(self) -> None:
-        self.response.close()
-
 
 def encode_floats(values: list) -> str:
     """An embedding as OpenAI's base64 encoding: little-endian float32, base64."""

@@ -30,6 +30,7 @@ class OpenAIStream(ChatStream):
         finished = False
         for event in iter_sse(read_chunks(self.response, self.label), self.label):
             if event.data == "[DONE]":
+                self.completed = True
                 return
             try:
                 chunk = json.loads(event.data)
@@ -55,9 +56,6 @@ class OpenAIStream(ChatStream):
         if not finished:
             # Neither [DONE] nor a finish reason: the stream was cut, not completed.
             raise UpstreamError(f"{self.label}: the stream ended before its answer was complete")
-
-    def close(self) -> None:
-        self.response.close()
 
 
 def _well_formed(choice: object) -> bool:
