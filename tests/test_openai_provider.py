@@ -215,3 +215,41 @@ def test_openrouter_errors_name_the_provider_and_body_errors_map(make_app):
     responses.post(url, status=200, json={"error": {"code": 400, "message": "bad tools"}})
     refused = client.post("/v1/chat/completions", json={**CHAT, "model": "or"})
     assert refused.status_code == 400 and refused.json["error"]["message"] == "bad tools"
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_upstream_cookies_are_not_replayed_for_the_next_client(client):
+    """A cookie an upstream sets while answering one client must not go out with the next."""
+    responses.post(
+        f"{UPSTREAM}/chat/completions",
+        json=chat_completion("first"),
+        headers={"Set-Cookie": "__cf_bm=client-one; Path=/; Domain=llm.example.test"},
+    )
+    responses.post(f"{UPSTREAM}/chat/completions", json=chat_completion("second"))
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert "Cookie" not in responses.calls[1].request.headers
+
+
+def test_prepared_upstream_requests_stay_bounded(monkeypatch, upstream):
+    """Requests are prepared once per URL; URLs can hold client-chosen model ids (wildcards),
+    so what is kept is bounded."""
+    from app.config import RetryConfig
+    from app.upstream import UpstreamPool
+
+    monkeypatch.setattr("app.upstream.MAX_TEMPLATES", 3)
+    pool = UpstreamPool(RetryConfig(max_retries=0), 2)
+    for index in range(7):
+        response = pool.send(
+            "POST",
+            f"{upstream.url}/v1/models/m-{index}:generate",
+            label="test",
+            headers={"Content-Type": "application/json"},
+            body=b"{}",
+            timeout=(2, 5),
+            params={"alt": "sse", "n": str(index)},
+        )
+        response.close()
+        assert len(pool._templates) <= 3
+    assert [r.path for r in upstream.requests][-1] == "/v1/models/m-6:generate?alt=sse&n=6"
+    assert upstream.requests[-1].body == b"{}"
