@@ -787,7 +787,7 @@ def evaluate(results: dict) -> list[dict]:
     workers = results["settings"]["workers"]
     goals = []
 
-    def goal(text: str, measured: str, passed: bool) -> None:
+    def goal(text: str, measured: str, passed: bool | None) -> None:
         goals.append({"goal": text, "measured": measured, "pass": passed})
 
     bare16, proxy16 = _find(load, "bare", 16), _find(load, "proxy", 16)
@@ -840,6 +840,17 @@ def evaluate(results: dict) -> list[dict]:
             complete
             and proxy["peak_open"] >= opened["streams"]
             and added < GOAL_OPEN_ADDED_TTFB_MS,
+        )
+    if opened and "burst" in opened["runs"]:
+        burst = opened["runs"]["burst"]
+        direct, bare, proxy = burst["direct"], burst["bare"], burst["proxy"]
+        goal(
+            f"(for comparison, not a goal) the same {opened['streams']} streams opened within "
+            f"{opened['spreads']['burst']:g} s",
+            f"added TTFB p99: proxy {proxy['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms, "
+            f"bare forwarder {bare['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms; "
+            f"{proxy['streams'] - proxy['failed']}/{proxy['streams']} completed",
+            None,
         )
     soaked = results.get("soak")
     if soaked:
@@ -908,7 +919,7 @@ def render(results: dict, goals: list[dict], command: str) -> str:
     for goal in goals:
         lines.append(
             f"| {goal['goal']} | {goal['measured']} | "
-            f"{'**PASS**' if goal['pass'] else '**MISS**'} |"
+            f"{'–' if goal['pass'] is None else '**PASS**' if goal['pass'] else '**MISS**'} |"
         )
     limit = settings["quiet_threshold"]
     busy = [r for r in load if (r["other_cpu_pct"] or 0) > limit]
