@@ -92,8 +92,10 @@ class SweptMemoryStorage(MemoryStorage):
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.timer.cancel()  # the parent's first 10 ms timer: the sweeper does its work
-        type(self)._live.add(self)
-        type(self)._ensure_sweeper()
+        cls = type(self)
+        with cls._sweeper_lock:
+            cls._live.add(self)
+        cls._ensure_sweeper()
 
     @classmethod
     def _ensure_sweeper(cls) -> None:
@@ -128,7 +130,9 @@ class SweptMemoryStorage(MemoryStorage):
     def _sweep_forever(cls) -> None:
         while True:
             time.sleep(cls.sweep_seconds)
-            for storage in list(cls._live):
+            with cls._sweeper_lock:
+                storages = list(cls._live)
+            for storage in storages:
                 try:
                     storage.sweep()
                 except Exception:  # noqa: BLE001 - clean-up must never end the sweeper.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -306,3 +307,17 @@ def test_memory_storage_forgets_passed_windows(monkeypatch, strategy):
     assert not held()
     # Counting still works after a sweep.
     assert limiter.hit(item, "sweep-test")
+
+
+def test_a_forked_worker_sweeps_its_own_storage():
+    """gunicorn --preload forks workers after the storage was made: each starts its sweeper."""
+    storage = make_storage("memory://")
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        alive = any(
+            t.name == "ai-proxy-quota-sweeper" and t.is_alive() for t in threading.enumerate()
+        )
+        os._exit(0 if alive else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage is not None
