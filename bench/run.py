@@ -1056,8 +1056,11 @@ def plot(results: dict, path: Path) -> bool:
     targets = [t for t in TARGETS if any(r["target"] == t for r in load)]
     opened, soaked = results.get("open_streams"), results.get("soak")
     panels = 2 + bool(opened) + bool(soaked)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
-    axes = list(axes)
+    rows = 1 if panels <= 2 else 2
+    fig, grid = plt.subplots(rows, 2, figsize=(11, 4 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for unused in axes[panels:]:
+        unused.set_visible(False)
     # direct is 10-50x faster than either server: it would flatten the throughput bars.
     bar_panels = (
         ("throughput (req/s; direct left out)", "rps", [t for t in targets if t != "direct"]),
