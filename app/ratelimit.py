@@ -7,6 +7,7 @@ are charged when the answer is known; a window already spent refuses the next re
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ REDIS_TIMEOUT_SECONDS = 0.25
 MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
 USAGE_SCOPE = "sliding-window-counter"
 DEFAULT_SWEEP_SECONDS = 1.0
+STALE_SWEEPS = 10  # sweeps missed before a hit starts the sweeper again
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class SweptMemoryStorage(MemoryStorage):
     _live: weakref.WeakSet[SweptMemoryStorage] = weakref.WeakSet()
     _sweeper: threading.Thread | None = None
     _sweeper_lock = threading.Lock()
+    _last_sweep = 0.0  # time.monotonic() when the sweeper last went round
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
@@ -105,6 +108,7 @@ class SweptMemoryStorage(MemoryStorage):
                 # but not the thread: it starts one of its own.
                 os.register_at_fork(after_in_child=cls._restart_in_child)
             if cls._sweeper is None or not cls._sweeper.is_alive():
+                cls._last_sweep = time.monotonic()
                 cls._sweeper = threading.Thread(
                     target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
                 )
@@ -119,16 +123,37 @@ class SweptMemoryStorage(MemoryStorage):
             )
             cls._sweeper.start()
 
-    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the per-hit timer start
-        return None
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        """Called on every hit in place of the parent's timer start: a sweeper that has not
+        swept for a while (it died, say) is started again."""
+        if time.monotonic() - type(self)._last_sweep > STALE_SWEEPS * type(self).sweep_seconds:
+            type(self)._ensure_sweeper()
 
     def sweep(self) -> None:
-        """Drop the entries and counters whose windows have passed."""
-        self._MemoryStorage__expire_events()
+        """Drop the entries and counters whose windows have passed.
+
+        As limits' own expiry pass, but reading with .get(): a request thread may drop a
+        counter between the listing and the read.
+        """
+        now = time.time()
+        for key in list(self.events):
+            with self.locks[key]:
+                events = self.events.get(key)
+                if events:
+                    kept = bisect.bisect_left(events, -now, key=lambda event: -event.expiry)
+                    self.events[key] = events[:kept]
+                if not self.events.get(key):
+                    self.locks.pop(key, None)
+        for key in list(self.expirations):
+            if self.expirations.get(key, now) <= now:
+                self.storage.pop(key, None)
+                self.expirations.pop(key, None)
+                self.locks.pop(key, None)
 
     @classmethod
     def _sweep_forever(cls) -> None:
         while True:
+            cls._last_sweep = time.monotonic()
             time.sleep(cls.sweep_seconds)
             with cls._sweeper_lock:
                 storages = list(cls._live)

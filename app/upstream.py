@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import logging
 import random
@@ -196,7 +197,7 @@ class UpstreamPool:
         self.pool_size = max(1, pool_size)
         self._sessions: dict[str, requests.Session] = {}
         self._last_used: dict[str, float] = {}
-        self._templates: dict[tuple, requests.PreparedRequest] = {}
+        self._templates: dict[tuple, tuple[requests.PreparedRequest, bool]] = {}
         self._lock = threading.Lock()
 
     def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
@@ -228,6 +229,8 @@ class UpstreamPool:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.clear()
+        # Cookies upstreams set are not kept: one client's must never go out with another's.
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         return session
 
     def send(
@@ -281,17 +284,22 @@ class UpstreamPool:
         cookie one client's request brought back must not go out with another client's.
         """
         key = (method, url, tuple(sorted(params.items())) if params else ())
-        template = self._templates.get(key)
-        if template is None:
+        cached = self._templates.get(key)
+        if cached is None:
             template = session.prepare_request(requests.Request(method, url, params=params))
             template.prepare_cookies({})
+            cached = (template, any(requests.utils.get_auth_from_url(template.url)))
             if len(self._templates) >= MAX_TEMPLATES:
                 # Model ids may come from clients (wildcard names in URL paths): stay bounded.
                 self._templates.clear()
-            self._templates[key] = template
+            self._templates[key] = cached
+        template, url_auth = cached
         request = template.copy()
         request.prepare_headers(headers)
         request.prepare_body(body, None)
+        if url_auth:
+            # `https://user:pass@host` means Basic auth, as Session.request makes it.
+            request.prepare_auth(None)
         return request
 
     def connections(self) -> dict[str, int]:
@@ -395,16 +403,22 @@ def release(response: requests.Response, reuse: bool = False) -> None:
     before its HTTP body is (the chunked terminator). Reading those bytes, if they come within
     DRAIN_SECONDS and MAX_DRAIN_BYTES, lets urllib3 pool the connection, so the next stream to
     that upstream skips a TCP and TLS handshake. Anything else closes the connection. The socket
-    timeout set here is the drain's own: urllib3 sets its own before each use of the connection.
+    timeouts set here are the drain's own: urllib3 sets its own before each use of the connection.
     """
-    if reuse:
-        raw = response.raw
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    # Only a body that ends by its framing (chunked, or a length) leaves a reusable connection;
+    # one that ends when the upstream closes would only be waited for.
+    framed = getattr(raw, "chunked", False) or getattr(raw, "length_remaining", None) is not None
+    if reuse and sock is not None and framed:
+        deadline = time.monotonic() + DRAIN_SECONDS
         try:
-            if sock is not None:
-                sock.settimeout(DRAIN_SECONDS)
             left = MAX_DRAIN_BYTES
             while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
                 data = raw.read1(left)
                 if not data:
                     break

@@ -253,3 +253,24 @@ def test_prepared_upstream_requests_stay_bounded(monkeypatch, upstream):
         assert len(pool._templates) <= 3
     assert [r.path for r in upstream.requests][-1] == "/v1/models/m-6:generate?alt=sse&n=6"
     assert upstream.requests[-1].body == b"{}"
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_credentials_in_the_base_url_are_sent_as_basic_auth(make_app):
+    client = make_app(
+        {
+            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
+            "models": [{"name": "local", "base_url": "http://u:pw@gw.example.test/v1"}],
+        }
+    ).test_client()
+    responses.post(
+        "http://u:pw@gw.example.test/v1/chat/completions",
+        json=chat_completion("hi"),
+        match=[matchers.header_matcher({"Authorization": "Basic dTpwdw=="})],
+    )
+    response = client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "model": "local"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 200

@@ -321,3 +321,15 @@ def test_a_forked_worker_sweeps_its_own_storage():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert storage is not None
+
+
+def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
+    finished = threading.Thread(target=lambda: None)
+    finished.start()
+    finished.join()
+    storage = make_storage("memory://")
+    monkeypatch.setattr(SweptMemoryStorage, "_sweeper", finished)
+    monkeypatch.setattr(SweptMemoryStorage, "_last_sweep", 0.0)
+    assert STRATEGIES_BY_NAME["fixed-window"](storage).hit(RateLimitItemPerSecond(5), "restart")
+    assert SweptMemoryStorage._sweeper is not finished
+    assert SweptMemoryStorage._sweeper.is_alive()

@@ -179,3 +179,24 @@ def test_an_upstream_that_does_not_end_its_body_is_not_waited_for(client, upstre
     upstream.queue(Reply(events=chat_chunks(["next"])))
     assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
     assert len(set(_ports(upstream))) == 2
+
+
+def test_a_body_that_ends_only_when_the_upstream_closes_is_not_drained(client, upstream):
+    """Without chunking or a length the connection cannot be reused: it is closed at once,
+    not read until the upstream hangs up."""
+    words = chat_chunks(["x"])
+    upstream.queue(Reply(events=[*words, "data: late"], delay=0.3, chunked=False))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    assert upstream.events_sent == len(words)  # the late event was not waited for
+
+
+def test_the_drain_has_one_deadline_not_one_per_read(client, upstream):
+    """An upstream trickling bytes after [DONE] (each within the per-read wait) is given up on."""
+    words = chat_chunks(["x"])
+    trickle = [": keep-alive"] * 20
+    upstream.queue(Reply(events=[*words, *trickle], delay=0.02))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    assert upstream.events_sent < len(words) + len(trickle)
+    upstream.queue(Reply(events=chat_chunks(["next"])))
+    assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
+    assert len(set(_ports(upstream))) == 2
