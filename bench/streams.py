@@ -17,6 +17,7 @@ The soak runs the proxy exactly as shipped (64 threads) and samples worker memor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -157,9 +158,7 @@ def open_streams(args, children, workdir: Path) -> dict:
             bench.log(f"open streams: {count} x {seconds} s, {pattern} ({spread:g} s), {target}")
             proc = servers[target][1] if target in servers else None
             peak = PeakRss(proc.pid) if proc else None
-            if peak:
-                peak.__enter__()
-            try:
+            with peak or contextlib.nullcontext():
                 result = loadgen.measure_streams(
                     urls[target],
                     stream_body(),
@@ -171,9 +170,6 @@ def open_streams(args, children, workdir: Path) -> dict:
                     timeout=seconds * 3,
                     spread=spread,
                 )
-            finally:
-                if peak:
-                    peak.__exit__()
             summary = result.summary()
             runs.setdefault(pattern, {})[target] = summary
             if peak:
