@@ -295,7 +295,7 @@ class Quotas:
         """Count a request against the token's limits; 429 if any is spent.
 
         Returns the windows shown in the x-ratelimit-* headers: the token's first request limit
-        and first token limit (one storage call each).
+        and first token limit.
         """
         key = f"token:{token.name}"
         requests = self.tokens.get(key, [])
@@ -303,25 +303,28 @@ class Quotas:
         if not requests and not usage:
             return []
         try:
-            for limit in usage:
-                # Tokens and budgets are charged afterwards; a spent window refuses the next one.
-                if not self.usage_limiter.test(limit.item, *limit.identifiers):
-                    raise self._refusal(limit)
+            # Tokens and budgets are charged afterwards; a spent window refuses the next one.
+            # Its window read is the check (remaining >= 1 is exactly the limiter's test()), so
+            # the first one's also serves the x-ratelimit-*-tokens headers: one call less.
+            usage_windows = [self._window(limit) for limit in usage]
+            for window in usage_windows:
+                if window.remaining < 1:
+                    raise self._refusal(window.limit, window)
             blocked = self._first_spent(requests)
             if blocked is not None:
                 raise self._refusal(blocked)
             for limit in requests:
                 if not self.limiter.hit(limit.item, *limit.identifiers):
                     raise self._refusal(limit)
-            shown = [group[0] for group in (requests, usage) if group]
-            return [self._window(limit) for limit in shown]
+            shown = [self._window(requests[0])] if requests else []
+            return shown + usage_windows[:1]
         except StorageError as err:
             self._storage_failed(err)
             return []
 
-    def _refusal(self, limit: Limit) -> RateLimitError:
+    def _refusal(self, limit: Limit, state: WindowState | None = None) -> RateLimitError:
         metrics.QUOTA_REFUSALS.labels("client", limit.name).inc()
-        state = self._window(limit)
+        state = state or self._window(limit)
         wait = max(1.0, state.reset_at - time.time())
         if limit.counts == "budget":
             return BudgetExceededError(

@@ -333,3 +333,40 @@ def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
     assert STRATEGIES_BY_NAME["fixed-window"](storage).hit(RateLimitItemPerSecond(5), "restart")
     assert SweptMemoryStorage._sweeper is not finished
     assert SweptMemoryStorage._sweeper.is_alive()
+
+
+def test_token_quota_round_trips_with_redis(make_app, redis_server):
+    """rpm + tpm on the token and rpm on the deployment: the token window read that checks the
+    token limit also gives the x-ratelimit-*-tokens headers, so a request costs five quota
+    scripts (token check, token hit, request window, deployment hit; the charge afterwards)."""
+    import redis
+
+    client = make_client(
+        make_app,
+        {
+            "rate_limits": {"storage": redis_server.url},
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "a",
+                        "token": "k-1",
+                        "requests_per_minute": 100,
+                        "tokens_per_minute": 10_000,
+                    }
+                ]
+            },
+            "models": [{"name": "echo", "provider": "echo", "requests_per_minute": 100}],
+        },
+    )
+    stats = redis.Redis(port=redis_server.port)
+
+    def scripts() -> int:
+        return stats.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    post(client)  # loads the scripts
+    before = scripts()
+    response = post(client)
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-remaining-requests"] == "98"
+    assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10_000
+    assert scripts() - before == 5
