@@ -1,17 +1,21 @@
-"""ai-proxy benchmark: the proxy against a bare Flask forwarder and the upstream itself.
+"""ai-proxy benchmark, every figure in one run: the proxy against a bare Flask forwarder and
+the upstream itself.
 
-    .venv/bin/python bench/run.py          # full run (~3.5 min): docs/benchmarks/results.md
-    .venv/bin/python bench/run.py --quick  # ~45 s smoke run: bench/results/quick.md only
+    .venv/bin/python bench/run.py          # full run (~10 min): docs/benchmarks/results.md + .png
+    .venv/bin/python bench/run.py --quick  # ~2 min smoke run: bench/results/quick.md only
 
 It starts, on loopback and free ports:
   * bench/upstream.py, a fake OpenAI upstream (static answers; streams of stamped chunks);
   * the proxy, as in production: `gunicorn -c conf/gunicorn.conf.py wsgi:app`, with a generated
-    config (one `openai` model whose base_url is the fake upstream), AUTH_TOKEN set so auth is on,
-    WEB_CONCURRENCY=2 and the shipped access log;
+    config (one `openai` model whose base_url is the fake upstream, one client token, quotas on
+    both), WEB_CONCURRENCY=2 and the shipped access log; proxy-redis, the same with its quotas
+    in a local redis-server (when one is installed);
   * bench/bare.py, a bare Flask + requests forwarder under the same gunicorn settings;
-and measures non-streaming throughput/latency (wrk, or a Python load generator without it) for
-direct / bare / proxy at several concurrencies, then streamed time to first byte and per-chunk
-delay. Every child process is stopped at the end, on Ctrl-C and on errors too.
+and runs the parts (`--parts`): load (non-streaming throughput and latency with wrk, or a Python
+load generator without it, at several concurrencies), chunks (streamed time to first byte and
+per-chunk delay), open (1,000 streams held, and in a burst; bench/streams.py), soak (worker
+memory over 100,000 requests; bench/streams.py) and quotas (bench/quotas.py). Every child
+process is stopped at the end, on Ctrl-C and on errors too.
 """
 
 from __future__ import annotations
@@ -1120,7 +1124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short points, one stream round (~45 s); report under bench/results/",
+        help="short points, one stream round, 100 open streams, a 5k soak (~2 min); "
+        "report under bench/results/",
     )
     parser.add_argument(
         "--duration", type=float, help="measured seconds per point and round (default 5, quick 3)"
