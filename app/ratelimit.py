@@ -108,20 +108,21 @@ class SweptMemoryStorage(MemoryStorage):
                 # but not the thread: it starts one of its own.
                 os.register_at_fork(after_in_child=cls._restart_in_child)
             if cls._sweeper is None or not cls._sweeper.is_alive():
-                cls._last_sweep = time.monotonic()
-                cls._sweeper = threading.Thread(
-                    target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
-                )
-                cls._sweeper.start()
+                cls._start_sweeper()
 
     @classmethod
     def _restart_in_child(cls) -> None:
         cls._sweeper_lock = threading.Lock()
         if cls._live:
-            cls._sweeper = threading.Thread(
-                target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
-            )
-            cls._sweeper.start()
+            cls._start_sweeper()
+
+    @classmethod
+    def _start_sweeper(cls) -> None:
+        cls._last_sweep = time.monotonic()
+        cls._sweeper = threading.Thread(
+            target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
+        )
+        cls._sweeper.start()
 
     def _MemoryStorage__schedule_expiry(self) -> None:
         """Called on every hit in place of the parent's timer start: a sweeper that has not
