@@ -367,6 +367,60 @@ def start_redis(children: Children, workdir: Path) -> str | None:
     raise RuntimeError("redis-server did not answer PING within 10 s")
 
 
+def worker_pids(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return sorted(int(pid) for pid in children.read_text().split())
+
+
+def start_upstream(
+    children: Children, workdir: Path, name: str, chunks: int, interval: float, procs: int = 1
+) -> tuple[str, subprocess.Popen]:
+    """bench/upstream.py on a free port, healthy: its URL and process."""
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    cmd = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port)]
+    cmd += ["--chunks", str(chunks), "--interval", str(interval), "--procs", str(procs)]
+    proc = children.start(name, cmd, child_env(), log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(name, url + "/healthz", proc, log_path)
+    return url, proc
+
+
+def start_server(
+    children: Children,
+    workdir: Path,
+    kind: str,
+    upstream: str,
+    name: str,
+    env: dict[str, str],
+    storage: str = "memory://",
+) -> tuple[str, subprocess.Popen]:
+    """The proxy (as production starts it, with the benchmark's config and quotas in `storage`)
+    or the bare forwarder, with every worker up: its base URL and master process."""
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    common = {"HOST": "127.0.0.1", "PORT": str(port), **env}
+    if kind == "proxy":
+        config = workdir / f"{name}.yaml"
+        config.write_text(proxy_config(upstream, storage))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
+        common["AI_PROXY_CONFIG"] = str(config)
+    else:
+        cmd = [sys.executable, str(BENCH / "bare.py")]
+        common["BARE_UPSTREAM"] = upstream
+    proc = children.start(name, cmd, child_env(**common), log_path)
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(name, base + "/healthz", proc, log_path)
+    # Every worker must be up before memory is read or load is sent.
+    deadline = time.monotonic() + 30
+    workers = int(env.get("WEB_CONCURRENCY", "1"))
+    while len(worker_pids(proc.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # gthread workers boot on their own; give the last one a moment after it appears.
+    time.sleep(1.0)
+    return base, proc
+
+
 def sanity_check(urls: dict[str, str]) -> None:
     """Every target answers a chat completion; the proxies count quotas (x-ratelimit-* headers)
     and refuse a request without the token."""
@@ -400,39 +454,14 @@ def run(args: argparse.Namespace, children: Children) -> dict:
     info = machine_info(loadgen_name)
     log(f"load generator: {loadgen_name}")
 
-    # The fake upstream.
-    up_port = free_port()
-    upstream_log = workdir / "upstream.log"
-    upstream = children.start(
-        "upstream",
-        [
-            sys.executable,
-            str(BENCH / "upstream.py"),
-            "--port",
-            str(up_port),
-            "--chunks",
-            str(args.chunks),
-            "--interval",
-            str(args.interval),
-            "--procs",
-            str(args.upstream_procs),
-        ],
-        child_env(),
-        upstream_log,
+    up_url, upstream = start_upstream(
+        children, workdir, "upstream", args.chunks, args.interval, args.upstream_procs
     )
-    up_url = f"http://127.0.0.1:{up_port}"
-    wait_healthy("upstream", up_url + "/healthz", upstream, upstream_log)
 
     # The proxy, as production starts it (memory:// quotas, and with Redis when it is there).
-    common = {
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": str(args.workers),
-        "LOG_LEVEL": args.log_level,
-    }
+    common = {"WEB_CONCURRENCY": str(args.workers), "LOG_LEVEL": args.log_level}
     if args.threads is not None:
         common["THREADS"] = str(args.threads)
-    proxy_cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
-    servers: dict[str, tuple[subprocess.Popen, int, Path]] = {}
     storages = {"proxy": "memory://"}
     if "proxy-redis" in args.targets:
         redis_url = start_redis(children, workdir)
@@ -441,29 +470,18 @@ def run(args: argparse.Namespace, children: Children) -> dict:
         else:
             log("redis-server is not installed: no proxy-redis target")
             args.targets = [t for t in args.targets if t != "proxy-redis"]
-    for name, storage in storages.items():
-        if name not in args.targets and name != "proxy":
-            continue
-        config_path = workdir / f"{name}.yaml"
-        config_path.write_text(proxy_config(up_url, storage))
-        port, log_path = free_port(), workdir / f"{name}.log"
-        env = child_env(AI_PROXY_CONFIG=str(config_path), PORT=str(port), **common)
-        servers[name] = (children.start(name, proxy_cmd, env, log_path), port, log_path)
-    bare_port, bare_log = free_port(), workdir / "bare.log"
-    bare_cmd = [sys.executable, str(BENCH / "bare.py")]
-    bare_env = child_env(BARE_UPSTREAM=up_url, PORT=str(bare_port), **common)
-    servers["bare"] = (children.start("bare", bare_cmd, bare_env, bare_log), bare_port, bare_log)
-    for name, (proc, port, log_path) in servers.items():
-        wait_healthy(name, f"http://127.0.0.1:{port}/healthz", proc, log_path)
-    # gthread workers boot on their own; give the second one a moment after the first answers.
-    time.sleep(1.0)
-    proxy_log = servers["proxy"][2]
+    servers = {
+        name: start_server(children, workdir, "proxy", up_url, name, common, storage)
+        for name, storage in storages.items()
+    }
+    servers["bare"] = start_server(children, workdir, "bare", up_url, "bare", common)
+    proxy_log = workdir / "proxy.log"
 
     path = "/v1/chat/completions"
     urls = {"direct": up_url + path}
-    urls.update({name: f"http://127.0.0.1:{port}{path}" for name, (_, port, _) in servers.items()})
+    urls.update({name: base + path for name, (base, _) in servers.items()})
     groups = {"direct": upstream.pid}
-    groups.update({name: proc.pid for name, (proc, _, _) in servers.items()})
+    groups.update({name: proc.pid for name, (_, proc) in servers.items()})
     sanity_check(urls)
     log(
         "all up: "

@@ -44,20 +44,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def worker_pids(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children")
-    return sorted(int(pid) for pid in children.read_text().split())
-
-
 def worker_rss(master: int) -> list[float]:
-    return [round(rss_mb(pid), 1) for pid in worker_pids(master)]
+    return [round(rss_mb(pid), 1) for pid in bench.worker_pids(master)]
 
 
 class PeakRss:
     """Samples the workers' RSS twice a second in the background; keeps each one's highest."""
 
     def __init__(self, master: int) -> None:
-        self.pids = worker_pids(master)
+        self.pids = bench.worker_pids(master)
         self.peak = {pid: 0.0 for pid in self.pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -85,68 +80,16 @@ def stream_body() -> bytes:
     ).encode()
 
 
-def start_upstream(children, workdir: Path, chunks: int, interval: float, name: str) -> str:
-    port = bench.free_port()
-    log_path = workdir / f"{name}.log"
-    proc = children.start(
-        name,
-        [
-            sys.executable,
-            str(bench.BENCH / "upstream.py"),
-            "--port",
-            str(port),
-            "--chunks",
-            str(chunks),
-            "--interval",
-            str(interval),
-            "--procs",
-            "1",
-        ],
-        bench.child_env(),
-        log_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    bench.wait_healthy(name, url + "/healthz", proc, log_path)
-    return url
-
-
-def start_server(
-    children, workdir: Path, kind: str, upstream: str, name: str, env: dict[str, str]
-) -> tuple[str, object]:
-    """The proxy (as production starts it, with the benchmark's config) or the bare forwarder."""
-    port = bench.free_port()
-    log_path = workdir / f"{name}.log"
-    common = {"HOST": "127.0.0.1", "PORT": str(port), **env}
-    if kind == "proxy":
-        config = workdir / f"{name}.yaml"
-        config.write_text(bench.proxy_config(upstream))
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
-        common["AI_PROXY_CONFIG"] = str(config)
-    else:
-        cmd = [sys.executable, str(bench.BENCH / "bare.py")]
-        common["BARE_UPSTREAM"] = upstream
-    proc = children.start(name, cmd, bench.child_env(**common), log_path)
-    base = f"http://127.0.0.1:{port}"
-    bench.wait_healthy(name, base + "/healthz", proc, log_path)
-    # Every worker must be up before memory is read or load is sent.
-    deadline = time.monotonic() + 30
-    workers = int(env.get("WEB_CONCURRENCY", "1"))
-    while len(worker_pids(proc.pid)) < workers and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    return base, proc
-
-
 def open_streams(args, children, workdir: Path) -> dict:
     """N streams of T seconds (one chunk a second), held and in a burst, for direct, bare and
     the proxy, with worker memory before, at the peak and after."""
     seconds, count = args.open_seconds, args.open_streams
     threads = str(count // args.workers + 50)
-    upstream = start_upstream(children, workdir, seconds, 1.0, "open-upstream")
+    upstream, _ = bench.start_upstream(children, workdir, "open-upstream", seconds, 1.0)
     env = {"WEB_CONCURRENCY": str(args.workers), "THREADS": threads, "LOG_LEVEL": args.log_level}
     servers = {
-        "bare": start_server(children, workdir, "bare", upstream, "open-bare", env),
-        "proxy": start_server(children, workdir, "proxy", upstream, "open-proxy", env),
+        "bare": bench.start_server(children, workdir, "bare", upstream, "open-bare", env),
+        "proxy": bench.start_server(children, workdir, "proxy", upstream, "open-proxy", env),
     }
     path = "/v1/chat/completions"
     urls = {"direct": upstream + path, **{name: base + path for name, (base, _) in servers.items()}}
@@ -197,9 +140,9 @@ def open_streams(args, children, workdir: Path) -> dict:
 def soak(args, children, workdir: Path) -> dict:
     """The proxy as shipped (default threads), its workers' RSS at rest and every tenth of a
     soak of --soak-requests non-streamed requests."""
-    upstream = start_upstream(children, workdir, 1, 0.0, "soak-upstream")
+    upstream, _ = bench.start_upstream(children, workdir, "soak-upstream", 1, 0.0)
     env = {"WEB_CONCURRENCY": str(args.workers), "LOG_LEVEL": args.log_level}
-    base, proc = start_server(children, workdir, "proxy", upstream, "soak-proxy", env)
+    base, proc = bench.start_server(children, workdir, "proxy", upstream, "soak-proxy", env)
     body = bench.request_body(False)
     url = base + "/v1/chat/completions"
     samples = [{"requests": 0, "rss": worker_rss(proc.pid)}]
