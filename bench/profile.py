@@ -198,35 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def start(run_args, children, workdir: Path, target: str) -> tuple[str, int]:
     """The fake upstream and one target, as bench/run.py starts them."""
-    up_port = bench.free_port()
-    upstream = children.start(
-        "upstream",
-        [sys.executable, str(bench.BENCH / "upstream.py"), "--port", str(up_port)],
-        bench.child_env(),
-        workdir / "upstream.log",
-    )
-    up_url = f"http://127.0.0.1:{up_port}"
-    bench.wait_healthy("upstream", up_url + "/healthz", upstream, workdir / "upstream.log")
-    port = bench.free_port()
-    env = {
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": str(run_args.workers),
-        "LOG_LEVEL": run_args.log_level,
-    }
-    if target == "proxy":
-        config = workdir / "config.yaml"
-        config.write_text(bench.proxy_config(up_url))
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
-        env.update(AI_PROXY_CONFIG=str(config))
-    else:
-        cmd = [sys.executable, str(bench.BENCH / "bare.py")]
-        env.update(BARE_UPSTREAM=up_url)
-    log_path = workdir / f"{target}.log"
-    proc = children.start(target, cmd, bench.child_env(**env), log_path)
-    bench.wait_healthy(target, f"http://127.0.0.1:{port}/healthz", proc, log_path)
-    time.sleep(1.0)
-    return f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid
+    up_url, _ = bench.start_upstream(children, workdir, "upstream", 20, 0.05)
+    env = {"WEB_CONCURRENCY": str(run_args.workers), "LOG_LEVEL": run_args.log_level}
+    kind = "proxy" if target == "proxy" else "bare"
+    base, proc = bench.start_server(children, workdir, kind, up_url, target, env)
+    return base + "/v1/chat/completions", proc.pid
 
 
 if __name__ == "__main__":
