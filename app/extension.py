@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from app import metrics, tracing
+from app import metrics, tracing, watchdog
 from app.blueprints import anthropic, docs, go, health, openai, ops
 from app.config import Config, load_config
 from app.errors import (
@@ -76,6 +76,8 @@ class AIProxy:
             app.register_blueprint(blueprint, url_prefix=prefix or None)
         app.before_request(_begin_request)
         app.after_request(_finish_response)
+        # The thread's upstream watch scope ends with its request (threads serve many).
+        app.teardown_request(lambda _err: watchdog.enter_scope(None))
         app.register_error_handler(ProxyError, _handle_proxy_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
         app.register_error_handler(Exception, _handle_unexpected)

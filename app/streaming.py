@@ -26,40 +26,58 @@ def iter_sse(chunks: Iterable[bytes], label: str = "upstream") -> Iterator[SSEEv
     """Parse an SSE byte stream into events as soon as each one is complete.
 
     Comment lines (`: keep-alive`, OpenRouter's `: OPENROUTER PROCESSING`) are skipped. A final
-    event without its blank line is still delivered when the stream ends.
+    event without its blank line is still delivered when the stream ends. Linear in the bytes
+    read, however they are split (a byte at a time, or a megabyte of short lines in one read),
+    and an event (its unfinished line plus its data lines) is bounded by MAX_EVENT_BYTES.
     """
-    buffer = b""
+    partial = bytearray()  # the current line, while its end has not arrived
     event: str | None = None
-    data: list[str] = []
+    data: list[bytes] = []
+    size = 0
     for chunk in chunks:
-        buffer += chunk
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise UpstreamError(f"{label}: an event in the stream is too large")
-        while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                break
-            line = buffer[:newline].rstrip(b"\r")
-            buffer = buffer[newline + 1 :]
-            if not line:
+        lines = chunk.split(b"\n")
+        # The last piece has no newline yet: it is the start of the next line.
+        tail = lines.pop()
+        if lines and partial:
+            partial += lines[0]
+            lines[0] = bytes(partial)
+            partial.clear()
+        for line in lines:
+            if not line or line == b"\r":
                 if data:
-                    yield SSEEvent(event, "\n".join(data))
-                event, data = None, []
+                    yield SSEEvent(event, _joined(data))
+                    data, size = [], 0
+                event = None
                 continue
-            if line.startswith(b":"):
+            if line[0] == 58:  # b":", a comment
                 continue
+            if line[-1] == 13:  # b"\r"
+                line = line[:-1]
             name, _, value = line.partition(b":")
-            if value.startswith(b" "):
+            if value[:1] == b" ":
                 value = value[1:]
             if name == b"data":
-                data.append(value.decode("utf-8", "replace"))
+                size += len(value) + 1
+                if size > MAX_EVENT_BYTES:
+                    raise UpstreamError(f"{label}: an event in the stream is too large")
+                data.append(value)
             elif name == b"event":
                 event = value.decode("utf-8", "replace")
-    line = buffer.rstrip(b"\r\n")
+        partial += tail
+        if size + len(partial) > MAX_EVENT_BYTES:
+            raise UpstreamError(f"{label}: an event in the stream is too large")
+    line = bytes(partial).rstrip(b"\r\n")
     if line.startswith(b"data:"):
-        data.append(line[5:].lstrip(b" ").decode("utf-8", "replace"))
+        value = line[5:]
+        data.append(value[1:] if value[:1] == b" " else value)
     if data:
-        yield SSEEvent(event, "\n".join(data))
+        yield SSEEvent(event, _joined(data))
+
+
+def _joined(data: list[bytes]) -> str:
+    """An event's data lines, joined by newlines as SSE says, decoded once."""
+    raw = data[0] if len(data) == 1 else b"\n".join(data)
+    return raw.decode("utf-8", "replace")
 
 
 def encode_chunk(chunk: dict) -> bytes:

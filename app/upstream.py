@@ -18,7 +18,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from app import tracing
+from app import tracing, watchdog
 from app.config import RetryConfig
 from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from app.version import __version__
@@ -226,6 +226,8 @@ class UpstreamPool:
         adapter = HTTPAdapter(
             pool_connections=1, pool_maxsize=self.pool_size, max_retries=make_retry(self.retry)
         )
+        # Connections report to the watchdog, so no wait on an upstream outlives its deadline.
+        watchdog.install(adapter.poolmanager)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers.clear()
@@ -253,15 +255,22 @@ class UpstreamPool:
         """
         all_headers = {"User-Agent": USER_AGENT, **headers}
         tracing.inject(all_headers)
-        try:
-            session = self.session(url, idle_timeout)
-            request = self._prepare(session, method, url, params, all_headers, body)
-            response = session.send(
-                request, timeout=timeout, stream=True, allow_redirects=False, verify=verify
-            )
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
-            logger.warning("upstream %s failed: %s", label, type(err).__name__)
-            raise translate(err, label) from err
+        with watchdog.sending() as watches:
+            try:
+                session = self.session(url, idle_timeout)
+                request = self._prepare(session, method, url, params, all_headers, body)
+                response = session.send(
+                    request, timeout=timeout, stream=True, allow_redirects=False, verify=verify
+                )
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+                for watch in watches:
+                    # Cut by the watchdog: past the deadline, or nobody waiting any more.
+                    watch.check(label)
+                logger.warning("upstream %s failed: %s", label, type(err).__name__)
+                raise translate(err, label) from err
+        if watches:
+            watches[-1].raw = response.raw
+            response.ai_proxy_watch = watches[-1]
         if response.status_code >= 300:
             raise status_error(response, label, _secrets(all_headers))
         return response
@@ -350,7 +359,7 @@ def status_error(
     except Exception:  # noqa: BLE001 - the body is only for the message; the status decides.
         raw = b""
     finally:
-        response.close()
+        release(response)
     try:
         message, code = error_message(json.loads(raw))
     except ValueError:
@@ -383,16 +392,31 @@ def _status_error(status, message, code, retry_after, label) -> UpstreamError:
     return UpstreamError(f"{label}: upstream answered {status}{detail}", retry_after=retry_after)
 
 
+def watch_of(response: requests.Response) -> watchdog.Watch | None:
+    """The watchdog's watch over an upstream answer, if it is read for a client request."""
+    return getattr(response, "ai_proxy_watch", None)
+
+
 def read_chunks(response: requests.Response, label: str) -> Iterator[bytes]:
-    """Yield upstream bytes as soon as each read returns them (chunked or not)."""
+    """Yield upstream bytes as soon as each read returns them (chunked or not).
+
+    Every read is bounded: the request's deadline is checked after each one (an upstream that
+    sends only keep-alives or drips bytes still runs out of time), and the watchdog cuts a read
+    that waits past it, or whose client has left.
+    """
     raw = response.raw
+    watch = watch_of(response)
     try:
         while True:
             data = raw.read1(READ_SIZE)
+            if watch is not None:
+                watch.check(label)
             if not data:
                 return
             yield data
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
+        if watch is not None:
+            watch.check(label)
         raise translate(err, label) from err
 
 
@@ -405,6 +429,10 @@ def release(response: requests.Response, reuse: bool = False) -> None:
     that upstream skips a TCP and TLS handshake. Anything else closes the connection. The socket
     timeouts set here are the drain's own: urllib3 sets its own before each use of the connection.
     """
+    watch = watch_of(response)
+    if watch is not None:
+        # Before the connection can go back to the pool, where it may serve another request.
+        watchdog.WATCHDOG.discard(watch)
     raw = response.raw
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     # Only a body that ends by its framing (chunked, or a length) leaves a reusable connection;
@@ -428,18 +456,20 @@ def release(response: requests.Response, reuse: bool = False) -> None:
     response.close()
 
 
-def read_bytes(response: requests.Response, label: str, limit: int) -> bytes:
-    """A whole binary answer, at most `limit` bytes (more is a failure, not a truncation)."""
-    chunks, size = [], 0
+def read_bytes(response: requests.Response, label: str, limit: int) -> bytearray:
+    """A whole binary answer, at most `limit` bytes (more is a failure, not a truncation).
+
+    One growing buffer, not a list of pieces joined at the end: the answer is held once.
+    """
+    buffer = bytearray()
     try:
         for chunk in read_chunks(response, label):
-            size += len(chunk)
-            if size > limit:
+            if len(buffer) + len(chunk) > limit:
                 raise UpstreamError(f"{label}: the upstream answer is larger than {limit} bytes")
-            chunks.append(chunk)
+            buffer += chunk
     finally:
-        response.close()
-    return b"".join(chunks)
+        release(response)
+    return buffer
 
 
 def body_error(answer: dict, label: str) -> UpstreamError:
@@ -457,6 +487,10 @@ def read_json(response: requests.Response, label: str) -> object:
     """The whole body of a non-streamed answer as JSON; garbage is a retryable failure."""
     content = read_bytes(response, label, MAX_ANSWER_BYTES)
     try:
-        return json.loads(content)
+        # Decoded, then the bytes dropped before parsing: at most two copies of a large
+        # answer are held at once (json.loads would keep the bytes while it parses).
+        text = content.decode(json.detect_encoding(content), "surrogatepass")
+        del content
+        return json.loads(text)
     except ValueError as err:
         raise UpstreamError(f"{label}: the upstream answer is not valid JSON") from err

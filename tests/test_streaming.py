@@ -200,3 +200,79 @@ def test_the_drain_has_one_deadline_not_one_per_read(client, upstream):
     upstream.queue(Reply(events=chat_chunks(["next"])))
     assert events(client.post("/v1/chat/completions", json=CHAT))[-1] == "[DONE]"
     assert len(set(_ports(upstream))) == 2
+
+
+# -- linear parsing and bounded memory (issue 12, item 7) ----------------------------------
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"\n" * 4_000_000],
+        [b"\r\n" * 2_000_000],
+        [b": keep-alive\n" * 400_000],
+        [b"data: x\n\n" * 300_000],
+        # One event dripped a byte at a time, and many events split everywhere.
+        [bytes([b]) for b in b"data: " + b"y" * 300_000 + b"\n\n"],
+        [bytes([b]) for b in b'data: {"a": 1}\n\n' * 20_000],
+    ],
+    ids=["newlines", "crlf", "comments", "short events", "dripped event", "dripped events"],
+)
+def test_sse_parser_is_linear_in_what_it_reads(chunks):
+    # A parser that copies its buffer per line or per read takes minutes on these; the test's
+    # timeout is the bound, not a timed assertion.
+    events = list(iter_sse(iter(chunks)))
+    assert all(event.data for event in events)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: " + b"z" * (9 * 1024 * 1024)],  # one line without its end
+        [b"data: zzzz\n" * (2 * 1024 * 1024)],  # many data lines and no blank line
+        [b"data: " + b"z" * 4096] * 2500,  # a line that never ends, read by read
+    ],
+    ids=["long line", "many data lines", "unfinished line"],
+)
+def test_sse_event_size_is_bounded(chunks):
+    from app.errors import UpstreamError
+
+    with pytest.raises(UpstreamError, match="too large"):
+        list(iter_sse(iter(chunks)))
+
+
+def test_a_large_whole_answer_is_held_about_twice(client, upstream):
+    import gc
+    import tracemalloc
+
+    size = 8_000_000
+    upstream.default = Reply(raw=json.dumps(chat_completion("x" * size)).encode())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt", "messages": [{"role": "user", "content": "hi"}]},
+            buffered=False,
+        )
+        received = sum(len(piece) for piece in response.response)
+        response.close()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert received > size
+    # Read into one buffer, decoded, parsed, then sent in slices: never three copies at once.
+    assert peak < 2.4 * size, peak
+    assert (
+        json.loads(
+            b"".join(
+                client.post(
+                    "/v1/chat/completions",
+                    json={"model": "gpt", "messages": [{"role": "user", "content": "hi"}]},
+                ).response
+            )
+        )["choices"][0]["message"]["content"]
+        == "x" * size
+    )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from flask import Response, current_app, g, request
 
-from app import metrics
+from app import metrics, watchdog
 from app.auth import model_allowed, require_model
 from app.config import TokenConfig
 from app.errors import (
@@ -29,6 +29,10 @@ from app.tokens import cost_usd, usage_numbers
 from app.upstream import read_bytes
 
 logger = logging.getLogger(__name__)
+
+# Answers longer than this are sent in slices of SLICE_CHARS (see json_response).
+LARGE_ANSWER_CHARS = 1024 * 1024
+SLICE_CHARS = 256 * 1024
 
 
 def proxy_state() -> ProxyState:
@@ -81,11 +85,22 @@ def read_json_body() -> tuple[object, int]:
 
 def call_context(requested_model: str | None) -> CallContext:
     """The provider's view of this request, with the deadline for its first byte."""
-    timeout = proxy_state().config.routing.request_timeout_seconds
+    routing = proxy_state().config.routing
+    now = time.monotonic()
+    deadline = now + routing.request_timeout_seconds
+    # Every upstream exchange of this request is watched: cut at its deadline, or as soon
+    # as the client (gunicorn's connection to it) hangs up.
+    watchdog.enter_scope(
+        watchdog.Scope(
+            deadline=deadline,
+            stream_deadline=now + routing.stream_timeout_seconds,
+            client=request.environ.get("gunicorn.socket"),
+        )
+    )
     return CallContext(
         request_id=g.ai_proxy_request_id,
         requested_model=requested_model,
-        deadline=time.monotonic() + timeout,
+        deadline=deadline,
     )
 
 
@@ -117,10 +132,40 @@ def routing_headers(outcome: Outcome) -> dict[str, str]:
 
 
 def json_response(payload: object, status: int = 200, headers: dict | None = None) -> Response:
-    response = Response(json.dumps(payload), status=status, mimetype="application/json")
+    """A JSON answer. A large one is encoded as it is sent, in slices, instead of whole: the
+    answer is then held about twice (its objects and the piece being sent), not three times."""
+    if _holds_more_text(payload, LARGE_ANSWER_CHARS):
+        body: object = _encoded(payload)
+    else:
+        body = json.dumps(payload)
+    response = Response(body, status=status, mimetype="application/json")
     if headers:
         response.headers.update(headers)
     return response
+
+
+def _holds_more_text(payload: object, limit: int) -> bool:
+    """Whether the strings in a JSON value add up to more than `limit` characters."""
+    stack, total = [payload], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+            if total > limit:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def _encoded(payload: object) -> Iterator[bytes]:
+    # json.dumps would hold every piece and then their join; pieces are sent as they come.
+    for piece in json.JSONEncoder().iterencode(payload):
+        for start in range(0, len(piece), SLICE_CHARS):
+            yield piece[start : start + SLICE_CHARS].encode("ascii")
 
 
 class Tally:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
-from app.upstream import UpstreamPool, release
+from app.upstream import UpstreamPool, release, watch_of
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,10 @@ class PrimedStream(ChatStream):
         except BaseException:
             stream.close()
             raise
+        watch = watch_of(stream.response) if stream.response is not None else None
+        if watch is not None:
+            # It answered: from now on the whole stream's deadline bounds its reads.
+            watch.answered()
 
     @property
     def prompt_tokens(self) -> int | None:

@@ -1,0 +1,262 @@
+"""Deadlines and departed clients for upstream answers: no wait on an upstream is unbounded.
+
+A worker thread blocked on an upstream socket that stays silent (or sends only keep-alive
+comments) is woken by nothing of its own. One daemon thread per process watches every upstream
+answer being waited for or read: once it is past its deadline, or the client it is for has hung
+up, the watchdog shuts the upstream socket down. That wakes the reading thread with an end of
+stream or an error, and the reader raises the watch's error (`Watch.check`).
+
+Watches are made where the socket is known, as urllib3 sends a request (`WatchedHTTPConnection`),
+for the request scope the blueprints open (`scope`); this module is the one place that reaches
+into urllib3's connection classes, and tests/test_watchdog.py fails if they change under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from app.errors import ProxyError, UpstreamTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# How often departed clients are looked for: a client that leaves frees its thread within
+# about this long (plus the reader's wake-up), even while the upstream sends nothing.
+POLL_SECONDS = 0.5
+_GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+class Reason(StrEnum):
+    DEADLINE = "deadline"
+    CLIENT_GONE = "client_gone"
+
+
+class ClientGoneError(ProxyError):
+    """The client hung up before its answer was complete; nobody is left to answer."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+    default_message = "The client closed the connection."
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one client request allows its upstream calls: deadlines and who is waiting."""
+
+    deadline: float  # monotonic time by which the first answer byte is due
+    stream_deadline: float | None = None  # by which a stream must be over, once it answered
+    client: socket.socket | None = None  # the client's connection, watched for a hang-up
+
+
+@dataclass(eq=False)
+class Watch:
+    """One upstream exchange under a deadline: made when its request is sent."""
+
+    scope: Scope
+    sock: socket.socket | None = None
+    deadline: float = 0.0
+    reason: Reason | None = None
+    # The urllib3 answer once headers came; a released one's connection may serve others.
+    raw: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = self.scope.deadline
+
+    def answered(self) -> None:
+        """The first answer byte came: from now on the stream's own deadline applies."""
+        if self.scope.stream_deadline is not None:
+            self.deadline = self.scope.stream_deadline
+
+    def check(self, label: str) -> None:
+        """Raise the failure this exchange met: past its deadline, or its client gone."""
+        if self.reason is None and time.monotonic() >= self.deadline:
+            self.reason = Reason.DEADLINE
+        if self.reason is Reason.CLIENT_GONE:
+            raise ClientGoneError()
+        if self.reason is Reason.DEADLINE:
+            raise UpstreamTimeoutError(f"{label}: no complete answer within the proxy's deadline")
+
+
+_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "ai_proxy_scope", default=None
+)
+_pending: contextvars.ContextVar[list[Watch] | None] = contextvars.ContextVar(
+    "ai_proxy_pending", default=None
+)
+
+
+def enter_scope(scope: Scope | None) -> None:
+    """Upstream calls this thread makes from now on are watched under `scope` (None: not)."""
+    _scope.set(scope)
+
+
+@contextlib.contextmanager
+def sending() -> Iterator[list[Watch]]:
+    """Collect the watches made while one request is sent (urllib3 may retry it).
+
+    The caller keeps the last one (the answer it got); the others were for answers urllib3
+    already gave back, and stop being watched here, whatever happens.
+    """
+    watches: list[Watch] = []
+    token = _pending.set(watches)
+    try:
+        yield watches
+    except BaseException:
+        for watch in watches:
+            WATCHDOG.discard(watch)
+        raise
+    finally:
+        _pending.reset(token)
+    for watch in watches[:-1]:
+        WATCHDOG.discard(watch)
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    """Start watching the exchange about to wait on `sock`, if the thread has a scope."""
+    scope, pending = _scope.get(), _pending.get()
+    if scope is None or pending is None or sock is None:
+        return
+    watch = Watch(scope, sock)
+    pending.append(watch)
+    WATCHDOG.add(watch)
+
+
+class WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self, *args, **kwargs):
+        # The request is sent; from here the thread waits on the upstream for its headers.
+        _watch_socket(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self, *args, **kwargs):
+        _watch_socket(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = WatchedHTTPConnection
+
+
+class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = WatchedHTTPSConnection
+
+
+def install(poolmanager) -> None:
+    """Make a requests adapter's pool manager open watched connections."""
+    poolmanager.pool_classes_by_scheme = {
+        "http": WatchedHTTPConnectionPool,
+        "https": WatchedHTTPSConnectionPool,
+    }
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """Whether the peer of a client connection has closed it (without reading from it)."""
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | _GONE_EVENTS)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return True  # closed on our side already
+    if not events:
+        return False
+    flags = events[0][1]
+    if flags & _GONE_EVENTS:
+        return True
+    try:
+        # Readable: either the peer's end of stream or bytes of a next (pipelined) request.
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Watchdog:
+    """The process's watcher thread and the watches it looks after."""
+
+    def __init__(self, poll_seconds: float = POLL_SECONDS) -> None:
+        self.poll_seconds = poll_seconds
+        self._watches: set[Watch] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, watch: Watch) -> None:
+        with self._lock:
+            self._ensure_thread()
+            self._watches.add(watch)
+        if watch.deadline - time.monotonic() < self.poll_seconds:
+            self._wake.set()
+
+    def discard(self, watch: Watch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._watches)
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child has the parent's watches but not its thread.
+            self._pid, self._thread = os.getpid(), None
+            self._watches.clear()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="ai-proxy-watchdog", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                wait = self.sweep()
+            except Exception:  # noqa: BLE001 - named fail point: the watcher must not die.
+                logger.exception("watchdog sweep failed")
+                wait = self.poll_seconds
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def sweep(self) -> float:
+        """Cut every exchange past its deadline or whose client left; seconds to the next look."""
+        now = time.monotonic()
+        with self._lock:
+            watches = list(self._watches)
+        wait = self.poll_seconds
+        for watch in watches:
+            if watch.raw is not None and getattr(watch.raw, "connection", None) is None:
+                # urllib3 gave the connection back (the answer was read to its end): it may
+                # already serve another request, so it is never touched from here.
+                self.discard(watch)
+                continue
+            if now >= watch.deadline:
+                self._cut(watch, Reason.DEADLINE)
+            elif watch.scope.client is not None and client_gone(watch.scope.client):
+                self._cut(watch, Reason.CLIENT_GONE)
+            else:
+                wait = min(wait, watch.deadline - now)
+        return max(0.01, wait)
+
+    def _cut(self, watch: Watch, reason: Reason) -> None:
+        self.discard(watch)
+        watch.reason = reason
+        logger.info("upstream exchange cut: %s", reason)
+        with contextlib.suppress(OSError):
+            # The plain socket's shutdown (also under TLS): the blocked read returns at once.
+            socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
+
+
+WATCHDOG = Watchdog()
