@@ -89,6 +89,27 @@ class Outcome(Generic[T]):
             self._done(error)
 
 
+@dataclass
+class _Trial:
+    """One request's way through its candidates: where it is and what it met."""
+
+    resolution: Resolution
+    state_list: list[BreakerState]
+    queue: list[Candidate] = field(init=False)
+    states: dict[str, BreakerState] = field(init=False)
+    position: int = 0
+    attempts: int = 0
+    last_error: UpstreamError | None = None
+    soonest_back: float | None = None  # when a skipped deployment is back, the soonest
+
+    def __post_init__(self) -> None:
+        self.queue = list(self.resolution.candidates)
+        self.states = dict(zip((c.key for c in self.queue), self.state_list, strict=True))
+
+    def back_at(self, when: float) -> None:
+        self.soonest_back = when if self.soonest_back is None else min(self.soonest_back, when)
+
+
 class Router:
     """Resolves names, aliases, categories and wildcards; runs a call with fallback."""
 
@@ -242,112 +263,127 @@ class Router:
         """Call candidates in order until one answers; retryable failures move on.
 
         No new candidate is tried once `deadline` (monotonic seconds) has passed. Raises the last
-        failure when every candidate failed, 503 when none could be tried (all cooling down),
-        504 when the deadline passed.
+        failure when every candidate failed, 503 when none could be tried (all cooling down or
+        out of quota), 504 when the deadline passed.
         """
-        queue = list(resolution.candidates)
-        states = self.cooldowns.states([c.key for c in queue])
-        state_of = dict(zip((c.key for c in queue), states, strict=True))
-        last_error: UpstreamError | None = None
-        attempts = 0
-        soonest_back: float | None = None
-        index = 0
-        while index < len(queue):
-            candidate = queue[index]
-            index += 1
-            if attempts >= self.config.routing.max_attempts:
+        trial = _Trial(resolution, self.cooldowns.states([c.key for c in resolution.candidates]))
+        while trial.position < len(trial.queue):
+            candidate = trial.queue[trial.position]
+            trial.position += 1
+            if trial.attempts >= self.config.routing.max_attempts:
                 break
             if deadline is not None and self.clock() >= deadline:
-                last_error = UpstreamTimeoutError("The request ran out of time before an answer.")
+                trial.last_error = UpstreamTimeoutError(
+                    "The request ran out of time before an answer."
+                )
                 break
-            state = state_of[candidate.key]
-            if state.open_until is not None:
-                soonest_back = min(soonest_back or state.open_until, state.open_until)
+            reason = self._skip_reason(candidate, trial)
+            if reason is not None:
+                logger.debug("deployment %s skipped: %s", candidate.name, reason)
                 continue
-            if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
-                # Another request is probing this deployment; it stays out until that ends.
-                continue
-            if self.quotas is not None:
-                back = self.quotas.admit_deployment(candidate.key)
-                if back is not None:
-                    metrics.QUOTA_REFUSALS.labels("deployment", candidate.name).inc()
-                    soonest_back = min(soonest_back or back, back)
-                    continue
-            attempts += 1
-            self._begin(candidate)
-            started = self.clock()
-            try:
-                with tracing.attempt_span(
-                    "chat",
-                    candidate.provider.model.provider,
-                    candidate.upstream_model,
-                    candidate.key,
-                ):
-                    result = call(candidate)
-            except UpstreamError as err:
-                self._end(candidate)
-                err.extra_headers["x-ai-proxy-attempts"] = str(attempts)
-                outcome = "retryable" if err.retryable else "client_error"
-                self._observe(candidate, outcome, self.clock() - started)
-                if err.retryable:
-                    self._failed(candidate, err)
-                    logger.warning("deployment %s failed: %s", candidate.name, err.code)
-                    metrics.FALLBACKS.labels(candidate.name).inc()
-                    last_error = err
-                    continue
-                # The client's own mistake: the deployment is fine and nothing cools down.
-                self.cooldowns.success(candidate.key, state)
-                if isinstance(err, UpstreamClientError) and err.context_length:
-                    larger = self._larger_context(candidate, queue[index:])
-                    if larger:
-                        queue[index:] = larger
-                        last_error = err
-                        continue
-                raise
-            except ProxyError:
-                self._end(candidate)
-                raise
-            except Exception:  # noqa: BLE001 - named fail point: an adapter's bug or an
-                # answer it did not expect must not be a 500 while other deployments are left.
-                self._end(candidate)
-                logger.exception("deployment %s: unexpected failure", candidate.name)
-                failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
-                self._observe(candidate, "retryable", self.clock() - started)
-                self._failed(candidate, failure)
-                last_error = failure
-                continue
-            except BaseException:
-                self._end(candidate)
-                raise
-            elapsed = self.clock() - started
-            self._record_latency(candidate, elapsed)
-            self._observe(candidate, "success", elapsed)
-            return Outcome(
-                result,
-                candidate,
-                attempts,
-                _done=lambda error, c=candidate, s=state: self._finish(c, s, error),
+            outcome = self._attempt(candidate, call, trial)
+            if outcome is not None:
+                return outcome
+        raise self._exhausted(trial)
+
+    def _skip_reason(self, candidate: Candidate, trial: _Trial) -> str | None:
+        """Why a candidate is not tried now (cooling down, being probed, out of quota)."""
+        state = trial.states[candidate.key]
+        if state.open_until is not None:
+            trial.back_at(state.open_until)
+            return "cooling down"
+        if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
+            # Another request is probing this deployment; it stays out until that ends.
+            return "being probed by another request"
+        if self.quotas is not None:
+            back = self.quotas.admit_deployment(candidate.key)
+            if back is not None:
+                metrics.QUOTA_REFUSALS.labels("deployment", candidate.name).inc()
+                trial.back_at(back)
+                return "out of quota"
+        return None
+
+    def _attempt(
+        self, candidate: Candidate, call: Callable[[Candidate], T], trial: _Trial
+    ) -> Outcome[T] | None:
+        """One call to one deployment: its outcome, or None to move on to the next."""
+        trial.attempts += 1
+        state = trial.states[candidate.key]
+        self._begin(candidate)
+        started = self.clock()
+        try:
+            with tracing.attempt_span(
+                "chat", candidate.provider.model.provider, candidate.upstream_model, candidate.key
+            ):
+                result = call(candidate)
+        except UpstreamError as err:
+            self._end(candidate)
+            err.extra_headers["x-ai-proxy-attempts"] = str(trial.attempts)
+            self._observe(
+                candidate, "retryable" if err.retryable else "client_error", self.clock() - started
             )
-        if attempts == 0 and last_error is None:
+            if err.retryable:
+                self._failed(candidate, err)
+                logger.warning("deployment %s failed: %s", candidate.name, err.code)
+                metrics.FALLBACKS.labels(candidate.name).inc()
+                trial.last_error = err
+                return None
+            # The client's own mistake: the deployment is fine and nothing cools down.
+            self.cooldowns.success(candidate.key, state)
+            if isinstance(err, UpstreamClientError) and err.context_length:
+                larger = self._larger_context(candidate, trial.queue[trial.position :])
+                if larger:
+                    trial.queue[trial.position :] = larger
+                    trial.last_error = err
+                    return None
+            raise
+        except ProxyError:
+            self._end(candidate)
+            raise
+        except Exception:  # noqa: BLE001 - named fail point: an adapter's bug or an
+            # answer it did not expect must not be a 500 while other deployments are left.
+            self._end(candidate)
+            logger.exception("deployment %s: unexpected failure (a proxy bug)", candidate.name)
+            failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
+            self._observe(candidate, "retryable", self.clock() - started)
+            self._failed(candidate, failure)
+            trial.last_error = failure
+            return None
+        except BaseException:
+            self._end(candidate)
+            raise
+        elapsed = self.clock() - started
+        self._record_latency(candidate, elapsed)
+        self._observe(candidate, "success", elapsed)
+        return Outcome(
+            result,
+            candidate,
+            trial.attempts,
+            _done=lambda error, c=candidate, s=state: self._finish(c, s, error),
+        )
+
+    def _exhausted(self, trial: _Trial) -> ProxyError:
+        """The error for a request whose candidates are all spent, skipped or out of time."""
+        identifier = trial.resolution.identifier
+        if trial.attempts == 0 and trial.last_error is None:
             retry_after = 1.0
-            if soonest_back is not None:
-                retry_after = max(1.0, soonest_back - self.cooldowns.clock())
-            raise NoAvailableModelError(
-                f"Every deployment of {resolution.identifier!r} is cooling down or out of quota.",
+            if trial.soonest_back is not None:
+                retry_after = max(1.0, trial.soonest_back - self.cooldowns.clock())
+            return NoAvailableModelError(
+                f"Every deployment of {identifier!r} is cooling down or out of quota.",
                 retry_after=retry_after,
                 headers={"x-ai-proxy-attempts": "0"},
             )
-        if last_error is None:
-            raise ModelNotFoundError(f"No deployment of {resolution.identifier!r} is loaded.")
-        if isinstance(last_error, UpstreamClientError):
-            raise last_error
-        cls = (
-            UpstreamTimeoutError if isinstance(last_error, UpstreamTimeoutError) else UpstreamError
-        )
-        message = last_error.message
-        if attempts > 1:
-            message = f"All {attempts} deployments failed; the last: {message}"
-        raise cls(message, headers={"x-ai-proxy-attempts": str(attempts)})
+        last = trial.last_error
+        if last is None:
+            return ModelNotFoundError(f"No deployment of {identifier!r} is loaded.")
+        if isinstance(last, UpstreamClientError):
+            return last
+        cls = UpstreamTimeoutError if isinstance(last, UpstreamTimeoutError) else UpstreamError
+        message = last.message
+        if trial.attempts > 1:
+            message = f"All {trial.attempts} deployments failed; the last: {message}"
+        return cls(message, headers={"x-ai-proxy-attempts": str(trial.attempts)})
 
     @staticmethod
     def _larger_context(failed: Candidate, rest: list[Candidate]) -> list[Candidate]:
