@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import math
 from collections.abc import Callable
 
 from flask import Response
+
+logger = logging.getLogger(__name__)
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -225,8 +228,23 @@ def sse_error_event(err: ProxyError, surface: str = OPENAI) -> bytes:
 MALFORMED = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 
 
-def _guard(make_error: Callable[[], ProxyError]):
-    """A translator boundary: input of an unexpected shape becomes a clean proxy error."""
+def _guard(make_error: Callable[[], ProxyError], log_level: int):
+    """A translator boundary: input of an unexpected shape becomes a clean proxy error.
+
+    The original exception is logged with its traceback at `log_level`: a translator that
+    trips over input it should handle is a proxy bug, and must not pass for a flaky provider.
+    """
+
+    def failed(fn, err: BaseException) -> ProxyError:
+        logger.log(
+            log_level,
+            "%s.%s met input of an unexpected shape: %s",
+            fn.__module__,
+            fn.__qualname__,
+            type(err).__name__,
+            exc_info=err,
+        )
+        return make_error()
 
     def decorate(fn):
         if inspect.isgeneratorfunction(fn):
@@ -236,7 +254,7 @@ def _guard(make_error: Callable[[], ProxyError]):
                 try:
                     yield from fn(*args, **kwargs)
                 except MALFORMED as err:
-                    raise make_error() from err
+                    raise failed(fn, err) from err
 
             return generate
 
@@ -245,7 +263,7 @@ def _guard(make_error: Callable[[], ProxyError]):
             try:
                 return fn(*args, **kwargs)
             except MALFORMED as err:
-                raise make_error() from err
+                raise failed(fn, err) from err
 
         return call
 
@@ -254,11 +272,15 @@ def _guard(make_error: Callable[[], ProxyError]):
 
 def client_shape(fn):
     """For translators of client requests: a malformed request is a 400, not a crash."""
-    return _guard(lambda: InvalidRequestError("The request has a field of an unexpected shape."))(
-        fn
-    )
+    return _guard(
+        lambda: InvalidRequestError("The request has a field of an unexpected shape."),
+        logging.DEBUG,
+    )(fn)
 
 
 def upstream_shape(fn):
-    """For translators of upstream answers: a malformed answer is a retryable upstream failure."""
-    return _guard(lambda: UpstreamError("The upstream answer has an unexpected shape."))(fn)
+    """For translators of upstream answers: a malformed answer is a retryable upstream failure,
+    logged with its traceback as an error (the translator may be what is wrong)."""
+    return _guard(
+        lambda: UpstreamError("The upstream answer has an unexpected shape."), logging.ERROR
+    )(fn)

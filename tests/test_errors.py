@@ -113,3 +113,28 @@ def test_unexpected_error_is_json_500_without_traceback(app, client):
     assert_openai_error(response, 500, "internal_error", type_="api_error")
     assert "secret internals" not in response.get_data(as_text=True)
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_translator_bug_is_logged_with_its_traceback(caplog):
+    import logging
+
+    from app.errors import UpstreamError, client_shape, upstream_shape
+
+    @upstream_shape
+    def translate(answer):
+        return answer["choices"][0]
+
+    @client_shape
+    def read(body):
+        return body["messages"]
+
+    with caplog.at_level(logging.DEBUG, logger="app.errors"):
+        with pytest.raises(UpstreamError):
+            translate({})
+        with pytest.raises(Exception) as caught:
+            read([])
+    assert caught.value.status == 400
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "translate" in errors[0].getMessage()
+    # The traceback points at the line that failed, not only at the failure's kind.
+    assert errors[0].exc_info and errors[0].exc_info[0] is KeyError
