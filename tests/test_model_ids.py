@@ -19,6 +19,7 @@ from app.providers.cloudflare import CloudflareProvider
 from app.providers.google import GoogleProvider
 from app.upstream import UpstreamPool
 from tests.conftest import TOKEN
+from tests.stub_upstream import StubUpstream
 
 ACCOUNT = "https://api.cloudflare.com/client/v4/accounts/acc123/ai"
 GOOGLE = "https://generativelanguage.googleapis.com/v1beta"
@@ -165,6 +166,13 @@ def client(make_app):
     client = app.test_client()
     client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
     return client
+
+
+@pytest.fixture
+def upstream_server():
+    stub = StubUpstream()
+    yield stub
+    stub.close()
 
 
 @pytest.fixture
@@ -395,3 +403,52 @@ def test_no_id_builds_a_url_outside_the_deployment_path(model_id):
         assert all(s not in ("", ".", "..") for s in segments), (model_id, parts.path)
         assert not re.search(r"%(2e|2f|5c)", parts.path, re.IGNORECASE), parts.path
         assert parts.query in ("", "api-version=2024-10-21") and not parts.fragment
+
+
+# --- through a real gunicorn and a real upstream ---------------------------------------------
+
+
+def test_hostile_ids_through_gunicorn_reach_no_upstream_path(proxy_factory, upstream_server):
+    stub = upstream_server
+    prefixes = {
+        "cloudflare/": "/client/v4/accounts/acc/ai/run/",
+        "google/": "/v1beta/models/",
+        "azure/": "/openai/deployments/",
+        "openrouter/": "/api/v1/chat/completions",
+    }
+    proxy = proxy_factory(
+        {
+            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
+            "models": [
+                {"name": "cloudflare/*", "provider": "cloudflare", "token": KEY,
+                 "base_url": f"{stub.url}/client/v4/accounts/acc/ai"},
+                {"name": "google/*", "provider": "google", "token": KEY,
+                 "base_url": f"{stub.url}/v1beta"},
+                {"name": "azure/*", "provider": "azure", "token": KEY, "base_url": stub.url},
+                {"name": "openrouter/*", "provider": "openrouter", "token": KEY,
+                 "base_url": f"{stub.url}/api/v1"},
+            ],
+            "retry": {"max_retries": 0},
+        }
+    )  # fmt: skip
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {TOKEN}"
+    for prefix in prefixes:
+        for hostile in HOSTILE:
+            for path, make_body in (
+                ("/v1/chat/completions", lambda m: {"model": m, "messages": USER}),
+                ("/v1/messages", lambda m: {"model": m, "max_tokens": 5, "messages": USER}),
+            ):
+                response = session.post(proxy.url + path, json=make_body(prefix + hostile))
+                assert response.status_code == 400, (prefix, hostile, response.text)
+    assert stub.requests == []
+    for model in ("cloudflare/@cf/meta/llama-3", "google/m-1", "azure/m-1", "openrouter/m-1"):
+        session.post(proxy.url + "/v1/chat/completions", json={"model": model, "messages": USER})
+    for recorded in stub.requests:
+        assert any(recorded.path.startswith(p) for p in prefixes.values()), recorded.path
+    assert [r.path.split("?")[0] for r in stub.requests] == [
+        "/client/v4/accounts/acc/ai/run/@cf/meta/llama-3",
+        "/v1beta/models/m-1:generateContent",
+        "/openai/deployments/m-1/chat/completions",
+        "/api/v1/chat/completions",
+    ]
