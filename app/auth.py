@@ -16,19 +16,22 @@ from app.model_ids import normalised
 MAX_TOKEN_LENGTH = 4096
 ANONYMOUS = TokenConfig(name="anonymous", sha256="")
 TOKEN_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
+# HTTP's own white space only: `str.strip()` would also take \x85 and \xa0, which are bytes of
+# a UTF-8 token as WSGI hands it over (latin-1-decoded), and so break non-ASCII tokens.
+HTTP_SPACE = " \t\r\n"
 
 
 def extract_token(headers: Mapping[str, str]) -> str | None:
     """The token from `Authorization: Bearer`, `x-api-key`, `api-key` or `x-goog-api-key`."""
     authorization = headers.get("Authorization")
     if authorization:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+        scheme, _, value = authorization.strip(HTTP_SPACE).partition(" ")
+        if scheme.lower() == "bearer" and value.strip(HTTP_SPACE):
+            return value.strip(HTTP_SPACE)
     for name in TOKEN_HEADERS:
         value = headers.get(name)
-        if value and value.strip():
-            return value.strip()
+        if value and value.strip(HTTP_SPACE):
+            return value.strip(HTTP_SPACE)
     return None
 
 

@@ -184,6 +184,9 @@ def test_models_list_for_an_unlimited_token_is_unchanged(access):
 
 ACCENTED = "tökén-ü"
 BEYOND_LATIN1 = "ключ-🔑"
+# Their UTF-8 ends in 0x85 and 0xa0, which Python's str.strip() takes for white space.
+TRAILING_NEL = "jeton-ą"
+TRAILING_NBSP = "voilà"
 
 
 @pytest.fixture
@@ -194,6 +197,8 @@ def accented(make_app):
                 "tokens": [
                     {"name": "accented", "token": ACCENTED},
                     {"name": "cyrillic", "token": BEYOND_LATIN1},
+                    {"name": "nel", "token": TRAILING_NEL},
+                    {"name": "nbsp", "token": TRAILING_NBSP},
                 ]
             },
             "models": [{"name": "echo", "provider": "echo"}],
@@ -214,8 +219,11 @@ def as_wsgi(raw: bytes) -> str:
         as_wsgi(ACCENTED.encode("utf-8")),
         as_wsgi(ACCENTED.encode("latin-1")),
         as_wsgi(BEYOND_LATIN1.encode("utf-8")),
+        as_wsgi(TRAILING_NEL.encode("utf-8")),
+        as_wsgi(TRAILING_NBSP.encode("utf-8")),
+        as_wsgi(TRAILING_NBSP.encode("latin-1")),
     ],
-    ids=["utf-8", "latin-1", "utf-8-beyond-latin-1"],
+    ids=["utf-8", "latin-1", "utf-8-beyond-latin-1", "nel", "nbsp", "nbsp-latin-1"],
 )
 def test_non_ascii_token_in_either_encoding(accented, header, sent):
     value = f"Bearer {sent}" if header == "Authorization" else sent
