@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
@@ -47,9 +46,10 @@ def is_loopback_host(host: str) -> bool:
 
 
 def is_loopback_host_header(value: str | None) -> bool:
-    """True for a `Host` header naming this machine: `localhost`, a name under `.localhost`
-    (RFC 6761; public DNS cannot answer for it, so DNS rebinding cannot use it), or a loopback
-    address (127.0.0.0/8, ::1), each with or without a port. `0.0.0.0` is not loopback.
+    """True for a `Host` header naming this machine: `localhost` or a loopback address
+    (127.0.0.0/8, ::1), with or without a port. `0.0.0.0` is not loopback, and names under
+    `.localhost` are not taken either: not every resolver keeps them local, and a name a DNS
+    server answers for is what a DNS rebinding attack needs.
     """
     if not value:
         return False
@@ -68,13 +68,11 @@ def is_loopback_host_header(value: str | None) -> bool:
     name, colon, port = host.partition(":")
     if colon and not (port.isdigit() and len(port) <= 5):
         return False
-    name = name.removesuffix(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return all(_LABEL_RE.match(label) for label in name.split("."))
+    if name in ("localhost", "localhost."):
+        return True
     return _loopback_address(name, ipv6=False)
 
 
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 JSON_METHODS = ("POST", "PUT", "PATCH")
 
 
