@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import metrics, tracing, watchdog
+from app.auth import check_local_request
 from app.blueprints import anthropic, docs, go, health, openai, ops
 from app.config import Config, load_config
 from app.errors import (
@@ -123,6 +124,11 @@ def _begin_request():
         )
     state = _state()
     request.max_content_length = state.config.server.max_body_bytes
+    if not state.authenticator.enabled:
+        # No client token: the proxy answers this machine's own clients only (CONTRACT 1).
+        check_local_request(
+            request.headers, request.method, request.scheme, state.config.server.cors_origins
+        )
     origin = request.headers.get("Origin")
     if (
         request.method == "OPTIONS"
@@ -151,7 +157,10 @@ def _finish_response(response: Response) -> Response:
         # Logged and counted once the last byte is out (streams included).
         span = g.pop("ai_proxy_span", None)
         tracing.detach(span)
-        response.call_on_close(lambda: _request_done(record, started, surface, counted, span))
+        label = _model_label(record)
+        response.call_on_close(
+            lambda: _request_done(record, started, surface, counted, span, label)
+        )
     return response
 
 
@@ -169,7 +178,28 @@ def _cors(response: Response) -> None:
         headers["Access-Control-Max-Age"] = "600"
 
 
-def _request_done(record: dict, started: float, surface: str, counted: bool, span) -> None:
+def _model_label(record: dict) -> str:
+    """The `model` label of the request metrics: the deployment that served, else the model the
+    client asked for if it is a configured name, alias or category (refusals count too), else "".
+
+    A name the proxy does not know is not a label: clients could otherwise make series at will.
+    """
+    if record.get("model"):
+        return record["model"]
+    requested = record.get("model_requested")
+    if not isinstance(requested, str) or not requested:
+        return ""
+    router = _state().router
+    if requested in router.by_name or requested in router.config.aliases:
+        return requested
+    if requested.upper() in router.categories:
+        return requested.upper()
+    return ""
+
+
+def _request_done(
+    record: dict, started: float, surface: str, counted: bool, span, model: str
+) -> None:
     """One log line, the request metrics and the request span, once the answer is delivered."""
     if counted:
         metrics.IN_FLIGHT.dec()
@@ -186,11 +216,12 @@ def _request_done(record: dict, started: float, surface: str, counted: bool, spa
     )
     seconds = time.perf_counter() - started
     record["latency_ms"] = round(seconds * 1000, 2)
-    model = record.get("model", "")
-    if model:
+    if counted:
+        # Every request is counted, refused ones too (400, 401, 403, 404, 413, 429).
         metrics.REQUESTS.labels(
             surface, model, record.get("provider", ""), str(record["status"])
         ).inc()
+    if record.get("model"):
         metrics.REQUEST_SECONDS.labels(surface, model).observe(seconds)
     quiet = record["path"].endswith(QUIET_PATHS) and record["status"] < 400
     access_logger.log(

@@ -187,6 +187,14 @@ class Router:
             return Resolution(identifier, False, self._candidates(providers, identifier))
         raise ModelNotFoundError(f"The model {identifier!r} does not exist.", param="model")
 
+    def is_category(self, identifier: str) -> bool:
+        """Whether `identifier` would resolve as a category (not a name or alias first)."""
+        return (
+            identifier not in self.by_name
+            and identifier not in self.config.aliases
+            and identifier.upper() in self.categories
+        )
+
     def resolve_kind(self, kind: str, allowed: Callable[[str], bool]) -> Resolution:
         """Every `kind` model the caller may use, best first (for requests without a model)."""
         providers = [p for p in self.providers if p.model.kind == kind and allowed(p.model.name)]
@@ -200,6 +208,17 @@ class Router:
             False,
             tuple(Candidate(p, p.model.upstream_model(p.model.name)) for p in candidates),
         )
+
+    def wildcard_owner(self, identifier: str) -> str | None:
+        """The provider name of a wildcard deployment that would serve `identifier` as a valid
+        upstream id, or None."""
+        for provider in self._wildcard_for(identifier):
+            try:
+                provider.check_upstream_id(provider.model.upstream_model(identifier))
+            except InvalidRequestError:
+                continue
+            return provider.model.provider
+        return None
 
     def _wildcard_for(self, name: str) -> list[Provider]:
         return [p for p in self.wildcards if name.startswith(p.model.name[:-1])]
@@ -216,7 +235,14 @@ class Router:
 
     def _candidates(self, providers: list[Provider], requested: str) -> tuple[Candidate, ...]:
         ordered = sorted(providers, key=self._sort_key())
-        return tuple(Candidate(p, p.model.upstream_model(requested)) for p in ordered)
+        candidates = []
+        for provider in ordered:
+            upstream = provider.model.upstream_model(requested)
+            if provider.model.is_wildcard:
+                # The client chose this id: it must not leave the deployment's path (400 if so).
+                provider.check_upstream_id(upstream)
+            candidates.append(Candidate(provider, upstream))
+        return tuple(candidates)
 
     def _sort_key(self) -> Callable[[Provider], tuple]:
         """Priority first; among equal priorities, the configured strategy."""

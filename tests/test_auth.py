@@ -146,6 +146,6 @@ def test_models_list_shows_only_allowed(limited):
     assert [m["id"] for m in listed["data"]] == ["gpt-echo"]
     listed = limited.get("/models", headers={"x-api-key": "t-small"}).json
     assert [m["id"] for m in listed["data"]] == ["SMALL"]
-    assert limited.get("/v1/models/echo", headers={"x-api-key": "t-gpt"}).status_code == 404
+    assert limited.get("/v1/models/echo", headers={"x-api-key": "t-gpt"}).status_code == 403
     one = limited.get("/v1/models/gpt-echo", headers={"x-api-key": "t-gpt"}).json
     assert one["object"] == "model" and one["owned_by"] == "echo"

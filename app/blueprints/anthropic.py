@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, request
 
-from app.auth import require_model
 from app.blueprints.common import (
     Tally,
     admit,
@@ -19,15 +18,14 @@ from app.blueprints.common import (
     call_context,
     json_response,
     note_outcome,
-    proxy_state,
     read_json_body,
     relay,
     routing_headers,
     settle_usage,
 )
-from app.errors import ANTHROPIC, UpstreamError
+from app.errors import ANTHROPIC, NoAvailableModelError, UpstreamError
 from app.messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
-from app.providers import PrimedStream
+from app.providers import PrimedStream, Provider
 from app.routing import Candidate
 from app.schemas import COUNT_TOKENS, MESSAGES, validate_body
 from app.streaming import SSE_HEADERS, encode_event
@@ -155,19 +153,32 @@ def canonical_events(chunks, model: str, input_estimate: int, tally: Tally) -> I
 
 @bp.post("/v1/messages/count_tokens")
 def count_message_tokens():
+    """The provider's own count where it has one (an upstream call, so under the client's and
+    the deployment's quotas like any other), else an estimate."""
     body, size = read_json_body()
     body = validate_body(COUNT_TOKENS, body)
-    state = proxy_state()
-    resolution = state.router.resolve(body["model"], size)
-    require_model(g.ai_proxy_token, resolution.identifier, resolution.is_category)
-    ctx = call_context(resolution.identifier)
-    for candidate in resolution.candidates:
-        provider = candidate.provider
+    state, _token, resolution, quota_headers = admit(body["model"], size)
+    counting = tuple(c for c in resolution.candidates if counts_upstream(c.provider))
+    if counting:
+        ctx = call_context(resolution.identifier)
         try:
-            counted = provider.count_tokens({**body, "model": candidate.upstream_model}, ctx)
-        except UpstreamError:
-            continue  # a count is an estimate at worst; no reason to fail the request
-        if counted is not None:
-            return json_response({"input_tokens": counted})
-        break
-    return json_response({"input_tokens": estimate_input_tokens(body)})
+            outcome = state.router.run(
+                replace(resolution, candidates=counting),
+                lambda c: c.provider.count_tokens({**body, "model": c.upstream_model}, ctx),
+                ctx.deadline,
+            )
+        except (UpstreamError, NoAvailableModelError):
+            pass  # a count is an estimate at worst; no reason to fail the request
+        else:
+            outcome.finish()
+            if isinstance(outcome.result, int):
+                return json_response(
+                    {"input_tokens": outcome.result},
+                    headers={**routing_headers(outcome), **quota_headers},
+                )
+    return json_response({"input_tokens": estimate_input_tokens(body)}, headers=quota_headers)
+
+
+def counts_upstream(provider: Provider) -> bool:
+    """Whether a deployment counts tokens with an upstream call (else the proxy estimates)."""
+    return type(provider).count_tokens is not Provider.count_tokens

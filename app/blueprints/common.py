@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -16,6 +17,7 @@ from app.config import TokenConfig
 from app.errors import (
     InvalidJSONError,
     ProxyError,
+    RequestTooLargeError,
     UpstreamError,
     UpstreamTimeoutError,
     sse_error_event,
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Answers longer than this are sent in slices of SLICE_CHARS (see json_response).
 LARGE_ANSWER_CHARS = 1024 * 1024
 SLICE_CHARS = 256 * 1024
+CHUNK_BYTES = 65536
 
 
 def proxy_state() -> ProxyState:
@@ -71,16 +74,62 @@ def note_outcome(outcome: Outcome, surface: str, stream: bool) -> None:
 
 
 def read_json_body() -> tuple[object, int]:
-    """The parsed JSON body and its size in bytes; 413 past the size limit, 400 if not JSON."""
-    raw = request.get_data(cache=False)
+    """The parsed JSON body and its size in bytes; 413 past the size limit, 400 if not JSON.
+
+    Non-finite numbers (`NaN`, `Infinity`, `1e999`) are refused anywhere in the body: they are
+    not JSON, and forwarding them would send an upstream a body it cannot read.
+    """
+    raw = _read_body(proxy_state().config.server.max_body_bytes)
     if not raw:
         raise InvalidJSONError("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw), len(raw)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite), len(raw)
+    except _NonFinite as err:
+        raise InvalidJSONError(str(err)) from None
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
     except RecursionError:
         raise InvalidJSONError("The request body is nested too deeply.") from None
+
+
+class _NonFinite(Exception):
+    """A number JSON cannot carry (kept apart from ValueError so its message is the whole one)."""
+
+
+def _refuse_constant(name: str):
+    raise _NonFinite(f"The request body holds {name}, which is not a JSON number.")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"The request body holds a number too large for JSON ({text[:40]}).")
+    return value
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, or 413 if it is longer than `limit` bytes, whether or not it is chunked.
+
+    Werkzeug refuses a declared `Content-Length` over `request.max_content_length` itself, but a
+    chunked body (no length; gunicorn sets `wsgi.input_terminated`) it only cuts at the limit,
+    silently: so such a body is read here up to one byte past the limit, and that byte refuses it.
+    """
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)
+    stream = request.environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(CHUNK_BYTES, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestTooLargeError(
+            f"The request body is larger than {limit} bytes.", headers={"Connection": "close"}
+        )
+    return b"".join(chunks)
 
 
 def call_context(requested_model: str | None) -> CallContext:
@@ -218,17 +267,26 @@ def relay(
         settle(tally.usage, tally.text())
 
 
+def authorise_model(token: TokenConfig, identifier: str) -> None:
+    """403 unless the token may use `identifier`: asked before anything tells whether the model
+    exists or what kind it is, so a token's allow-list hides everything outside it."""
+    require_model(token, identifier, proxy_state().router.is_category(identifier))
+
+
 def admit(identifier: str | None, size: int, kind: str = "chat"):
-    """Resolve the model, check the token may use it, count the request: the common start."""
+    """Check the token may use the model, resolve it, count the request: the common start."""
     state = proxy_state()
     token = g.ai_proxy_token
     if identifier is None and kind != "chat":
         resolution = state.router.resolve_kind(kind, lambda name: model_allowed(token, name))
         note(model_requested=resolution.identifier)
     else:
+        wanted = identifier or state.config.default_model
+        if wanted:
+            note(model_requested=wanted)
+            authorise_model(token, wanted)
         resolution = state.router.resolve(identifier, size, kind=kind)
         note(model_requested=resolution.identifier)
-        require_model(token, resolution.identifier, resolution.is_category)
     quota_headers = rate_limit_headers(state.quotas.admit_client(token))
     return state, token, resolution, quota_headers
 

@@ -13,6 +13,7 @@ from app.blueprints.common import (
     Tally,
     admit,
     authenticate,
+    authorise_model,
     bounded,
     call_context,
     image_entry,
@@ -37,6 +38,8 @@ from app.think import strip_answer, strip_stream
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ai_proxy_openai", __name__)
+
+GLOB_CHARS = "*?["
 
 
 @bp.before_request
@@ -134,24 +137,40 @@ def _model_object(model_id: str, owned_by: str, created: int) -> dict:
 @bp.get("/v1/models")
 @bp.get("/models")
 def list_models():
+    """Every name, alias and category the token may use, and the ids its allow-list names that
+    a wildcard deployment serves (`openrouter/deepseek/deepseek-chat` through `openrouter/*`).
+
+    A glob in the allow-list (`openrouter/meta-llama/*`) names no model, so it adds nothing.
+    """
     state = proxy_state()
+    token = g.ai_proxy_token
     created = int(state.started)
-    data = [
-        _model_object(model_id, owned_by, created)
-        for model_id, owned_by, is_category in state.router.public_models()
-        if model_allowed(g.ai_proxy_token, model_id, is_category)
-    ]
-    return json_response({"object": "list", "data": data})
+    listed: dict[str, dict] = {}
+    for model_id, owned_by, is_category in state.router.public_models():
+        if model_allowed(token, model_id, is_category):
+            listed.setdefault(model_id, _model_object(model_id, owned_by, created))
+    for pattern in token.models:
+        if pattern in listed or any(ch in pattern for ch in GLOB_CHARS):
+            continue
+        owner = state.router.wildcard_owner(pattern)
+        if owner is not None:
+            listed[pattern] = _model_object(pattern, owner, created)
+    return json_response({"object": "list", "data": list(listed.values())})
 
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
     state = proxy_state()
+    # The allow-list first: a model outside it is refused whether or not it exists.
+    authorise_model(g.ai_proxy_token, model_id)
     for public_id, owned_by, is_category in state.router.public_models():
         matches = public_id.upper() == model_id.upper() if is_category else public_id == model_id
-        if matches and model_allowed(g.ai_proxy_token, public_id, is_category):
+        if matches:
             return json_response(_model_object(public_id, owned_by, int(state.started)))
+    owner = state.router.wildcard_owner(model_id)
+    if owner is not None:
+        return json_response(_model_object(model_id, owner, int(state.started)))
     raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
 from app.config import ModelConfig
 from app.errors import UpstreamError
+from app.model_ids import IdForm
 from app.providers.base import CallContext, ChatStream, Provider
 from app.providers.wire import OpenAIStream
 from app.upstream import read_json
@@ -20,6 +21,7 @@ DEPLOYMENTS_PATH = "/openai/deployments/"
 
 class AzureProvider(Provider):
     name = "azure"
+    model_id_form = IdForm.SEGMENT  # /openai/deployments/<deployment>/...
 
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
@@ -52,7 +54,7 @@ class AzureProvider(Provider):
         else:
             root = (self.model.base_url or "").rstrip("/")
         root = root.removesuffix("/openai")
-        return f"{root}{DEPLOYMENTS_PATH}{quote(deployment, safe='')}{CHAT_PATH}", params
+        return f"{root}{DEPLOYMENTS_PATH}{self.model_path(deployment)}{CHAT_PATH}", params
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
         headers = self.json_headers(ctx, stream)

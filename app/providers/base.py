@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
+from app.model_ids import IdForm, check_model_id, path_part
 from app.upstream import UpstreamPool, release, watch_of
 
 
@@ -81,12 +82,23 @@ class Provider:
 
     name: ClassVar[str] = "base"
     requires_url: ClassVar[bool] = True
+    # Where this provider puts the upstream model id: the body, or the URL path.
+    model_id_form: ClassVar[IdForm] = IdForm.BODY
 
     def __init__(self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None):
         self.model = model
         self.pool = ModelPool(pool, model.idle_conn_timeout_seconds)
         self.default_base_url = default_base_url
         self.label = f"{model.name} ({model.provider})"
+
+    def check_upstream_id(self, model_id: str) -> str:
+        """A client-chosen (wildcard) upstream id, or 400 if it could leave this deployment's
+        path or mean something other than it says."""
+        return check_model_id(model_id, self.model_id_form)
+
+    def model_path(self, model_id: str) -> str:
+        """The upstream id checked and percent-encoded for this provider's URL path."""
+        return path_part(model_id, self.model_id_form)
 
     def timeout(self, ctx: CallContext) -> tuple[float, float]:
         """(connect, read) timeouts, the read one cut short by the request's deadline."""

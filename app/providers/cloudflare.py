@@ -16,6 +16,7 @@ import requests
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
+from app.model_ids import IdForm
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
 from app.tokens import estimate_tokens, prompt_estimate
@@ -47,6 +48,7 @@ FINISH_REASONS = {
 
 class CloudflareProvider(Provider):
     name = "cloudflare"
+    model_id_form = IdForm.SEGMENTS  # /ai/run/@cf/<org>/<name>, slashes and `@` as documented
 
     def endpoint(self, upstream_model: str) -> str:
         """A Go-style `url` naming `/ai/run/<model>` is used as is; else `{root}/run/{model}`."""
@@ -57,7 +59,7 @@ class CloudflareProvider(Provider):
             if root.endswith(suffix):
                 root = root[: -len(suffix)]
                 break
-        return root + RUN_PATH + upstream_model
+        return root + RUN_PATH + self.model_path(upstream_model)
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
         headers = self.json_headers(ctx, stream)

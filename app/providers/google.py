@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import requests
 
@@ -26,6 +26,7 @@ from app.errors import (
     client_shape,
     upstream_shape,
 )
+from app.model_ids import IdForm, path_part
 from app.providers.base import CallContext, ChatStream, Provider
 from app.streaming import iter_sse
 from app.tokens import estimate_tokens, message_text
@@ -33,6 +34,8 @@ from app.upstream import error_message, read_chunks, read_json, safe_text
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 DEFAULT_IMAGE_TYPE = "image/jpeg"
+# Resource names Google takes in place of a bare model id (`models/x`, `tunedModels/x`).
+RESOURCE_COLLECTIONS = ("models", "tunedModels")
 # Gemini 3 rejects a replayed function call step whose first call carries no thought signature;
 # this value is the one Google documents for history the model did not produce (or lost).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -71,6 +74,7 @@ def api_root(url: str) -> str:
 
 class GoogleProvider(Provider):
     name = "google"
+    model_id_form = IdForm.SEGMENT  # {root}/models/<id>:generateContent
 
     @property
     def base_url(self) -> str:
@@ -78,10 +82,20 @@ class GoogleProvider(Provider):
         configured = self.model.base_url or self.model.url or self.default_base_url
         return api_root(configured or DEFAULT_BASE_URL)
 
+    def check_upstream_id(self, model_id: str) -> str:
+        self.model_path(model_id)
+        return model_id
+
+    def model_path(self, model_id: str) -> str:
+        """`models/<id>` for a bare id; `models/x` and `tunedModels/x` are full resource names.
+        The id itself is one checked, encoded path segment."""
+        collection, slash, rest = model_id.partition("/")
+        if slash and collection in RESOURCE_COLLECTIONS:
+            return f"{collection}/{path_part(rest, IdForm.SEGMENT)}"
+        return f"models/{path_part(model_id, IdForm.SEGMENT)}"
+
     def endpoint(self, model: str, method: str) -> str:
-        # `models/x` and `tunedModels/x` are full resource names; a bare id is a base model.
-        resource = model if "/" in model else f"models/{model}"
-        return f"{self.base_url}/{quote(resource, safe='/-_.@')}:{method}"
+        return f"{self.base_url}/{self.model_path(model)}:{method}"
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
         headers = self.json_headers(ctx, stream)

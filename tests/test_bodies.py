@@ -1,0 +1,160 @@
+"""Request bodies: the size limit holds for chunked bodies too; non-finite numbers are refused."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+
+import pytest
+import responses
+
+from tests.conftest import LOOPBACK, TOKEN
+
+LIMIT = 4096
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def chat_body(size: int) -> bytes:
+    """A valid chat request of exactly `size` bytes."""
+    empty = json.dumps({"model": "echo", "messages": [{"role": "user", "content": ""}]})
+    body = json.dumps(
+        {"model": "echo", "messages": [{"role": "user", "content": "x" * (size - len(empty))}]}
+    ).encode()
+    assert len(body) == size
+    return body
+
+
+@pytest.fixture(scope="module")
+def limited_proxy(tmp_path_factory):
+    import yaml
+
+    from tests.servers import ProxyServer
+
+    path = tmp_path_factory.mktemp("bodies") / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"max_body_bytes": LIMIT},
+                "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+                "models": [{"name": "echo", "provider": "echo"}],
+            }
+        )
+    )
+    server = ProxyServer(path).start()
+    yield server
+    server.stop()
+
+
+def send(port: int, body: bytes, chunked: bool, piece: int = 1000) -> tuple[int, dict]:
+    """POST through http.client: chunked (no Content-Length) or with a Content-Length."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {**AUTH, "Content-Type": "application/json"}
+        if chunked:
+            pieces = (body[i : i + piece] for i in range(0, len(body), piece))
+            connection.request(
+                "POST", "/v1/chat/completions", body=pieces, headers=headers, encode_chunked=True
+            )
+        else:
+            connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+@pytest.mark.parametrize(
+    ("size", "status"),
+    [(LIMIT - 1, 200), (LIMIT, 200), (LIMIT + 1, 413), (LIMIT + 1000, 413), (LIMIT * 50, 413)],
+)
+def test_body_limit_through_gunicorn(limited_proxy, chunked, size, status):
+    got, answer = send(limited_proxy.port, chat_body(size), chunked)
+    assert got == status, answer
+    if status == 413:
+        assert answer["error"]["code"] == "request_too_large"
+    else:
+        assert answer["choices"][0]["message"]["content"].startswith("xxx")
+
+
+def test_chunked_body_in_one_byte_pieces(limited_proxy):
+    assert send(limited_proxy.port, chat_body(LIMIT + 1), chunked=True, piece=1)[0] == 413
+    assert send(limited_proxy.port, chat_body(LIMIT), chunked=True, piece=7)[0] == 200
+
+
+def test_the_server_keeps_serving_after_a_refused_chunked_body(limited_proxy):
+    for _ in range(3):
+        assert send(limited_proxy.port, chat_body(LIMIT * 4), chunked=True)[0] == 413
+    assert send(limited_proxy.port, chat_body(100), chunked=True)[0] == 200
+
+
+def test_chunked_body_over_the_limit_in_the_app(make_app):
+    """The same through the WSGI app: a stream without a length, as gunicorn hands it over."""
+    app = make_app(
+        {
+            "server": {"max_body_bytes": LIMIT},
+            "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+            "models": [{"name": "echo", "provider": "echo"}],
+        }
+    )
+    client = app.test_client()
+    for size, status in ((LIMIT, 200), (LIMIT + 1, 413)):
+        import io
+
+        response = client.post(
+            "/v1/chat/completions",
+            input_stream=io.BytesIO(chat_body(size)),
+            headers={**AUTH, "Content-Type": "application/json"},
+            environ_overrides={**LOOPBACK, "wsgi.input_terminated": True},
+        )
+        assert response.status_code == status, response.json
+
+
+# --- non-finite numbers ----------------------------------------------------------------------
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1E+309"]
+USER = '[{"role": "user", "content": "hi"}]'
+PLACES = {
+    "/v1/chat/completions": [
+        '{"model": "gpt-test", "messages": MSGS, "temperature": {n}}',
+        '{"model": "gpt-test", "messages": MSGS, "logit_bias": {"50256": {n}}}',
+        '{"model": "gpt-test", "messages": MSGS, "tools": [{"type": "function", "function": '
+        '{"name": "f", "parameters": {"type": "object", "default": [1, {"a": [{n}]}]}}}]}',
+        '{"model": "gpt-test", "messages": [{"role": "user", "content": "hi", "x": {n}}]}',
+        '{"model": "gpt-test", "messages": MSGS, "metadata": {"deep": [[[[{n}]]]]}}',
+    ],
+    "/v1/completions": ['{"model": "gpt-test", "prompt": "hi", "top_p": {n}}'],
+    "/v1/embeddings": ['{"model": "gpt-test", "input": "hi", "dimensions": {n}}'],
+    "/v1/messages": ['{"model": "gpt-test", "max_tokens": 5, "messages": MSGS, "top_k": {n}}'],
+    "/v1/messages/count_tokens": ['{"model": "gpt-test", "messages": MSGS, "x": [{n}]}'],
+    "/image": ['{"model": "gpt-test", "prompt": "a cat", "size": {n}}'],
+    "/v1/images/generations": ['{"model": "gpt-test", "prompt": "a cat", "n": {n}}'],
+}
+CASES = [
+    pytest.param(
+        path, template.replace("MSGS", USER).replace("{n}", number), id=f"{path}-{i}-{number}"
+    )
+    for path, templates in PLACES.items()
+    for i, template in enumerate(templates)
+    for number in NON_FINITE
+]
+
+
+@pytest.mark.parametrize(("path", "body"), CASES)
+def test_non_finite_numbers_are_refused_not_forwarded(client, path, body):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add(responses.POST, re.compile(r".*"), json={}, status=500)
+        response = client.post(path, data=body, headers={"Content-Type": "application/json"})
+        assert len(mock.calls) == 0
+    assert response.status_code == 400, response.get_data(as_text=True)
+    if path.startswith("/v1/messages"):
+        assert response.json["error"]["type"] == "invalid_request_error"
+    else:
+        assert response.json["error"]["code"] == "invalid_json"
+
+
+def test_large_finite_numbers_pass(client):
+    body = '{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "x": 1e308}'
+    response = client.post("/v1/chat/completions", data=body, content_type="application/json")
+    assert response.status_code == 200
