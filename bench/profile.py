@@ -25,7 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
-import run as bench  # noqa: E402
+import processes  # noqa: E402
+import run  # noqa: E402
+from common import CHAT_PATH, CLIENT_TOKEN, RESULTS_DIR, ROOT, request_body  # noqa: E402
 
 FRAME_RE = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 LOGGING = ("logging (access log)", ("logging/", "gunicorn/glogging.py", "app/logs.py"))
@@ -70,7 +72,7 @@ def parse_frame(frame: str) -> tuple[str, str]:
 
 
 def short(path: str) -> str:
-    root = str(bench.ROOT) + "/"
+    root = str(ROOT) + "/"
     if path.startswith(root):
         return path[len(root) :]
     return re.sub(r"^.*/(site-packages|lib/python3\.\d+)/", "", path)
@@ -145,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
 
-    run_args = bench.parse_args(["--quick", "--targets", args.target])
-    children = bench.Children()
-    workdir = loadgen.scratch_dir(bench.RESULTS_DIR)
+    run_args = run.parse_args(["--quick", "--targets", args.target])
+    children = processes.Children()
+    workdir = loadgen.scratch_dir(RESULTS_DIR)
     try:
         url, master = start(run_args, children, workdir, args.target)
-        body = bench.request_body(False)
-        loadgen.run_wrk(url, body, bench.CLIENT_TOKEN, args.concurrency, 2, workdir, children)
+        body = request_body(False)
+        loadgen.run_wrk(url, body, CLIENT_TOKEN, args.concurrency, 2, workdir, children)
         raw = workdir / f"{args.target}.pyspy.txt"
         spy = subprocess.Popen(
             [
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         children.register(spy, "py-spy")
         time.sleep(0.5)
         result = loadgen.run_wrk(
-            url, body, bench.CLIENT_TOKEN, args.concurrency, args.duration, workdir, children
+            url, body, CLIENT_TOKEN, args.concurrency, args.duration, workdir, children
         )
         _, err = spy.communicate(timeout=args.duration + 30)
         if not raw.exists():
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.p50_ms:.3f} ms under py-spy ({result.requests} requests)\n"
         )
         print(analyse(raw, args.rate, result.requests, args.top))
-        print(f"\nraw samples: {raw.relative_to(bench.ROOT)}")
+        print(f"\nraw samples: {raw.relative_to(ROOT)}")
     finally:
         children.stop_all()
     return 0
@@ -198,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def start(run_args, children, workdir: Path, target: str) -> tuple[str, int]:
     """The fake upstream and one target, as bench/run.py starts them."""
-    up_url, _ = bench.start_upstream(children, workdir, "upstream", 20, 0.05)
-    env = {"WEB_CONCURRENCY": str(run_args.workers), "LOG_LEVEL": run_args.log_level}
+    up_url, _ = processes.start_upstream(
+        children, workdir, "upstream", run_args.chunks, run_args.interval
+    )
+    env = processes.server_env(run_args.workers, run_args.log_level)
     kind = "proxy" if target == "proxy" else "bare"
-    base, proc = bench.start_server(children, workdir, kind, up_url, target, env)
-    return base + "/v1/chat/completions", proc.pid
+    base, proc = processes.start_server(children, workdir, kind, up_url, target, env)
+    return base + CHAT_PATH, proc.pid
 
 
 if __name__ == "__main__":

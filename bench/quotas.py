@@ -14,10 +14,8 @@ adds nothing to the client's latency. Prints median and p99 per request.
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
+import itertools
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import processes  # noqa: E402
+
 from app.config import load_config  # noqa: E402
 from app.ratelimit import Quotas  # noqa: E402
 
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 TYPICAL = {
     "default_model": None,
     "auth": {"tokens": [{"name": "bench", "token": "bench-token", "requests_per_minute": 10**9}]},
@@ -60,12 +61,6 @@ FULL = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure(base: dict, storage: str, strategy: str, requests: int) -> list[float]:
     """Median and p99 (ms) of admission, then of charging."""
     config = load_config(
@@ -91,41 +86,33 @@ def measure(base: dict, storage: str, strategy: str, requests: int) -> list[floa
 
 def measure_all(requests: int) -> list[dict]:
     """Every storage (memory, and a local redis-server if installed) x configuration x strategy."""
-    binary = shutil.which("redis-server")
-    redis_proc = None
+    children = processes.Children()
     rows = []
-    try:
-        storages = [("memory", "memory://")]
-        if binary:
-            port = free_port()
-            workdir = tempfile.mkdtemp()
-            redis_proc = subprocess.Popen(
-                [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
-                stdout=subprocess.DEVNULL,
-            )
-            time.sleep(0.5)
-            storages.append(("redis (loopback)", f"redis://127.0.0.1:{port}/0"))
-        for label, uri in storages:
-            for name, base in (("typical", TYPICAL), ("full", FULL)):
-                for strategy in ("fixed-window", "moving-window", "sliding-window-counter"):
-                    admit_p50, admit_p99, charge_p50, charge_p99 = measure(
-                        base, uri, strategy, requests
-                    )
-                    rows.append(
-                        {
-                            "storage": label,
-                            "limits": name,
-                            "strategy": strategy,
-                            "admit_p50_ms": admit_p50,
-                            "admit_p99_ms": admit_p99,
-                            "charge_p50_ms": charge_p50,
-                            "charge_p99_ms": charge_p99,
-                        }
-                    )
-    finally:
-        if redis_proc:
-            redis_proc.terminate()
-            redis_proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="bench-quotas-") as workdir:
+        try:
+            storages = [("memory", "memory://")]
+            redis_url = processes.start_redis(children, Path(workdir))
+            if redis_url:
+                storages.append(("redis (loopback)", redis_url))
+            for (label, uri), (limits, base), strategy in itertools.product(
+                storages, (("typical", TYPICAL), ("full", FULL)), STRATEGIES
+            ):
+                admit_p50, admit_p99, charge_p50, charge_p99 = measure(
+                    base, uri, strategy, requests
+                )
+                rows.append(
+                    {
+                        "storage": label,
+                        "limits": limits,
+                        "strategy": strategy,
+                        "admit_p50_ms": admit_p50,
+                        "admit_p99_ms": admit_p99,
+                        "charge_p50_ms": charge_p50,
+                        "charge_p99_ms": charge_p99,
+                    }
+                )
+        finally:
+            children.stop_all()
     return rows
 
 

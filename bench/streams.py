@@ -27,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen  # noqa: E402
-import run as bench  # noqa: E402
+import processes  # noqa: E402
+from common import CHAT_PATH, CLIENT_TOKEN, MODEL, RESULTS_DIR, log, ms, request_body  # noqa: E402
+from measurement import load_once  # noqa: E402
 
 BURST_SPREAD_S = 1.0
 SOAK_CONCURRENCY = 16
@@ -45,14 +47,14 @@ def rss_mb(pid: int) -> float:
 
 
 def worker_rss(master: int) -> list[float]:
-    return [round(rss_mb(pid), 1) for pid in bench.worker_pids(master)]
+    return [round(rss_mb(pid), 1) for pid in processes.worker_pids(master)]
 
 
 class PeakRss:
     """Samples the workers' RSS twice a second in the background; keeps each one's highest."""
 
     def __init__(self, master: int) -> None:
-        self.pids = bench.worker_pids(master)
+        self.pids = processes.worker_pids(master)
         self.peak = {pid: 0.0 for pid in self.pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -76,7 +78,7 @@ class PeakRss:
 
 def stream_body() -> bytes:
     return json.dumps(
-        {"model": bench.MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     ).encode()
 
 
@@ -84,28 +86,28 @@ def open_streams(args, children, workdir: Path) -> dict:
     """N streams of T seconds (one chunk a second), held and in a burst, for direct, bare and
     the proxy, with worker memory before, at the peak and after."""
     seconds, count = args.open_seconds, args.open_streams
-    threads = str(count // args.workers + 50)
-    upstream, _ = bench.start_upstream(children, workdir, "open-upstream", seconds, 1.0)
-    env = {"WEB_CONCURRENCY": str(args.workers), "THREADS": threads, "LOG_LEVEL": args.log_level}
+    threads = count // args.workers + 50
+    upstream, _ = processes.start_upstream(children, workdir, "open-upstream", seconds, 1.0)
+    env = processes.server_env(args.workers, args.log_level, threads)
     servers = {
-        "bare": bench.start_server(children, workdir, "bare", upstream, "open-bare", env),
-        "proxy": bench.start_server(children, workdir, "proxy", upstream, "open-proxy", env),
+        "bare": processes.start_server(children, workdir, "bare", upstream, "open-bare", env),
+        "proxy": processes.start_server(children, workdir, "proxy", upstream, "open-proxy", env),
     }
-    path = "/v1/chat/completions"
-    urls = {"direct": upstream + path, **{name: base + path for name, (base, _) in servers.items()}}
+    urls = {"direct": upstream + CHAT_PATH}
+    urls.update({name: base + CHAT_PATH for name, (base, _) in servers.items()})
     memory = {name: {"rest": worker_rss(proc.pid)} for name, (_, proc) in servers.items()}
     patterns = {"held": seconds / 2, "burst": BURST_SPREAD_S}
     runs: dict[str, dict[str, dict]] = {}
     for pattern, spread in patterns.items():
         for target in ("direct", "bare", "proxy"):
-            bench.log(f"open streams: {count} x {seconds} s, {pattern} ({spread:g} s), {target}")
+            log(f"open streams: {count} x {seconds} s, {pattern} ({spread:g} s), {target}")
             proc = servers[target][1] if target in servers else None
             peak = PeakRss(proc.pid) if proc else None
             with peak or contextlib.nullcontext():
                 result = loadgen.measure_streams(
                     urls[target],
                     stream_body(),
-                    bench.CLIENT_TOKEN,
+                    CLIENT_TOKEN,
                     count,
                     1,
                     seconds,
@@ -118,18 +120,18 @@ def open_streams(args, children, workdir: Path) -> dict:
             if peak:
                 memory[target][f"peak_{pattern}"] = peak.values()
                 memory[target][f"after_{pattern}"] = worker_rss(proc.pid)
-            bench.log(
+            log(
                 f"  completed {summary['streams'] - summary['failed']}/{summary['streams']}, "
                 f"peak open {summary['peak_open']}, TTFB p50 {summary['ttfb_p50_ms']:.1f} / p99 "
                 f"{summary['ttfb_p99_ms']:.1f} ms, chunks {summary['chunks']}/"
                 f"{summary['expected_chunks']}"
             )
             if summary["problems"]:
-                bench.log(f"  problems: {summary['problems'][:3]}")
+                log(f"  problems: {summary['problems'][:3]}")
     return {
         "streams": count,
         "seconds": seconds,
-        "threads": int(threads),
+        "threads": threads,
         "workers": args.workers,
         "spreads": patterns,
         "runs": runs,
@@ -140,18 +142,18 @@ def open_streams(args, children, workdir: Path) -> dict:
 def soak(args, children, workdir: Path) -> dict:
     """The proxy as shipped (default threads), its workers' RSS at rest and every tenth of a
     soak of --soak-requests non-streamed requests."""
-    upstream, _ = bench.start_upstream(children, workdir, "soak-upstream", 1, 0.0)
-    env = {"WEB_CONCURRENCY": str(args.workers), "LOG_LEVEL": args.log_level}
-    base, proc = bench.start_server(children, workdir, "proxy", upstream, "soak-proxy", env)
-    body = bench.request_body(False)
-    url = base + "/v1/chat/completions"
+    upstream, _ = processes.start_upstream(children, workdir, "soak-upstream", 1, 0.0)
+    env = processes.server_env(args.workers, args.log_level)
+    base, proc = processes.start_server(children, workdir, "proxy", upstream, "soak-proxy", env)
+    body = request_body(False)
+    url = base + CHAT_PATH
     samples = [{"requests": 0, "rss": worker_rss(proc.pid)}]
     step = max(1, args.soak_requests // SOAK_SAMPLES)
     done, errors, started = 0, 0, time.monotonic()
-    bench.log(f"soak: {args.soak_requests} requests at concurrency {SOAK_CONCURRENCY}")
+    log(f"soak: {args.soak_requests} requests at concurrency {SOAK_CONCURRENCY}")
     while done < args.soak_requests:
         # A few seconds at a time, so memory is sampled about every tenth of the soak.
-        result = bench.load_once(url, body, SOAK_CONCURRENCY, 2, workdir, children)
+        result = load_once(url, body, SOAK_CONCURRENCY, 2, workdir, children)
         done += result.requests
         errors += result.errors + result.non_2xx
         if done >= samples[-1]["requests"] + step or done >= args.soak_requests:
@@ -196,9 +198,9 @@ def render(open_result: dict | None, soak_result: dict | None) -> list[str]:
                     )
                 lines.append(
                     f"| {pattern} | {target} | {s['streams'] - s['failed']}/{s['streams']} | "
-                    f"{s['peak_open']} | {bench._ms(s['ttfb_p50_ms'], 1)} | "
-                    f"{bench._ms(s['ttfb_p99_ms'], 1)} | {added} | "
-                    f"{bench._ms(s['delay_p50_ms'], 1)} / {bench._ms(s['delay_p99_ms'], 1)} | "
+                    f"{s['peak_open']} | {ms(s['ttfb_p50_ms'], 1)} | "
+                    f"{ms(s['ttfb_p99_ms'], 1)} | {added} | "
+                    f"{ms(s['delay_p50_ms'], 1)} / {ms(s['delay_p99_ms'], 1)} | "
                     f"{s['chunks']}/{s['expected_chunks']} |"
                 )
         lines += [
@@ -251,9 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bench.raise_fd_limit()
-    workdir = loadgen.scratch_dir(bench.RESULTS_DIR)
-    children = bench.Children()
+    processes.raise_fd_limit()
+    workdir = loadgen.scratch_dir(RESULTS_DIR)
+    children = processes.Children()
     try:
         open_result = open_streams(args, children, workdir) if args.open_streams else None
         soak_result = soak(args, children, workdir) if args.soak_requests else None

@@ -1,0 +1,106 @@
+"""The benchmark's goals, each judged from the results of a run: a row of the report's Goals
+table (passed, missed, or shown for comparison only)."""
+
+from __future__ import annotations
+
+GOAL_THROUGHPUT_RATIO = 0.60
+GOAL_ADDED_LATENCY_MS = 0.5
+GOAL_CHUNK_DELAY_MS = 5.0
+GOAL_OPEN_ADDED_TTFB_MS = 50.0
+GOAL_WORKER_RSS_MB = 80.0
+GOAL_RSS_NOISE_MB = 2.0
+
+
+def find(load: list[dict], target: str, conc: int) -> dict | None:
+    """The load row of a target at a concurrency, if it was measured."""
+    return next((r for r in load if r["target"] == target and r["concurrency"] == conc), None)
+
+
+def evaluate(results: dict) -> list[dict]:
+    """The goals the run's parts measured, in the report's order: goal, measured, pass."""
+    load, streams = results["load"], results["streams"]
+    workers = results["settings"]["workers"]
+    goals = []
+
+    def goal(text: str, measured: str, passed: bool | None) -> None:
+        goals.append({"goal": text, "measured": measured, "pass": passed})
+
+    bare16, proxy16 = find(load, "bare", 16), find(load, "proxy", 16)
+    if bare16 and proxy16 and bare16["rps"]:
+        ratio = proxy16["rps"] / bare16["rps"]
+        goal(
+            f"proxy throughput >= {GOAL_THROUGHPUT_RATIO:.0%} of bare at concurrency 16 "
+            f"({workers} workers)",
+            f"{ratio:.0%} ({proxy16['rps']:.0f} vs {bare16['rps']:.0f} req/s)",
+            ratio >= GOAL_THROUGHPUT_RATIO,
+        )
+    bare1, proxy1 = find(load, "bare", 1), find(load, "proxy", 1)
+    if bare1 and proxy1:
+        added = proxy1["p50_ms"] - bare1["p50_ms"]
+        goal(
+            f"median added latency at concurrency 1 within {GOAL_ADDED_LATENCY_MS} ms of bare",
+            f"{added:+.3f} ms (p50 {proxy1['p50_ms']:.3f} vs {bare1['p50_ms']:.3f} ms)",
+            added <= GOAL_ADDED_LATENCY_MS,
+        )
+    if "proxy" in streams:
+        s = streams["proxy"]
+        complete = s["failed"] == 0 and s["chunks"] == s["expected_chunks"]
+        context = (
+            f"; first chunks max {s['first_delay_max_ms']:.2f} ms, later chunks max "
+            f"{s['later_delay_max_ms']:.2f} ms"
+        )
+        if "bare" in streams:
+            context += f"; bare: max {streams['bare']['delay_max_ms']:.2f} ms"
+        goal(
+            f"each stream chunk reaches the client within {GOAL_CHUNK_DELAY_MS:.0f} ms of "
+            "leaving the upstream",
+            f"max {s['delay_max_ms']:.2f} ms, p99 {s['delay_p99_ms']:.2f} ms "
+            f"({s['chunks']}/{s['expected_chunks']} chunks, {s['failed']} failed{context})",
+            complete and s["delay_max_ms"] <= GOAL_CHUNK_DELAY_MS,
+        )
+    opened = results.get("open_streams")
+    if opened and "held" in opened["runs"]:
+        held = opened["runs"]["held"]
+        direct, proxy = held["direct"], held["proxy"]
+        added = proxy["ttfb_p99_ms"] - direct["ttfb_p99_ms"]
+        complete = proxy["failed"] == 0 and proxy["chunks"] == proxy["expected_chunks"]
+        goal(
+            f"{opened['streams']} concurrent streams of {opened['seconds']} s held on one host "
+            f"({opened['workers']} workers), all completed, added p99 time to first byte under "
+            f"{GOAL_OPEN_ADDED_TTFB_MS:.0f} ms",
+            f"{proxy['streams'] - proxy['failed']}/{proxy['streams']} completed, peak "
+            f"{proxy['peak_open']} open, {proxy['chunks']}/{proxy['expected_chunks']} chunks; "
+            f"TTFB p99 {proxy['ttfb_p99_ms']:.1f} vs {direct['ttfb_p99_ms']:.1f} ms direct: "
+            f"{added:+.1f} ms",
+            complete
+            and proxy["peak_open"] >= opened["streams"]
+            and added < GOAL_OPEN_ADDED_TTFB_MS,
+        )
+    if opened and "burst" in opened["runs"]:
+        burst = opened["runs"]["burst"]
+        direct, bare, proxy = burst["direct"], burst["bare"], burst["proxy"]
+        goal(
+            f"(for comparison, not a goal) the same {opened['streams']} streams opened within "
+            f"{opened['spreads']['burst']:g} s",
+            f"added TTFB p99: proxy {proxy['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms, "
+            f"bare forwarder {bare['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms; "
+            f"{proxy['streams'] - proxy['failed']}/{proxy['streams']} completed",
+            None,
+        )
+    soaked = results.get("soak")
+    if soaked:
+        samples = soaked["samples"]
+        first, last = samples[0]["rss"], samples[-1]["rss"]
+        # Quota windows fill up first (a per-minute moving window keeps an entry per request
+        # for a minute): growth is judged over the second half, once they are full.
+        middle = next(x for x in samples if x["requests"] >= soaked["requests"] / 2)
+        growth = max(b - a for a, b in zip(middle["rss"], last, strict=True))
+        goal(
+            f"per-worker memory under {GOAL_WORKER_RSS_MB:.0f} MB after {soaked['requests']} "
+            f"requests, no growth beyond noise ({GOAL_RSS_NOISE_MB:g} MB) over the second half",
+            f"{', '.join(f'{v:.1f}' for v in first)} MB at rest, "
+            f"{', '.join(f'{v:.1f}' for v in last)} MB after; {growth:+.1f} MB from request "
+            f"{middle['requests']} to the end; {soaked['errors']} errors",
+            max(last) < GOAL_WORKER_RSS_MB and growth < GOAL_RSS_NOISE_MB and soaked["errors"] == 0,
+        )
+    return goals

@@ -1,0 +1,249 @@
+"""The benchmark's report (bench/goals.py, bench/report.py) rendered from a small fixed results
+dict: a section for each part that ran, goals judged, unmeasured figures as dashes, the plot."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import goals  # noqa: E402
+import report  # noqa: E402
+
+HEADINGS = [
+    "# ai-proxy benchmark results",
+    "## Goals",
+    "## Non-streaming throughput and latency",
+    "## Added latency at concurrency 1 (median)",
+    "## Streaming",
+    "## Open streams",
+    "## Memory under a soak",
+    "## Quota cost",
+]
+
+
+def load_row(target: str, conc: int, rps: float, p50: float) -> dict:
+    server = None if target == "direct" else 90.0
+    return {
+        "target": target,
+        "concurrency": conc,
+        "tool": "python",
+        "rounds": 1,
+        "rps": rps,
+        "rps_min": rps,
+        "rps_max": rps,
+        "p50_ms": p50,
+        "p90_ms": p50 * 1.5,
+        "p99_ms": p50 * 3,
+        "max_ms": p50 * 5,
+        "server_cpu_pct": server,
+        "server_cpu_ms_per_req": None if server is None else 1.5,
+        "busiest_worker_pct": None if server is None else 55.0,
+        "upstream_cpu_pct": 10.0,
+        "loadgen_cpu_pct": 20.0,
+        "other_cpu_pct": 3.0,
+        "steal_pct": 0.0,
+        "requests": int(rps),
+        "errors": 0,
+        "non_2xx": 0,
+    }
+
+
+def stream_summary(delay_max: float, streams: int = 8, ttfb: float = 2.0) -> dict:
+    return {
+        "streams": streams,
+        "failed": 0,
+        "peak_open": streams,
+        "chunks": streams * 20,
+        "expected_chunks": streams * 20,
+        "ttfb_p50_ms": ttfb,
+        "ttfb_p99_ms": ttfb * 2,
+        "delay_p50_ms": 0.3,
+        "delay_p99_ms": delay_max,
+        "delay_max_ms": delay_max,
+        "first_delay_p50_ms": 0.5,
+        "first_delay_max_ms": delay_max,
+        "later_delay_p99_ms": 0.4,
+        "later_delay_max_ms": 0.4,
+        "other_cpu_pct": 1.0,
+        "problems": [],
+    }
+
+
+@pytest.fixture
+def results() -> dict:
+    """Every part's results, as small as the report allows."""
+    # At concurrency 16 each target is twice as fast as at 1, and 8 times as slow per request.
+    base = {"direct": (9000.0, 0.1), "bare": (500.0, 1.6), "proxy": (400.0, 2.0)}
+    base["proxy-redis"] = (200.0, 3.9)
+    load = [
+        load_row(target, conc, rps * (2 if conc == 16 else 1), p50 * (8 if conc == 16 else 1))
+        for conc in (1, 16)
+        for target, (rps, p50) in base.items()
+    ]
+    runs = {
+        pattern: {
+            target: stream_summary(1.0, 20, ttfb)
+            for target, ttfb in zip(("direct", "bare", "proxy"), (1.0, 3.0, 4.0), strict=True)
+        }
+        for pattern in ("held", "burst")
+    }
+    memory = {
+        target: {key: [40.0, 41.0] for key in ("rest", "peak_held", "after_held")}
+        for target in ("bare", "proxy")
+    }
+    return {
+        "date": "2026-01-02 03:04 UTC",
+        "info": {
+            "revision": "abc1234",
+            "nproc": 2,
+            "cpu_model": "Test CPU",
+            "kernel": "6.0",
+            "python": "3.11.7",
+            "python_impl": "CPython",
+            "versions": {"Flask": "3.1", "gunicorn": "23.0"},
+            "loadgen": "Python asyncio load generator",
+        },
+        "proxy_log": "proxy log: 10 lines for about 9 measured requests",
+        "settings": {
+            "duration_s": 1.0,
+            "rounds": 1,
+            "warmup_s": 0.5,
+            "workers": 2,
+            "threads": 64,
+            "streams": 8,
+            "stream_rounds": 1,
+            "chunks": 20,
+            "interval_ms": 50.0,
+            "upstream_procs": 1,
+            "log_level": "INFO",
+            "quiet_threshold": 20.0,
+            "nice": 0,
+            "retries": 0,
+            "quiet_budget_s": 0.0,
+            "quiet_spent_s": 0.0,
+        },
+        "load": load,
+        "streams": {"bare": stream_summary(0.9), "proxy": stream_summary(1.2)},
+        "open_streams": {
+            "streams": 20,
+            "seconds": 3,
+            "threads": 60,
+            "workers": 2,
+            "spreads": {"held": 1.5, "burst": 1.0},
+            "runs": runs,
+            "memory": memory,
+        },
+        "soak": {
+            "requests": 1000,
+            "errors": 0,
+            "seconds": 2.0,
+            "threads": 64,
+            "samples": [
+                {"requests": 0, "rss": [40.0, 40.5]},
+                {"requests": 500, "rss": [42.0, 42.5]},
+                {"requests": 1000, "rss": [42.1, 42.6]},
+            ],
+        },
+        "quotas": [
+            {
+                "storage": "memory",
+                "limits": "typical",
+                "strategy": "fixed-window",
+                "admit_p50_ms": 0.02,
+                "admit_p99_ms": 0.07,
+                "charge_p50_ms": 0.001,
+                "charge_p99_ms": 0.004,
+            }
+        ],
+    }
+
+
+def headings(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("#")]
+
+
+def render(results: dict) -> str:
+    return report.render(results, goals.evaluate(results), ".venv/bin/python bench/run.py")
+
+
+def test_full_report_has_every_section_in_order(results):
+    markdown = render(results)
+    assert headings(markdown) == HEADINGS
+    assert "- **Command:** `.venv/bin/python bench/run.py`" in markdown
+    # The quota section compares proxy-redis with proxy end to end: 3.9 - 2.0 ms at c=1.
+    assert "**+1.900 ms** for Redis" in markdown
+    assert "| memory | typical | fixed-window | 0.020 | 0.070 | 0.001 | 0.004 |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("missing", "gone"),
+    [
+        (("streams",), {"## Streaming"}),
+        (("open_streams",), {"## Open streams"}),
+        (("soak",), {"## Memory under a soak"}),
+        # Without the in-process figures the end-to-end Redis comparison still makes a section.
+        (("quotas",), set()),
+        (("quotas", "proxy-redis"), {"## Quota cost"}),
+    ],
+)
+def test_a_part_that_did_not_run_has_no_section(results, missing, gone):
+    for part in missing:
+        if part == "streams":
+            results["streams"] = {}
+        elif part == "proxy-redis":
+            results["load"] = [r for r in results["load"] if r["target"] != "proxy-redis"]
+        else:
+            del results[part]
+    assert headings(render(results)) == [h for h in HEADINGS if h not in gone]
+
+
+def goal_results(results: dict) -> list[str]:
+    return [
+        line.rsplit("|", 2)[1].strip()
+        for line in render(results).split("## Goals", 1)[1].split("\n## ", 1)[0].splitlines()
+        if line.startswith("| ") and not line.startswith(("| goal", "| ---"))
+    ]
+
+
+def test_goals_pass_and_the_comparison_row_is_not_judged(results):
+    assert goal_results(results) == ["**PASS**"] * 4 + ["–", "**PASS**"]
+
+
+@pytest.mark.parametrize(
+    ("change", "missed"),
+    [
+        # proxy at 16 below 60% of bare's throughput
+        (lambda r: goals.find(r["load"], "proxy", 16).update(rps=100.0), 0),
+        # a streamed chunk 6 ms late
+        (lambda r: r["streams"]["proxy"].update(delay_max_ms=6.0), 2),
+        # a worker over 80 MB after the soak
+        (lambda r: r["soak"]["samples"][-1].update(rss=[81.0, 42.6]), 5),
+    ],
+)
+def test_a_goal_out_of_reach_is_missed(results, change, missed):
+    changed = copy.deepcopy(results)
+    change(changed)
+    verdicts = goal_results(changed)
+    assert verdicts[missed] == "**MISS**"
+    assert verdicts.count("**MISS**") == 1
+
+
+def test_figures_not_measured_are_dashes(results):
+    direct = next(
+        line for line in render(results).splitlines() if line.startswith("| 1 | direct |")
+    )
+    cells = [cell.strip() for cell in direct.strip("|").split("|")]
+    # server CPU, CPU/req and busiest worker: the direct target has no server of its own.
+    assert cells[8:11] == ["–", "–", "–"]
+
+
+def test_plot_writes_a_png(results, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "results.png"
+    assert report.plot(results, path)
+    assert path.read_bytes().startswith(b"\x89PNG")
