@@ -354,7 +354,7 @@ def _workers_ai_model(url: str) -> str | None:
 
 
 def infer_kind(entry: Mapping) -> str:
-    """chat, embedding or image for a model entry without `kind`, as the Go proxy decided.
+    """chat, embedding or image: the entry's `kind`, else as the Go proxy decided.
 
     The Go proxy had no `kind`: its /image handler used the entries without
     `max_request_length`, posted to their `url` as written, with a payload chosen by provider.
@@ -365,6 +365,8 @@ def infer_kind(entry: Mapping) -> str:
     OpenAI-compatible providers, a Go-form entry (a `url` that is not an API root, no
     `max_request_length`, no category) is an image model. Everything else is chat.
     """
+    if entry.get("kind"):
+        return str(entry["kind"])
     provider = str(entry.get("provider") or "openai").lower()
     url = entry.get("url") if not entry.get("base_url") else None
     name = str(entry.get("name") or "")
@@ -475,8 +477,7 @@ class ModelSchema(_Strict):
         for key, value in list(data.items()):
             if value is None and key in _ZERO_WHEN_NONE:
                 data[key] = 0
-        if not data.get("kind"):
-            data["kind"] = infer_kind(data)
+        data["kind"] = infer_kind(data)
         return ModelConfig(
             **data,
             timeout_seconds=http.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS),
