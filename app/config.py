@@ -993,11 +993,10 @@ def clamp_retry(
             value = 0.0
         delays[key] = value
     if delays["max_delay"] < delays["base_delay"]:
+        top = format_duration(delays["max_delay"])
         warnings.append(
-            f"{name('max_delay')}: {format_duration(delays['max_delay'])} is below "
-            f"{name('base_delay')} {format_duration(delays['base_delay'])}; every retry waits "
-            f"at most {format_duration(delays['max_delay'])}, so base_delay is "
-            f"{format_duration(delays['max_delay'])}"
+            f"{name('base_delay')}: {format_duration(delays['base_delay'])} is above "
+            f"{name('max_delay')} {top}, which caps every retry's wait; using {top}"
         )
         delays["base_delay"] = delays["max_delay"]
     jitter = retry.jitter

@@ -118,17 +118,17 @@ def test_go_durations_in_retry_yaml(tmp_path):
         (
             {"RETRY_MAX_DELAY": "-5s"},
             {"base_delay": 0.0, "max_delay": 0.0},
-            ["RETRY_MAX_DELAY", "RETRY_MAX_DELAY"],  # negative, then below base_delay
+            ["RETRY_MAX_DELAY", "retry.base_delay"],  # negative, then below base_delay
         ),
         (
             {"RETRY_BASE_DELAY": "10s", "RETRY_MAX_DELAY": "2s"},
             {"base_delay": 2.0, "max_delay": 2.0},
-            ["RETRY_MAX_DELAY"],
+            ["RETRY_BASE_DELAY"],
         ),
         (
             {"RETRY_BASE_DELAY": "1m", "RETRY_MAX_RETRIES": "-3", "RETRY_JITTER": "7"},
             {"base_delay": 30.0, "max_retries": 0, "jitter": 1.0},
-            ["RETRY_MAX_RETRIES", "RETRY_MAX_DELAY", "RETRY_JITTER"],
+            ["RETRY_MAX_RETRIES", "RETRY_BASE_DELAY", "RETRY_JITTER"],
         ),
     ],
 )
@@ -153,7 +153,7 @@ def test_out_of_range_retry_env_is_clamped_with_a_warning(env, expected, named, 
         ("retry: {jitter: 2}", {"jitter": 1.0}, "retry.jitter"),
         ("retry: {jitter: -1}", {"jitter": 0.0}, "retry.jitter"),
         ("retry: {base_delay: -2s}", {"base_delay": 0.0}, "retry.base_delay"),
-        ("retry: {base_delay: 1m, max_delay: 5s}", {"base_delay": 5.0}, "retry.max_delay"),
+        ("retry: {base_delay: 1m, max_delay: 5s}", {"base_delay": 5.0}, "retry.base_delay"),
     ],
 )
 def test_out_of_range_retry_yaml_is_clamped_with_a_warning(tmp_path, text, expected, named):
