@@ -362,8 +362,9 @@ def infer_kind(entry: Mapping) -> str:
     (`/images/generations`, `/embeddings`, `/chat/completions`); a text-to-image model id
     (flux, stable-diffusion, ... : Workers AI and OpenAI-compatible hosts); a Hugging Face
     inference `url` (`.../models/<id>`) that is not a chat endpoint; and, for the other
-    OpenAI-compatible providers, a Go-form entry (a `url` that is not an API root, no
-    `max_request_length`, no category) is an image model. Everything else is chat.
+    OpenAI-compatible providers, an entry written for the Go /image handler (a `url` that is
+    not an API root, request limits, no `max_request_length`, no category) is an image model.
+    Everything else is chat.
     """
     if entry.get("kind"):
         return str(entry["kind"])
@@ -386,10 +387,14 @@ def infer_kind(entry: Mapping) -> str:
         return "chat"
     if provider == "huggingface" and "/models/" in urlsplit(url).path:
         return "image"
-    go_form = not entry.get("max_request_length") and not (
-        entry.get("model_size") or entry.get("categories")
+    # Written for the Go proxy's /image: its request limits (which it needed to pick a model),
+    # but no max_request_length or category (which it needed to pick a chat model).
+    go_image_entry = (
+        any(entry.get(f"requests_per_{window}") for window in ("minute", "hour", "day"))
+        and not entry.get("max_request_length")
+        and not (entry.get("model_size") or entry.get("categories"))
     )
-    return "image" if go_form else "chat"
+    return "image" if go_image_entry else "chat"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -455,13 +455,30 @@ def test_chat_models_of_the_images_config_still_chat():
         ({"provider": "openai", "model": "gpt-image-1"}, "image"),
         ({"provider": "openai", "model": "gpt-4o-mini"}, "chat"),
         ({"provider": "openrouter", "name": "openrouter/fluxion-7b"}, "chat"),
-        # The Go form: a url that is no API root, no max_request_length, no category.
-        ({"provider": "pictures", "url": "https://p.test/generate"}, "image"),
+        # Written for the Go /image handler: a url that is no API root, request limits, no
+        # max_request_length, no category.
+        ({"provider": "pictures", "url": PICTURES, "requests_per_minute": 5}, "image"),
+        ({"provider": "pictures", "url": PICTURES, "requests_per_day": 5}, "image"),
+        ({"provider": "pictures", "url": PICTURES}, "chat"),
         (
-            {"provider": "pictures", "url": "https://p.test/generate", "max_request_length": 4096},
+            {
+                "provider": "pictures",
+                "url": PICTURES,
+                "requests_per_minute": 5,
+                "model_size": "BIG",
+            },
             "chat",
         ),
-        ({"provider": "pictures", "url": "https://p.test/generate", "model_size": "SMALL"}, "chat"),
+        (
+            {
+                "provider": "pictures",
+                "url": PICTURES,
+                "requests_per_minute": 5,
+                "max_request_length": 4096,
+            },
+            "chat",
+        ),
+        ({"provider": "openai", "url": "https://x.test/v1", "requests_per_minute": 5}, "chat"),
         ({"provider": "openai", "url": "https://x.test/v1"}, "chat"),
         ({"provider": "openai", "url": "https://x.test"}, "chat"),
         ({"provider": "groq", "url": "https://api.groq.com/openai"}, "chat"),
