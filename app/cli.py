@@ -11,6 +11,13 @@ from app.config import ConfigError, hash_token, load_config, load_env_file
 from app.version import __version__
 
 COMMANDS = ("serve", "check-config", "hash-token")
+HELP = ("-h", "--help", "-help")
+ALL_INTERFACES = "0.0.0.0"
+# The serve flags that take a value; Go's flag package lets a value follow as the next argument.
+VALUE_FLAGS = ("config", "env-file", "addr", "port", "workers", "threads")
+# strconv.ParseBool, which Go's flag package uses for `-version=<value>`.
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +47,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def take_version_flag(flags: list[str]) -> tuple[bool, list[str]]:
+    """Whether the flags ask for the version, Go's way, and the flags without that one.
+
+    As Go's flag package reads them: `-version`, `--version`, `-version=true` (any
+    strconv.ParseBool value) anywhere among the flags, the last one winning; a value flag
+    (`--config x`) takes the next argument; flags end at the first non-flag or `--`.
+    Raises ValueError for `-version=<not a boolean>`.
+    """
+    wanted = False
+    kept: list[str] = []
+    index = 0
+    while index < len(flags):
+        arg = flags[index]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            kept.extend(flags[index:])
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name == "version":
+            if not eq or value in GO_TRUE:
+                wanted = True
+            elif value in GO_FALSE:
+                wanted = False
+            else:
+                raise ValueError(f"invalid boolean value {value!r} for -version")
+        else:
+            kept.append(arg)
+            if name in VALUE_FLAGS and not eq and index + 1 < len(flags):
+                index += 1
+                kept.append(flags[index])
+        index += 1
+    return wanted, kept
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        if not any(a in ("--version", "-version") for a in argv):
-            argv = ["serve", *argv]
+    argv = ["--help" if arg == "-help" else arg for arg in argv[:1]] + argv[1:]
+    if not argv or argv[0] == "serve" or (argv[0].startswith("-") and argv[0] not in HELP):
+        # The Go flags without a sub-command mean `serve`; -version may be among them.
+        flags = argv[1:] if argv[:1] == ["serve"] else argv
+        try:
+            wanted, flags = take_version_flag(flags)
+        except ValueError as err:
+            print(f"ai-proxy: {err}", file=sys.stderr)
+            return 2
+        if wanted:
+            print(f"ai-proxy {__version__}")
+            return 0
+        argv = ["serve", *flags]
     args = build_parser().parse_args(argv)
     if args.command == "hash-token":
         return hash_token_command(args.token)
@@ -86,6 +136,31 @@ def check_config_command(config_path: str | None, env_file: str | None) -> int:
     return 0
 
 
+def parse_addr(addr: str) -> tuple[str | None, str | None]:
+    """HOST and PORT from `--addr`: `host:port`, `[v6]:port`, or Go's `:port` (every interface).
+
+    A bare number is a port, a bare name a host; None leaves that setting as it is.
+    """
+    addr = addr.strip()
+    if addr.isdigit():
+        host, port = None, addr
+    elif addr.startswith("[") and "]" in addr:
+        inside, _, rest = addr[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected [address]:port")
+        host, port = inside, rest[1:] or None
+    elif ":" in addr and addr.count(":") == 1:
+        host, port = addr.split(":")
+        # Go's `:8080` listens on every interface.
+        host = host or ALL_INTERFACES
+        port = port or None
+    else:
+        host, port = addr, None
+    if port is not None and not (port.isdigit() and int(port) <= 65535):
+        raise ValueError("the port must be a number from 0 to 65535")
+    return host or None, port
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from app.server import ProxyApplication, gunicorn_options
 
@@ -98,11 +173,13 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.config:
         os.environ["AI_PROXY_CONFIG"] = os.path.abspath(args.config)
     if args.addr:
-        host, sep, port = args.addr.rpartition(":")
-        if not sep:
-            host, port = args.addr, os.environ.get("PORT", "")
+        try:
+            host, port = parse_addr(args.addr)
+        except ValueError as err:
+            print(f"ai-proxy: --addr {args.addr}: {err}", file=sys.stderr)
+            return 2
         if host:
-            os.environ["HOST"] = host.strip("[]")
+            os.environ["HOST"] = host
         if port:
             os.environ["PORT"] = port
     if args.port is not None:

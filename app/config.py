@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from dotenv import load_dotenv
@@ -26,6 +28,8 @@ from marshmallow import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "conf/config.yaml"
+# Where the Go ai-proxy looks for its config: used when no config is named and it exists.
+GO_CONFIG_PATH = "config.yaml"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -44,6 +48,28 @@ ROUTING_STRATEGIES = ("priority", "weighted", "least-busy", "latency")
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
 MODEL_KINDS = ("chat", "embedding", "image")
+# Go-style `url` endpoints and the kind of model each serves; the longest suffix is tried first.
+ENDPOINT_KINDS = (
+    ("/chat/completions", "chat"),
+    ("/images/generations", "image"),
+    ("/embeddings", "embedding"),
+    ("/pipeline/feature-extraction", "embedding"),
+    ("/completions", "chat"),
+)
+# Providers with an adapter of their own (the rest speak OpenAI's API); their `url` forms differ.
+NATIVE_PROVIDERS = frozenset(
+    ("anthropic", "google", "gemini", "cohere", "cloudflare", "azure", "gigachat", "echo")
+)
+# Image-only in the Go ai-proxy: its /image handler calls them with a GET of `url?prompt=&model=`.
+GO_IMAGE_PROVIDERS = frozenset(("airforce",))
+# Text-to-image model families, recognised in a model id (Workers AI `@cf/...`, Together, ...).
+_IMAGE_MODEL_RE = re.compile(
+    r"(?<![a-z0-9])(?:flux(?![a-z])|stable-diffusion|sdxl|dall-e|gpt-image|dreamshaper"
+    r"|lucid-origin|phoenix-\d|imagen-\d|text-to-image)",
+    re.IGNORECASE,
+)
+# The last segment of an API root (`/v1`, `/v1beta`, `/openai`, ...): a `url` ending so is a root.
+_API_ROOT_SEGMENT_RE = re.compile(r"^(?:v\d+(?:\.\d+)?[a-z]*\d*|openai|api|inference)$", re.I)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
 
@@ -58,7 +84,23 @@ BUILTIN_CONFIG = {
 }
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# A plain number of seconds, or Go's time.ParseDuration form: `300ms`, `1m30s`, `-1.5h`, `2h45m`.
+_SECONDS_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_GO_DURATION_PART_RE = re.compile(r"(\d*)(?:\.(\d*))?\s*(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # U+00B5 MICRO SIGN
+    "μs": 1e-6,  # U+03BC GREEK SMALL LETTER MU
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+# Go's time.Duration is an int64 of nanoseconds: longer durations do not parse there either.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+# Retry settings outside these ranges are brought into them with a warning (see clamp_retry).
+MAX_RETRIES = 20
 
 
 class ConfigError(Exception):
@@ -74,21 +116,64 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `2s`, `1m`, `1h` or a plain number of seconds."""
+def parse_go_duration(value: object) -> float:
+    """Signed seconds from a Go duration (`1m30s`, `300us`, `-1.5h`, `0`) or plain seconds.
+
+    Go's `time.ParseDuration` grammar: an optional sign, then one or more decimal numbers each
+    with a unit (ns, us/µs, ms, s, m, h); `0` alone needs no unit. A plain number (`2`, `0.5`)
+    is taken as seconds, as this proxy always has. Raises ValueError for anything else.
+    """
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION_RE.match(str(value))
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use 500ms, 2s or seconds)")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+        text = str(value).strip()
+        if _SECONDS_RE.match(text):
+            seconds = float(text)
+        else:
+            seconds = _go_duration(text)
+    if seconds != seconds or abs(seconds) > MAX_DURATION_SECONDS:  # NaN or past int64 ns
+        raise ValueError(f"not a duration: {value!r} (out of range)")
+    return seconds
+
+
+def _go_duration(text: str) -> float:
+    sign = 1.0
+    rest = text
+    if rest[:1] in ("+", "-"):
+        sign = -1.0 if rest[0] == "-" else 1.0
+        rest = rest[1:]
+    total = 0.0
+    position = 0
+    while position < len(rest):
+        match = _GO_DURATION_PART_RE.match(rest, position)
+        # A number needs digits before or after its point (`.5s`, `5.s`), as in Go.
+        if not match or not (match.group(1) or match.group(2)):
+            raise ValueError(
+                f"not a duration: {text!r} (use 500ms, 1m30s, 2h45m or a number of seconds)"
+            )
+        whole, fraction, unit = match.group(1) or "0", match.group(2) or "", match.group(3)
+        total += float(f"{whole}.{fraction or '0'}") * _GO_UNITS[unit]
+        position = match.end()
+    if not rest:
+        raise ValueError(f"not a duration: {text!r}")
+    return sign * total
+
+
+def parse_duration(value: object) -> float:
+    """Seconds (not negative) from `500ms`, `2s`, `1m30s`, `1h` or a plain number of seconds."""
+    seconds = parse_go_duration(value)
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """`1.5s`, `250ms`, `0s`: a duration as a warning line shows it."""
+    if seconds and abs(seconds) < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +317,84 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = "<built-in>"
     left_out: tuple[str, ...] = ()
+    # Values that were brought into range (retry settings), one line each; the config still loads.
+    warnings: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Go-style `url`s and model kinds.
+
+
+def url_endpoint(url: str) -> tuple[str | None, str]:
+    """A `url`'s endpoint suffix (`/chat/completions`, ...) or None, and the URL without it.
+
+    The query string, if any, is kept on the remainder so that other endpoints built from it
+    carry it too.
+    """
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    for suffix, _kind in ENDPOINT_KINDS:
+        if path.lower().endswith(suffix):
+            root = urlunsplit(parts._replace(path=path[: -len(suffix)], fragment=""))
+            return suffix, root
+    return None, urlunsplit(parts._replace(path=path, fragment=""))
+
+
+def is_api_root(url: str) -> bool:
+    """True when `url` names an API root (`https://host`, `.../v1`, `.../openai`), no endpoint."""
+    path = urlsplit(url).path.strip("/")
+    return not path or bool(_API_ROOT_SEGMENT_RE.match(path.rsplit("/", 1)[-1]))
+
+
+def _workers_ai_model(url: str) -> str | None:
+    """The model id in a Workers AI `.../ai/run/<model>` URL."""
+    path = urlsplit(url).path
+    marker = "/ai/run/"
+    return path.split(marker, 1)[1] if marker in path else None
+
+
+def infer_kind(entry: Mapping) -> str:
+    """chat, embedding or image: the entry's `kind`, else as the Go proxy decided.
+
+    The Go proxy had no `kind`: its /image handler used the entries without
+    `max_request_length`, posted to their `url` as written, with a payload chosen by provider.
+    So: an image-only provider (airforce); a `url` that names its endpoint
+    (`/images/generations`, `/embeddings`, `/chat/completions`); a text-to-image model id
+    (flux, stable-diffusion, ... : Workers AI and OpenAI-compatible hosts); a Hugging Face
+    inference `url` (`.../models/<id>`) that is not a chat endpoint; and, for the other
+    OpenAI-compatible providers, an entry written for the Go /image handler (a `url` that is
+    not an API root, request limits, no `max_request_length`, no category) is an image model.
+    Everything else is chat.
+    """
+    if entry.get("kind"):
+        return str(entry["kind"])
+    provider = str(entry.get("provider") or "openai").lower()
+    url = entry.get("url") if not entry.get("base_url") else None
+    name = str(entry.get("name") or "")
+    if provider in GO_IMAGE_PROVIDERS:
+        return "image"
+    if url:
+        suffix, _root = url_endpoint(url)
+        if suffix and provider not in NATIVE_PROVIDERS:
+            return dict(ENDPOINT_KINDS)[suffix]
+    if provider in NATIVE_PROVIDERS - {"cloudflare"}:
+        return "chat"
+    model_id = (url and _workers_ai_model(url)) if provider == "cloudflare" else None
+    model_id = model_id or entry.get("model") or name.removeprefix(provider + "/")
+    if _IMAGE_MODEL_RE.search(str(model_id)):
+        return "image"
+    if provider == "cloudflare" or not url or is_api_root(url):
+        return "chat"
+    if provider == "huggingface" and "/models/" in urlsplit(url).path:
+        return "image"
+    # Written for the Go proxy's /image: its request limits (which it needed to pick a model),
+    # but no max_request_length or category (which it needed to pick a chat model).
+    go_image_entry = (
+        any(entry.get(f"requests_per_{window}") for window in ("minute", "hour", "day"))
+        and not entry.get("max_request_length")
+        and not (entry.get("model_size") or entry.get("categories"))
+    )
+    return "image" if go_image_entry else "chat"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +457,8 @@ class ModelSchema(_Strict):
     context_window = _limit()
     model_size = fields.String(load_default=None, allow_none=True)
     categories = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
-    kind = fields.String(load_default="chat", validate=validate.OneOf(MODEL_KINDS))
+    # Absent: inferred from the provider, `url` and model id as the Go proxy did (infer_kind).
+    kind = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(MODEL_KINDS))
     input_cost_per_mtok = _money()
     output_cost_per_mtok = _money()
     strip_think = fields.Boolean(load_default=False)
@@ -318,6 +482,7 @@ class ModelSchema(_Strict):
         for key, value in list(data.items()):
             if value is None and key in _ZERO_WHEN_NONE:
                 data[key] = 0
+        data["kind"] = infer_kind(data)
         return ModelConfig(
             **data,
             timeout_seconds=http.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS),
@@ -413,11 +578,23 @@ class RoutingSchema(_Strict):
         return RoutingConfig(**data)
 
 
+class SignedDuration(fields.Field):
+    """A Go duration that may be negative (`-1s`); ranges are applied later, with a warning."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_go_duration(value)
+        except ValueError as err:
+            raise ValidationError(str(err)) from err
+
+
 class RetrySchema(_Strict):
-    max_retries = fields.Integer(load_default=3, validate=validate.Range(min=0, max=20))
-    base_delay = Duration(load_default=1.0)
-    max_delay = Duration(load_default=30.0)
-    jitter = fields.Float(load_default=0.1, validate=validate.Range(min=0, max=1))
+    # No ranges here: out-of-range values are clamped with a warning (clamp_retry), as the Go
+    # proxy started with them too; only a value that does not parse stops start-up.
+    max_retries = fields.Integer(load_default=3, strict=False)
+    base_delay = SignedDuration(load_default=1.0)
+    max_delay = SignedDuration(load_default=30.0)
+    jitter = fields.Float(load_default=0.1, allow_nan=False)
 
     @post_load
     def make(self, data, **kwargs):
@@ -543,11 +720,17 @@ def load_env_file(path: str | None = None) -> str | None:
 
 
 def resolve_config_path(path: str | None, env: Mapping[str, str]) -> Path | None:
-    """The config file to read, or None for the built-in default."""
+    """The config file to read, or None for the built-in default.
+
+    Named (`--config`, AI_PROXY_CONFIG) first; else `./config.yaml`, where the Go ai-proxy
+    reads its config, so a Go deployment's folder runs as it is; else conf/config.yaml here or
+    beside the package.
+    """
     chosen = path or env.get("AI_PROXY_CONFIG")
     if chosen:
         return Path(chosen)
     for candidate in (
+        Path(GO_CONFIG_PATH),
         Path(DEFAULT_CONFIG_PATH),
         Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH,
     ):
@@ -589,6 +772,12 @@ def load_config(
         raw, source = copy.deepcopy(BUILTIN_CONFIG), "<built-in>"
     else:
         raw, source = read_config_file(config_path), str(config_path)
+        if config_path == Path(GO_CONFIG_PATH) and not (path or env.get("AI_PROXY_CONFIG")):
+            logger.info(
+                "no config named (--config, AI_PROXY_CONFIG): using ./%s, the Go ai-proxy's "
+                "default location",
+                GO_CONFIG_PATH,
+            )
     if overrides:
         raw = deep_merge(raw, overrides)
 
@@ -624,6 +813,8 @@ def load_config(
     auth_token = env.get("AUTH_TOKEN")
     if auth_token:
         tokens.append(TokenConfig(name="default", sha256=hash_token(auth_token)))
+    retry, retry_names = _retry_from_env(loaded["retry"] or RetryConfig(), env, problems)
+    retry, warnings = clamp_retry(retry, retry_names)
 
     config = Config(
         models=tuple(models),
@@ -633,17 +824,20 @@ def load_config(
         admin_token=auth["admin_token"] or None,
         server=loaded["server"] or ServerConfig(),
         routing=loaded["routing"] or RoutingConfig(),
-        retry=_retry_from_env(loaded["retry"] or RetryConfig(), env, problems),
+        retry=retry,
         rate_limits=_rate_limits_from_env(
             loaded["rate_limits"] or RateLimitConfig(), env, problems
         ),
         runtime=runtime,
         source=source,
         left_out=tuple(left_out),
+        warnings=tuple(warnings),
     )
     problems.extend(_cross_check(config, loaded["models"]))
     if problems:
         raise ConfigError(problems)
+    for warning in warnings:
+        logger.warning("%s", warning)
     return config
 
 
@@ -734,29 +928,94 @@ def runtime_from_env(env: Mapping[str, str], problems: list[str]) -> RuntimeConf
     )
 
 
-def _retry_from_env(retry: RetryConfig, env: Mapping[str, str], problems: list[str]):
+_GO_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _retry_from_env(
+    retry: RetryConfig, env: Mapping[str, str], problems: list[str]
+) -> tuple[RetryConfig, dict[str, str]]:
+    """RETRY_* over `retry:`; returns the settings and, per field, the name that set it."""
     changes: dict = {}
-    if env.get("RETRY_MAX_RETRIES"):
-        changes["max_retries"] = _env_int(
-            env, "RETRY_MAX_RETRIES", retry.max_retries, 0, 20, problems
-        )
+    names = {key: f"retry.{key}" for key in ("max_retries", "base_delay", "max_delay", "jitter")}
+    raw = (env.get("RETRY_MAX_RETRIES") or "").strip()
+    if raw:
+        # strconv.Atoi's form: digits with an optional sign (Python's int() would take `1_0`).
+        if _GO_INT_RE.match(raw):
+            changes["max_retries"] = int(raw)
+            names["max_retries"] = "RETRY_MAX_RETRIES"
+        else:
+            problems.append(f"RETRY_MAX_RETRIES: must be an integer, got {raw!r}")
     for name, key in (("RETRY_BASE_DELAY", "base_delay"), ("RETRY_MAX_DELAY", "max_delay")):
-        if env.get(name):
+        raw = (env.get(name) or "").strip()
+        if raw:
             try:
-                changes[key] = parse_duration(env[name])
+                changes[key] = parse_go_duration(raw)
+                names[key] = name
             except ValueError as err:
                 problems.append(f"{name}: {err}")
-    if env.get("RETRY_JITTER"):
+    raw = (env.get("RETRY_JITTER") or "").strip()
+    if raw:
         try:
-            jitter = float(env["RETRY_JITTER"])
-            if not 0 <= jitter <= 1:
+            if "_" in raw:
+                raise ValueError
+            jitter = float(raw)
+            if not math.isfinite(jitter):
                 raise ValueError
             changes["jitter"] = jitter
+            names["jitter"] = "RETRY_JITTER"
         except ValueError:
-            problems.append(
-                f"RETRY_JITTER: must be a number from 0 to 1, got {env['RETRY_JITTER']!r}"
-            )
-    return replace(retry, **changes)
+            problems.append(f"RETRY_JITTER: must be a number from 0 to 1, got {raw!r}")
+    return replace(retry, **changes), names
+
+
+def clamp_retry(
+    retry: RetryConfig, names: Mapping[str, str] | None = None
+) -> tuple[RetryConfig, list[str]]:
+    """Bring retry settings into range, one warning line per change.
+
+    The Go proxy took any number here; what it did with one out of range is what the clamp
+    keeps: a negative count or delay meant none, every delay was capped at max_delay (so a
+    base_delay above it waited max_delay), and jitter is a fraction of the delay.
+    """
+    names = names or {}
+    warnings: list[str] = []
+
+    def name(key: str) -> str:
+        return names.get(key, f"retry.{key}")
+
+    max_retries = retry.max_retries
+    if max_retries < 0 or max_retries > MAX_RETRIES:
+        clamped = min(max(max_retries, 0), MAX_RETRIES)
+        warnings.append(
+            f"{name('max_retries')}: {max_retries} is outside 0..{MAX_RETRIES}; using {clamped}"
+        )
+        max_retries = clamped
+    delays = {}
+    for key in ("base_delay", "max_delay"):
+        value = getattr(retry, key)
+        if value < 0:
+            warnings.append(f"{name(key)}: {format_duration(value)} is negative; using 0s")
+            value = 0.0
+        delays[key] = value
+    if delays["max_delay"] < delays["base_delay"]:
+        top = format_duration(delays["max_delay"])
+        warnings.append(
+            f"{name('base_delay')}: {format_duration(delays['base_delay'])} is above "
+            f"{name('max_delay')} {top}, which caps every retry's wait; using {top}"
+        )
+        delays["base_delay"] = delays["max_delay"]
+    jitter = retry.jitter
+    if not 0 <= jitter <= 1:
+        clamped = min(max(jitter, 0.0), 1.0)
+        warnings.append(f"{name('jitter')}: {jitter:g} is outside 0..1; using {clamped:g}")
+        jitter = clamped
+    clamped_retry = RetryConfig(
+        max_retries=max_retries,
+        base_delay=delays["base_delay"],
+        max_delay=delays["max_delay"],
+        jitter=jitter,
+    )
+    return clamped_retry, warnings
 
 
 def _rate_limits_from_env(limits: RateLimitConfig, env: Mapping[str, str], problems: list[str]):

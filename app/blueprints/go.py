@@ -19,6 +19,8 @@ from app.schemas import GO_IMAGE, validate_body
 
 bp = Blueprint("ai_proxy_go", __name__)
 
+ALL_MODELS = "all"
+
 
 @bp.before_request
 def require_token():
@@ -28,6 +30,9 @@ def require_token():
 @bp.post("/image")
 def create_raw_image():
     body, size = read_json_body()
+    if isinstance(body, dict) and body.get("model") in ("", ALL_MODELS):
+        # As in the Go proxy, no model, "" or "all" tries every image model the token may use.
+        body = {key: value for key, value in body.items() if key != "model"}
     body = validate_body(GO_IMAGE, body)
     prompt = body.get("prompt") or body.get("inputs")
     if not prompt:
