@@ -13,6 +13,13 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_PROMPT_CHARS = 32_000
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
+# Field `metadata` below is what `/openapi.json` says of a field that a validator function
+# checks (app/openapi.py renders these schemas with apispec); validation never reads it.
+MODEL = {"description": "A model name, alias or category."}
+DEFAULT_MODEL = {"description": "A model name, alias or category; absent or null: the default."}
+OBJECT = {"type": "object"}
+TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer"}}
+
 
 class StrictBoolean(fields.Boolean):
     """true or false, nothing that merely looks like one ("false", 0, "no")."""
@@ -34,6 +41,11 @@ class StrictNumber(fields.Float):
 
 def _is_token_id(value: object) -> bool:
     return type(value) is int
+
+
+# A JSON object with a string `name` (a named function, in tools, choices and calls).
+NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+NAME = {"type": "string", "minLength": 1}
 
 
 def _tools(value: object) -> None:
@@ -101,6 +113,34 @@ def _messages(value: object) -> None:
                 raise ValidationError({index: {field: err.messages}}) from None
 
 
+class ChatMessageSchema(Schema):
+    """A chat message; fields other than `role`, `content` and `tool_calls` pass through."""
+
+    # Documentation only: `_messages` checks the same, faster than a nested schema would.
+    class Meta:
+        unknown = INCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = fields.Raw(
+        allow_none=True,
+        metadata={
+            "type": ["string", "array"],
+            "items": {**OBJECT, "description": "A content part."},
+        },
+    )
+    tool_calls = fields.Raw(
+        allow_none=True,
+        metadata={
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["function"],
+                "properties": {"function": NAMED},
+            },
+        },
+    )
+
+
 class StreamOptionsSchema(Schema):
     class Meta:
         unknown = INCLUDE
@@ -114,14 +154,48 @@ class ChatCompletionSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = fields.String(
+        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
+    )
     # Checked by a plain function rather than a nested schema per message: this runs on every
     # request, and a nested schema costs more than the rest of the validation together.
-    messages = fields.Raw(required=True, validate=_messages)
+    messages = fields.Raw(
+        required=True,
+        validate=_messages,
+        metadata={
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_MESSAGES,
+            "items": {"$ref": "#/components/schemas/ChatMessage"},
+        },
+    )
     stream = StrictBoolean(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
-    tools = fields.Raw(allow_none=True, validate=_tools)
-    tool_choice = fields.Raw(allow_none=True, validate=_tool_choice)
+    tools = fields.Raw(
+        allow_none=True,
+        validate=_tools,
+        metadata={
+            "type": "array",
+            "description": "Tools; a `function` tool (the default type) names its function.",
+            "items": {
+                "type": "object",
+                "anyOf": [
+                    {"required": ["type"], "properties": {"type": {"not": {"const": "function"}}}},
+                    {"required": ["function"], "properties": {"function": NAMED}},
+                ],
+            },
+        },
+    )
+    tool_choice = fields.Raw(
+        allow_none=True,
+        validate=_tool_choice,
+        metadata={
+            "anyOf": [
+                {"enum": ["none", "auto", "required"]},
+                {"type": "object", "required": ["function"], "properties": {"function": NAMED}},
+            ]
+        },
+    )
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(min=1)
@@ -218,7 +292,19 @@ class AnthropicMessageSchema(Schema):
         unknown = INCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(("user", "assistant")))
-    content = fields.Raw(required=True, validate=_anthropic_content)
+    content = fields.Raw(
+        required=True,
+        validate=_anthropic_content,
+        metadata={
+            "type": ["string", "array"],
+            "items": {
+                "type": "object",
+                "description": "A content block: text, image, tool_use, tool_result ...",
+                "required": ["type"],
+                "properties": {"type": {"type": "string"}},
+            },
+        },
+    )
 
 
 class MessagesSchema(Schema):
@@ -227,21 +313,47 @@ class MessagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = fields.String(
+        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
+    )
     max_tokens = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     messages = fields.List(
         fields.Nested(AnthropicMessageSchema),
         required=True,
         validate=validate.Length(min=1, max=MAX_MESSAGES),
     )
-    system = fields.Raw(allow_none=True, validate=_system)
+    system = fields.Raw(
+        allow_none=True,
+        validate=_system,
+        metadata={
+            "type": ["string", "array"],
+            "description": "A string or a list of text blocks.",
+            "items": {"type": "object", "required": ["type", "text"]}
+            | {"properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+        },
+    )
     stream = StrictBoolean(allow_none=True)
     temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     stop_sequences = fields.List(fields.String(), allow_none=True)
-    tools = fields.Raw(allow_none=True, validate=_anthropic_tools)
-    tool_choice = fields.Raw(allow_none=True, validate=_anthropic_tool_choice)
+    tools = fields.Raw(
+        allow_none=True,
+        validate=_anthropic_tools,
+        metadata={"type": "array", "items": {**NAMED, "properties": {"name": NAME}}},
+    )
+    tool_choice = fields.Raw(
+        allow_none=True,
+        validate=_anthropic_tool_choice,
+        metadata={
+            "anyOf": [
+                {"type": "object", "required": ["type"]}
+                | {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+                {"type": "object", "required": ["type", "name"]}
+                | {"properties": {"type": {"const": "tool"}, "name": {"type": "string"}}},
+            ]
+        },
+    )
     metadata = fields.Dict(allow_none=True)
 
 
@@ -278,8 +390,24 @@ class EmbeddingsSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
-    input = fields.Raw(required=True, validate=_embedding_input)
+    model = fields.String(
+        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
+    )
+    input = fields.Raw(
+        required=True,
+        validate=_embedding_input,
+        metadata={
+            "description": "A string, or strings, token ids or lists of token ids.",
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
+                | {"items": {"type": "string"}},
+                {**TOKEN_IDS, "maxItems": MAX_EMBEDDING_INPUTS},
+                {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
+                | {"items": TOKEN_IDS},
+            ],
+        },
+    )
     dimensions = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     encoding_format = fields.String(allow_none=True, validate=validate.OneOf(("float", "base64")))
 
@@ -290,7 +418,9 @@ class ImagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = fields.String(
+        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
+    )
     prompt = fields.String(required=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     n = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=10))
     size = fields.String(allow_none=True, validate=validate.Length(max=32))
@@ -315,8 +445,19 @@ class CompletionsSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
-    prompt = fields.Raw(required=True, validate=_prompt)
+    model = fields.String(
+        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
+    )
+    prompt = fields.Raw(
+        required=True,
+        validate=_prompt,
+        metadata={
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "minItems": 1, "items": {"type": ["string", "integer", "array"]}},
+            ]
+        },
+    )
     stream = StrictBoolean(allow_none=True)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
 
@@ -327,7 +468,9 @@ class GoImageSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = fields.String(
+        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
+    )
     prompt = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     inputs = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
 
