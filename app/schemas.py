@@ -17,8 +17,9 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # checks (app/openapi.py renders these schemas with apispec); validation never reads it.
 MODEL = {"description": "A model name, alias or category."}
 DEFAULT_MODEL = {"description": "A model name, alias or category; absent or null: the default."}
-OBJECT = {"type": "object"}
-TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer"}}
+# apispec adds "null" to a nullable field's `type`; an `anyOf` needs it as a branch.
+NULL = {"type": "null"}
+TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
 
 
 class StrictBoolean(fields.Boolean):
@@ -104,7 +105,8 @@ def _messages(value: object) -> None:
         role = message.get("role")
         if role is None:
             raise ValidationError({index: {"role": ["Missing data for required field."]}})
-        if role not in ROLE_SET:
+        # A role that is not a string (an object, a list) cannot be looked up in a set.
+        if not isinstance(role, str) or role not in ROLE_SET:
             raise ValidationError({index: {"role": [f"Must be one of: {', '.join(ROLES)}."]}})
         for field, check in (("content", _content), ("tool_calls", _tool_calls)):
             try:
@@ -125,7 +127,7 @@ class ChatMessageSchema(Schema):
         allow_none=True,
         metadata={
             "type": ["string", "array"],
-            "items": {**OBJECT, "description": "A content part."},
+            "items": {"type": "object", "description": "A content part."},
         },
     )
     tool_calls = fields.Raw(
@@ -193,6 +195,7 @@ class ChatCompletionSchema(Schema):
             "anyOf": [
                 {"enum": ["none", "auto", "required"]},
                 {"type": "object", "required": ["function"], "properties": {"function": NAMED}},
+                NULL,
             ]
         },
     )
@@ -351,6 +354,7 @@ class MessagesSchema(Schema):
                 | {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
                 {"type": "object", "required": ["type", "name"]}
                 | {"properties": {"type": {"const": "tool"}, "name": {"type": "string"}}},
+                NULL,
             ]
         },
     )
@@ -402,7 +406,7 @@ class EmbeddingsSchema(Schema):
                 {"type": "string", "minLength": 1},
                 {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
                 | {"items": {"type": "string"}},
-                {**TOKEN_IDS, "maxItems": MAX_EMBEDDING_INPUTS},
+                {**TOKEN_IDS, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
                 {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
                 | {"items": TOKEN_IDS},
             ],
