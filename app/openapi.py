@@ -2,7 +2,7 @@
 
 Request bodies are the marshmallow schemas that validate them (`app.schemas`), so the document
 says what the proxy enforces and no more: fields they do not name pass through
-(`additionalProperties: true`). Answers are documentation-only schemas (`app.answer_schemas`);
+(`additionalProperties: true`). Answers are documentation-only schemas (`app.answers`);
 the paths are a table below. tests/test_fuzz.py runs schemathesis on the document against the
 real app: the guard that the two agree.
 """
