@@ -13,13 +13,10 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_PROMPT_CHARS = 32_000
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
-# Field `metadata` below is what `/openapi.json` says of a field that a validator function
-# checks (app/openapi.py renders these schemas with apispec); validation never reads it.
-MODEL = {"description": "A model name, alias or category."}
-DEFAULT_MODEL = {"description": "A model name, alias or category; absent or null: the default."}
+# The `*_DOC` constants say in JSON Schema what a validator function checks: they are the
+# fields' `metadata`, which app/openapi.py renders with apispec; validation never reads them.
 # apispec adds "null" to a nullable field's `type`; an `anyOf` needs it as a branch.
 NULL = {"type": "null"}
-TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
 
 
 class StrictBoolean(fields.Boolean):
@@ -40,13 +37,19 @@ class StrictNumber(fields.Float):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+def _model(required: bool = False) -> fields.String:
+    """A model name, alias or category; one that may be left out may also be null."""
+    default = "" if required else "; absent or null: the default"
+    return fields.String(
+        required=required,
+        allow_none=not required,
+        validate=validate.Length(min=1, max=MAX_MODEL_NAME),
+        metadata={"description": f"A model name, alias or category{default}."},
+    )
+
+
 def _is_token_id(value: object) -> bool:
     return type(value) is int
-
-
-# A JSON object with a string `name` (a named function, in tools, choices and calls).
-NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
-NAME = {"type": "string", "minLength": 1}
 
 
 def _tools(value: object) -> None:
@@ -83,6 +86,26 @@ def _tool_calls(value: object) -> None:
             raise ValidationError("Every tool call needs a function with a name.")
 
 
+NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+CALLS_FUNCTION = {"type": "object", "required": ["function"], "properties": {"function": NAMED}}
+NOT_FUNCTION = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"not": {"const": "function"}}},
+}
+TOOLS_DOC = {
+    "type": "array",
+    "description": "Tools; a `function` tool (the default type) names its function.",
+    "items": {"anyOf": [NOT_FUNCTION, CALLS_FUNCTION]},
+}
+TOOL_CHOICE_DOC = {"anyOf": [{"enum": ["none", "auto", "required"]}, CALLS_FUNCTION, NULL]}
+TOOL_CALLS_DOC = {"type": "array", "items": CALLS_FUNCTION}
+CONTENT_DOC = {
+    "type": ["string", "array"],
+    "items": {"type": "object", "description": "A content part."},
+}
+
+
 def _content(value: object) -> None:
     if value is not None and not isinstance(value, str | list):
         raise ValidationError("must be a string, a list of content parts, or null")
@@ -115,6 +138,14 @@ def _messages(value: object) -> None:
                 raise ValidationError({index: {field: err.messages}}) from None
 
 
+MESSAGES_DOC = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_MESSAGES,
+    "items": {"$ref": "#/components/schemas/ChatMessage"},
+}
+
+
 class ChatMessageSchema(Schema):
     """A chat message; fields other than `role`, `content` and `tool_calls` pass through."""
 
@@ -123,24 +154,8 @@ class ChatMessageSchema(Schema):
         unknown = INCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    content = fields.Raw(
-        allow_none=True,
-        metadata={
-            "type": ["string", "array"],
-            "items": {"type": "object", "description": "A content part."},
-        },
-    )
-    tool_calls = fields.Raw(
-        allow_none=True,
-        metadata={
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["function"],
-                "properties": {"function": NAMED},
-            },
-        },
-    )
+    content = fields.Raw(allow_none=True, metadata=CONTENT_DOC)
+    tool_calls = fields.Raw(allow_none=True, metadata=TOOL_CALLS_DOC)
 
 
 class StreamOptionsSchema(Schema):
@@ -156,49 +171,14 @@ class ChatCompletionSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
-    )
+    model = _model()
     # Checked by a plain function rather than a nested schema per message: this runs on every
     # request, and a nested schema costs more than the rest of the validation together.
-    messages = fields.Raw(
-        required=True,
-        validate=_messages,
-        metadata={
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_MESSAGES,
-            "items": {"$ref": "#/components/schemas/ChatMessage"},
-        },
-    )
+    messages = fields.Raw(required=True, validate=_messages, metadata=MESSAGES_DOC)
     stream = StrictBoolean(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
-    tools = fields.Raw(
-        allow_none=True,
-        validate=_tools,
-        metadata={
-            "type": "array",
-            "description": "Tools; a `function` tool (the default type) names its function.",
-            "items": {
-                "type": "object",
-                "anyOf": [
-                    {"required": ["type"], "properties": {"type": {"not": {"const": "function"}}}},
-                    {"required": ["function"], "properties": {"function": NAMED}},
-                ],
-            },
-        },
-    )
-    tool_choice = fields.Raw(
-        allow_none=True,
-        validate=_tool_choice,
-        metadata={
-            "anyOf": [
-                {"enum": ["none", "auto", "required"]},
-                {"type": "object", "required": ["function"], "properties": {"function": NAMED}},
-                NULL,
-            ]
-        },
-    )
+    tools = fields.Raw(allow_none=True, validate=_tools, metadata=TOOLS_DOC)
+    tool_choice = fields.Raw(allow_none=True, validate=_tool_choice, metadata=TOOL_CHOICE_DOC)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(min=1)
@@ -271,6 +251,10 @@ def _system(value: object) -> None:
         raise ValidationError("must be a string or a list of text blocks")
 
 
+NAME = {"type": "string", "minLength": 1}
+NAMED_TOOL = {"type": {"const": "tool"}, "name": {"type": "string"}}
+
+
 def _anthropic_tools(value: object) -> None:
     if value is None:
         return
@@ -290,24 +274,41 @@ def _anthropic_tool_choice(value: object) -> None:
         raise ValidationError('a "tool" choice needs the tool\'s name')
 
 
+# Looser than `_block_problem`, which also wants the fields a block's type names.
+BLOCK_DOC = {
+    "type": "object",
+    "description": "A content block: text, image, tool_use, tool_result ...",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+}
+BLOCKS_DOC = {"type": ["string", "array"], "items": BLOCK_DOC}
+TEXT_BLOCK = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+SYSTEM_DOC = {
+    "type": ["string", "array"],
+    "description": "A string or a list of text blocks.",
+    "items": TEXT_BLOCK,
+}
+ANTHROPIC_TOOLS_DOC = {"type": "array", "items": NAMED | {"properties": {"name": NAME}}}
+ANTHROPIC_CHOICE = {"type": "object", "required": ["type"]}
+ANTHROPIC_TOOL_CHOICE_DOC = {
+    "anyOf": [
+        ANTHROPIC_CHOICE | {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+        ANTHROPIC_CHOICE | {"required": ["type", "name"], "properties": NAMED_TOOL},
+        NULL,
+    ]
+}
+
+
 class AnthropicMessageSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(("user", "assistant")))
-    content = fields.Raw(
-        required=True,
-        validate=_anthropic_content,
-        metadata={
-            "type": ["string", "array"],
-            "items": {
-                "type": "object",
-                "description": "A content block: text, image, tool_use, tool_result ...",
-                "required": ["type"],
-                "properties": {"type": {"type": "string"}},
-            },
-        },
-    )
+    content = fields.Raw(required=True, validate=_anthropic_content, metadata=BLOCKS_DOC)
 
 
 class MessagesSchema(Schema):
@@ -316,47 +317,22 @@ class MessagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
-    )
+    model = _model(required=True)
     max_tokens = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     messages = fields.List(
         fields.Nested(AnthropicMessageSchema),
         required=True,
         validate=validate.Length(min=1, max=MAX_MESSAGES),
     )
-    system = fields.Raw(
-        allow_none=True,
-        validate=_system,
-        metadata={
-            "type": ["string", "array"],
-            "description": "A string or a list of text blocks.",
-            "items": {"type": "object", "required": ["type", "text"]}
-            | {"properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
-        },
-    )
+    system = fields.Raw(allow_none=True, validate=_system, metadata=SYSTEM_DOC)
     stream = StrictBoolean(allow_none=True)
     temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     stop_sequences = fields.List(fields.String(), allow_none=True)
-    tools = fields.Raw(
-        allow_none=True,
-        validate=_anthropic_tools,
-        metadata={"type": "array", "items": {**NAMED, "properties": {"name": NAME}}},
-    )
+    tools = fields.Raw(allow_none=True, validate=_anthropic_tools, metadata=ANTHROPIC_TOOLS_DOC)
     tool_choice = fields.Raw(
-        allow_none=True,
-        validate=_anthropic_tool_choice,
-        metadata={
-            "anyOf": [
-                {"type": "object", "required": ["type"]}
-                | {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
-                {"type": "object", "required": ["type", "name"]}
-                | {"properties": {"type": {"const": "tool"}, "name": {"type": "string"}}},
-                NULL,
-            ]
-        },
+        allow_none=True, validate=_anthropic_tool_choice, metadata=ANTHROPIC_TOOL_CHOICE_DOC
     )
     metadata = fields.Dict(allow_none=True)
 
@@ -388,30 +364,27 @@ def _embedding_input(value: object) -> None:
     raise ValidationError("must be strings, or token ids, or lists of token ids")
 
 
+TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
+INPUTS = {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
+EMBEDDING_INPUT_DOC = {
+    "description": "A string, or strings, token ids or lists of token ids.",
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        INPUTS | {"items": {"type": "string"}},
+        INPUTS | {"items": {"type": "integer"}},
+        INPUTS | {"items": TOKEN_IDS},
+    ],
+}
+
+
 class EmbeddingsSchema(Schema):
     """POST /v1/embeddings."""
 
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
-    )
-    input = fields.Raw(
-        required=True,
-        validate=_embedding_input,
-        metadata={
-            "description": "A string, or strings, token ids or lists of token ids.",
-            "anyOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
-                | {"items": {"type": "string"}},
-                {**TOKEN_IDS, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
-                {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
-                | {"items": TOKEN_IDS},
-            ],
-        },
-    )
+    model = _model(required=True)
+    input = fields.Raw(required=True, validate=_embedding_input, metadata=EMBEDDING_INPUT_DOC)
     dimensions = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     encoding_format = fields.String(allow_none=True, validate=validate.OneOf(("float", "base64")))
 
@@ -422,9 +395,7 @@ class ImagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
-    )
+    model = _model()
     prompt = fields.String(required=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     n = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=10))
     size = fields.String(allow_none=True, validate=validate.Length(max=32))
@@ -443,25 +414,18 @@ def _prompt(value: object) -> None:
     raise ValidationError("must be a string or a non-empty list")
 
 
+PROMPTS = {"type": "array", "minItems": 1, "items": {"type": ["string", "integer", "array"]}}
+PROMPT_DOC = {"anyOf": [{"type": "string"}, PROMPTS]}
+
+
 class CompletionsSchema(Schema):
     """POST /v1/completions (legacy)."""
 
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=MODEL
-    )
-    prompt = fields.Raw(
-        required=True,
-        validate=_prompt,
-        metadata={
-            "anyOf": [
-                {"type": "string"},
-                {"type": "array", "minItems": 1, "items": {"type": ["string", "integer", "array"]}},
-            ]
-        },
-    )
+    model = _model(required=True)
+    prompt = fields.Raw(required=True, validate=_prompt, metadata=PROMPT_DOC)
     stream = StrictBoolean(allow_none=True)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
 
@@ -472,9 +436,7 @@ class GoImageSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(
-        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME), metadata=DEFAULT_MODEL
-    )
+    model = _model()
     prompt = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     inputs = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
 
