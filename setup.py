@@ -18,6 +18,7 @@ setup(
     packages=find_packages(include=["app", "app.*"]),
     py_modules=["wsgi"],
     install_requires=[
+        "apispec>=6.8.3,<7",
         "Flask>=3.1,<4",
         "Werkzeug>=3.1,<4",
         "gunicorn>=23",

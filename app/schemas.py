@@ -13,6 +13,11 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_PROMPT_CHARS = 32_000
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
+# The `*_DOC` constants say in JSON Schema what a validator function checks: they are the
+# fields' `metadata`, which app/openapi.py renders with apispec; validation never reads them.
+# apispec adds "null" to a nullable field's `type`; an `anyOf` needs it as a branch.
+NULL = {"type": "null"}
+
 
 class StrictBoolean(fields.Boolean):
     """true or false, nothing that merely looks like one ("false", 0, "no")."""
@@ -30,6 +35,17 @@ class StrictNumber(fields.Float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError("Must be a number.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _model(required: bool = False) -> fields.String:
+    """A model name, alias or category; one that may be left out may also be null."""
+    default = "" if required else "; absent or null: the default"
+    return fields.String(
+        required=required,
+        allow_none=not required,
+        validate=validate.Length(min=1, max=MAX_MODEL_NAME),
+        metadata={"description": f"A model name, alias or category{default}."},
+    )
 
 
 def _is_token_id(value: object) -> bool:
@@ -70,6 +86,26 @@ def _tool_calls(value: object) -> None:
             raise ValidationError("Every tool call needs a function with a name.")
 
 
+NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+CALLS_FUNCTION = {"type": "object", "required": ["function"], "properties": {"function": NAMED}}
+NOT_FUNCTION = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"not": {"const": "function"}}},
+}
+TOOLS_DOC = {
+    "type": "array",
+    "description": "Tools; a `function` tool (the default type) names its function.",
+    "items": {"anyOf": [NOT_FUNCTION, CALLS_FUNCTION]},
+}
+TOOL_CHOICE_DOC = {"anyOf": [{"enum": ["none", "auto", "required"]}, CALLS_FUNCTION, NULL]}
+TOOL_CALLS_DOC = {"type": "array", "items": CALLS_FUNCTION}
+CONTENT_DOC = {
+    "type": ["string", "array"],
+    "items": {"type": "object", "description": "A content part."},
+}
+
+
 def _content(value: object) -> None:
     if value is not None and not isinstance(value, str | list):
         raise ValidationError("must be a string, a list of content parts, or null")
@@ -92,13 +128,34 @@ def _messages(value: object) -> None:
         role = message.get("role")
         if role is None:
             raise ValidationError({index: {"role": ["Missing data for required field."]}})
-        if role not in ROLE_SET:
+        # A role that is not a string (an object, a list) cannot be looked up in a set.
+        if not isinstance(role, str) or role not in ROLE_SET:
             raise ValidationError({index: {"role": [f"Must be one of: {', '.join(ROLES)}."]}})
         for field, check in (("content", _content), ("tool_calls", _tool_calls)):
             try:
                 check(message.get(field))
             except ValidationError as err:
                 raise ValidationError({index: {field: err.messages}}) from None
+
+
+MESSAGES_DOC = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_MESSAGES,
+    "items": {"$ref": "#/components/schemas/ChatMessage"},
+}
+
+
+class ChatMessageSchema(Schema):
+    """A chat message; fields other than `role`, `content` and `tool_calls` pass through."""
+
+    # Documentation only: `_messages` checks the same, faster than a nested schema would.
+    class Meta:
+        unknown = INCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = fields.Raw(allow_none=True, metadata=CONTENT_DOC)
+    tool_calls = fields.Raw(allow_none=True, metadata=TOOL_CALLS_DOC)
 
 
 class StreamOptionsSchema(Schema):
@@ -114,14 +171,14 @@ class ChatCompletionSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = _model()
     # Checked by a plain function rather than a nested schema per message: this runs on every
     # request, and a nested schema costs more than the rest of the validation together.
-    messages = fields.Raw(required=True, validate=_messages)
+    messages = fields.Raw(required=True, validate=_messages, metadata=MESSAGES_DOC)
     stream = StrictBoolean(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
-    tools = fields.Raw(allow_none=True, validate=_tools)
-    tool_choice = fields.Raw(allow_none=True, validate=_tool_choice)
+    tools = fields.Raw(allow_none=True, validate=_tools, metadata=TOOLS_DOC)
+    tool_choice = fields.Raw(allow_none=True, validate=_tool_choice, metadata=TOOL_CHOICE_DOC)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     max_completion_tokens = fields.Integer(
         allow_none=True, strict=True, validate=validate.Range(min=1)
@@ -194,6 +251,10 @@ def _system(value: object) -> None:
         raise ValidationError("must be a string or a list of text blocks")
 
 
+NAME = {"type": "string", "minLength": 1}
+NAMED_TOOL = {"type": {"const": "tool"}, "name": {"type": "string"}}
+
+
 def _anthropic_tools(value: object) -> None:
     if value is None:
         return
@@ -213,12 +274,41 @@ def _anthropic_tool_choice(value: object) -> None:
         raise ValidationError('a "tool" choice needs the tool\'s name')
 
 
+# Looser than `_block_problem`, which also wants the fields a block's type names.
+BLOCK_DOC = {
+    "type": "object",
+    "description": "A content block: text, image, tool_use, tool_result ...",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+}
+BLOCKS_DOC = {"type": ["string", "array"], "items": BLOCK_DOC}
+TEXT_BLOCK = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+SYSTEM_DOC = {
+    "type": ["string", "array"],
+    "description": "A string or a list of text blocks.",
+    "items": TEXT_BLOCK,
+}
+ANTHROPIC_TOOLS_DOC = {"type": "array", "items": NAMED | {"properties": {"name": NAME}}}
+ANTHROPIC_CHOICE = {"type": "object", "required": ["type"]}
+ANTHROPIC_TOOL_CHOICE_DOC = {
+    "anyOf": [
+        ANTHROPIC_CHOICE | {"properties": {"type": {"enum": ["auto", "any", "none"]}}},
+        ANTHROPIC_CHOICE | {"required": ["type", "name"], "properties": NAMED_TOOL},
+        NULL,
+    ]
+}
+
+
 class AnthropicMessageSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
     role = fields.String(required=True, validate=validate.OneOf(("user", "assistant")))
-    content = fields.Raw(required=True, validate=_anthropic_content)
+    content = fields.Raw(required=True, validate=_anthropic_content, metadata=BLOCKS_DOC)
 
 
 class MessagesSchema(Schema):
@@ -227,21 +317,23 @@ class MessagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = _model(required=True)
     max_tokens = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     messages = fields.List(
         fields.Nested(AnthropicMessageSchema),
         required=True,
         validate=validate.Length(min=1, max=MAX_MESSAGES),
     )
-    system = fields.Raw(allow_none=True, validate=_system)
+    system = fields.Raw(allow_none=True, validate=_system, metadata=SYSTEM_DOC)
     stream = StrictBoolean(allow_none=True)
     temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
     top_k = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     stop_sequences = fields.List(fields.String(), allow_none=True)
-    tools = fields.Raw(allow_none=True, validate=_anthropic_tools)
-    tool_choice = fields.Raw(allow_none=True, validate=_anthropic_tool_choice)
+    tools = fields.Raw(allow_none=True, validate=_anthropic_tools, metadata=ANTHROPIC_TOOLS_DOC)
+    tool_choice = fields.Raw(
+        allow_none=True, validate=_anthropic_tool_choice, metadata=ANTHROPIC_TOOL_CHOICE_DOC
+    )
     metadata = fields.Dict(allow_none=True)
 
 
@@ -272,14 +364,27 @@ def _embedding_input(value: object) -> None:
     raise ValidationError("must be strings, or token ids, or lists of token ids")
 
 
+TOKEN_IDS = {"type": "array", "items": {"type": "integer"}}
+INPUTS = {"type": "array", "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS}
+EMBEDDING_INPUT_DOC = {
+    "description": "A string, or strings, token ids or lists of token ids.",
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        INPUTS | {"items": {"type": "string"}},
+        INPUTS | {"items": {"type": "integer"}},
+        INPUTS | {"items": TOKEN_IDS},
+    ],
+}
+
+
 class EmbeddingsSchema(Schema):
     """POST /v1/embeddings."""
 
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
-    input = fields.Raw(required=True, validate=_embedding_input)
+    model = _model(required=True)
+    input = fields.Raw(required=True, validate=_embedding_input, metadata=EMBEDDING_INPUT_DOC)
     dimensions = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
     encoding_format = fields.String(allow_none=True, validate=validate.OneOf(("float", "base64")))
 
@@ -290,7 +395,7 @@ class ImagesSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = _model()
     prompt = fields.String(required=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     n = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1, max=10))
     size = fields.String(allow_none=True, validate=validate.Length(max=32))
@@ -309,14 +414,18 @@ def _prompt(value: object) -> None:
     raise ValidationError("must be a string or a non-empty list")
 
 
+PROMPTS = {"type": "array", "minItems": 1, "items": {"type": ["string", "integer", "array"]}}
+PROMPT_DOC = {"anyOf": [{"type": "string"}, PROMPTS]}
+
+
 class CompletionsSchema(Schema):
     """POST /v1/completions (legacy)."""
 
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(required=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
-    prompt = fields.Raw(required=True, validate=_prompt)
+    model = _model(required=True)
+    prompt = fields.Raw(required=True, validate=_prompt, metadata=PROMPT_DOC)
     stream = StrictBoolean(allow_none=True)
     max_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
 
@@ -327,7 +436,7 @@ class GoImageSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    model = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME))
+    model = _model()
     prompt = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
     inputs = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_PROMPT_CHARS))
 
