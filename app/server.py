@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.util import parse_address
+from gunicorn.util import is_ipv6, parse_address
 
 from app.auth import is_loopback_host
 from app.config import (
@@ -62,6 +62,8 @@ class Serving:
     # it was read with: the user's file may be edited again before a worker is (re)started.
     snapshot: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Variables the .env file set (the real environment did not).
+    dotenv: set[str] = field(default_factory=set)
     older: list[Path] = field(default_factory=list)
 
 
@@ -79,10 +81,16 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
     prepare_metrics_dir()
     if env is None:
+        # gunicorn runs this again on HUP: .env is read afresh, so an entry removed or changed
+        # there takes effect (the real environment still wins over it).
+        for key in _serving.dotenv:
+            os.environ.pop(key, None)
+        before = set(os.environ)
         try:
             load_env_file()
         except ConfigError as err:
             _fail(err.problems)
+        _serving.dotenv = {key for key in os.environ if key not in before}
         env = os.environ
     problems: list[str] = []
     runtime = runtime_from_env(env, problems)
@@ -321,30 +329,24 @@ def _adopt(config: Config, snapshot: Path | None) -> None:
 
 
 def busy_binds(binds: list[str]) -> list[str]:
-    """One line per TCP address another process already listens on."""
+    """One line per TCP address another process already listens on (checked as gunicorn binds:
+    IPv6 for an IPv6 literal, else IPv4, with SO_REUSEADDR so a port in TIME_WAIT is free)."""
     problems = []
     for bind in binds:
         if bind.startswith(("unix:", "fd://")):
             continue
         host, port = parse_address(bind)
-        if not port:
-            continue
-        try:
-            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
-        except OSError:
-            continue  # gunicorn reports an address it cannot resolve itself
-        for family, kind, proto, _, address in infos:
-            with socket.socket(family, kind, proto) as probe:
-                # As gunicorn binds: a port left in TIME_WAIT is free, a listening one is not.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(address)
-                except OSError as err:
-                    if err.errno == errno.EADDRINUSE:
-                        problems.append(
-                            f"{bind} is already in use; set PORT or --addr to listen elsewhere"
-                        )
-                        break
+        family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                # Any other failure (an unknown host, no permission) gunicorn reports itself.
+                if err.errno == errno.EADDRINUSE:
+                    problems.append(
+                        f"{bind} is already in use; set PORT or --addr to listen elsewhere"
+                    )
     return problems
 
 
