@@ -271,6 +271,11 @@ def post_fork(server, worker) -> None:
         os.environ["AI_PROXY_CONFIG"] = str(_serving.snapshot)
 
 
+def handed_over() -> bool:
+    """Whether this process is a worker the master gave its checked config and environment."""
+    return _serving.config is not None
+
+
 def stage_config(binds: list[str]) -> tuple[Config, Path | None]:
     """Copy the config file aside and validate the copy; ConfigError names the user's file."""
     source = resolve_config_path(None, os.environ)
