@@ -29,10 +29,10 @@ _MESSAGES = {
 
 def error_body(status: int, reason: str) -> bytes:
     """The OpenAI error shape every other error of the proxy has."""
-    client_error = 400 <= status < 500
+    # Only a 500 is the server's fault; 501 is a transfer coding the client chose.
     error = {
         "message": _MESSAGES.get(status, reason.lower() or "internal server error"),
-        "type": "invalid_request_error" if client_error else "server_error",
+        "type": "server_error" if status == 500 else "invalid_request_error",
         "param": None,
         "code": "_".join(reason.lower().split()) or None,
     }
