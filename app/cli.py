@@ -66,7 +66,7 @@ def hash_token_command(token: str | None) -> int:
 
 def check_config_command(config_path: str | None, env_file: str | None) -> int:
     # The same checks `serve` makes before it starts: provider faults, and no model left.
-    from app.server import check_serving
+    from app.checks import check_serving
 
     try:
         load_env_file(env_file)

@@ -22,6 +22,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.util import is_ipv6, parse_address
 
 from app.auth import is_loopback_host
+from app.checks import check_serving
 from app.config import (
     MAX_CONFIG_BYTES,
     Config,
@@ -32,7 +33,6 @@ from app.config import (
     resolve_config_path,
     runtime_from_env,
 )
-from app.providers import check_models
 
 logger = logging.getLogger("ai_proxy.server")
 
@@ -155,21 +155,6 @@ def on_exit(server) -> None:
     for snapshot in (_serving.snapshot, *_serving.older):
         if snapshot is not None:
             shutil.rmtree(snapshot.parent, ignore_errors=True)
-
-
-def check_serving(config: Config) -> list[str]:
-    """Problems that leave nothing to serve: provider checks and a model list left empty."""
-    problems = check_models(config.models)
-    if not config.models:
-        left_out = [r.split(":", 1)[0] for r in config.left_out if r.startswith("models[")]
-        if left_out:
-            problems.append(
-                f"models: no model is left to serve: {', '.join(left_out)} left out because "
-                "their token variable is not set"
-            )
-        else:
-            problems.append("models: no model is configured")
-    return problems
 
 
 def check_startup(config: Config, binds: list[str]) -> list[str]:
