@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_one_line_per_problem(reload_proxy):
             for p in ("models[0].priority", "models[0].weight", "routing.strategy")
         )
     ), proxy.logs()[-3000:]
-    assert served_models(proxy) == {"echo-old"}
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
 
 
 def test_a_bad_reload_under_ai_proxy_serve(reload_proxy):
@@ -239,7 +240,7 @@ def test_a_bad_reload_under_ai_proxy_serve(reload_proxy):
     assert served_models(proxy) == {"echo-old"}
     path.write_text("models: [")
     assert "line" in hup_and_wait_for(proxy, "reload refused")
-    assert served_models(proxy) == {"echo-old"}
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
     kill_every_worker(proxy)
     assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
     write_yaml(path, config("echo-new"))
@@ -255,3 +256,39 @@ def test_the_refused_file_is_no_longer_read_by_workers(reload_proxy):
     write_yaml(path, config("echo-new"))
     kill_every_worker(proxy)
     assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+
+
+def test_no_request_fails_during_a_refused_reload(reload_proxy):
+    proxy, path, env_file = reload_proxy()
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+    chat = {"model": "echo-old", "messages": [{"role": "user", "content": "still here"}]}
+
+    def poll():
+        http = requests.Session()
+        while not stop.is_set():
+            try:
+                response = http.post(
+                    proxy.url + "/v1/chat/completions", json=chat, headers=AUTH, timeout=20
+                )
+                if response.status_code != 200:
+                    failures.append(str(response.status_code))
+                served[0] += 1
+            except requests.RequestException as err:
+                failures.append(type(err).__name__)
+
+    pollers = [threading.Thread(target=poll) for _ in range(3)]
+    for poller in pollers:
+        poller.start()
+    try:
+        assert wait_until(lambda: served[0] > 10)
+        path.write_text("models: [")
+        hup_and_wait_for(proxy, "reload refused")
+        count = served[0]
+        assert wait_until(lambda: served[0] > count + 10)
+    finally:
+        stop.set()
+        for poller in pollers:
+            poller.join(30)
+    assert failures == [], proxy.logs()[-3000:]
