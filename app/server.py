@@ -94,11 +94,11 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         env = os.environ
     problems: list[str] = []
     runtime = runtime_from_env(env, problems)
+    reloading = _serving.config is not None and _serving.options is not None
     if problems:
-        if _serving.config is not None and _serving.options is not None:
-            # A reload (gunicorn reads this again on HUP): exiting here would stop the master.
-            for problem in problems:
-                logger.error("reload refused, the previous settings stay: %s", problem)
+        if reloading:
+            # gunicorn reads this again on HUP, and exiting here would stop the master. The
+            # problems are logged by on_reload, which finds them again in the environment.
             return dict(_serving.options)
         _fail(problems)
     options = {
@@ -126,6 +126,14 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         "child_exit": child_exit,
         "on_exit": on_exit,
     }
+    if reloading:
+        # On HUP gunicorn binds a new address before on_reload runs, and exits if it is taken.
+        added = [b for b in options["bind"] if b not in _serving.options["bind"]]
+        busy = busy_binds(added)
+        if busy:
+            for problem in busy:
+                logger.error("reload refused, still listening where it was: %s", problem)
+            return dict(_serving.options)
     _serving.options = options
     return options
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -123,6 +124,13 @@ BREAKS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
         ),
         "RETRY_JITTER",
     ),
+    "invalid gunicorn setting added to .env": (
+        lambda path, env: (
+            write_yaml(path, config("echo-new")),
+            env.write_text(f"{KEY_VAR}=k1\nLOG_LEVEL=loud\n"),
+        ),
+        "LOG_LEVEL",
+    ),
     "file removed": (lambda path, env: path.unlink(), "cannot read"),
     "file is a folder": (lambda path, env: (path.unlink(), path.mkdir()), "cannot read"),
     "empty file": (lambda path, env: path.write_text(""), "models: no model is configured"),
@@ -225,13 +233,16 @@ def test_one_line_per_problem(reload_proxy):
             "routing": {"strategy": "random-ish"},
         },
     )
+    env_file.write_text(f"{KEY_VAR}=k1\nLOG_LEVEL=loud\n")
+    paths = ("models[0].priority", "models[0].weight", "routing.strategy", "LOG_LEVEL")
+
+    def refusals() -> dict[str, int]:
+        lines = [m for m in log_messages(proxy) if "reload refused" in m]
+        return {p: sum(p in line for line in lines) for p in paths}
+
     hup_and_wait_for(proxy, "reload refused")
-    assert wait_until(
-        lambda: all(
-            any("reload refused" in m and p in m for m in log_messages(proxy))
-            for p in ("models[0].priority", "models[0].weight", "routing.strategy")
-        )
-    ), proxy.logs()[-3000:]
+    assert wait_until(lambda: all(refusals().values())), proxy.logs()[-3000:]
+    assert refusals() == dict.fromkeys(paths, 1)
     assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
 
 
@@ -292,3 +303,26 @@ def test_no_request_fails_during_a_refused_reload(reload_proxy):
         for poller in pollers:
             poller.join(30)
     assert failures == [], proxy.logs()[-3000:]
+
+
+def test_a_reload_onto_a_busy_port_keeps_listening(tmp_path):
+    path = tmp_path / "config.yaml"
+    env_file = tmp_path / "proxy.env"
+    write_yaml(path, config("echo-old"))
+    proxy = ProxyServer(path, env={"AI_PROXY_ENV_FILE": str(env_file)}, workers=2, threads=4)
+    # The port comes from .env, so that a reload can move it.
+    del proxy.env["PORT"]
+    env_file.write_text(f"{KEY_VAR}=k1\nPORT={proxy.port}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        proxy.start()
+        try:
+            env_file.write_text(f"{KEY_VAR}=k1\nPORT={busy}\n")
+            line = hup_and_wait_for(proxy, "still listening where it was")
+            assert f"127.0.0.1:{busy} is already in use" in line
+            assert proxy.proc.poll() is None
+            assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+        finally:
+            proxy.stop()
