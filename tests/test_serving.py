@@ -104,7 +104,7 @@ def test_plain_gunicorn_uses_the_proxy_settings(tmp_path, upstream):
     assert any(f"127.0.0.1:{proxy.port}" in m for m in messages if m.startswith("Listening at"))
 
 
-def test_both_gunicorn_config_files_give_the_same_settings():
+def test_both_gunicorn_config_files_give_the_same_settings(tmp_path):
     def settings(path: Path) -> dict:
         code = (
             "import json, runpy, sys; g = runpy.run_path(sys.argv[1]);"
@@ -115,7 +115,7 @@ def test_both_gunicorn_config_files_give_the_same_settings():
         result = subprocess.run(
             [sys.executable, "-c", code, str(path)],
             cwd=ROOT,
-            env=clean_env(PORT="9123"),
+            env=clean_env(PORT="9123", PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
             capture_output=True,
             text=True,
             timeout=30,
