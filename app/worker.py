@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
@@ -48,6 +49,8 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
         "Content-Type: application/json\r\n"
         "X-Content-Type-Options: nosniff\r\n"
         "Cache-Control: no-store\r\n"
+        # Every response carries one, these too (the request's own is not trusted unparsed).
+        f"x-request-id: {uuid.uuid4().hex}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -212,6 +213,8 @@ def test_errors_gunicorn_writes_are_json(echo_proxy, case):
     assert got == status, body
     assert headers["content-type"] == "application/json"
     assert int(headers["content-length"]) == len(body)
+    assert headers["x-content-type-options"] == "nosniff"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
     error = json.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error" and error["message"]
