@@ -30,13 +30,22 @@ _MESSAGES = {
 
 def error_body(status: int, reason: str) -> bytes:
     """The OpenAI error shape every other error of the proxy has."""
-    # Only a 500 is the server's fault; 501 is a transfer coding the client chose.
-    error = {
-        "message": _MESSAGES.get(status, reason.lower() or "internal server error"),
-        "type": "server_error" if status == 500 else "invalid_request_error",
-        "param": None,
-        "code": "_".join(reason.lower().split()) or None,
-    }
+    if status == 500:
+        # As the app answers its own unexpected errors (app.errors.ProxyError).
+        error = {
+            "message": "The proxy failed to handle the request.",
+            "type": "api_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    else:
+        # 501 is here too: a transfer coding the client chose.
+        error = {
+            "message": _MESSAGES.get(status, reason.lower() or "the request was refused"),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "_".join(reason.lower().split()) or None,
+        }
     return json.dumps({"error": error}).encode()
 
 
