@@ -19,12 +19,12 @@ from gunicorn.workers.gthread import ThreadWorker
 # gunicorn's own warning quotes the offending request text, which may hold a client's token.
 _GUNICORN_WARNING = "Invalid request from ip="
 _MESSAGES = {
-    400: "the request is not valid HTTP",
-    403: "the request is forbidden",
-    414: "the request line is too long",
-    417: "the Expect header is not supported",
-    431: "the request headers are too large or too many",
-    501: "the request's transfer coding is not supported",
+    400: "The request is not valid HTTP.",
+    403: "The request is forbidden.",
+    414: "The request line is too long.",
+    417: "The Expect header is not supported.",
+    431: "The request headers are too large or too many.",
+    501: "The request's transfer coding is not supported.",
 }
 
 
@@ -41,7 +41,7 @@ def error_body(status: int, reason: str) -> bytes:
     else:
         # 501 is here too: a transfer coding the client chose.
         error = {
-            "message": _MESSAGES.get(status, reason.lower() or "the request was refused"),
+            "message": _MESSAGES.get(status, f"{reason or 'The request was refused'}."),
             "type": "invalid_request_error",
             "param": None,
             "code": "_".join(reason.lower().split()) or None,
