@@ -215,15 +215,15 @@ def on_starting(server) -> None:
     # Samples of an earlier run in a reused directory would be counted again.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "*.db")):
         os.remove(stale)
-    try:
-        config, snapshot = stage_config(list(server.cfg.bind))
-    except ConfigError as err:
-        _fail(err.problems)
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
     if not inherited:
         busy = busy_binds(list(server.cfg.bind))
         if busy:
             _fail(busy)
+    try:
+        config, snapshot = stage_config(list(server.cfg.bind))
+    except ConfigError as err:
+        _fail(err.problems)
     _adopt(config, snapshot)
     log_loaded(config, server.cfg.workers)
 

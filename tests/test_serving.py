@@ -3,6 +3,7 @@ refusals (no model left, a busy port)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import re
@@ -316,6 +317,7 @@ def test_check_config_names_which_models_were_left_out(tmp_path):
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_busy_port_fails_with_one_clear_line(tmp_path, how, host):
     path = write_config(tmp_path / "config.yaml", ECHO)
+    copies = set(glob.glob("/dev/shm/ai-proxy-config-*"))
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -333,3 +335,5 @@ def test_a_busy_port_fails_with_one_clear_line(tmp_path, how, host):
     # At once, without gunicorn's five retries.
     assert "Retrying in 1 second" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+    # No copy of the config is left behind by a server that did not start.
+    assert set(glob.glob("/dev/shm/ai-proxy-config-*")) <= copies
