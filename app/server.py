@@ -352,6 +352,8 @@ def _fail(problems: list[str]) -> None:
     for problem in problems:
         print(f"ai-proxy: {problem}", file=sys.stderr)
     sys.stderr.flush()
+    # gunicorn does not run on_exit for a master that never started.
+    on_exit(None)
     raise SystemExit(1)
 
 
