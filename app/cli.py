@@ -115,12 +115,13 @@ def hash_token_command(token: str | None) -> int:
 
 
 def check_config_command(config_path: str | None, env_file: str | None) -> int:
-    from app.providers import check_models
+    # The same checks `serve` makes before it starts: provider faults, and no model left.
+    from app.checks import check_serving
 
     try:
         load_env_file(env_file)
         config = load_config(config_path)
-        problems = check_models(config.models)
+        problems = check_serving(config)
     except ConfigError as err:
         problems = err.problems
     if problems:

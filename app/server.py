@@ -1,27 +1,38 @@
-"""Serving: the gunicorn settings shared by conf/gunicorn.conf.py and `ai-proxy serve`."""
+"""Serving: the gunicorn settings shared by gunicorn.conf.py and `ai-proxy serve`.
+
+The master validates the config before any worker starts and on every `kill -HUP`; workers boot
+from the copy of the file the master last accepted, so a bad edit never reaches them.
+"""
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.util import is_ipv6, parse_address
 
 from app.auth import is_loopback_host
+from app.checks import check_serving
 from app.config import (
+    MAX_CONFIG_BYTES,
     Config,
     ConfigError,
     RuntimeConfig,
     load_config,
     load_env_file,
+    resolve_config_path,
     runtime_from_env,
 )
-from app.providers import check_models
 
 logger = logging.getLogger("ai_proxy.server")
 
@@ -38,6 +49,25 @@ LIMIT_FIELDS = (
     "budget_per_month",
 )
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus id=%({x-request-id}o)s'
+WORKER_CLASS = "app.worker.ProxyWorker"
+
+
+@dataclass
+class Serving:
+    """What the master last accepted; forked workers inherit it and boot from exactly this."""
+
+    options: dict | None = None
+    config: Config | None = None
+    # A private copy of the accepted file (None for the built-in default) and the environment
+    # it was read with: the user's file may be edited again before a worker is (re)started.
+    snapshot: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    # Variables the .env file set (the real environment did not).
+    dotenv: set[str] = field(default_factory=set)
+    older: list[Path] = field(default_factory=list)
+
+
+_serving = Serving()
 
 
 def bind_address(runtime: RuntimeConfig) -> str:
@@ -51,20 +81,32 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
     prepare_metrics_dir()
     if env is None:
+        # gunicorn runs this again on HUP: .env is read afresh, so an entry removed or changed
+        # there takes effect (the real environment still wins over it).
+        for key in _serving.dotenv:
+            os.environ.pop(key, None)
+        before = set(os.environ)
         try:
             load_env_file()
         except ConfigError as err:
             _fail(err.problems)
+        _serving.dotenv = {key for key in os.environ if key not in before}
         env = os.environ
     problems: list[str] = []
     runtime = runtime_from_env(env, problems)
+    reloading = _serving.config is not None and _serving.options is not None
     if problems:
+        if reloading:
+            # gunicorn reads this again on HUP, and exiting here would stop the master. The
+            # problems are logged by on_reload, which finds them again in the environment.
+            return dict(_serving.options)
         _fail(problems)
-    return {
+    options = {
         "bind": [bind_address(runtime)],
         "workers": runtime.workers,
         "threads": runtime.threads,
-        "worker_class": "gthread",
+        # gthread with errors gunicorn writes itself (400, 414, 431) in JSON.
+        "worker_class": WORKER_CLASS,
         "preload_app": False,
         "graceful_timeout": DEFAULT_GRACEFUL_TIMEOUT,
         "timeout": DEFAULT_WORKER_TIMEOUT,
@@ -79,9 +121,21 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         # One host may run several proxies; the gunicornc control socket is not needed.
         "control_socket_disable": True,
         "on_starting": on_starting,
+        "on_reload": on_reload,
+        "post_fork": post_fork,
         "child_exit": child_exit,
         "on_exit": on_exit,
     }
+    if reloading:
+        # On HUP gunicorn binds a new address before on_reload runs, and exits if it is taken.
+        added = [b for b in options["bind"] if b not in _serving.options["bind"]]
+        busy = busy_binds(added)
+        if busy:
+            for problem in busy:
+                logger.error("reload refused, still listening where it was: %s", problem)
+            return dict(_serving.options)
+    _serving.options = options
+    return options
 
 
 def prepare_metrics_dir() -> str:
@@ -106,11 +160,14 @@ def on_exit(server) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and os.environ.get("AI_PROXY_OWNS_METRICS_DIR"):
         shutil.rmtree(path, ignore_errors=True)
+    for snapshot in (_serving.snapshot, *_serving.older):
+        if snapshot is not None:
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
 
 
 def check_startup(config: Config, binds: list[str]) -> list[str]:
     """Problems that stop the server from starting, beyond the config file's own."""
-    problems = check_models(config.models)
+    problems = check_serving(config)
     if not config.tokens:
         for bind in binds:
             if bind.startswith(("unix:", "fd://")):
@@ -158,20 +215,145 @@ def on_starting(server) -> None:
     # Samples of an earlier run in a reused directory would be counted again.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "*.db")):
         os.remove(stale)
+    inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
+    if not inherited:
+        busy = busy_binds(list(server.cfg.bind))
+        if busy:
+            _fail(busy)
     try:
-        config = load_config()
+        config, snapshot = stage_config(list(server.cfg.bind))
     except ConfigError as err:
         _fail(err.problems)
-    problems = check_startup(config, list(server.cfg.bind))
-    if problems:
-        _fail(problems)
+    _adopt(config, snapshot)
     log_loaded(config, server.cfg.workers)
+
+
+def on_reload(server) -> None:
+    """gunicorn master hook on HUP, before new workers start: accept the new config or keep the
+    old one. Workers boot from what was accepted (see post_fork), so a refused file never
+    reaches them, not even a worker respawned later."""
+    try:
+        config, snapshot = stage_config(list(server.cfg.bind))
+    except ConfigError as err:
+        for problem in err.problems:
+            logger.error("reload refused, still serving the previous config: %s", problem)
+        return
+    except Exception:
+        # Whatever went wrong, the master must live on with the config it has.
+        logger.exception("reload refused, still serving the previous config")
+        return
+    _adopt(config, snapshot)
+    logger.info(
+        "reload applied: config %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        config.source,
+        len(config.models),
+        len(config.aliases),
+        len(config.tokens),
+    )
+    for reason in config.left_out:
+        logger.warning("left out %s", reason)
+
+
+def post_fork(server, worker) -> None:
+    """gunicorn hook in a new worker, before it loads the app: the accepted config and env."""
+    if _serving.config is None:
+        return
+    os.environ.clear()
+    os.environ.update(_serving.env)
+    if _serving.snapshot is not None:
+        os.environ["AI_PROXY_CONFIG"] = str(_serving.snapshot)
+
+
+def handed_over() -> bool:
+    """Whether this process is a worker the master gave its checked config and environment."""
+    return _serving.config is not None
+
+
+def stage_config(binds: list[str]) -> tuple[Config, Path | None]:
+    """Copy the config file aside and validate the copy; ConfigError names the user's file."""
+    source = resolve_config_path(None, os.environ)
+    if source is None:
+        config = load_config()
+        snapshot = None
+    else:
+        snapshot = _copy_config(source)
+        try:
+            config = replace(load_config(str(snapshot)), source=str(source))
+        except ConfigError as err:
+            _discard(snapshot)
+            raise ConfigError(
+                [p.replace(str(snapshot), str(source)) for p in err.problems]
+            ) from None
+    problems = check_startup(config, binds)
+    if problems:
+        _discard(snapshot)
+        raise ConfigError(problems)
+    return config, snapshot
+
+
+def _copy_config(source: Path) -> Path:
+    try:
+        with open(source, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError([f"{source}: cannot read: {err.strerror or err}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{source}: larger than {MAX_CONFIG_BYTES} bytes"])
+    # Private and, where there is one, in memory: the file may hold secrets written inline.
+    folder = tempfile.mkdtemp(
+        prefix="ai-proxy-config-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    snapshot = Path(folder) / "config.yaml"
+    fd = os.open(snapshot, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    return snapshot
+
+
+def _discard(snapshot: Path | None) -> None:
+    if snapshot is not None:
+        shutil.rmtree(snapshot.parent, ignore_errors=True)
+
+
+def _adopt(config: Config, snapshot: Path | None) -> None:
+    if _serving.snapshot is not None:
+        _serving.older.append(_serving.snapshot)
+    # One older copy stays: a worker forked just before this reload may not have read it yet.
+    while len(_serving.older) > 1:
+        _discard(_serving.older.pop(0))
+    _serving.config = config
+    _serving.snapshot = snapshot
+    _serving.env = dict(os.environ)
+
+
+def busy_binds(binds: list[str]) -> list[str]:
+    """One line per TCP address another process already listens on (checked as gunicorn binds:
+    IPv6 for an IPv6 literal, else IPv4, with SO_REUSEADDR so a port in TIME_WAIT is free)."""
+    problems = []
+    for bind in binds:
+        if bind.startswith(("unix:", "fd://")):
+            continue
+        host, port = parse_address(bind)
+        family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                # Any other failure (an unknown host, no permission) gunicorn reports itself.
+                if err.errno == errno.EADDRINUSE:
+                    problems.append(
+                        f"{bind} is already in use; set PORT or --addr to listen elsewhere"
+                    )
+    return problems
 
 
 def _fail(problems: list[str]) -> None:
     for problem in problems:
         print(f"ai-proxy: {problem}", file=sys.stderr)
     sys.stderr.flush()
+    # gunicorn does not run on_exit for a master that never started.
+    on_exit(None)
     raise SystemExit(1)
 
 

@@ -1,7 +1,9 @@
 """gunicorn settings for ai-proxy: `gunicorn -c conf/gunicorn.conf.py wsgi:app`.
 
 Everything comes from the environment (HOST, PORT, WEB_CONCURRENCY, THREADS, LOG_LEVEL,
-LOG_FORMAT); the config file is validated in the master before any worker starts.
+LOG_FORMAT); the config file is validated in the master before any worker starts and on every
+`kill -HUP`. ./gunicorn.conf.py applies the same settings to a plain `gunicorn wsgi:app` run from
+the project folder; both take them from app.server.gunicorn_options.
 """
 
 from app.server import gunicorn_options

@@ -1,0 +1,112 @@
+"""The README's examples work as written: mounting, the SDK example, Claude Code's names."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import runpy
+
+import pytest
+import yaml
+
+from app import create_app
+from tests.servers import ROOT, ProxyServer
+
+README = (ROOT / "README.md").read_text()
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+
+
+def code_block(language: str, marker: str) -> str:
+    """The one README block in `language` that contains `marker`."""
+    blocks = [body for lang, body in FENCE.findall(README) if lang == language and marker in body]
+    assert len(blocks) == 1, f"{len(blocks)} {language} blocks contain {marker!r}"
+    return blocks[0]
+
+
+def test_the_top_says_how_to_change_the_port():
+    top = README.split("---", 1)[0]
+    assert "PORT=9000 .venv/bin/ai-proxy serve" in top
+    assert "--addr" in top and "already in use" in top
+
+
+def test_the_mounting_example_runs_as_written(tmp_path):
+    # Run as a user's own host.py (not as __main__, so it does not start a server).
+    path = tmp_path / "host.py"
+    path.write_text(code_block("python", "DispatcherMiddleware"))
+    module = runpy.run_path(str(path), run_name="host")
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "mounted"}]}
+
+    host = module["host"].test_client()
+    assert host.get("/").get_data(as_text=True) == "the host app"
+    answer = host.post("/llm/v1/chat/completions", json=chat)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.json["choices"][0]["message"]["content"] == "mounted"
+    assert host.get("/llm/v1/models").status_code == 200
+
+    other = module["other"].test_client()
+    assert other.post("/llm/v1/chat/completions", json=chat).status_code == 200
+    # The app's own 404 is untouched outside the prefix.
+    assert other.get("/elsewhere").status_code == 404
+
+
+def test_the_openai_example_prints_no_none(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "default_model": "SMALL",
+                "models": [
+                    {"name": "echo", "provider": "echo", "model_size": "SMALL"},
+                    {"name": "echo-large", "provider": "echo", "model_size": "BIG"},
+                ],
+            }
+        )
+    )
+    proxy = ProxyServer(config, threads=4).start()
+    try:
+        code = code_block("python", "from openai import OpenAI")
+        assert "http://127.0.0.1:8080/v1" in code
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code.replace("http://127.0.0.1:8080", proxy.url), "README", "exec"), {})
+    finally:
+        proxy.stop()
+    printed = out.getvalue()
+    assert printed == "hi\none word at a time\n"
+    assert "None" not in printed
+
+
+CLAUDE_CODE_IDS = ("claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001")
+
+
+def _example_app(aliases: dict | None = None):
+    """conf/config.example.yaml with every key variable set, as a user with all keys has it."""
+    text = (ROOT / "conf/config.example.yaml").read_text()
+    env = {name: "sk-test-key" for name in re.findall(r"\$\{([A-Z0-9_]+)\}", text)}
+    overrides = {"config_path": str(ROOT / "conf/config.example.yaml"), "env": env}
+    if aliases:
+        overrides["aliases"] = aliases
+    return create_app(overrides), env
+
+
+@pytest.mark.parametrize("source", ["conf/config.example.yaml", "README"])
+def test_claude_code_model_ids_resolve(source):
+    readme_aliases = yaml.safe_load(code_block("yaml", "claude-sonnet-4-5"))["aliases"]
+    app, env = _example_app(readme_aliases if source == "README" else None)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {env['TEAM_A_TOKEN']}"}
+    shell = code_block("sh", "ANTHROPIC_BASE_URL")
+    exported = dict(re.findall(r"export (ANTHROPIC_DEFAULT_\w+_MODEL)=(\S+)", shell))
+    assert set(exported) == {"ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL"}
+    for model in (*CLAUDE_CODE_IDS, *exported.values()):
+        response = client.get(f"/v1/models/{model}", headers=headers)
+        assert response.status_code == 200, (model, response.get_data(as_text=True))
+
+
+def test_claude_code_example_uses_the_variables_claude_code_reads():
+    shell = code_block("sh", "ANTHROPIC_BASE_URL")
+    assert "export ANTHROPIC_BASE_URL=http://127.0.0.1:8080 " in shell
+    assert "export ANTHROPIC_AUTH_TOKEN=" in shell
+    # ANTHROPIC_SMALL_FAST_MODEL is what old versions read; current ones read the DEFAULT_* names.
+    assert "ANTHROPIC_SMALL_FAST_MODEL" not in shell

@@ -1,0 +1,328 @@
+"""`kill -HUP` with a bad config: the server keeps serving the config it had, on a real gunicorn.
+
+Each case breaks the config in its own way, sends HUP, and checks that the proxy still answers
+with the old config, that one log line names the problem, that a worker killed while the file is
+still bad comes back with the old config, and that fixing the file and sending HUP again applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import TOKEN
+from tests.servers import ProxyServer
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+KEY_VAR = "RELOAD_TEST_KEY"
+
+
+def config(*names: str, **extra) -> dict:
+    # The key comes from the .env file, so that a case can take it away.
+    models = [{"name": n, "provider": "echo", "token": f"${{{KEY_VAR}}}"} for n in names]
+    return {"auth": {"tokens": [{"name": "team-a", "token": TOKEN}]}, "models": models, **extra}
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+def served_models(proxy: ProxyServer) -> set[str] | None:
+    try:
+        response = requests.get(proxy.url + "/v1/models", headers=AUTH, timeout=5)
+    except requests.RequestException:
+        return None
+    if response.status_code != 200:
+        return None
+    return {m["id"] for m in response.json()["data"]}
+
+
+def worker_pids(proxy: ProxyServer) -> set[int]:
+    pid = proxy.proc.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return set()
+    return {int(child) for child in children}
+
+
+def log_messages(proxy: ProxyServer) -> list[str]:
+    messages = []
+    for line in proxy.logs().splitlines():
+        try:
+            messages.append(json.loads(line).get("msg", ""))
+        except ValueError:
+            messages.append(line)
+    return messages
+
+
+def write_yaml(path: Path, data: dict) -> None:
+    path.write_text(yaml.safe_dump(data))
+
+
+# Each case: how to break the config (path, env file), and what the refusal line must name.
+BREAKS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
+    "yaml syntax": (lambda path, env: path.write_text("models:\n  - {name: x\n"), "line 3"),
+    "bad type": (
+        lambda path, env: write_yaml(path, config("echo-new") | {"routing": {"max_attempts": "x"}}),
+        "routing.max_attempts",
+    ),
+    "bad field of a model": (
+        lambda path, env: write_yaml(
+            path,
+            {
+                **config("echo-new"),
+                "models": [{"name": "x", "provider": "echo", "priority": "high"}],
+            },
+        ),
+        "models[0].priority",
+    ),
+    "provider check": (
+        lambda path, env: write_yaml(
+            path, {**config("echo-new"), "models": [{"name": "x", "provider": "acme"}]}
+        ),
+        "models[0].",
+    ),
+    "alias to nothing": (
+        lambda path, env: write_yaml(path, config("echo-new", aliases={"fast": ["nope"]})),
+        "aliases.fast[0]",
+    ),
+    "no model left": (
+        lambda path, env: write_yaml(
+            path,
+            {
+                **config("echo-new"),
+                "models": [{"name": "x", "provider": "echo", "token": "${RELOAD_UNSET_VAR}"}],
+            },
+        ),
+        "no model is left to serve",
+    ),
+    "key variable removed from .env": (
+        lambda path, env: (write_yaml(path, config("echo-new")), env.write_text("")),
+        "no model is left to serve",
+    ),
+    "invalid variable added to .env": (
+        lambda path, env: (
+            write_yaml(path, config("echo-new")),
+            env.write_text(f"{KEY_VAR}=k1\nRETRY_JITTER=lots\n"),
+        ),
+        "RETRY_JITTER",
+    ),
+    "invalid gunicorn setting added to .env": (
+        lambda path, env: (
+            write_yaml(path, config("echo-new")),
+            env.write_text(f"{KEY_VAR}=k1\nLOG_LEVEL=loud\n"),
+        ),
+        "LOG_LEVEL",
+    ),
+    "file removed": (lambda path, env: path.unlink(), "cannot read"),
+    "file is a folder": (lambda path, env: (path.unlink(), path.mkdir()), "cannot read"),
+    "empty file": (lambda path, env: path.write_text(""), "models: no model is configured"),
+}
+
+
+def start_proxy(tmp_path: Path, runner: str) -> tuple[ProxyServer, Path, Path]:
+    path = tmp_path / "config.yaml"
+    env_file = tmp_path / "proxy.env"
+    write_yaml(path, config("echo-old"))
+    env_file.write_text(f"{KEY_VAR}=k1\n")
+    args = None
+    if runner == "serve":
+        script = Path(sys.executable).parent / "ai-proxy"
+        args = (
+            [str(script), "serve"]
+            if script.is_file()
+            else [sys.executable, "-m", "app.cli", "serve"]
+        )
+    proxy = ProxyServer(
+        path, env={"AI_PROXY_ENV_FILE": str(env_file)}, workers=2, threads=4, args=args
+    )
+    return proxy.start(), path, env_file
+
+
+@pytest.fixture
+def reload_proxy(tmp_path):
+    started: list[ProxyServer] = []
+
+    def start(runner: str = "gunicorn"):
+        proxy, path, env_file = start_proxy(tmp_path, runner)
+        started.append(proxy)
+        return proxy, path, env_file
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def hup_and_wait_for(proxy: ProxyServer, fragment: str) -> str:
+    """Send HUP; the first new log line from the reload hook that contains `fragment`."""
+    seen = len(log_messages(proxy))
+    before = worker_pids(proxy)
+    proxy.proc.send_signal(signal.SIGHUP)
+    found: list[str] = []
+
+    def logged() -> bool:
+        found[:] = [m for m in log_messages(proxy)[seen:] if fragment in m]
+        return bool(found)
+
+    assert wait_until(logged), proxy.logs()[-3000:]
+    # gunicorn replaces every worker on HUP, also when the config is refused: wait for that.
+    assert wait_until(lambda: len(worker_pids(proxy) - before) == 2), proxy.logs()[-3000:]
+    return found[0]
+
+
+def kill_every_worker(proxy: ProxyServer) -> None:
+    before = worker_pids(proxy)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: len(worker_pids(proxy) - before) == 2), proxy.logs()[-3000:]
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_a_bad_reload_keeps_the_old_config(reload_proxy, case):
+    proxy, path, env_file = reload_proxy()
+    assert served_models(proxy) == {"echo-old"}
+    breaks, fragment = BREAKS[case]
+    breaks(path, env_file)
+
+    line = hup_and_wait_for(proxy, "reload refused")
+    assert fragment in line, line
+    assert "k1" not in line and TOKEN not in proxy.logs()
+    assert proxy.proc.poll() is None
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+
+    # A worker that dies while the file is still bad comes back with the config that was good.
+    kill_every_worker(proxy)
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert proxy.proc.poll() is None
+
+    if path.is_dir():
+        path.rmdir()
+    write_yaml(path, config("echo-new"))
+    env_file.write_text(f"{KEY_VAR}=k1\n")
+    line = hup_and_wait_for(proxy, "reload applied")
+    assert str(path) in line and "1 model deployment(s)" in line
+    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+    kill_every_worker(proxy)
+    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+
+
+def test_one_line_per_problem(reload_proxy):
+    proxy, path, env_file = reload_proxy()
+    write_yaml(
+        path,
+        {
+            **config("echo-new"),
+            "models": [{"name": "a", "provider": "echo", "priority": "x", "weight": "y"}],
+            "routing": {"strategy": "random-ish"},
+        },
+    )
+    env_file.write_text(f"{KEY_VAR}=k1\nLOG_LEVEL=loud\n")
+    paths = ("models[0].priority", "models[0].weight", "routing.strategy", "LOG_LEVEL")
+
+    def refusals() -> dict[str, int]:
+        lines = [m for m in log_messages(proxy) if "reload refused" in m]
+        return {p: sum(p in line for line in lines) for p in paths}
+
+    hup_and_wait_for(proxy, "reload refused")
+    assert wait_until(lambda: all(refusals().values())), proxy.logs()[-3000:]
+    assert refusals() == dict.fromkeys(paths, 1)
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+
+
+def test_a_bad_reload_under_ai_proxy_serve(reload_proxy):
+    proxy, path, env_file = reload_proxy("serve")
+    assert served_models(proxy) == {"echo-old"}
+    path.write_text("models: [")
+    assert "line" in hup_and_wait_for(proxy, "reload refused")
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    kill_every_worker(proxy)
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    write_yaml(path, config("echo-new"))
+    hup_and_wait_for(proxy, "reload applied")
+    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+
+
+def test_the_refused_file_is_no_longer_read_by_workers(reload_proxy):
+    """A file that becomes good again only after a refusal is not picked up without a HUP."""
+    proxy, path, env_file = reload_proxy()
+    path.write_text("models: [")
+    hup_and_wait_for(proxy, "reload refused")
+    write_yaml(path, config("echo-new"))
+    kill_every_worker(proxy)
+    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+
+
+def test_no_request_fails_during_a_refused_reload(reload_proxy):
+    proxy, path, env_file = reload_proxy()
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+    chat = {"model": "echo-old", "messages": [{"role": "user", "content": "still here"}]}
+
+    def poll():
+        http = requests.Session()
+        while not stop.is_set():
+            try:
+                response = http.post(
+                    proxy.url + "/v1/chat/completions", json=chat, headers=AUTH, timeout=20
+                )
+                if response.status_code != 200:
+                    failures.append(str(response.status_code))
+                served[0] += 1
+            except requests.RequestException as err:
+                failures.append(type(err).__name__)
+
+    pollers = [threading.Thread(target=poll) for _ in range(3)]
+    for poller in pollers:
+        poller.start()
+    try:
+        assert wait_until(lambda: served[0] > 10)
+        path.write_text("models: [")
+        hup_and_wait_for(proxy, "reload refused")
+        count = served[0]
+        assert wait_until(lambda: served[0] > count + 10)
+    finally:
+        stop.set()
+        for poller in pollers:
+            poller.join(30)
+    assert failures == [], proxy.logs()[-3000:]
+
+
+def test_a_reload_onto_a_busy_port_keeps_listening(tmp_path):
+    path = tmp_path / "config.yaml"
+    env_file = tmp_path / "proxy.env"
+    write_yaml(path, config("echo-old"))
+    proxy = ProxyServer(path, env={"AI_PROXY_ENV_FILE": str(env_file)}, workers=2, threads=4)
+    # The port comes from .env, so that a reload can move it.
+    del proxy.env["PORT"]
+    env_file.write_text(f"{KEY_VAR}=k1\nPORT={proxy.port}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        proxy.start()
+        try:
+            env_file.write_text(f"{KEY_VAR}=k1\nPORT={busy}\n")
+            line = hup_and_wait_for(proxy, "still listening where it was")
+            assert f"127.0.0.1:{busy} is already in use" in line
+            assert proxy.proc.poll() is None
+            assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+        finally:
+            proxy.stop()
