@@ -31,6 +31,9 @@ MAX_TRANSIENT = 64
 # Log record fields that are ids the proxy makes or checks itself: shape rules would mangle them
 # (a request id is 32 hex digits), so only configured secrets are scrubbed from them.
 ID_FIELDS = frozenset({"request_id", "trace_id", "span_id", "{x-request-id}o", "{x-request-id}i"})
+# gunicorn's own lines whose arguments are its own (the address it listens at): only
+# configured secrets are scrubbed from them.
+OWN_MESSAGES = frozenset({"Listening at: %s (%s)", "Listening at: %s"})
 # Header and query names whose values are credentials.
 _SECRET_NAME_RE = re.compile(
     r"authorization|api[-_]?key|apikey|token|secret|password|passwd|credential|cookie|"
@@ -43,7 +46,7 @@ _RUN_RE = re.compile(rf"\S{{{PART_CHARS},}}")
 
 _URL_RE = re.compile(r"\b[a-z][a-z0-9+.\-]{1,20}://\S+", re.IGNORECASE)
 # `user:password@host` without a scheme (connection strings in driver errors).
-_USERINFO_RE = re.compile(r"[^\s:/@'\"<>]+:[^\s:/@'\"<>]+@(?=[A-Za-z0-9\[])")
+_USERINFO_RE = re.compile(r"(?<![^\s:/@'\"<>])[^\s:/@'\"<>]+:[^\s:/@'\"<>]+@(?=[A-Za-z0-9\[])")
 # A credential named in the text: `api_key=...`, `"x-api-key": "..."`, `Authorization: Bearer ...`.
 _ASSIGNED_RE = re.compile(
     r"(?i)\b((?:x-goog-|x-)?api[ _-]?key|apikey|access[ _-]?token|refresh[ _-]?token|"
@@ -72,10 +75,13 @@ _PREFIXED_RE = re.compile(
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?")
 # A key with its middle masked: `sk-abc***wxyz`, `sk-abc...wxyz`.
 _MASKED_RE = re.compile(
-    r"[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]+|[A-Za-z0-9_\-]+\*{3,}"
-    r"|(?<![A-Za-z0-9_])(?:sk|pk|rk|gsk|hf|xai|tgp|nvapi|r8|ghp|key)[-_][A-Za-z0-9_\-]*"
+    r"(?<![A-Za-z0-9_\-*])[A-Za-z0-9_\-]*\*{3,}[A-Za-z0-9_\-]+"
+    r"|(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]+\*{3,}"
+    r"|(?<![A-Za-z0-9_\-])(?:sk|pk|rk|gsk|hf|xai|tgp|nvapi|r8|ghp|key)[-_][A-Za-z0-9_\-]*"
     r"(?:\.{3}|\u2026)[A-Za-z0-9_\-]*"
 )
+# Every pattern that starts with a repeated class is anchored at the start of a run (a
+# look-behind), so no input makes one rescan a run from each of its characters.
 # Long unseparated runs of letters and digits (Mistral, Cohere, Together's hex keys and most
 # keys without a prefix). Model ids never have one: their parts are short and separated.
 _RUN_OF_KEY_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{20,}(?![A-Za-z0-9])")
@@ -349,6 +355,8 @@ class ScrubFilter(logging.Filter):
                 key: redactor.scrub_value(value, shapes=key not in ID_FIELDS)
                 for key, value in args.items()
             }
+        elif record.msg in OWN_MESSAGES:
+            record.args = tuple(redactor.scrub_value(arg, shapes=False) for arg in args or ())
         else:
             try:
                 message = record.getMessage()
