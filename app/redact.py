@@ -82,8 +82,9 @@ _MASKED_RE = re.compile(
 )
 # Every pattern that starts with a repeated class is anchored at the start of a run (a
 # look-behind), so no input makes one rescan a run from each of its characters.
-# Long unseparated runs of letters and digits (Mistral, Cohere, Together's hex keys and most
-# keys without a prefix). Model ids never have one: their parts are short and separated.
+# Long unseparated runs of letters and digits, or of letters in random case (Mistral, Cohere,
+# Together's hex keys and most keys without a prefix). Model ids never have one: their parts
+# are short and separated.
 _RUN_OF_KEY_RE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{20,}(?![A-Za-z0-9])")
 _DIGIT_RE = re.compile(r"[0-9]")
 _LETTER_RE = re.compile(r"[A-Za-z]")
@@ -117,7 +118,10 @@ def _key_run(match: re.Match) -> str:
     run = match.group(0)
     if _DIGIT_RE.search(run) and _LETTER_RE.search(run):
         return REDACTED
-    return run
+    # Letters only: random ones switch case every few characters, CamelCase words seldom
+    # ("InvalidParameterValueException" switches 7 times in 30).
+    switches = sum(1 for a, b in zip(run, run[1:], strict=False) if a.isupper() != b.isupper())
+    return REDACTED if switches * 3 >= len(run) else run
 
 
 def scrub_shapes(text: str) -> str:

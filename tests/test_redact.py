@@ -140,6 +140,7 @@ def test_unconfigured_keys_are_scrubbed_by_shape(redactor, kind, echo):
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
         "key-" + random_text(32, "0123456789abcdef"),
         "AKIA" + random_text(16, string.ascii_uppercase + string.digits),
+        random_text(24, string.ascii_letters),
         "csk-" + random_text(48),
         "pplx-" + random_text(48),
     ],
@@ -161,6 +162,8 @@ def test_model_ids_are_left_alone(redactor, model):
     "text",
     [
         "gpt (openai): upstream answered 500",
+        "botocore.errorfactory.InvalidParameterValueException: bad input",
+        "AnthropicVertexProviderConfiguration is missing",
         "upstream_error",
         "Invalid bearer authentication",
         "password: required",
@@ -514,6 +517,137 @@ def test_proxy_key_refused_inside_a_200_is_a_502(make_client, upstream):
     response = call(client, "openai", stream=False)
     assert response.status_code == 502
     assert "credentials (401)" in response.json["error"]["message"]
+
+
+def sse_event(kind: str | None, payload: dict) -> str:
+    head = f"event: {kind}\n" if kind else ""
+    return f"{head}data: {json.dumps(payload)}"
+
+
+def cohere_start() -> list[str]:
+    return [
+        sse_event("message-start", {"type": "message-start", "id": "m1", "delta": {}}),
+        sse_event(
+            "content-start",
+            {
+                "type": "content-start",
+                "index": 0,
+                "delta": {"message": {"content": {"type": "text", "text": ""}}},
+            },
+        ),
+        sse_event(
+            "content-delta",
+            {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "a"}}}},
+        ),
+    ]
+
+
+def giga_chunk() -> str:
+    return sse_event(None, {"choices": [{"index": 0, "delta": {"content": "a"}}]})
+
+
+# Each adapter's own stream, broken after its first words by an error that echoes the key.
+IN_BAND = {
+    "cohere error event": (
+        "cohere",
+        lambda m: [*cohere_start(), sse_event("error", {"message": m})],
+    ),
+    "cohere failed generation": (
+        "cohere",
+        lambda m: [
+            *cohere_start(),
+            sse_event(
+                "message-end",
+                {"type": "message-end", "delta": {"finish_reason": "ERROR", "error": m}},
+            ),
+        ],
+    ),
+    "cloudflare errors envelope": (
+        "cloudflare",
+        lambda m: [
+            sse_event(None, {"response": "a"}),
+            sse_event(None, {"errors": [{"code": 3040, "message": m}], "success": False}),
+        ],
+    ),
+    "cloudflare error string": (
+        "cloudflare",
+        lambda m: [sse_event(None, {"response": "a"}), sse_event(None, {"error": m})],
+    ),
+    "gigachat error chunk": (
+        "gigachat",
+        lambda m: [giga_chunk(), sse_event(None, {"status": 500, "message": m})],
+    ),
+}
+
+
+def other_provider_model(upstream: StubUpstream, provider: str, key: str) -> dict:
+    model = {"name": "m", "provider": provider, "token": key, "model": "up"}
+    if provider == "cohere":
+        return {**model, "base_url": upstream.url}
+    if provider == "cloudflare":
+        return {**model, "base_url": upstream.url + "/client/v4/accounts/acc123/ai"}
+    return {**model, "base_url": upstream.url + "/api/v1", "auth_url": upstream.url + "/oauth"}
+
+
+def oauth_answer(access_token: str) -> Reply:
+    return Reply(body={"access_token": access_token, "expires_at": int(time.time() + 1800) * 1000})
+
+
+@pytest.mark.parametrize("surface", ["openai", "anthropic"])
+@pytest.mark.parametrize("case", IN_BAND)
+def test_in_band_errors_of_every_adapter(make_app, upstream, caplog, case, surface):
+    provider, events = IN_BAND[case]
+    key = KEYS["cohere"] if provider != "gigachat" else f"{random_text(12)}:{random_text(36)}"
+    config = deployment_config(upstream, key)
+    config["models"] = [other_provider_model(upstream, provider, key)]
+    client = make_app(config).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {CLIENT_TOKEN}"
+    caplog.set_level(logging.DEBUG)
+    access_token = "eyJ" + random_text(40)
+    encoded = base64.b64encode(key.encode()).decode()
+    message = " / ".join(
+        [*(echo(key) for echo in ECHOES.values()), f"Basic {encoded}", access_token[5:30]]
+    )
+    if provider == "gigachat":
+        upstream.queue(oauth_answer(access_token))
+    upstream.queue(Reply(events=events(message)))
+    response = call(client, surface, stream=True)
+    text = response.get_data(as_text=True)
+    assert "error" in text.split("\n\n")[-2]
+    secrets = (key, *key.split(":"), encoded) + ((access_token,) if provider == "gigachat" else ())
+    for secret in secrets:
+        assert leaks(response_text(response), secret) == []
+        assert leaks(record_texts(caplog.records), secret) == []
+
+
+@pytest.mark.parametrize("where", ["oauth", "chat 400", "chat 500"])
+def test_gigachat_credentials_and_access_token_echoed_back(make_app, upstream, caplog, where):
+    client_id, client_secret = "0f1e2d3c-aaaa-bbbb-cccc-123456789abc", random_text(36)
+    key = f"{client_id}:{client_secret}"
+    encoded = base64.b64encode(key.encode()).decode()
+    config = deployment_config(upstream, encoded)
+    config["models"] = [other_provider_model(upstream, "gigachat", encoded)]
+    client = make_app(config).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {CLIENT_TOKEN}"
+    caplog.set_level(logging.DEBUG)
+    access_token = random_text(48)
+    message = (
+        f"Authorization: Basic {encoded}; secret {client_secret[:20]}; "
+        f"token {access_token}, tail {access_token[-10:]}"
+    )
+    if where == "oauth":
+        upstream.queue(Reply(status=400, body={"code": 4, "message": message}))
+    else:
+        status = 400 if where == "chat 400" else 500
+        upstream.queue(oauth_answer(access_token))
+        upstream.queue(Reply(status=status, body={"status": status, "message": message}))
+    response = call(client, "openai", stream=False)
+    assert response.status_code in (400, 502)
+    # The access token is known once the OAuth answer brought it.
+    fetched = (access_token,) if where != "oauth" else ()
+    for secret in (encoded, client_secret, *fetched):
+        assert leaks(response_text(response), secret) == []
+        assert leaks(record_texts(caplog.records), secret) == []
 
 
 # --- through gunicorn: the server's own log output ---------------------------------------------
