@@ -14,7 +14,7 @@ import time
 from gunicorn.glogging import Logger as GunicornLogger
 
 from app.config import runtime_from_env
-from app.redact import REDACTOR, install_filter, install_on_loggers
+from app.redact import install_filter, install_on_loggers
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields of a LogRecord that are not `extra=` data.
@@ -57,20 +57,11 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        # The filter scrubbed the record; objects rendered here (`default=str`) are checked for
-        # configured secrets too.
-        return REDACTOR.scrub_known(json.dumps(entry, default=str))
-
-
-class TextFormatter(logging.Formatter):
-    """The text format, with a last check of the line for configured secrets."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return REDACTOR.scrub_known(super().format(record))
+        return json.dumps(entry, default=str)
 
 
 def make_formatter(fmt: str) -> logging.Formatter:
-    return JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
+    return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -22,6 +22,13 @@ URL_MARK = "<url>"
 # Any run of this many characters of a secret counts as the secret: a provider that echoes a
 # truncated or partly masked key (`sk-abc...xyz12345`, its last 12 characters) leaks that much.
 PART_CHARS = 8
+# Parts looked up first, every PROBE_STEP characters (PROBE_CHARS + PROBE_STEP - 1 must not
+# exceed PART_CHARS, so every window of PART_CHARS characters holds one).
+PROBE_CHARS = 5
+PROBE_STEP = 4
+# Scrubbed short strings remembered per set of secrets.
+MAX_CACHED = 4096
+MAX_CACHED_CHARS = 256
 # Shorter secrets are scrubbed only whole; below this they are too likely to be ordinary words.
 MIN_SECRET_CHARS = 6
 # Longest letters-only part of a secret still taken for a word (see _word_parts).
@@ -126,14 +133,21 @@ def _key_run(match: re.Match) -> str:
 
 def scrub_shapes(text: str) -> str:
     """Remove what looks like a secret whatever it is: URLs, credentials, key-shaped strings."""
-    text = _URL_RE.sub(URL_MARK, text)
-    text = _USERINFO_RE.sub(REDACTED + "@", text)
-    text = _QUERY_RE.sub(lambda m: m.group(1) + REDACTED, text)
-    text = _ASSIGNED_RE.sub(_assigned, text)
+    # The `in` checks skip rules that cannot match (most log lines have no URL, no `@`).
+    if "://" in text:
+        text = _URL_RE.sub(URL_MARK, text)
+    if "@" in text:
+        text = _USERINFO_RE.sub(REDACTED + "@", text)
+    if "=" in text:
+        text = _QUERY_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    if "=" in text or ":" in text:
+        text = _ASSIGNED_RE.sub(_assigned, text)
     text = _SCHEME_RE.sub(_scheme, text)
-    text = _JWT_RE.sub(REDACTED, text)
+    if "eyJ" in text:
+        text = _JWT_RE.sub(REDACTED, text)
     text = _PREFIXED_RE.sub(REDACTED, text)
-    text = _MASKED_RE.sub(REDACTED, text)
+    if "**" in text or ".." in text or "\u2026" in text:
+        text = _MASKED_RE.sub(REDACTED, text)
     return _RUN_OF_KEY_RE.sub(_key_run, text)
 
 
@@ -141,8 +155,10 @@ class _Index(NamedTuple):
     """What scrubbing looks up, swapped in whole when a secret is registered."""
 
     grams: frozenset[str] = frozenset()  # every PART_CHARS-long part, ASCII lower-cased
+    probes: frozenset[str] = frozenset()  # every PROBE_CHARS-long part (see scrub_known)
     short: tuple[str, ...] = ()  # secrets too short to have parts: matched whole
     words: frozenset[str] = frozenset()  # word-like parts (see _word_parts)
+    cache: dict = {}  # noqa: RUF012 - text -> scrubbed text, for this index only
 
 
 class Redactor:
@@ -188,6 +204,7 @@ class Redactor:
     def _rebuild(self) -> None:
         secrets = (*self._configured, *self._transient)
         grams: set[str] = set()
+        probes: set[str] = set()
         short = []
         for secret in secrets:
             if len(secret) < PART_CHARS:
@@ -195,16 +212,19 @@ class Redactor:
                 continue
             lower = secret.translate(_ASCII_LOWER)
             grams.update(lower[i : i + PART_CHARS] for i in range(len(lower) - PART_CHARS + 1))
+            probes.update(lower[i : i + PROBE_CHARS] for i in range(len(lower) - PROBE_CHARS + 1))
         self._index = _Index(
             frozenset(grams),
+            frozenset(probes),
             # Longest first, so a secret that contains another is removed whole.
             tuple(sorted(short, key=len, reverse=True)),
             _word_parts(secrets),
+            {},
         )
 
     def scrub_known(self, text: str) -> str:
         """Remove each registered secret and any run of PART_CHARS or more characters of one."""
-        grams, short, words = self._index
+        grams, probes, short, words, _ = self._index
         if len(text) < MIN_SECRET_CHARS or not (grams or short):
             return text
         for secret in short:
@@ -213,15 +233,23 @@ class Redactor:
         if not grams or len(text) < PART_CHARS:
             return text
         lower = text.translate(_ASCII_LOWER)
-        spans: list[list[int]] = []
+        # Every PART_CHARS-long window of a run holds a PROBE_CHARS-long part starting at a
+        # multiple of PROBE_STEP from the run's start: looking those up finds every window that
+        # may match at a quarter of the cost; only the windows around a hit are checked.
+        starts: set[int] = set()
         for run in _RUN_RE.finditer(lower):
             start, end = run.span()
-            for i in range(start, end - PART_CHARS + 1):
-                if lower[i : i + PART_CHARS] in grams:
-                    if spans and i <= spans[-1][1]:
-                        spans[-1][1] = i + PART_CHARS
-                    else:
-                        spans.append([i, i + PART_CHARS])
+            for probe in range(start, end - PROBE_CHARS + 1, PROBE_STEP):
+                if lower[probe : probe + PROBE_CHARS] in probes:
+                    first = max(start, probe + PROBE_CHARS - PART_CHARS)
+                    starts.update(range(first, min(probe, end - PART_CHARS) + 1))
+        spans: list[list[int]] = []
+        for i in sorted(starts):
+            if lower[i : i + PART_CHARS] in grams:
+                if spans and i <= spans[-1][1]:
+                    spans[-1][1] = i + PART_CHARS
+                else:
+                    spans.append([i, i + PART_CHARS])
         pieces, last = [], 0
         for start, end in spans:
             part = lower[start:end]
@@ -240,9 +268,19 @@ class Redactor:
         """Text safe for a client or a log line: no known secret, nothing shaped like one."""
         if not text:
             return text
+        cache = self._index.cache
+        cached = cache.get(text)
+        if cached is not None:
+            return cached
         # Shapes first: a known secret's part next to an unknown key must not split the key's
         # shape. What a shape leaves of a known secret is still a run of it, found after.
-        return self.scrub_known(scrub_shapes(text))
+        scrubbed = self.scrub_known(scrub_shapes(text))
+        if len(text) <= MAX_CACHED_CHARS:
+            # Log fields repeat (methods, paths, model and token names): each is scrubbed once.
+            if len(cache) >= MAX_CACHED:
+                cache.clear()
+            cache[text] = scrubbed
+        return scrubbed
 
     def scrub_value(self, value: object, shapes: bool = True, depth: int = 0) -> object:
         """`scrub` applied to the strings in a value, containers included (log `extra=` data)."""
@@ -254,7 +292,16 @@ class Redactor:
             return {k: self.scrub_value(v, shapes, depth + 1) for k, v in value.items()}
         if type(value) in (list, tuple):
             return type(value)(self.scrub_value(v, shapes, depth + 1) for v in value)
-        return value
+        if value is None or isinstance(value, int | float):
+            return value
+        # Any other object is written as its str() (an exception, a URL object): if that holds
+        # a secret, the scrubbed text goes in its place.
+        try:
+            text = str(value)
+        except Exception:  # noqa: BLE001 - an object that cannot be shown shows nothing.
+            return "<unprintable>"
+        scrubbed = self.scrub(text) if shapes else self.scrub_known(text)
+        return value if scrubbed == text else scrubbed
 
 
 def _word_parts(secrets: Iterable[str]) -> frozenset[str]:
@@ -301,7 +348,8 @@ def url_secrets(url: str | None) -> list[str]:
         if parts.password:
             found += [parts.password, unquote(parts.password)]
             if parts.username:
-                found += [f"{parts.username}:{parts.password}", unquote(parts.username)]
+                # Not the user name alone: `default` or `admin` would be scrubbed everywhere.
+                found.append(f"{parts.username}:{parts.password}")
         elif parts.username and "@" in parts.netloc:
             # `redis://secret@host`: a lone user part is the password for some schemes.
             found.append(unquote(parts.username))
@@ -318,7 +366,9 @@ def header_secrets(headers: Mapping[str, str] | None) -> list[str]:
     found = []
     for name, value in (headers or {}).items():
         if isinstance(value, str) and _SECRET_NAME_RE.search(str(name)):
-            found.append(value)
+            scheme, _, credential = value.strip().partition(" ")
+            # `Bearer <key>`: the key, not the scheme (else every "Bearer" would go).
+            found.append(credential.strip() if credential and scheme.isalpha() else value)
     return found
 
 
@@ -353,8 +403,12 @@ class ScrubFilter(logging.Filter):
             return True
         redactor = self.redactor
         args = record.args
-        if isinstance(args, Mapping):
-            # gunicorn's access records: the formatter reads the atoms by name.
+        if isinstance(args, MutableMapping):
+            # gunicorn's access records: formatters read the atoms by name, through the
+            # mapping's own class (gunicorn's answers "-" for a missing one), so it is kept.
+            for key, value in list(args.items()):
+                args[key] = redactor.scrub_value(value, shapes=key not in ID_FIELDS)
+        elif isinstance(args, Mapping):
             record.args = {
                 key: redactor.scrub_value(value, shapes=key not in ID_FIELDS)
                 for key, value in args.items()

@@ -19,6 +19,7 @@ from app.redact import (
     Redactor,
     ScrubFilter,
     credential_forms,
+    header_secrets,
     scrub_shapes,
     url_secrets,
 )
@@ -189,7 +190,8 @@ def test_a_one_word_secret_is_still_scrubbed(redactor):
     ("url", "expected"),
     [
         ("redis://:hunter2pw@redis.local:6379/0", {"hunter2pw"}),
-        ("rediss://alice:s3cr%3Ft@host/0", {"s3cr%3Ft", "s3cr?t", "alice:s3cr%3Ft", "alice"}),
+        ("rediss://alice:s3cr%3Ft@host/0", {"s3cr%3Ft", "s3cr?t", "alice:s3cr%3Ft"}),
+        ("redis://default:hunter2pw@host/0", {"hunter2pw", "default:hunter2pw"}),
         ("https://api.example.com/v1?key=abc123xyz&v=2", {"abc123xyz"}),
         ("https://api.example.com/v1", set()),
         ("memory://", set()),
@@ -197,6 +199,11 @@ def test_a_one_word_secret_is_still_scrubbed(redactor):
 )
 def test_url_secrets(url, expected):
     assert set(url_secrets(url)) == expected
+
+
+def test_header_secrets_drop_the_scheme():
+    headers = {"Authorization": "Bearer abc123xyz789", "X-Api-Key": "k-99887766", "X-Title": "app"}
+    assert header_secrets(headers) == ["abc123xyz789", "k-99887766"]
 
 
 def test_gigachat_credentials_in_every_form(redactor):
@@ -287,6 +294,39 @@ def test_configured_handlers_scrub(restore_logging, capsys, fmt):
     if fmt == "json":
         # The proxy's own ids are not taken for keys.
         assert json.loads(captured.out)["request_id"] == "0123456789abcdef0123456789abcdef"
+
+
+def test_gunicorn_access_atoms_keep_their_mapping(redactor):
+    """gunicorn formats its access line from a dict that answers "-" for a missing atom."""
+    from gunicorn.glogging import SafeAtoms
+
+    key = KEYS["cohere"]
+    redactor.register([key])
+    atoms = SafeAtoms({"h": "127.0.0.1", "r": f"GET /v1/models?key={key} HTTP/1.1", "s": "200"})
+    record = logging.LogRecord(
+        "gunicorn.access", 20, "", 0, '%(h)s "%(r)s" %({x-id}o)s', atoms, None
+    )
+    ScrubFilter(redactor).filter(record)
+    line = record.getMessage()
+    assert line.startswith('127.0.0.1 "GET /v1/models?key=<redacted>')
+    assert line.endswith(" -")
+    assert leaks(line, key) == []
+
+
+def test_objects_in_extras_and_args_are_scrubbed(redactor):
+    key = KEYS["together"]
+    redactor.register([key])
+
+    class Detail:
+        def __str__(self) -> str:
+            return f"detail with {key}"
+
+    record = logging.LogRecord("x", 30, "", 0, "failed: %s", (Detail(),), None)
+    record.detail = Detail()
+    record.count = 3
+    ScrubFilter(redactor).filter(record)
+    assert leaks(record.getMessage() + str(record.detail), key) == []
+    assert record.count == 3
 
 
 def test_host_app_logging_is_scrubbed_too(make_app, upstream, caplog):
