@@ -44,7 +44,7 @@ OWN_MESSAGES = frozenset({"Listening at: %s (%s)", "Listening at: %s"})
 # Header and query names whose values are credentials.
 _SECRET_NAME_RE = re.compile(
     r"authorization|api[-_]?key|apikey|token|secret|password|passwd|credential|cookie|"
-    r"^key$|^sig$|^signature$|^auth$|^code$",
+    r"auth|^key$|^sig$|^signature$|^code$",
     re.IGNORECASE,
 )
 # Lower-casing only ASCII keeps every offset: matching is case-blind and maps back exactly.
@@ -349,7 +349,9 @@ def url_secrets(url: str | None) -> list[str]:
             found += [parts.password, unquote(parts.password)]
             if parts.username:
                 # Not the user name alone: `default` or `admin` would be scrubbed everywhere.
-                found.append(f"{parts.username}:{parts.password}")
+                pair = f"{unquote(parts.username)}:{unquote(parts.password)}"
+                # Sent as `Authorization: Basic <base64 of user:password>`.
+                found += [f"{parts.username}:{parts.password}", b64encode_text(pair)]
         elif parts.username and "@" in parts.netloc:
             # `redis://secret@host`: a lone user part is the password for some schemes.
             found.append(unquote(parts.username))
@@ -359,6 +361,10 @@ def url_secrets(url: str | None) -> list[str]:
         return found
     except ValueError:
         return []
+
+
+def b64encode_text(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def header_secrets(headers: Mapping[str, str] | None) -> list[str]:
@@ -380,7 +386,7 @@ def credential_forms(token: str | None) -> list[str]:
     found = [token]
     if ":" in token:
         found += token.split(":", 1)
-        found.append(base64.b64encode(token.encode("utf-8")).decode("ascii"))
+        found.append(b64encode_text(token))
     else:
         try:
             decoded = base64.b64decode(token, validate=True).decode("utf-8")

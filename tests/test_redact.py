@@ -190,8 +190,14 @@ def test_a_one_word_secret_is_still_scrubbed(redactor):
     ("url", "expected"),
     [
         ("redis://:hunter2pw@redis.local:6379/0", {"hunter2pw"}),
-        ("rediss://alice:s3cr%3Ft@host/0", {"s3cr%3Ft", "s3cr?t", "alice:s3cr%3Ft"}),
-        ("redis://default:hunter2pw@host/0", {"hunter2pw", "default:hunter2pw"}),
+        (
+            "rediss://alice:s3cr%3Ft@host/0",
+            {"s3cr%3Ft", "s3cr?t", "alice:s3cr%3Ft", base64.b64encode(b"alice:s3cr?t").decode()},
+        ),
+        (
+            "redis://default:hunter2pw@host/0",
+            {"hunter2pw", "default:hunter2pw", base64.b64encode(b"default:hunter2pw").decode()},
+        ),
         ("https://api.example.com/v1?key=abc123xyz&v=2", {"abc123xyz"}),
         ("https://api.example.com/v1", set()),
         ("memory://", set()),
@@ -202,8 +208,14 @@ def test_url_secrets(url, expected):
 
 
 def test_header_secrets_drop_the_scheme():
-    headers = {"Authorization": "Bearer abc123xyz789", "X-Api-Key": "k-99887766", "X-Title": "app"}
-    assert header_secrets(headers) == ["abc123xyz789", "k-99887766"]
+    headers = {
+        "Authorization": "Bearer abc123xyz789",
+        "X-Api-Key": "k-99887766",
+        "X-Custom-Auth": "c-55443322",
+        "X-Title": "app",
+        "HTTP-Referer": "https://example.com",
+    }
+    assert header_secrets(headers) == ["abc123xyz789", "k-99887766", "c-55443322"]
 
 
 def test_gigachat_credentials_in_every_form(redactor):
@@ -286,14 +298,15 @@ def test_configured_handlers_scrub(restore_logging, capsys, fmt):
     redact.register([key])
     configure_logging("DEBUG", fmt)
     logging.getLogger("some.library").warning("token %s", key[2:30], extra={"k": key})
+    request_id = random_text(32, "0123456789abcdef")
     logging.getLogger("ai_proxy.access").info(
-        "POST /x", extra={"request_id": "0123456789abcdef0123456789abcdef", "note": key}
+        "POST /x", extra={"request_id": request_id, "note": key}
     )
     captured = capsys.readouterr()
     assert leaks(captured.err + captured.out, key) == []
     if fmt == "json":
         # The proxy's own ids are not taken for keys.
-        assert json.loads(captured.out)["request_id"] == "0123456789abcdef0123456789abcdef"
+        assert json.loads(captured.out)["request_id"] == request_id
 
 
 def test_gunicorn_access_atoms_keep_their_mapping(redactor):
@@ -534,10 +547,12 @@ def test_deployment_with_url_credentials(make_app, upstream, caplog):
     client = make_app(deployment_config(upstream, key)).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {CLIENT_TOKEN}"
     caplog.set_level(logging.DEBUG)
-    upstream.queue(Reply(status=400, body=error_body(f"auth was user:{URL_PASSWORD}", "openai")))
+    basic = base64.b64encode(f"user:{URL_PASSWORD}".encode()).decode()
+    message = f"auth was user:{URL_PASSWORD}, sent {basic}"
+    upstream.queue(Reply(status=400, body=error_body(message, "openai")))
     response = client.post("/v1/chat/completions", json={"model": "creds", "messages": MESSAGES})
     assert response.status_code == 400
-    assert_no_leak(response, caplog, key, URL_PASSWORD)
+    assert_no_leak(response, caplog, key, URL_PASSWORD, basic)
 
 
 def test_ordinary_error_text_still_reaches_the_client(make_client, upstream):
