@@ -41,6 +41,8 @@ ID_FIELDS = frozenset({"request_id", "trace_id", "span_id", "{x-request-id}o", "
 # gunicorn's own lines whose arguments are its own (the address it listens at): only
 # configured secrets are scrubbed from them.
 OWN_MESSAGES = frozenset({"Listening at: %s (%s)", "Listening at: %s"})
+# Words inside a secret: lower-case, Title-case or UPPER-case runs of letters.
+_WORD_RE = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
 # Header and query names whose values are credentials.
 _SECRET_NAME_RE = re.compile(
     r"authorization|api[-_]?key|apikey|token|secret|password|passwd|credential|cookie|"
@@ -305,23 +307,19 @@ class Redactor:
 
 
 def _word_parts(secrets: Iterable[str]) -> frozenset[str]:
-    """The parts of hand-written secrets that are words (`upstream` in `sk-upstream-secret`).
+    """The parts of hand-written secrets that are words (`upstream` in `sk-upstream-secret` or
+    `AIzaSyUpstreamSecretKey0123`).
 
-    A part of a secret found in text is a leak when it is random; when it is a dictionary word
-    between separators it is more likely the proxy's own text ("upstream_error"). A secret that
-    is one word, or a long run of letters, is scrubbed in full all the same.
+    A part of a secret found in text is a leak when it is random; when it is a word between
+    separators or case changes it is more likely the proxy's own text ("upstream_error"). A
+    secret that is one word, or a long run of letters, is scrubbed in full all the same.
     """
     whole = {secret.translate(_ASCII_LOWER) for secret in secrets}
     words = set()
     for secret in secrets:
-        for part in re.split(r"[^A-Za-z0-9]+", secret):
+        for part in _WORD_RE.findall(secret):
             lower = part.translate(_ASCII_LOWER)
-            if (
-                PART_CHARS <= len(part) <= MAX_WORD_CHARS
-                and part.isalpha()
-                and (part.islower() or part.isupper() or part.istitle())
-                and lower not in whole
-            ):
+            if PART_CHARS <= len(part) <= MAX_WORD_CHARS and lower not in whole:
                 words.add(lower)
     return frozenset(words)
 

@@ -176,7 +176,15 @@ def test_model_ids_are_left_alone(redactor, model):
 )
 def test_ordinary_messages_are_left_alone(redactor, text):
     # Hand-written keys made of words must not eat the proxy's own words.
-    redactor.register(["sk-upstream-secret", "sk-client-test-token", "admin-secret-token"])
+    redactor.register(
+        [
+            "sk-upstream-secret",
+            "sk-client-test-token",
+            "admin-secret-token",
+            "AIzaSyUpstreamSecretKey0123456789",
+            "0123456789abcdef0123456789abcdef",
+        ]
+    )
     assert redactor.scrub(text) == text
 
 
