@@ -53,6 +53,8 @@ _SECRET_NAME_RE = re.compile(
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _RUN_RE = re.compile(rf"\S{{{PART_CHARS},}}")
 
+# Every pattern that starts with a repeated class is anchored at the start of a run (a
+# look-behind), so no input makes one rescan a run from each of its characters.
 _URL_RE = re.compile(r"\b[a-z][a-z0-9+.\-]{1,20}://\S+", re.IGNORECASE)
 # `user:password@host` without a scheme (connection strings in driver errors).
 _USERINFO_RE = re.compile(r"(?<![^\s:/@'\"<>])[^\s:/@'\"<>]+:[^\s:/@'\"<>]+@(?=[A-Za-z0-9\[])")
@@ -73,9 +75,9 @@ _QUERY_RE = re.compile(
 # Stripe-style, AWS, Google OAuth and Google API keys.
 _PREFIXED_RE = re.compile(
     r"(?<![A-Za-z0-9_])(?:"
-    r"(?:sk-ant-|sk-proj-|sk-or-v1-|sk-svcacct-|sk-|sk_|pk_|rk_|gsk_|xai-|hf_|api_|"
+    r"(?:sk-ant-|sk-proj-|sk-or-v1-|sk-svcacct-|sk-|sk_|pk_|rk_|gsk_|xai-|hf_|"
     r"tgp_v1_|r8_|nvapi-|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|pplx-|csk-|fw_|"
-    r"ya29\.)[A-Za-z0-9_\-.]{10,}"
+    r"ya29\.)(?P<tail>[A-Za-z0-9_\-.]{10,})"
     r"|key-[A-Za-z0-9_\-]{20,}"
     r"|AIza[A-Za-z0-9_\-]{20,}"
     r"|AKIA[A-Z0-9]{12,}"
@@ -89,8 +91,6 @@ _MASKED_RE = re.compile(
     r"|(?<![A-Za-z0-9_\-])(?:sk|pk|rk|gsk|hf|xai|tgp|nvapi|r8|ghp|key)[-_][A-Za-z0-9_\-]*"
     r"(?:\.{3}|\u2026)[A-Za-z0-9_\-]*"
 )
-# Every pattern that starts with a repeated class is anchored at the start of a run (a
-# look-behind), so no input makes one rescan a run from each of its characters.
 # Long unseparated runs of letters and digits, or of letters in random case (Mistral, Cohere,
 # Together's hex keys and most keys without a prefix). Model ids never have one: their parts
 # are short and separated.
@@ -123,6 +123,14 @@ def _scheme(match: re.Match) -> str:
     return f"{match.group(1)}{match.group(2)}{REDACTED}"
 
 
+def _prefixed(match: re.Match) -> str:
+    tail = match.group("tail")
+    # `hf_transfer_enabled` is a name; keys have digits or capitals, or are long.
+    if tail is None or len(tail) >= 24 or not (tail.islower() or tail.isupper()):
+        return REDACTED
+    return match.group(0) if not _DIGIT_RE.search(tail) else REDACTED
+
+
 def _key_run(match: re.Match) -> str:
     run = match.group(0)
     if _DIGIT_RE.search(run) and _LETTER_RE.search(run):
@@ -147,7 +155,7 @@ def scrub_shapes(text: str) -> str:
     text = _SCHEME_RE.sub(_scheme, text)
     if "eyJ" in text:
         text = _JWT_RE.sub(REDACTED, text)
-    text = _PREFIXED_RE.sub(REDACTED, text)
+    text = _PREFIXED_RE.sub(_prefixed, text)
     if "**" in text or ".." in text or "\u2026" in text:
         text = _MASKED_RE.sub(REDACTED, text)
     return _RUN_OF_KEY_RE.sub(_key_run, text)

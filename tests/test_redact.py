@@ -165,6 +165,7 @@ def test_model_ids_are_left_alone(redactor, model):
         "gpt (openai): upstream answered 500",
         "botocore.errorfactory.InvalidParameterValueException: bad input",
         "AnthropicVertexProviderConfiguration is missing",
+        "hf_transfer_enabled is off; error code api_key_invalid",
         "upstream_error",
         "Invalid bearer authentication",
         "password: required",
