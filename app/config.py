@@ -25,6 +25,8 @@ from marshmallow import (
     validates_schema,
 )
 
+from app.redact import credential_forms, header_secrets, url_secrets
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "conf/config.yaml"
@@ -320,6 +322,20 @@ class Config:
     # Values that were brought into range (retry settings), one line each; the config still loads.
     warnings: tuple[str, ...] = ()
 
+    # Client tokens as written in the file or AUTH_TOKEN (only their digests authenticate):
+    # kept for scrubbing them from anything an upstream echoes back.
+    client_secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def secret_values(self) -> list[str]:
+        """Every secret the configuration holds, for the scrubber (app.redact)."""
+        found = [*self.client_secrets, self.admin_token or "", self.server.metrics_token or ""]
+        for model in self.models:
+            found += credential_forms(model.token)
+            found += header_secrets(model.headers)
+            for url in (model.base_url, model.url, model.auth_url):
+                found += url_secrets(url)
+        found += url_secrets(self.rate_limits.storage)
+        return [secret for secret in found if secret]
 
 # ---------------------------------------------------------------------------------------------
 # Go-style `url`s and model kinds.
@@ -815,6 +831,13 @@ def load_config(
         tokens.append(TokenConfig(name="default", sha256=hash_token(auth_token)))
     retry, retry_names = _retry_from_env(loaded["retry"] or RetryConfig(), env, problems)
     retry, warnings = clamp_retry(retry, retry_names)
+    client_secrets = [
+        entry["token"]
+        for index, entry in enumerate(_token_entries(data))
+        if isinstance(entry, dict)
+        and isinstance(entry.get("token"), str)
+        and f"auth.tokens[{index}].token" not in unset
+    ]
 
     config = Config(
         models=tuple(models),
@@ -832,6 +855,7 @@ def load_config(
         source=source,
         left_out=tuple(left_out),
         warnings=tuple(warnings),
+        client_secrets=tuple(filter(None, [*client_secrets, auth_token])),
     )
     problems.extend(_cross_check(config, loaded["models"]))
     if problems:

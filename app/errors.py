@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from flask import Response
 
+from app.redact import REDACTOR
+
 logger = logging.getLogger(__name__)
 
 OPENAI = "openai"
@@ -208,18 +210,20 @@ class StorageUnavailableError(ProxyError):
 
 
 def error_response(err: ProxyError, surface: str = OPENAI) -> Response:
-    """Render an error as the JSON response of the given surface."""
+    """Render an error as the JSON response of the given surface, scrubbed of secrets."""
     response = Response(
-        json.dumps(err.body(surface)), status=err.status, mimetype="application/json"
+        json.dumps(REDACTOR.scrub_value(err.body(surface))),
+        status=err.status,
+        mimetype="application/json",
     )
     for name, value in err.headers().items():
-        response.headers[name] = value
+        response.headers[name] = REDACTOR.scrub(value)
     return response
 
 
 def sse_error_event(err: ProxyError, surface: str = OPENAI) -> bytes:
-    """The in-band event that ends a stream that failed after its first byte."""
-    data = json.dumps(err.body(surface))
+    """The in-band event that ends a stream that failed after its first byte, scrubbed."""
+    data = json.dumps(REDACTOR.scrub_value(err.body(surface)))
     if surface == ANTHROPIC:
         return f"event: error\ndata: {data}\n\n".encode()
     return f"data: {data}\n\n".encode()

@@ -1,4 +1,7 @@
-"""Logging set-up: one JSON object per line (LOG_FORMAT=json) or plain text, gunicorn's included."""
+"""Logging set-up: one JSON object per line (LOG_FORMAT=json) or plain text, gunicorn's included.
+
+Every handler set up here scrubs secrets from the records it writes (app.redact).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import time
 from gunicorn.glogging import Logger as GunicornLogger
 
 from app.config import runtime_from_env
+from app.redact import install_filter, install_on_loggers
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields of a LogRecord that are not `extra=` data.
@@ -49,8 +53,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
@@ -66,6 +72,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    install_filter(handler)
     root.addHandler(handler)
     root.setLevel(level)
     access = logging.getLogger("ai_proxy.access")
@@ -73,11 +80,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         access.removeHandler(old)
     access_handler = logging.StreamHandler(sys.stdout)
     access_handler.setFormatter(formatter)
+    install_filter(access_handler, access)
     access.addHandler(access_handler)
     access.propagate = False
     # The request lines are the access log: LOG_LEVEL=WARNING quiets the proxy, not them.
     # (DEBUG also shows the probe and scrape requests.)
     access.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
+    install_on_loggers(__name__.rpartition(".")[0])
 
 
 class ProxyGunicornLogger(GunicornLogger):
@@ -92,3 +101,4 @@ class ProxyGunicornLogger(GunicornLogger):
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(formatter)
+                install_filter(handler)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
+from app import redact
 from app.auth import Authenticator
 from app.config import Config
 from app.cooldown import Cooldowns, MemoryBreakers, RedisBreakers
@@ -29,6 +31,9 @@ class ProxyState:
 
 def build_state(config: Config, url_prefix: str = "") -> ProxyState:
     """Wire the services for one app from a validated config; raises ConfigError."""
+    # Before anything can fail or log: every secret of this config is scrubbed from then on.
+    redact.register([*config.secret_values(), os.environ.get("AI_PROXY_SECRET_KEY")])
+    redact.install_on_loggers(__name__.rpartition(".")[0])
     pool = UpstreamPool(config.retry, pool_size=config.runtime.threads)
     providers = build_providers(config.models, pool)
     storage = make_storage(config.rate_limits.storage)

@@ -21,6 +21,7 @@ from urllib3.util.retry import Retry
 from app import tracing, watchdog
 from app.config import RetryConfig
 from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
+from app.redact import REDACTED, REDACTOR
 from app.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,12 @@ MAX_TEMPLATES = 512
 DRAIN_SECONDS = 0.05
 MAX_DRAIN_BYTES = 64 * 1024
 USER_AGENT = f"ai-proxy/{__version__}"
-_URL_RE = re.compile(r"\b(?:https?|wss?)://\S+", re.IGNORECASE)
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long"
     r"|reduce the length|context limit|exceeds the maximum number of tokens",
     re.IGNORECASE,
 )
 _PROVIDER_RE = re.compile(r"\(provider: [\w .-]{1,64}\)$")
-_KEY_RE = re.compile(r"\b(?:sk|pk|rk|gsk|key|AIza)[-_A-Za-z0-9]{12,}\b")
 
 
 class BackoffRetry(Retry):
@@ -105,10 +104,9 @@ def make_retry(config: RetryConfig) -> BackoffRetry:
 
 
 def safe_text(text: str) -> str:
-    """An upstream message fit for a client: no URLs, nothing shaped like a key, bounded."""
-    text = _URL_RE.sub("<url>", text)
-    text = _KEY_RE.sub("<redacted>", text)
-    return text[:MAX_MESSAGE_CHARS]
+    """An upstream message fit for a client or a log line: scrubbed (app.redact), bounded."""
+    # Cut before scrubbing so a huge message costs little; what is kept is scrubbed whole.
+    return REDACTOR.scrub(text[: MAX_MESSAGE_CHARS * 4])[:MAX_MESSAGE_CHARS]
 
 
 def error_message(payload: object) -> tuple[str | None, str | None]:
@@ -366,7 +364,7 @@ def status_error(
         message, code = None, None
     for secret in secrets:
         if message and secret in message:
-            message = message.replace(secret, "<redacted>")
+            message = message.replace(secret, REDACTED)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     error = _status_error(status, message, code, retry_after, label)
     error.upstream_status = status
@@ -480,6 +478,9 @@ def body_error(answer: dict, label: str) -> UpstreamError:
     text = safe_text(message or "unknown error")
     if isinstance(status, int) and status in CLIENT_ERROR_STATUSES:
         return UpstreamClientError(text, status=status, code=code)
+    if status in (401, 403):
+        # The proxy's key was refused: what the provider said about it is not the client's.
+        return UpstreamError(f"{label}: the provider refused the proxy's credentials ({status})")
     return UpstreamError(f"{label}: the upstream failed: {text}")
 
 

@@ -25,6 +25,7 @@ from app.errors import (
 from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
 from app.providers import CallContext
 from app.ratelimit import rate_limit_headers
+from app.redact import scrub
 from app.routing import Candidate, Outcome
 from app.state import EXTENSION_KEY, ProxyState
 from app.tokens import cost_usd, usage_numbers
@@ -254,7 +255,7 @@ def relay(
         yield from events
     except ProxyError as err:
         error = err
-        logger.warning("stream ended early: %s", err.message)
+        logger.warning("stream ended early: %s", scrub(err.message))
         yield sse_error_event(err, surface)
     except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
         error = ProxyError()

@@ -19,6 +19,7 @@ import requests
 from app.config import ModelConfig
 from app.errors import UpstreamClientError, UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider
+from app.redact import REDACTOR
 from app.streaming import iter_sse
 from app.tokens import message_text
 from app.upstream import UpstreamPool, error_message, read_chunks, read_json, safe_text
@@ -150,6 +151,8 @@ class GigaChatProvider(Provider):
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise UpstreamError(f"{self.label}: the OAuth answer has no access token")
+        # A credential too: scrubbed from error messages and logs like the configured ones.
+        REDACTOR.register_transient(token)
         expires_at = answer.get("expires_at")
         if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
             # Documented in milliseconds; a value in seconds is taken as such.
