@@ -337,6 +337,7 @@ class Config:
         found += url_secrets(self.rate_limits.storage)
         return [secret for secret in found if secret]
 
+
 # ---------------------------------------------------------------------------------------------
 # Go-style `url`s and model kinds.
 
