@@ -1,0 +1,338 @@
+"""The declaration of every setting: its type, default and validation, as marshmallow schemas.
+
+A schema bound to a frozen dataclass (app.config.models) loads into it, and the dataclass takes
+its defaults from here, so each default is written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import ClassVar
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+from marshmallow.utils import missing
+
+from app.config.durations import parse_duration, parse_go_duration
+from app.config.goconf import MODEL_KINDS, infer_kind
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_WORKERS = 1
+DEFAULT_THREADS = 64
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_IDLE_CONN_TIMEOUT_SECONDS = 90.0
+# Longest a request may spend on retries and fallbacks before its first byte.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 300.0
+# Longest a stream may run in all.
+DEFAULT_STREAM_TIMEOUT_SECONDS = 1800.0
+
+ROUTING_STRATEGIES = ("priority", "weighted", "least-busy", "latency")
+RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest that `token_sha256` holds for a client token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def default_of(field: fields.Field) -> object:
+    """A field's `load_default`, made afresh where it is a factory (`list`, a nested schema)."""
+    value = field.load_default
+    return value() if callable(value) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Field types.
+
+
+class Duration(fields.Field):
+    """A duration as `500ms`, `2s` or plain seconds."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_duration(value)
+        except ValueError as err:
+            raise ValidationError(str(err)) from err
+
+
+class SignedDuration(fields.Field):
+    """A Go duration that may be negative (`-1s`); ranges are applied later, with a warning."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_go_duration(value)
+        except ValueError as err:
+            raise ValidationError(str(err)) from err
+
+
+class Tuple(fields.List):
+    """A YAML list, kept as a tuple so that the frozen config holds nothing mutable."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return tuple(super()._deserialize(value, attr, data, **kwargs))
+
+
+class OptionalString(fields.String):
+    """A string where empty (`${UNSET:-}`) means not set."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs) or None
+
+
+class Choice(fields.String):
+    """One of `choices`, in any case (`TEXT`, `text`); loaded in the case the choices have."""
+
+    def __init__(self, choices: tuple[str, ...], **kwargs) -> None:
+        self.upper = choices[0].isupper()
+        error = "must be one of {choices}, got {input!r}"
+        super().__init__(validate=validate.OneOf(choices, error=error), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        return text.upper() if self.upper else text.lower()
+
+
+class AliasMembers(fields.Field):
+    """An alias names one model or a list of them, tried in order."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        members = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) and m for m in members)
+        ):
+            raise ValidationError("must be a model name or a non-empty list of them")
+        return tuple(members)
+
+
+def _names(default: tuple[str, ...] = (), **kwargs) -> Tuple:
+    return Tuple(fields.String(validate=validate.Length(min=1)), load_default=default, **kwargs)
+
+
+def _limit() -> fields.Integer:
+    # null reads as the default, 0: no limit.
+    return fields.Integer(load_default=0, allow_none=True, validate=validate.Range(min=0))
+
+
+def _money() -> fields.Float:
+    return fields.Float(load_default=0.0, allow_none=True, validate=validate.Range(min=0))
+
+
+def _positive_seconds(default: float) -> fields.Float:
+    return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
+
+
+def _bounded_int(default: int, low: int, high: int) -> fields.Integer:
+    return fields.Integer(
+        load_default=default,
+        validate=validate.Range(low, high, error="must be between {min} and {max}, got {input}"),
+        error_messages={"invalid": "must be an integer, got {input!r}"},
+    )
+
+
+def _http_url(value: str) -> None:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValidationError("must be an http:// or https:// URL")
+
+
+def _storage_uri(value: str) -> None:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in STORAGE_SCHEMES:
+        raise ValidationError(f"scheme must be one of {', '.join(STORAGE_SCHEMES)}")
+
+
+def _section(schema: type[Schema]) -> fields.Nested:
+    """A nested section; absent or null, it holds its schema's defaults."""
+    return fields.Nested(schema, load_default=lambda: schema().load({}), allow_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas.
+
+
+class Declared(Schema):
+    """Strict (an unknown key is an error); loads into `target` where a dataclass is bound.
+
+    A null value of a field that has a default reads as that default, so `retry:` left empty
+    or `requests_per_minute: ~` mean the same as leaving them out.
+    """
+
+    target: ClassVar[type | None] = None
+
+    class Meta:
+        unknown = RAISE
+
+    def normalise(self, data: dict) -> dict:
+        """Rules that span fields, run after every field has loaded; the default does nothing."""
+        return data
+
+    @post_load
+    def finish(self, data: dict, **kwargs) -> object:
+        for name, value in data.items():
+            field = self.fields[name]
+            if value is None and field.load_default not in (None, missing):
+                data[name] = default_of(field)
+        data = self.normalise(data)
+        return self.target(**data) if self.target else data
+
+
+class HttpClientSchema(Declared):
+    timeout_seconds = _positive_seconds(DEFAULT_TIMEOUT_SECONDS)
+    connect_timeout_seconds = _positive_seconds(DEFAULT_CONNECT_TIMEOUT_SECONDS)
+    idle_conn_timeout_seconds = _positive_seconds(DEFAULT_IDLE_CONN_TIMEOUT_SECONDS)
+
+
+class ModelSchema(Declared):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    provider = fields.String(load_default="openai", validate=validate.Length(min=1))
+    base_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    token = fields.String(load_default=None, allow_none=True)
+    model = fields.String(load_default=None, allow_none=True)
+    priority = fields.Integer(load_default=0)
+    weight = fields.Float(load_default=1.0, validate=validate.Range(min=0))
+    requests_per_minute = _limit()
+    requests_per_hour = _limit()
+    requests_per_day = _limit()
+    tokens_per_minute = _limit()
+    tokens_per_day = _limit()
+    max_request_length = _limit()
+    context_window = _limit()
+    model_size = fields.String(load_default=None, allow_none=True)
+    categories = _names()
+    # Absent: inferred from the provider, `url` and model id as the Go proxy did (infer_kind).
+    kind = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(MODEL_KINDS))
+    input_cost_per_mtok = _money()
+    output_cost_per_mtok = _money()
+    strip_think = fields.Boolean(load_default=False)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    http_client_config = _section(HttpClientSchema)
+    # Provider-specific: Azure's API version; GigaChat's OAuth endpoint, scope and CA bundle.
+    api_version = OptionalString(load_default=None, allow_none=True)
+    auth_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    scope = OptionalString(load_default=None, allow_none=True)
+    ca_bundle = OptionalString(load_default=None, allow_none=True)
+
+    def normalise(self, data: dict) -> dict:
+        # The timeouts sit under http_client_config in the file, flat on the deployment.
+        data.update(data.pop("http_client_config"))
+        if data["ca_bundle"] and not Path(data["ca_bundle"]).is_file():
+            raise ValidationError("no such file", "ca_bundle")
+        data["provider"] = data["provider"].lower()
+        data["kind"] = infer_kind(data)
+        return data
+
+
+class TokenSchema(Declared):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    token = fields.String(load_default=None, allow_none=True)
+    token_sha256 = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(r"^[0-9a-fA-F]{64}$", error="must be 64 hex characters"),
+    )
+    # Allowed public names, aliases and categories (globs); absent or null: all of them.
+    models = _names(("*",), allow_none=True)
+    requests_per_minute = _limit()
+    requests_per_hour = _limit()
+    requests_per_day = _limit()
+    tokens_per_minute = _limit()
+    tokens_per_day = _limit()
+    budget_per_day = _money()
+    budget_per_month = _money()
+
+    @validates_schema
+    def one_secret(self, data, **kwargs):
+        if bool(data.get("token")) == bool(data.get("token_sha256")):
+            raise ValidationError("set exactly one of token and token_sha256", "token")
+
+    def normalise(self, data: dict) -> dict:
+        # Only the digest is kept: the token itself never reaches the config object.
+        secret = data.pop("token")
+        digest = data.pop("token_sha256")
+        data["sha256"] = digest.lower() if digest else hash_token(secret)
+        return data
+
+
+class AuthSchema(Declared):
+    tokens = Tuple(fields.Nested(TokenSchema), load_default=())
+    admin_token = OptionalString(load_default=None, allow_none=True)
+
+
+class ServerSchema(Declared):
+    max_body_bytes = fields.Integer(
+        load_default=DEFAULT_MAX_BODY_BYTES, validate=validate.Range(min=1024)
+    )
+    metrics_token = OptionalString(load_default=None, allow_none=True)
+    cors_origins = _names()
+
+
+class RoutingSchema(Declared):
+    strategy = fields.String(load_default="priority", validate=validate.OneOf(ROUTING_STRATEGIES))
+    max_attempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=100))
+    cooldown_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
+    failure_threshold = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    request_timeout_seconds = _positive_seconds(DEFAULT_REQUEST_TIMEOUT_SECONDS)
+    stream_timeout_seconds = _positive_seconds(DEFAULT_STREAM_TIMEOUT_SECONDS)
+
+
+class RetrySchema(Declared):
+    # No ranges here: out-of-range values are clamped with a warning (clamp_retry), as the Go
+    # proxy started with them too; only a value that does not parse stops start-up.
+    max_retries = fields.Integer(load_default=3, strict=False)
+    base_delay = SignedDuration(load_default=1.0)
+    max_delay = SignedDuration(load_default=30.0)
+    jitter = fields.Float(load_default=0.1, allow_nan=False)
+
+
+class RateLimitSchema(Declared):
+    storage = fields.String(load_default="memory://", validate=_storage_uri)
+    strategy = fields.String(
+        load_default="moving-window", validate=validate.OneOf(RATE_LIMIT_STRATEGIES)
+    )
+    on_storage_error = fields.String(
+        load_default="allow", validate=validate.OneOf(("allow", "deny"))
+    )
+
+
+class RuntimeSchema(Declared):
+    """Process settings; they come only from the environment (app.config.env.RUNTIME_ENV)."""
+
+    host = fields.String(
+        load_default=DEFAULT_HOST,
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9.:\[\]-]+$", error="not a host name or address: {input!r}"
+        ),
+    )
+    port = _bounded_int(DEFAULT_PORT, 0, 65535)
+    workers = _bounded_int(DEFAULT_WORKERS, 1, 256)
+    threads = _bounded_int(DEFAULT_THREADS, 1, 10000)
+    log_level = Choice(LOG_LEVELS, load_default="INFO")
+    log_format = Choice(LOG_FORMATS, load_default="json")
+
+
+class ConfigSchema(Declared):
+    default_model = OptionalString(load_default=None, allow_none=True)
+    server = _section(ServerSchema)
+    auth = _section(AuthSchema)
+    models = Tuple(fields.Nested(ModelSchema), load_default=())
+    aliases = fields.Dict(keys=fields.String(), values=AliasMembers(), load_default=dict)
+    routing = _section(RoutingSchema)
+    retry = _section(RetrySchema)
+    rate_limits = _section(RateLimitSchema)
