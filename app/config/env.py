@@ -87,7 +87,8 @@ def runtime_from_env(env: Mapping[str, str], problems: list[str]) -> RuntimeConf
 
     A variable with a fault is reported and its default used, so logging can still be set up.
     """
-    raw = {key: text for key, name in RUNTIME_ENV.items() if (text := env_value(env, name))}
+    # Only unset or empty means the default here: a blank PORT is a mistake to report.
+    raw = {key: env[name].strip() for key, name in RUNTIME_ENV.items() if env.get(name)}
     try:
         return RuntimeSchema().load(raw)
     except ValidationError as err:

@@ -63,21 +63,19 @@ def default_of(field: fields.Field) -> object:
 class Duration(fields.Field):
     """A duration as `500ms`, `2s` or plain seconds."""
 
+    parse = staticmethod(parse_duration)
+
     def _deserialize(self, value, attr, data, **kwargs):
         try:
-            return parse_duration(value)
+            return self.parse(value)
         except ValueError as err:
             raise ValidationError(str(err)) from err
 
 
-class SignedDuration(fields.Field):
+class SignedDuration(Duration):
     """A Go duration that may be negative (`-1s`); ranges are applied later, with a warning."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        try:
-            return parse_go_duration(value)
-        except ValueError as err:
-            raise ValidationError(str(err)) from err
+    parse = staticmethod(parse_go_duration)
 
 
 class Tuple(fields.List):
@@ -98,13 +96,15 @@ class Choice(fields.String):
     """One of `choices`, in any case (`TEXT`, `text`); loaded in the case the choices have."""
 
     def __init__(self, choices: tuple[str, ...], **kwargs) -> None:
-        self.upper = choices[0].isupper()
-        error = "must be one of {choices}, got {input!r}"
-        super().__init__(validate=validate.OneOf(choices, error=error), **kwargs)
+        self.choices = choices
+        super().__init__(**kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs).strip()
-        return text.upper() if self.upper else text.lower()
+        chosen = text.upper() if self.choices[0].isupper() else text.lower()
+        if chosen not in self.choices:
+            raise ValidationError(f"must be one of {', '.join(self.choices)}, got {value!r}")
+        return chosen
 
 
 class AliasMembers(fields.Field):
@@ -198,7 +198,17 @@ class HttpClientSchema(Declared):
     idle_conn_timeout_seconds = _positive_seconds(DEFAULT_IDLE_CONN_TIMEOUT_SECONDS)
 
 
-class ModelSchema(Declared):
+class QuotaSchema(Declared):
+    """The request and token quotas a deployment and a client token both have; 0: no limit."""
+
+    requests_per_minute = _limit()
+    requests_per_hour = _limit()
+    requests_per_day = _limit()
+    tokens_per_minute = _limit()
+    tokens_per_day = _limit()
+
+
+class ModelSchema(QuotaSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=256))
     provider = fields.String(load_default="openai", validate=validate.Length(min=1))
     base_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
@@ -207,11 +217,6 @@ class ModelSchema(Declared):
     model = fields.String(load_default=None, allow_none=True)
     priority = fields.Integer(load_default=0)
     weight = fields.Float(load_default=1.0, validate=validate.Range(min=0))
-    requests_per_minute = _limit()
-    requests_per_hour = _limit()
-    requests_per_day = _limit()
-    tokens_per_minute = _limit()
-    tokens_per_day = _limit()
     max_request_length = _limit()
     context_window = _limit()
     model_size = fields.String(load_default=None, allow_none=True)
@@ -239,7 +244,7 @@ class ModelSchema(Declared):
         return data
 
 
-class TokenSchema(Declared):
+class TokenSchema(QuotaSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     token = fields.String(load_default=None, allow_none=True)
     token_sha256 = fields.String(
@@ -249,11 +254,6 @@ class TokenSchema(Declared):
     )
     # Allowed public names, aliases and categories (globs); absent or null: all of them.
     models = _names(("*",), allow_none=True)
-    requests_per_minute = _limit()
-    requests_per_hour = _limit()
-    requests_per_day = _limit()
-    tokens_per_minute = _limit()
-    tokens_per_day = _limit()
     budget_per_day = _money()
     budget_per_month = _money()
 
