@@ -24,6 +24,7 @@ from gunicorn.util import is_ipv6, parse_address
 from app.auth import is_loopback_host
 from app.checks import check_serving
 from app.config import (
+    GO_CONFIG_PATH,
     MAX_CONFIG_BYTES,
     Config,
     ConfigError,
@@ -272,6 +273,13 @@ def handed_over() -> bool:
 def stage_config(binds: list[str]) -> tuple[Config, Path | None]:
     """Copy the config file aside and validate the copy; ConfigError names the user's file."""
     source = resolve_config_path(None, os.environ)
+    if source == Path(GO_CONFIG_PATH) and not os.environ.get("AI_PROXY_CONFIG"):
+        # Workers read the staged copy, so the master says where the config came from.
+        logger.info(
+            "no config named (--config, AI_PROXY_CONFIG): using ./%s, the Go ai-proxy's "
+            "default location",
+            GO_CONFIG_PATH,
+        )
     if source is None:
         config = load_config()
         snapshot = None
