@@ -201,6 +201,14 @@ class NoAvailableModelError(ProxyError):
     default_message = "No deployment of this model is available right now."
 
 
+class ClientGoneError(ProxyError):
+    """The client hung up before its answer was complete; nobody is left to answer."""
+
+    status = 499
+    type = code = "client_closed_request"
+    default_message = "The client closed the connection."
+
+
 class StorageUnavailableError(ProxyError):
     status = 503
     type = "service_unavailable"

@@ -59,6 +59,10 @@ class Candidate:
     def key(self) -> str:
         return deployment_key(self.provider)
 
+    def ask(self, body: dict) -> dict:
+        """A client's body with the model id this deployment knows."""
+        return {**body, "model": self.upstream_model}
+
 
 @dataclass(frozen=True)
 class Resolution:

@@ -182,10 +182,11 @@ def check_startup(config: Config, binds: list[str]) -> list[str]:
     return problems
 
 
-def log_loaded(config: Config, workers: int = 1) -> None:
-    """Start-up lines: what was loaded, what was left out and why."""
+def log_config(config: Config, applied: str = "") -> None:
+    """What a config holds, and what was left out of it and why."""
     logger.info(
-        "config %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        "%sconfig %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        applied,
         config.source,
         len(config.models),
         len(config.aliases),
@@ -193,6 +194,11 @@ def log_loaded(config: Config, workers: int = 1) -> None:
     )
     for reason in config.left_out:
         logger.warning("left out %s", reason)
+
+
+def log_loaded(config: Config, workers: int = 1) -> None:
+    """Start-up lines: what was loaded, what was left out and why."""
+    log_config(config)
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
     if workers > 1 and config.rate_limits.storage.startswith("memory"):
@@ -244,15 +250,7 @@ def on_reload(server) -> None:
         logger.exception("reload refused, still serving the previous config")
         return
     _adopt(config, snapshot)
-    logger.info(
-        "reload applied: config %s: %d model deployment(s), %d alias(es), %d client token(s)",
-        config.source,
-        len(config.models),
-        len(config.aliases),
-        len(config.tokens),
-    )
-    for reason in config.left_out:
-        logger.warning("left out %s", reason)
+    log_config(config, applied="reload applied: ")
 
 
 def post_fork(server, worker) -> None:

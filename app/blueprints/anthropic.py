@@ -7,18 +7,17 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from flask import Blueprint, request
+from flask import request
 
-from app.blueprints.common import authenticate
+from app.blueprints.common import api_blueprint
 from app.blueprints.pipeline import (
     Answer,
     Call,
     Endpoint,
     Opened,
     Tally,
-    dispatch,
     primed,
-    upstream_body,
+    serve,
 )
 from app.errors import UpstreamError
 from app.kinds import Surface
@@ -29,12 +28,7 @@ from app.schemas import COUNT_TOKENS, MESSAGES
 from app.streaming import encode_event
 from app.think import strip_answer, strip_stream
 
-bp = Blueprint("ai_proxy_anthropic", __name__)
-
-
-@bp.before_request
-def require_token():
-    authenticate()
+bp = api_blueprint("ai_proxy_anthropic", __name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +41,8 @@ class Translated:
 
 
 class Messages(Endpoint):
+    name = "create_message"
+    paths = ("/v1/messages",)
     surface = Surface.ANTHROPIC
     schema = MESSAGES
 
@@ -71,9 +67,9 @@ class Messages(Endpoint):
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
         provider, translated = candidate.provider, call.prepared
         if provider.native_messages:
-            message = provider.messages(upstream_body(call.body, candidate), ctx)
+            message = provider.messages(candidate.ask(call.body), ctx)
             return Answer(message, message.get("usage"), _message_text(message))
-        result = provider.chat(upstream_body(translated.canonical, candidate), ctx)
+        result = provider.chat(candidate.ask(translated.canonical), ctx)
         if provider.model.strip_think:
             result = strip_answer(result)
         message = to_message(result, call.body["model"], translated.input_estimate)
@@ -84,9 +80,9 @@ class Messages(Endpoint):
     def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
         provider, translated = candidate.provider, call.prepared
         if provider.native_messages:
-            stream = provider.open_messages_stream(upstream_body(call.body, candidate), ctx)
+            stream = provider.open_messages_stream(candidate.ask(call.body), ctx)
             return Opened(primed(candidate, stream), native_events)
-        request = upstream_body(translated.canonical, candidate)
+        request = candidate.ask(translated.canonical)
         stream = primed(candidate, provider.open_chat_stream(request, ctx))
         strip = provider.model.strip_think
 
@@ -102,6 +98,8 @@ class CountTokens(Endpoint):
     """The provider's own count where it has one (an upstream call, so under the client's and
     the deployment's quotas like any other), else an estimate."""
 
+    name = "count_message_tokens"
+    paths = ("/v1/messages/count_tokens",)
     surface = Surface.ANTHROPIC
     schema = COUNT_TOKENS
     charged = False
@@ -111,7 +109,7 @@ class CountTokens(Endpoint):
         return replace(resolution, candidates=counting)
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        counted = candidate.provider.count_tokens(upstream_body(call.body, candidate), ctx)
+        counted = candidate.provider.count_tokens(candidate.ask(call.body), ctx)
         if not isinstance(counted, int):
             return self.unavailable(call)
         return Answer({"input_tokens": counted})
@@ -121,17 +119,7 @@ class CountTokens(Endpoint):
         return Answer({"input_tokens": estimate_input_tokens(call.body)})
 
 
-MESSAGE, COUNT = Messages(), CountTokens()
-
-
-@bp.post("/v1/messages")
-def create_message():
-    return dispatch(MESSAGE)
-
-
-@bp.post("/v1/messages/count_tokens")
-def count_message_tokens():
-    return dispatch(COUNT)
+serve(bp, Messages(), CountTokens())
 
 
 def _warned(translated: Translated) -> dict[str, str]:

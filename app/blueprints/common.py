@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Iterator
 
-from flask import Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from app.auth import require_model
 from app.config import TokenConfig
@@ -33,6 +33,17 @@ CHUNK_BYTES = 65536
 
 def proxy_state() -> ProxyState:
     return current_app.extensions[EXTENSION_KEY]
+
+
+def api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A surface's blueprint: every route on it wants a client token."""
+    bp = Blueprint(name, import_name)
+
+    @bp.before_request
+    def require_token() -> None:
+        authenticate()
+
+    return bp
 
 
 def request_state() -> RequestState:

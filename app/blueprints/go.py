@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
-
-from app.blueprints.common import authenticate, image_bytes
-from app.blueprints.pipeline import Answer, Call, Endpoint, dispatch
+from app.blueprints.common import api_blueprint, image_bytes
+from app.blueprints.pipeline import Answer, Call, Endpoint, serve
 from app.errors import InvalidRequestError, UpstreamError
 from app.images import sniff_type
 from app.kinds import Kind
@@ -13,17 +11,14 @@ from app.providers import CallContext
 from app.routing import Candidate
 from app.schemas import GO_IMAGE
 
-bp = Blueprint("ai_proxy_go", __name__)
+bp = api_blueprint("ai_proxy_go", __name__)
 
 ALL_MODELS = "all"
 
 
-@bp.before_request
-def require_token():
-    authenticate()
-
-
 class RawImage(Endpoint):
+    name = "create_raw_image"
+    paths = ("/image",)
     schema = GO_IMAGE
     kind = Kind.IMAGE
     charged = False
@@ -55,9 +50,4 @@ class RawImage(Endpoint):
         return Answer(bytes(data), content_type=media)
 
 
-RAW_IMAGE = RawImage()
-
-
-@bp.post("/image")
-def create_raw_image():
-    return dispatch(RAW_IMAGE)
+serve(bp, RawImage())

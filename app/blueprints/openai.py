@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from flask import Blueprint
-
 from app.auth import model_allowed
 from app.blueprints.common import (
-    authenticate,
+    api_blueprint,
     authorise_model,
     image_entry,
     json_response,
@@ -23,9 +21,8 @@ from app.blueprints.pipeline import (
     Endpoint,
     Opened,
     Tally,
-    dispatch,
     primed,
-    upstream_body,
+    serve,
 )
 from app.errors import ModelNotFoundError
 from app.kinds import Kind
@@ -35,17 +32,14 @@ from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES
 from app.streaming import DONE, encode_chunk
 from app.think import strip_answer, strip_stream
 
-bp = Blueprint("ai_proxy_openai", __name__)
+bp = api_blueprint("ai_proxy_openai", __name__)
 
 GLOB_CHARS = "*?["
 
 
-@bp.before_request
-def require_token():
-    authenticate()
-
-
 class ChatCompletions(Endpoint):
+    name = "create_chat_completion"
+    paths = ("/v1/chat/completions", "/chat/completions")
     schema = CHAT_COMPLETION
 
     def read(self, body: dict, size: int) -> Call:
@@ -59,13 +53,13 @@ class ChatCompletions(Endpoint):
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        answer = candidate.provider.chat(upstream_body(call.body, candidate), ctx)
+        answer = candidate.provider.chat(candidate.ask(call.body), ctx)
         if candidate.provider.model.strip_think:
             answer = strip_answer(answer)
         return Answer(answer, answer.get("usage"), _answer_text(answer))
 
     def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
-        stream = candidate.provider.open_chat_stream(upstream_body(call.body, candidate), ctx)
+        stream = candidate.provider.open_chat_stream(candidate.ask(call.body), ctx)
         strip = candidate.provider.model.strip_think
         return Opened(
             primed(candidate, stream),
@@ -78,6 +72,8 @@ class ChatCompletions(Endpoint):
 class Completions(Endpoint):
     """The legacy text completions: OpenAI-compatible upstreams only."""
 
+    name = "create_completion"
+    paths = ("/v1/completions", "/completions")
     schema = COMPLETIONS
 
     def read(self, body: dict, size: int) -> Call:
@@ -92,12 +88,12 @@ class Completions(Endpoint):
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        answer = candidate.provider.complete(upstream_body(call.body, candidate), ctx)
+        answer = candidate.provider.complete(candidate.ask(call.body), ctx)
         text = "".join(str(c.get("text") or "") for c in answer.get("choices") or [])
         return Answer(answer, answer.get("usage"), text)
 
     def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
-        stream = candidate.provider.open_completion_stream(upstream_body(call.body, candidate), ctx)
+        stream = candidate.provider.open_completion_stream(candidate.ask(call.body), ctx)
         return Opened(
             primed(candidate, stream),
             lambda chunks, tally: chat_events(chunks, call.include_usage, tally),
@@ -105,6 +101,8 @@ class Completions(Endpoint):
 
 
 class Embeddings(Endpoint):
+    name = "create_embedding"
+    paths = ("/v1/embeddings", "/embeddings")
     schema = EMBEDDINGS
     kind = Kind.EMBEDDING
 
@@ -112,47 +110,25 @@ class Embeddings(Endpoint):
         return Call(body, body["model"], size, prompt={"messages": []})
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        answer = candidate.provider.embed(upstream_body(call.body, candidate), ctx)
+        answer = candidate.provider.embed(candidate.ask(call.body), ctx)
         return Answer(answer, answer.get("usage"))
 
 
 class Images(Endpoint):
+    name = "create_image"
+    paths = ("/v1/images/generations", "/images/generations")
     schema = IMAGES
     kind = Kind.IMAGE
     charged = False
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        entries = candidate.provider.generate_image(upstream_body(call.body, candidate), ctx)
+        entries = candidate.provider.generate_image(candidate.ask(call.body), ctx)
         wanted = call.body.get("response_format") or "url"
         data = [image_entry(entry, wanted, candidate, ctx) for entry in entries]
         return Answer({"created": int(time.time()), "data": data})
 
 
-CHAT, COMPLETION, EMBEDDING, IMAGE = ChatCompletions(), Completions(), Embeddings(), Images()
-
-
-@bp.post("/v1/chat/completions")
-@bp.post("/chat/completions")
-def create_chat_completion():
-    return dispatch(CHAT)
-
-
-@bp.post("/v1/completions")
-@bp.post("/completions")
-def create_completion():
-    return dispatch(COMPLETION)
-
-
-@bp.post("/v1/embeddings")
-@bp.post("/embeddings")
-def create_embedding():
-    return dispatch(EMBEDDING)
-
-
-@bp.post("/v1/images/generations")
-@bp.post("/images/generations")
-def create_image():
-    return dispatch(IMAGE)
+serve(bp, ChatCompletions(), Completions(), Embeddings(), Images())
 
 
 def wants_usage(body: dict) -> bool:

@@ -7,13 +7,14 @@ A cache lookup, a quota reservation or a new surface is added here once, not in 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flask import Response, request
+from flask import Blueprint, Response, request
 from marshmallow import Schema
 
 from app import metrics, watchdog
@@ -104,6 +105,8 @@ class Admission:
 class Endpoint:
     """One model-calling endpoint of a surface; subclasses fill in what differs."""
 
+    name: ClassVar[str]  # the view's name, verb + resource
+    paths: ClassVar[tuple[str, ...]]  # where it is served (POST)
     surface: ClassVar[Surface] = Surface.OPENAI
     kind: ClassVar[Kind] = Kind.CHAT
     schema: ClassVar[Schema]
@@ -137,6 +140,14 @@ class Endpoint:
     def unavailable(self, call: Call) -> Answer | None:
         """The answer when no deployment could answer (None: the error goes to the client)."""
         return None
+
+
+def serve(bp: Blueprint, *endpoints: Endpoint) -> None:
+    """Route each endpoint's paths to `dispatch`: its view is the pipeline itself."""
+    for endpoint in endpoints:
+        view = functools.partial(dispatch, endpoint)
+        for path in endpoint.paths:
+            bp.add_url_rule(path, endpoint.name, view, methods=["POST"])
 
 
 def dispatch(endpoint: Endpoint) -> Response:
@@ -279,11 +290,6 @@ def relay(
 def primed(candidate: Candidate, stream) -> PrimedStream:
     """A provider's stream with its first answer chunk read (fallback is possible until then)."""
     return PrimedStream(stream, candidate.provider.label)
-
-
-def upstream_body(body: dict, candidate: Candidate) -> dict:
-    """The client's body with the model id this deployment knows."""
-    return {**body, "model": candidate.upstream_model}
 
 
 def note_outcome(outcome: Outcome, surface: Surface, stream: bool) -> None:
