@@ -10,15 +10,7 @@ from dataclasses import dataclass, replace
 from flask import request
 
 from app.blueprints.common import api_blueprint
-from app.blueprints.pipeline import (
-    Answer,
-    Call,
-    Endpoint,
-    Opened,
-    Tally,
-    primed,
-    serve,
-)
+from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
 from app.errors import UpstreamError
 from app.kinds import Surface
 from app.messages import EventWriter, estimate_input_tokens, to_chat_request, to_message

@@ -15,15 +15,7 @@ from app.blueprints.common import (
     proxy_state,
     request_state,
 )
-from app.blueprints.pipeline import (
-    Answer,
-    Call,
-    Endpoint,
-    Opened,
-    Tally,
-    primed,
-    serve,
-)
+from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
 from app.errors import ModelNotFoundError
 from app.kinds import Kind
 from app.providers import CallContext
