@@ -7,7 +7,7 @@ import getpass
 import os
 import sys
 
-from app.config import ConfigError, hash_token, load_config, load_env_file
+from app.config import ConfigError, hash_token, load_config, load_env_file, runtime_from_env
 from app.version import __version__
 
 COMMANDS = ("serve", "check-config", "hash-token")
@@ -163,8 +163,6 @@ def parse_addr(addr: str) -> tuple[str | None, str | None]:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from app.server import ProxyApplication, gunicorn_options
-
     try:
         load_env_file(args.env_file)
     except ConfigError as err:
@@ -189,6 +187,16 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ["WEB_CONCURRENCY"] = str(args.workers)
     if args.threads is not None:
         os.environ["THREADS"] = str(args.threads)
+    # Checked before gunicorn is imported: its settings read WEB_CONCURRENCY as it loads and
+    # would stop with a traceback instead of a line naming the variable.
+    problems: list[str] = []
+    runtime_from_env(os.environ, problems)
+    if problems:
+        for problem in problems:
+            print(f"ai-proxy: {problem}", file=sys.stderr)
+        return 1
+    from app.server import ProxyApplication, gunicorn_options
+
     ProxyApplication(gunicorn_options(os.environ)).run()
     return 0
 

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from flask import Response
 
+from app.kinds import Surface
 from app.redact import REDACTOR
 
 logger = logging.getLogger(__name__)
 
-OPENAI = "openai"
-ANTHROPIC = "anthropic"
+OPENAI, ANTHROPIC = Surface.OPENAI, Surface.ANTHROPIC
 
 
 class ProxyError(Exception):
@@ -68,7 +68,7 @@ class ProxyError(Exception):
     def anthropic_body(self) -> dict:
         return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
 
-    def body(self, surface: str) -> dict:
+    def body(self, surface: Surface) -> dict:
         return self.anthropic_body() if surface == ANTHROPIC else self.openai_body()
 
 
@@ -201,6 +201,14 @@ class NoAvailableModelError(ProxyError):
     default_message = "No deployment of this model is available right now."
 
 
+class ClientGoneError(ProxyError):
+    """The client hung up before its answer was complete; nobody is left to answer."""
+
+    status = 499
+    type = code = "client_closed_request"
+    default_message = "The client closed the connection."
+
+
 class StorageUnavailableError(ProxyError):
     status = 503
     type = "service_unavailable"
@@ -209,7 +217,7 @@ class StorageUnavailableError(ProxyError):
     default_message = "The rate-limit storage is unavailable."
 
 
-def error_response(err: ProxyError, surface: str = OPENAI) -> Response:
+def error_response(err: ProxyError, surface: Surface = OPENAI) -> Response:
     """Render an error as the JSON response of the given surface, scrubbed of secrets."""
     response = Response(
         json.dumps(REDACTOR.scrub_value(err.body(surface))),
@@ -221,7 +229,7 @@ def error_response(err: ProxyError, surface: str = OPENAI) -> Response:
     return response
 
 
-def sse_error_event(err: ProxyError, surface: str = OPENAI) -> bytes:
+def sse_error_event(err: ProxyError, surface: Surface = OPENAI) -> bytes:
     """The in-band event that ends a stream that failed after its first byte, scrubbed."""
     data = json.dumps(REDACTOR.scrub_value(err.body(surface)))
     if surface == ANTHROPIC:

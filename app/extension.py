@@ -26,7 +26,7 @@ from app.errors import (
     RequestTooLargeError,
     error_response,
 )
-from app.state import EXTENSION_KEY, ProxyState, build_state
+from app.state import EXTENSION_KEY, ProxyState, RequestState, build_state
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ai_proxy.access")
@@ -106,14 +106,16 @@ def _begin_request():
         return None
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-    g.ai_proxy_request_id = request_id
-    g.ai_proxy_started = time.perf_counter()
-    g.ai_proxy_record = {"request_id": request_id, "method": request.method, "path": request.path}
-    # Scrapes and probes are not the load the gauge is for.
-    g.ai_proxy_counted = not request.path.endswith(QUIET_PATHS)
-    if g.ai_proxy_counted:
+    counted = not request.path.endswith(QUIET_PATHS)  # probes and scrapes are not load
+    g.ai_proxy = RequestState(
+        request_id=request_id,
+        started=time.perf_counter(),
+        record={"request_id": request_id, "method": request.method, "path": request.path},
+        counted=counted,
+    )
+    if counted:
         metrics.IN_FLIGHT.inc()
-        g.ai_proxy_span = tracing.start_request_span(
+        g.ai_proxy.span = tracing.start_request_span(
             f"{request.method} {request.path}",
             request.headers,
             {
@@ -144,18 +146,16 @@ def _finish_response(response: Response) -> Response:
     if not _ours():
         return response
     headers = response.headers
-    headers["x-request-id"] = g.get("ai_proxy_request_id") or uuid.uuid4().hex
+    current: RequestState | None = g.pop("ai_proxy", None)
+    headers["x-request-id"] = current.request_id if current else uuid.uuid4().hex
     headers["X-Content-Type-Options"] = "nosniff"
     headers.setdefault("Cache-Control", "no-store")
     _cors(response)
-    record = g.pop("ai_proxy_record", None)
-    if record is not None:
-        counted = g.get("ai_proxy_counted", False)
+    if current is not None:
+        record = current.record
         record["status"] = response.status_code
-        started = g.ai_proxy_started
-        surface = _surface()
+        surface, started, counted, span = _surface(), current.started, current.counted, current.span
         # Logged and counted once the last byte is out (streams included).
-        span = g.pop("ai_proxy_span", None)
         tracing.detach(span)
         label = _model_label(record)
         response.call_on_close(

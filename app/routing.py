@@ -59,6 +59,10 @@ class Candidate:
     def key(self) -> str:
         return deployment_key(self.provider)
 
+    def ask(self, body: dict) -> dict:
+        """A client's body with the model id this deployment knows."""
+        return {**body, "model": self.upstream_model}
+
 
 @dataclass(frozen=True)
 class Resolution:
@@ -67,6 +71,9 @@ class Resolution:
     identifier: str
     is_category: bool
     candidates: tuple[Candidate, ...]
+    # Every candidate may be tried (a request for "every model of a kind", as Go's /image does),
+    # not only `routing.max_attempts` of them.
+    try_all: bool = False
 
 
 @dataclass
@@ -207,6 +214,7 @@ class Router:
             candidates[0].model.name,
             False,
             tuple(Candidate(p, p.model.upstream_model(p.model.name)) for p in candidates),
+            try_all=True,
         )
 
     def wildcard_owner(self, identifier: str) -> str | None:
@@ -296,7 +304,7 @@ class Router:
         while trial.position < len(trial.queue):
             candidate = trial.queue[trial.position]
             trial.position += 1
-            if trial.attempts >= self.config.routing.max_attempts:
+            if trial.attempts >= self.config.routing.max_attempts and not resolution.try_all:
                 break
             if deadline is not None and self.clock() >= deadline:
                 trial.last_error = UpstreamTimeoutError(

@@ -24,6 +24,7 @@ from gunicorn.util import is_ipv6, parse_address
 from app.auth import is_loopback_host
 from app.checks import check_serving
 from app.config import (
+    GO_CONFIG_PATH,
     MAX_CONFIG_BYTES,
     Config,
     ConfigError,
@@ -181,10 +182,11 @@ def check_startup(config: Config, binds: list[str]) -> list[str]:
     return problems
 
 
-def log_loaded(config: Config, workers: int = 1) -> None:
-    """Start-up lines: what was loaded, what was left out and why."""
+def log_config(config: Config, applied: str = "") -> None:
+    """What a config holds, and what was left out of it and why."""
     logger.info(
-        "config %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        "%sconfig %s: %d model deployment(s), %d alias(es), %d client token(s)",
+        applied,
         config.source,
         len(config.models),
         len(config.aliases),
@@ -192,6 +194,11 @@ def log_loaded(config: Config, workers: int = 1) -> None:
     )
     for reason in config.left_out:
         logger.warning("left out %s", reason)
+
+
+def log_loaded(config: Config, workers: int = 1) -> None:
+    """Start-up lines: what was loaded, what was left out and why."""
+    log_config(config)
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
     if workers > 1 and config.rate_limits.storage.startswith("memory"):
@@ -243,15 +250,7 @@ def on_reload(server) -> None:
         logger.exception("reload refused, still serving the previous config")
         return
     _adopt(config, snapshot)
-    logger.info(
-        "reload applied: config %s: %d model deployment(s), %d alias(es), %d client token(s)",
-        config.source,
-        len(config.models),
-        len(config.aliases),
-        len(config.tokens),
-    )
-    for reason in config.left_out:
-        logger.warning("left out %s", reason)
+    log_config(config, applied="reload applied: ")
 
 
 def post_fork(server, worker) -> None:
@@ -272,6 +271,13 @@ def handed_over() -> bool:
 def stage_config(binds: list[str]) -> tuple[Config, Path | None]:
     """Copy the config file aside and validate the copy; ConfigError names the user's file."""
     source = resolve_config_path(None, os.environ)
+    if source == Path(GO_CONFIG_PATH) and not os.environ.get("AI_PROXY_CONFIG"):
+        # Workers read the staged copy, so the master says where the config came from.
+        logger.info(
+            "no config named (--config, AI_PROXY_CONFIG): using ./%s, the Go ai-proxy's "
+            "default location",
+            GO_CONFIG_PATH,
+        )
     if source is None:
         config = load_config()
         snapshot = None

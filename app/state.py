@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from app import redact
 from app.auth import Authenticator
-from app.config import Config
+from app.config import Config, TokenConfig
 from app.cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from app.providers import build_providers
 from app.ratelimit import Quotas, make_storage, redis_client
@@ -27,6 +27,18 @@ class ProxyState:
     quotas: Quotas
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
+
+
+@dataclass
+class RequestState:
+    """One request's state, kept on `flask.g` as `g.ai_proxy` from its start to its log line."""
+
+    request_id: str
+    started: float  # time.perf_counter() at its start
+    record: dict  # the fields of its access log line
+    counted: bool  # whether it counts in the in-flight gauge (probes and scrapes do not)
+    span: object = None  # its tracing span, if tracing is on
+    token: TokenConfig | None = None  # the client token, once authenticated
 
 
 def build_state(config: Config, url_prefix: str = "") -> ProxyState:

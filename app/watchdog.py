@@ -28,7 +28,7 @@ from enum import StrEnum
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from app.errors import ProxyError, UpstreamTimeoutError
+from app.errors import ClientGoneError, UpstreamTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ _GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 class Reason(StrEnum):
     DEADLINE = "deadline"
     CLIENT_GONE = "client_gone"
-
-
-class ClientGoneError(ProxyError):
-    """The client hung up before its answer was complete; nobody is left to answer."""
-
-    status = 499
-    type = "client_closed_request"
-    code = "client_closed_request"
-    default_message = "The client closed the connection."
 
 
 @dataclass(frozen=True)

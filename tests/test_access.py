@@ -385,3 +385,22 @@ def test_too_large_and_rate_limited_are_counted(make_app):
     for _ in range(2):
         client.post("/v1/chat/completions", json={"model": "echo", "messages": USER}).close()
     assert requests_total(**limited) == before + 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+@pytest.mark.parametrize("path", ["/metrics", "/admin/status"])
+def test_non_ascii_admin_and_metrics_tokens_in_either_encoding(make_app, encoding, path):
+    config = {
+        "models": [{"name": "echo", "provider": "echo"}],
+        "auth": {"tokens": [{"name": "t", "token": "sk-client-token-x"}], "admin_token": ACCENTED},
+        "server": {"metrics_token": ACCENTED},
+    }
+    client = make_app(config).test_client()
+    sent = as_wsgi(ACCENTED.encode(encoding))
+    ok = client.get(path, environ_overrides={**LOOPBACK, "HTTP_AUTHORIZATION": f"Bearer {sent}"})
+    assert ok.status_code == 200, ok.get_data(as_text=True)
+    wrong = as_wsgi("tökén-u".encode(encoding))
+    refused = client.get(
+        path, environ_overrides={**LOOPBACK, "HTTP_AUTHORIZATION": f"Bearer {wrong}"}
+    )
+    assert refused.status_code == 401

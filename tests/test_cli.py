@@ -187,10 +187,14 @@ def test_check_config_names_an_invalid_env_var(tmp_path, good_config, name, valu
     assert "Traceback" not in result.stderr
 
 
-def test_serve_with_invalid_port_env_fails_naming_it(tmp_path, good_config):
-    result = run([*CLI, "serve", "--config", str(good_config)], tmp_path, PORT="abc")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "abc"), ("WEB_CONCURRENCY", "many"), ("THREADS", "0"), ("RETRY_JITTER", "x")],
+)
+def test_serve_with_invalid_env_fails_naming_it(tmp_path, good_config, name, value):
+    result = run([*CLI, "serve", "--config", str(good_config)], tmp_path, **{name: value})
     assert result.returncode != 0
-    assert "PORT" in result.stdout + result.stderr
+    assert name in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
 
 

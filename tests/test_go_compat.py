@@ -65,13 +65,13 @@ def chat_answer(content: str = "hello from upstream") -> dict:
     }
 
 
-def make_client(path: Path, env: dict | None = None, token: str = TOKEN):
+def make_client(path: Path, env: dict | None = None, token: str = TOKEN, **routing):
     app = create_app(
         {
             "config_path": str(path),
             "env": {"AUTH_TOKEN": TOKEN, **KEYS, **(env or {})},
             "retry": {"max_retries": 0},
-            "routing": {"cooldown_seconds": 0},
+            "routing": {"cooldown_seconds": 0, **routing},
         }
     )
     client = app.test_client()
@@ -299,6 +299,18 @@ def test_image_model_all_tries_every_image_model_in_turn(body):
     assert answer.status_code == 200, answer.data[:300]
     assert answer.data == PNG and answer.headers["Content-Type"] == "image/png"
     assert answer.headers["x-ai-proxy-model"] == "aimlapi/flux/schnell"
+    assert [c.request.url for c in responses.calls] == [HF_FLUX, TOGETHER, AIMLAPI]
+
+
+@responses.activate
+def test_image_model_all_is_not_cut_at_max_attempts():
+    # As in Go, "all" tries every image model, however few attempts a named model gets.
+    responses.post(HF_FLUX, status=503, json={"error": "Model is loading"})
+    responses.post(TOGETHER, status=500, json={"error": {"message": "boom"}})
+    responses.post(AIMLAPI, json={"data": [{"b64_json": b64(PNG)}]})
+    client = make_client(IMAGES, max_attempts=1)
+    answer = client.post("/image", json={"model": "all", "prompt": "a cat"})
+    assert answer.status_code == 200 and answer.data == PNG
     assert [c.request.url for c in responses.calls] == [HF_FLUX, TOGETHER, AIMLAPI]
 
 

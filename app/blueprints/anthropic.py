@@ -4,114 +4,126 @@ to any provider: passed through to Anthropic deployments, translated for every o
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from flask import Blueprint, Response, request
+from flask import request
 
-from app.blueprints.common import (
-    Tally,
-    admit,
-    authenticate,
-    bounded,
-    call_context,
-    json_response,
-    note_outcome,
-    read_json_body,
-    relay,
-    routing_headers,
-    settle_usage,
-)
-from app.errors import ANTHROPIC, NoAvailableModelError, UpstreamError
+from app.blueprints.common import api_blueprint
+from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from app.errors import UpstreamError
+from app.kinds import Surface
 from app.messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
-from app.providers import PrimedStream, Provider
-from app.routing import Candidate
-from app.schemas import COUNT_TOKENS, MESSAGES, validate_body
-from app.streaming import SSE_HEADERS, encode_event
+from app.providers import CallContext, Provider
+from app.routing import Candidate, Resolution
+from app.schemas import COUNT_TOKENS, MESSAGES
+from app.streaming import encode_event
 from app.think import strip_answer, strip_stream
 
-bp = Blueprint("ai_proxy_anthropic", __name__)
-
-NATIVE, CANONICAL = "native", "canonical"
+bp = api_blueprint("ai_proxy_anthropic", __name__)
 
 
-@bp.before_request
-def require_token():
-    authenticate()
+@dataclass(frozen=True)
+class Translated:
+    """A Messages request as chat, for deployments that do not speak Messages."""
+
+    canonical: dict
+    warnings: str | None  # what a translated call drops, for `x-ai-proxy-warning`
+    input_estimate: int
 
 
-@bp.post("/v1/messages")
-def create_message():
-    body, size = read_json_body()
-    body = validate_body(MESSAGES, body)
-    state, token, resolution, quota_headers = admit(body["model"], size)
-    ctx = replace(
-        call_context(resolution.identifier),
-        anthropic_beta=request.headers.get("anthropic-beta", "")[:1000] or None,
-    )
-    warnings: list[str] = []
-    canonical = to_chat_request(body, warnings)
-    input_estimate = estimate_input_tokens(body)
-    stream = bool(body.get("stream"))
+class Messages(Endpoint):
+    name = "create_message"
+    paths = ("/v1/messages",)
+    surface = Surface.ANTHROPIC
+    schema = MESSAGES
 
-    def call(candidate: Candidate):
-        provider = candidate.provider
+    def read(self, body: dict, size: int) -> Call:
+        warnings: list[str] = []
+        canonical = to_chat_request(body, warnings)
+        dropped = header_safe("; ".join(dict.fromkeys(warnings))) if warnings else None
+        prepared = Translated(canonical, dropped, estimate_input_tokens(body))
+        return Call(
+            body,
+            body["model"],
+            size,
+            stream=bool(body.get("stream")),
+            prompt=canonical,
+            prepared=prepared,
+        )
+
+    def context(self, ctx: CallContext) -> CallContext:
+        beta = request.headers.get("anthropic-beta", "")[:1000] or None
+        return replace(ctx, anthropic_beta=beta)
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        provider, translated = candidate.provider, call.prepared
         if provider.native_messages:
-            native = {**body, "model": candidate.upstream_model}
-            if stream:
-                opened = provider.open_messages_stream(native, ctx)
-                return NATIVE, PrimedStream(opened, provider.label)
-            return NATIVE, provider.messages(native, ctx)
-        request = {**canonical, "model": candidate.upstream_model}
-        if stream:
-            opened = provider.open_chat_stream(request, ctx)
-            return CANONICAL, PrimedStream(opened, provider.label)
-        return CANONICAL, provider.chat(request, ctx)
-
-    outcome = state.router.run(resolution, call, ctx.deadline)
-    note_outcome(outcome, ANTHROPIC, stream=stream)
-    mode, result = outcome.result
-    outcome.result = result
-    headers = {**routing_headers(outcome), **quota_headers}
-    if mode == CANONICAL and warnings:
-        headers["x-ai-proxy-warning"] = header_safe("; ".join(dict.fromkeys(warnings)))
-    settle = settle_usage(token, outcome.candidate, canonical)
-    strip = outcome.candidate.provider.model.strip_think
-
-    if stream:
-        limit = state.config.routing.stream_timeout_seconds
-        items = bounded(result, time.monotonic() + limit)
-        tally = Tally()
-        if mode == NATIVE:
-            events = native_events(items, tally)
-        else:
-            chunks = strip_stream(items) if strip else items
-            prompt_tokens = result.prompt_tokens or input_estimate
-            events = canonical_events(chunks, body["model"], prompt_tokens, tally)
-        return Response(
-            relay(outcome, events, tally, ANTHROPIC, settle),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
-        )
-
-    outcome.finish()
-    if mode == NATIVE:
-        message = result
-        usage = message.get("usage")
-        text = "".join(
-            b.get("text", "")
-            for b in message.get("content") or []
-            if isinstance(b, dict) and b.get("type") == "text"
-        )
-    else:
-        if strip:
+            message = provider.messages(candidate.ask(call.body), ctx)
+            return Answer(message, message.get("usage"), _message_text(message))
+        result = provider.chat(candidate.ask(translated.canonical), ctx)
+        if provider.model.strip_think:
             result = strip_answer(result)
-        message = to_message(result, body["model"], input_estimate)
-        usage, text = result.get("usage"), ""
-    response = json_response(message, headers=headers)
-    response.call_on_close(lambda: settle(usage or message.get("usage"), text))
-    return response
+        message = to_message(result, call.body["model"], translated.input_estimate)
+        return Answer(
+            message, result.get("usage") or message.get("usage"), headers=_warned(translated)
+        )
+
+    def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
+        provider, translated = candidate.provider, call.prepared
+        if provider.native_messages:
+            stream = provider.open_messages_stream(candidate.ask(call.body), ctx)
+            return Opened(primed(candidate, stream), native_events)
+        request = candidate.ask(translated.canonical)
+        stream = primed(candidate, provider.open_chat_stream(request, ctx))
+        strip = provider.model.strip_think
+
+        def write(items, tally: Tally) -> Iterator[bytes]:
+            chunks = strip_stream(items) if strip else items
+            prompt_tokens = stream.prompt_tokens or translated.input_estimate
+            return canonical_events(chunks, call.body["model"], prompt_tokens, tally)
+
+        return Opened(stream, write, _warned(translated))
+
+
+class CountTokens(Endpoint):
+    """The provider's own count where it has one (an upstream call, so under the client's and
+    the deployment's quotas like any other), else an estimate."""
+
+    name = "count_message_tokens"
+    paths = ("/v1/messages/count_tokens",)
+    surface = Surface.ANTHROPIC
+    schema = COUNT_TOKENS
+    charged = False
+
+    def candidates(self, resolution: Resolution) -> Resolution:
+        counting = tuple(c for c in resolution.candidates if counts_upstream(c.provider))
+        return replace(resolution, candidates=counting)
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        counted = candidate.provider.count_tokens(candidate.ask(call.body), ctx)
+        if not isinstance(counted, int):
+            return self.unavailable(call)
+        return Answer({"input_tokens": counted})
+
+    def unavailable(self, call: Call) -> Answer:
+        # A count is an estimate at worst: no reason to fail the request.
+        return Answer({"input_tokens": estimate_input_tokens(call.body)})
+
+
+serve(bp, Messages(), CountTokens())
+
+
+def _warned(translated: Translated) -> dict[str, str]:
+    return {"x-ai-proxy-warning": translated.warnings} if translated.warnings else {}
+
+
+def _message_text(message: dict) -> str:
+    return "".join(
+        b.get("text", "")
+        for b in message.get("content") or []
+        if isinstance(b, dict) and b.get("type") == "text"
+    )
 
 
 def header_safe(text: str, limit: int = 1000) -> str:
@@ -149,34 +161,6 @@ def canonical_events(chunks, model: str, input_estimate: int, tally: Tally) -> I
         # An upstream that stopped without saying why was cut off: never a clean end.
         raise UpstreamError("The upstream stream ended before its answer was complete.")
     yield from writer.finish_events()
-
-
-@bp.post("/v1/messages/count_tokens")
-def count_message_tokens():
-    """The provider's own count where it has one (an upstream call, so under the client's and
-    the deployment's quotas like any other), else an estimate."""
-    body, size = read_json_body()
-    body = validate_body(COUNT_TOKENS, body)
-    state, _token, resolution, quota_headers = admit(body["model"], size)
-    counting = tuple(c for c in resolution.candidates if counts_upstream(c.provider))
-    if counting:
-        ctx = call_context(resolution.identifier)
-        try:
-            outcome = state.router.run(
-                replace(resolution, candidates=counting),
-                lambda c: c.provider.count_tokens({**body, "model": c.upstream_model}, ctx),
-                ctx.deadline,
-            )
-        except (UpstreamError, NoAvailableModelError):
-            pass  # a count is an estimate at worst; no reason to fail the request
-        else:
-            outcome.finish()
-            if isinstance(outcome.result, int):
-                return json_response(
-                    {"input_tokens": outcome.result},
-                    headers={**routing_headers(outcome), **quota_headers},
-                )
-    return json_response({"input_tokens": estimate_input_tokens(body)}, headers=quota_headers)
 
 
 def counts_upstream(provider: Provider) -> bool:

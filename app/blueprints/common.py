@@ -6,29 +6,21 @@ import base64
 import json
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 
-from flask import Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 
-from app import metrics, watchdog
-from app.auth import model_allowed, require_model
+from app.auth import require_model
 from app.config import TokenConfig
 from app.errors import (
     InvalidJSONError,
-    ProxyError,
     RequestTooLargeError,
     UpstreamError,
-    UpstreamTimeoutError,
-    sse_error_event,
 )
 from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
 from app.providers import CallContext
-from app.ratelimit import rate_limit_headers
-from app.redact import scrub
-from app.routing import Candidate, Outcome
-from app.state import EXTENSION_KEY, ProxyState
-from app.tokens import cost_usd, usage_numbers
+from app.routing import Candidate
+from app.state import EXTENSION_KEY, ProxyState, RequestState
 from app.upstream import read_bytes
 
 logger = logging.getLogger(__name__)
@@ -43,35 +35,35 @@ def proxy_state() -> ProxyState:
     return current_app.extensions[EXTENSION_KEY]
 
 
+def api_blueprint(name: str, import_name: str) -> Blueprint:
+    """A surface's blueprint: every route on it wants a client token."""
+    bp = Blueprint(name, import_name)
+
+    @bp.before_request
+    def require_token() -> None:
+        authenticate()
+
+    return bp
+
+
+def request_state() -> RequestState:
+    """This request's state (made when it began)."""
+    return g.ai_proxy
+
+
 def authenticate() -> TokenConfig:
     """The caller's token, or a 401 (no token configured: loopback callers only)."""
     token = proxy_state().authenticator.authenticate(request.headers, request.remote_addr)
-    g.ai_proxy_token = token
+    request_state().token = token
     note(token=token.name)
     return token
 
 
 def note(**fields) -> dict:
     """Add fields to this request's log line (and return the line's record)."""
-    record = g.get("ai_proxy_record")
-    if record is None:
-        record = g.ai_proxy_record = {}
+    record = request_state().record
     record.update(fields)
     return record
-
-
-def note_outcome(outcome: Outcome, surface: str, stream: bool) -> None:
-    """Record who answered and how soon the first byte came."""
-    first_byte = time.perf_counter() - g.ai_proxy_started
-    model = outcome.candidate.provider.model
-    note(
-        model=model.name,
-        provider=model.provider,
-        attempts=outcome.attempts,
-        stream=stream,
-        ttfb_ms=round(first_byte * 1000, 2),
-    )
-    metrics.FIRST_BYTE_SECONDS.labels(surface, model.name).observe(first_byte)
 
 
 def read_json_body() -> tuple[object, int]:
@@ -133,54 +125,6 @@ def _read_body(limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def call_context(requested_model: str | None) -> CallContext:
-    """The provider's view of this request, with the deadline for its first byte."""
-    routing = proxy_state().config.routing
-    now = time.monotonic()
-    deadline = now + routing.request_timeout_seconds
-    # Every upstream exchange of this request is watched: cut at its deadline, or as soon
-    # as the client (gunicorn's connection to it) hangs up.
-    watchdog.enter_scope(
-        watchdog.Scope(
-            deadline=deadline,
-            stream_deadline=now + routing.stream_timeout_seconds,
-            client=request.environ.get("gunicorn.socket"),
-        )
-    )
-    return CallContext(
-        request_id=g.ai_proxy_request_id,
-        requested_model=requested_model,
-        deadline=deadline,
-    )
-
-
-def settle_usage(token: TokenConfig, candidate: Candidate, body: dict):
-    """A callback charging an answer's tokens and cost once its usage (or text) is known."""
-    quotas = proxy_state().quotas
-    model = candidate.provider.model
-    record = note()
-
-    def settle(usage: object, completion_text: str) -> tuple[int, int]:
-        prompt, completion = usage_numbers(usage, body, completion_text)
-        cost = cost_usd(model, prompt, completion)
-        quotas.charge(token, model.key, prompt + completion, cost)
-        record.update(prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
-        metrics.TOKENS.labels(model.name, token.name, "prompt").inc(prompt)
-        metrics.TOKENS.labels(model.name, token.name, "completion").inc(completion)
-        if cost:
-            metrics.COST.labels(model.name, token.name).inc(cost)
-        return prompt, completion
-
-    return settle
-
-
-def routing_headers(outcome: Outcome) -> dict[str, str]:
-    return {
-        "x-ai-proxy-model": outcome.candidate.name,
-        "x-ai-proxy-attempts": str(outcome.attempts),
-    }
-
-
 def json_response(payload: object, status: int = 200, headers: dict | None = None) -> Response:
     """A JSON answer. A large one is encoded as it is sent, in slices, instead of whole: the
     answer is then held about twice (its objects and the piece being sent), not three times."""
@@ -218,78 +162,10 @@ def _encoded(payload: object) -> Iterator[bytes]:
             yield piece[start : start + SLICE_CHARS].encode("ascii")
 
 
-class Tally:
-    """What a stream delivered, for charging it: the last usage seen and the text sent."""
-
-    def __init__(self) -> None:
-        self.usage: object = None
-        self.texts: list[str] = []
-
-    def text(self) -> str:
-        return "".join(self.texts)
-
-
-def bounded(items: Iterable, ends_by: float) -> Iterator:
-    """Items until the stream's time is up; then an in-band timeout."""
-    for item in items:
-        yield item
-        if time.monotonic() > ends_by:
-            raise UpstreamTimeoutError("The stream ran longer than the proxy allows.")
-
-
-def relay(
-    outcome: Outcome,
-    events: Iterator[bytes],
-    tally: Tally,
-    surface: str,
-    settle: Callable[[object, str], object],
-) -> Iterator[bytes]:
-    """Send a stream's events as they come; a failure after the first byte ends in-band.
-
-    Whatever happens, the upstream is closed, routing hears how it ended, and the tokens
-    delivered (before a failure or a disconnect too) are charged.
-    """
-    error: ProxyError | None = None
-    metrics.STREAMS_IN_FLIGHT.inc()
-    try:
-        yield from events
-    except ProxyError as err:
-        error = err
-        logger.warning("stream ended early: %s", scrub(err.message))
-        yield sse_error_event(err, surface)
-    except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
-        error = ProxyError()
-        logger.exception("stream failed inside the proxy")
-        yield sse_error_event(error, surface)
-    finally:
-        metrics.STREAMS_IN_FLIGHT.dec()
-        outcome.result.close()
-        outcome.finish(error)
-        settle(tally.usage, tally.text())
-
-
 def authorise_model(token: TokenConfig, identifier: str) -> None:
     """403 unless the token may use `identifier`: asked before anything tells whether the model
     exists or what kind it is, so a token's allow-list hides everything outside it."""
     require_model(token, identifier, proxy_state().router.is_category(identifier))
-
-
-def admit(identifier: str | None, size: int, kind: str = "chat"):
-    """Check the token may use the model, resolve it, count the request: the common start."""
-    state = proxy_state()
-    token = g.ai_proxy_token
-    if identifier is None and kind != "chat":
-        resolution = state.router.resolve_kind(kind, lambda name: model_allowed(token, name))
-        note(model_requested=resolution.identifier)
-    else:
-        wanted = identifier or state.config.default_model
-        if wanted:
-            note(model_requested=wanted)
-            authorise_model(token, wanted)
-        resolution = state.router.resolve(identifier, size, kind=kind)
-        note(model_requested=resolution.identifier)
-    quota_headers = rate_limit_headers(state.quotas.admit_client(token))
-    return state, token, resolution, quota_headers
 
 
 def image_bytes(entry: dict, candidate: Candidate, ctx: CallContext) -> bytes:

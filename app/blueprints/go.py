@@ -2,48 +2,43 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
-
-from app.blueprints.common import (
-    admit,
-    authenticate,
-    call_context,
-    image_bytes,
-    note_outcome,
-    read_json_body,
-    routing_headers,
-)
-from app.errors import OPENAI, InvalidRequestError, UpstreamError
+from app.blueprints.common import api_blueprint, image_bytes
+from app.blueprints.pipeline import Answer, Call, Endpoint, serve
+from app.errors import InvalidRequestError, UpstreamError
 from app.images import sniff_type
-from app.schemas import GO_IMAGE, validate_body
+from app.kinds import Kind
+from app.providers import CallContext
+from app.routing import Candidate
+from app.schemas import GO_IMAGE
 
-bp = Blueprint("ai_proxy_go", __name__)
+bp = api_blueprint("ai_proxy_go", __name__)
 
 ALL_MODELS = "all"
 
 
-@bp.before_request
-def require_token():
-    authenticate()
+class RawImage(Endpoint):
+    name = "create_raw_image"
+    paths = ("/image",)
+    schema = GO_IMAGE
+    kind = Kind.IMAGE
+    charged = False
 
+    def normalise(self, body: object) -> object:
+        if isinstance(body, dict) and body.get("model") in ("", ALL_MODELS):
+            # As in the Go proxy, no model, "" or "all" tries every image model the token may use.
+            body = {key: value for key, value in body.items() if key != "model"}
+        return body
 
-@bp.post("/image")
-def create_raw_image():
-    body, size = read_json_body()
-    if isinstance(body, dict) and body.get("model") in ("", ALL_MODELS):
-        # As in the Go proxy, no model, "" or "all" tries every image model the token may use.
-        body = {key: value for key, value in body.items() if key != "model"}
-    body = validate_body(GO_IMAGE, body)
-    prompt = body.get("prompt") or body.get("inputs")
-    if not prompt:
-        raise InvalidRequestError("Send the image description as 'prompt'.", param="prompt")
-    state, _token, resolution, quota_headers = admit(body.get("model"), size, kind="image")
-    ctx = call_context(resolution.identifier)
+    def read(self, body: dict, size: int) -> Call:
+        prompt = body.get("prompt") or body.get("inputs")
+        if not prompt:
+            raise InvalidRequestError("Send the image description as 'prompt'.", param="prompt")
+        return Call(body, body.get("model"), size, prepared=prompt)
 
-    def call(candidate):
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
         request = {
             "model": candidate.upstream_model,
-            "prompt": prompt,
+            "prompt": call.prepared,
             "n": 1,
             "response_format": "b64_json",
         }
@@ -52,10 +47,7 @@ def create_raw_image():
         media = sniff_type(data)
         if media is None:
             raise UpstreamError(f"{candidate.provider.label}: the upstream answer is not an image")
-        return data, media
+        return Answer(bytes(data), content_type=media)
 
-    outcome = state.router.run(resolution, call, ctx.deadline)
-    outcome.finish()
-    note_outcome(outcome, OPENAI, stream=False)
-    data, media = outcome.result
-    return Response(data, content_type=media, headers={**routing_headers(outcome), **quota_headers})
+
+serve(bp, RawImage())

@@ -1,106 +1,132 @@
-"""The OpenAI-compatible surface: chat completions (streamed or not) and the model list."""
+"""The OpenAI-compatible surface: chat and legacy completions (streamed or not), embeddings,
+images, and the model list."""
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
-
-from flask import Blueprint, Response, g
+from collections.abc import Iterable, Iterator
 
 from app.auth import model_allowed
 from app.blueprints.common import (
-    Tally,
-    admit,
-    authenticate,
+    api_blueprint,
     authorise_model,
-    bounded,
-    call_context,
     image_entry,
     json_response,
-    note_outcome,
     proxy_state,
-    read_json_body,
-    relay,
-    routing_headers,
-    settle_usage,
+    request_state,
 )
-from app.errors import (
-    OPENAI,
-    ModelNotFoundError,
-)
-from app.providers import PrimedStream
-from app.routing import Candidate, Outcome
-from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES, validate_body
-from app.streaming import DONE, SSE_HEADERS, encode_chunk
+from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from app.errors import ModelNotFoundError
+from app.kinds import Kind
+from app.providers import CallContext
+from app.routing import Candidate
+from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES
+from app.streaming import DONE, encode_chunk
 from app.think import strip_answer, strip_stream
 
-logger = logging.getLogger(__name__)
-
-bp = Blueprint("ai_proxy_openai", __name__)
+bp = api_blueprint("ai_proxy_openai", __name__)
 
 GLOB_CHARS = "*?["
 
 
-@bp.before_request
-def require_token():
-    authenticate()
+class ChatCompletions(Endpoint):
+    name = "create_chat_completion"
+    paths = ("/v1/chat/completions", "/chat/completions")
+    schema = CHAT_COMPLETION
 
+    def read(self, body: dict, size: int) -> Call:
+        return Call(
+            body,
+            body.get("model"),
+            size,
+            stream=bool(body.get("stream")),
+            include_usage=wants_usage(body),
+            prompt=body,
+        )
 
-@bp.post("/v1/chat/completions")
-@bp.post("/chat/completions")
-def create_chat_completion():
-    body, size = read_json_body()
-    body = validate_body(CHAT_COMPLETION, body)
-    state, token, resolution, quota_headers = admit(body.get("model"), size)
-    ctx = call_context(resolution.identifier)
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        answer = candidate.provider.chat(candidate.ask(call.body), ctx)
+        if candidate.provider.model.strip_think:
+            answer = strip_answer(answer)
+        return Answer(answer, answer.get("usage"), _answer_text(answer))
 
-    if body.get("stream"):
-        outcome = state.router.run(
-            resolution,
-            lambda c: PrimedStream(
-                c.provider.open_chat_stream(_upstream_body(body, c), ctx), c.provider.label
+    def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
+        stream = candidate.provider.open_chat_stream(candidate.ask(call.body), ctx)
+        strip = candidate.provider.model.strip_think
+        return Opened(
+            primed(candidate, stream),
+            lambda chunks, tally: chat_events(
+                strip_stream(chunks) if strip else chunks, call.include_usage, tally
             ),
-            ctx.deadline,
-        )
-        return stream_response(
-            outcome, body, settle_usage(token, outcome.candidate, body), quota_headers
         )
 
-    outcome = state.router.run(
-        resolution, lambda c: c.provider.chat(_upstream_body(body, c), ctx), ctx.deadline
-    )
-    outcome.finish()
-    note_outcome(outcome, OPENAI, stream=False)
-    answer = outcome.result
-    if outcome.candidate.provider.model.strip_think:
-        answer = strip_answer(answer)
-    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
-    # Charged once the answer is on its way, so quota storage adds nothing to its latency.
-    settle = settle_usage(token, outcome.candidate, body)
-    response.call_on_close(lambda: settle(answer.get("usage"), _answer_text(answer)))
-    return response
+
+class Completions(Endpoint):
+    """The legacy text completions: OpenAI-compatible upstreams only."""
+
+    name = "create_completion"
+    paths = ("/v1/completions", "/completions")
+    schema = COMPLETIONS
+
+    def read(self, body: dict, size: int) -> Call:
+        prompt = body["prompt"] if isinstance(body["prompt"], str) else ""
+        return Call(
+            body,
+            body["model"],
+            size,
+            stream=bool(body.get("stream")),
+            include_usage=wants_usage(body),
+            prompt={"messages": [{"role": "user", "content": prompt}]},
+        )
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        answer = candidate.provider.complete(candidate.ask(call.body), ctx)
+        text = "".join(str(c.get("text") or "") for c in answer.get("choices") or [])
+        return Answer(answer, answer.get("usage"), text)
+
+    def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
+        stream = candidate.provider.open_completion_stream(candidate.ask(call.body), ctx)
+        return Opened(
+            primed(candidate, stream),
+            lambda chunks, tally: chat_events(chunks, call.include_usage, tally),
+        )
 
 
-def stream_response(outcome: Outcome, body: dict, settle, quota_headers: dict) -> Response:
-    """An opened OpenAI-style stream (chat or legacy completion) relayed to the client."""
-    note_outcome(outcome, OPENAI, stream=True)
+class Embeddings(Endpoint):
+    name = "create_embedding"
+    paths = ("/v1/embeddings", "/embeddings")
+    schema = EMBEDDINGS
+    kind = Kind.EMBEDDING
+
+    def read(self, body: dict, size: int) -> Call:
+        return Call(body, body["model"], size, prompt={"messages": []})
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        answer = candidate.provider.embed(candidate.ask(call.body), ctx)
+        return Answer(answer, answer.get("usage"))
+
+
+class Images(Endpoint):
+    name = "create_image"
+    paths = ("/v1/images/generations", "/images/generations")
+    schema = IMAGES
+    kind = Kind.IMAGE
+    charged = False
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        entries = candidate.provider.generate_image(candidate.ask(call.body), ctx)
+        wanted = call.body.get("response_format") or "url"
+        data = [image_entry(entry, wanted, candidate, ctx) for entry in entries]
+        return Answer({"created": int(time.time()), "data": data})
+
+
+serve(bp, ChatCompletions(), Completions(), Embeddings(), Images())
+
+
+def wants_usage(body: dict) -> bool:
+    """Whether a streaming client asked for the usage chunk (`stream_options.include_usage`)."""
     options = body.get("stream_options")
-    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    limit = proxy_state().config.routing.stream_timeout_seconds
-    chunks = bounded(outcome.result, time.monotonic() + limit)
-    if outcome.candidate.provider.model.strip_think:
-        chunks = strip_stream(chunks)
-    tally = Tally()
-    return Response(
-        relay(outcome, chat_events(chunks, include_usage, tally), tally, OPENAI, settle),
-        mimetype="text/event-stream",
-        headers={**SSE_HEADERS, **routing_headers(outcome), **quota_headers},
-    )
-
-
-def _upstream_body(body: dict, candidate: Candidate) -> dict:
-    return {**body, "model": candidate.upstream_model}
+    return bool(isinstance(options, dict) and options.get("include_usage"))
 
 
 def _answer_text(answer: dict) -> str:
@@ -112,7 +138,7 @@ def _answer_text(answer: dict) -> str:
     return "".join(parts)
 
 
-def chat_events(chunks, include_usage: bool, tally: Tally) -> Iterator[bytes]:
+def chat_events(chunks: Iterable[dict], include_usage: bool, tally: Tally) -> Iterator[bytes]:
     """OpenAI stream events for canonical chunks, ending with [DONE]."""
     for chunk in chunks:
         if chunk.get("usage"):
@@ -143,7 +169,7 @@ def list_models():
     A glob in the allow-list (`openrouter/meta-llama/*`) names no model, so it adds nothing.
     """
     state = proxy_state()
-    token = g.ai_proxy_token
+    token = request_state().token
     created = int(state.started)
     listed: dict[str, dict] = {}
     for model_id, owned_by, is_category in state.router.public_models():
@@ -163,7 +189,7 @@ def list_models():
 def get_model(model_id: str):
     state = proxy_state()
     # The allow-list first: a model outside it is refused whether or not it exists.
-    authorise_model(g.ai_proxy_token, model_id)
+    authorise_model(request_state().token, model_id)
     for public_id, owned_by, is_category in state.router.public_models():
         matches = public_id.upper() == model_id.upper() if is_category else public_id == model_id
         if matches:
@@ -172,82 +198,3 @@ def get_model(model_id: str):
     if owner is not None:
         return json_response(_model_object(model_id, owner, int(state.started)))
     raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
-
-
-@bp.post("/v1/embeddings")
-@bp.post("/embeddings")
-def create_embedding():
-    body, size = read_json_body()
-    body = validate_body(EMBEDDINGS, body)
-    state, token, resolution, quota_headers = admit(body["model"], size, kind="embedding")
-    ctx = call_context(resolution.identifier)
-    outcome = state.router.run(
-        resolution,
-        lambda c: c.provider.embed({**body, "model": c.upstream_model}, ctx),
-        ctx.deadline,
-    )
-    outcome.finish()
-    note_outcome(outcome, OPENAI, stream=False)
-    answer = outcome.result
-    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
-    settle = settle_usage(token, outcome.candidate, {"messages": []})
-    response.call_on_close(lambda: settle(answer.get("usage"), ""))
-    return response
-
-
-@bp.post("/v1/images/generations")
-@bp.post("/images/generations")
-def create_image():
-    body, size = read_json_body()
-    body = validate_body(IMAGES, body)
-    state, _token, resolution, quota_headers = admit(body.get("model"), size, kind="image")
-    ctx = call_context(resolution.identifier)
-    outcome = state.router.run(
-        resolution,
-        lambda c: (c, c.provider.generate_image({**body, "model": c.upstream_model}, ctx)),
-        ctx.deadline,
-    )
-    outcome.finish()
-    note_outcome(outcome, OPENAI, stream=False)
-    candidate, entries = outcome.result
-    wanted = body.get("response_format") or "url"
-    data = [image_entry(entry, wanted, candidate, ctx) for entry in entries]
-    return json_response(
-        {"created": int(time.time()), "data": data},
-        headers={**routing_headers(outcome), **quota_headers},
-    )
-
-
-@bp.post("/v1/completions")
-@bp.post("/completions")
-def create_completion():
-    body, size = read_json_body()
-    body = validate_body(COMPLETIONS, body)
-    state, token, resolution, quota_headers = admit(body["model"], size)
-    ctx = call_context(resolution.identifier)
-    prompt = body["prompt"] if isinstance(body["prompt"], str) else ""
-    settle_body = {"messages": [{"role": "user", "content": prompt}]}
-    if body.get("stream"):
-        outcome = state.router.run(
-            resolution,
-            lambda c: PrimedStream(
-                c.provider.open_completion_stream({**body, "model": c.upstream_model}, ctx),
-                c.provider.label,
-            ),
-            ctx.deadline,
-        )
-        settle = settle_usage(token, outcome.candidate, settle_body)
-        return stream_response(outcome, body, settle, quota_headers)
-    outcome = state.router.run(
-        resolution,
-        lambda c: c.provider.complete({**body, "model": c.upstream_model}, ctx),
-        ctx.deadline,
-    )
-    outcome.finish()
-    note_outcome(outcome, OPENAI, stream=False)
-    answer = outcome.result
-    response = json_response(answer, headers={**routing_headers(outcome), **quota_headers})
-    text = "".join(str(c.get("text") or "") for c in answer.get("choices") or [])
-    settle = settle_usage(token, outcome.candidate, settle_body)
-    response.call_on_close(lambda: settle(answer.get("usage"), text))
-    return response

@@ -1,0 +1,333 @@
+"""The one path every model call takes: read, admit, route, call, answer whole or streamed, charge.
+
+A surface declares an `Endpoint` (its schema, the model kind it serves, how one deployment is
+asked for a whole answer or a stream, how those are written on the surface); `dispatch` runs it.
+A cache lookup, a quota reservation or a new surface is added here once, not in every view.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from flask import Blueprint, Response, request
+from marshmallow import Schema
+
+from app import metrics, watchdog
+from app.auth import model_allowed
+from app.blueprints.common import (
+    authorise_model,
+    json_response,
+    note,
+    proxy_state,
+    read_json_body,
+    request_state,
+)
+from app.config import TokenConfig
+from app.errors import (
+    NoAvailableModelError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    sse_error_event,
+)
+from app.kinds import Kind, Surface
+from app.providers import CallContext, PrimedStream
+from app.ratelimit import rate_limit_headers
+from app.redact import scrub
+from app.routing import Candidate, Outcome, Resolution
+from app.schemas import validate_body
+from app.streaming import SSE_HEADERS
+from app.tokens import cost_usd, usage_numbers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One client request as its surface read it."""
+
+    body: dict  # the validated body, as the client sent it
+    model: str | None  # the model it asked for (None: the surface's default)
+    size: int  # bytes of body, for category routing
+    stream: bool = False
+    include_usage: bool = False  # whether a stream ends with the usage chunk
+    # What the prompt's tokens are estimated from when an upstream reports no usage.
+    prompt: dict = field(default_factory=dict)
+    prepared: object = None  # the surface's own translation of the body, made once
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer, written for its surface: what is sent, and what is charged for it."""
+
+    payload: object  # a JSON value, or bytes with `content_type`
+    usage: object = None
+    text: str = ""  # the answer's text, for estimating tokens when `usage` is missing
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass
+class Tally:
+    """What a stream delivered, for charging it: the last usage seen and the text sent."""
+
+    usage: object = None
+    texts: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A stream a deployment has started answering, and how its surface writes it."""
+
+    stream: PrimedStream
+    # Surface events for the stream's items; it notes usage and text in the tally.
+    write: Callable[[Iterable, Tally], Iterator[bytes]]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: whose token, which deployments may answer, its quota headers."""
+
+    token: TokenConfig
+    resolution: Resolution
+    headers: dict[str, str]
+
+
+class Endpoint:
+    """One model-calling endpoint of a surface; subclasses fill in what differs."""
+
+    name: ClassVar[str]  # the view's name, verb + resource
+    paths: ClassVar[tuple[str, ...]]  # where it is served (POST)
+    surface: ClassVar[Surface] = Surface.OPENAI
+    kind: ClassVar[Kind] = Kind.CHAT
+    schema: ClassVar[Schema]
+    # Whether answers are charged against token and budget quotas (images and counts are not).
+    charged: ClassVar[bool] = True
+
+    def normalise(self, body: object) -> object:
+        """The body as the schema is to see it (a surface's own spellings made standard)."""
+        return body
+
+    def read(self, body: dict, size: int) -> Call:
+        """The request as a Call; raise a ProxyError for what the schema cannot check."""
+        return Call(body, body.get("model"), size)
+
+    def context(self, ctx: CallContext) -> CallContext:
+        """The provider's view of the request, for surfaces that pass more through."""
+        return ctx
+
+    def candidates(self, resolution: Resolution) -> Resolution:
+        """The deployments that may take this call (all of them, unless a surface says)."""
+        return resolution
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        """Ask one deployment for a whole answer."""
+        raise NotImplementedError
+
+    def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
+        """Start one deployment's stream; return once its first chunk has come."""
+        raise NotImplementedError
+
+    def unavailable(self, call: Call) -> Answer | None:
+        """The answer when no deployment could answer (None: the error goes to the client)."""
+        return None
+
+
+def serve(bp: Blueprint, *endpoints: Endpoint) -> None:
+    """Route each endpoint's paths to `dispatch`: its view is the pipeline itself."""
+    for endpoint in endpoints:
+        view = functools.partial(dispatch, endpoint)
+        for path in endpoint.paths:
+            bp.add_url_rule(path, endpoint.name, view, methods=["POST"])
+
+
+def dispatch(endpoint: Endpoint) -> Response:
+    """Run one request through `endpoint`: the only way a view calls a model."""
+    body, size = read_json_body()
+    call = endpoint.read(validate_body(endpoint.schema, endpoint.normalise(body)), size)
+    admission = admit(call.model, size, endpoint.kind)
+    ctx = endpoint.context(call_context(admission.resolution.identifier))
+    resolution = endpoint.candidates(admission.resolution)
+    router = proxy_state().router
+    if call.stream:
+        outcome = router.run(resolution, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
+        return stream_reply(endpoint, call, admission, outcome)
+    try:
+        outcome = router.run(resolution, lambda c: endpoint.answer(call, c, ctx), ctx.deadline)
+    except (UpstreamError, NoAvailableModelError):
+        fallback = endpoint.unavailable(call)
+        if fallback is None:
+            raise
+        return reply(fallback, admission.headers)
+    outcome.finish()
+    return whole_reply(endpoint, call, admission, outcome)
+
+
+def admit(identifier: str | None, size: int, kind: Kind = Kind.CHAT) -> Admission:
+    """Check the token may use the model, resolve it, count the request: the common start."""
+    state = proxy_state()
+    token = request_state().token
+    if identifier is None and kind != Kind.CHAT:
+        resolution = state.router.resolve_kind(kind, lambda name: model_allowed(token, name))
+    else:
+        wanted = identifier or state.config.default_model
+        if wanted:
+            note(model_requested=wanted)
+            authorise_model(token, wanted)
+        resolution = state.router.resolve(identifier, size, kind=kind)
+    note(model_requested=resolution.identifier)
+    headers = rate_limit_headers(state.quotas.admit_client(token))
+    return Admission(token, resolution, headers)
+
+
+def call_context(requested_model: str | None) -> CallContext:
+    """The provider's view of this request, with the deadline for its first byte."""
+    routing = proxy_state().config.routing
+    now = time.monotonic()
+    deadline = now + routing.request_timeout_seconds
+    # Every upstream exchange of this request is watched: cut at its deadline, or as soon
+    # as the client (gunicorn's connection to it) hangs up.
+    watchdog.enter_scope(
+        watchdog.Scope(
+            deadline=deadline,
+            stream_deadline=now + routing.stream_timeout_seconds,
+            client=request.environ.get("gunicorn.socket"),
+        )
+    )
+    return CallContext(
+        request_id=request_state().request_id,
+        requested_model=requested_model,
+        deadline=deadline,
+    )
+
+
+def whole_reply(endpoint: Endpoint, call: Call, admission: Admission, outcome: Outcome) -> Response:
+    """A whole answer sent; charged once it is on its way (quota storage adds no latency)."""
+    note_outcome(outcome, endpoint.surface, stream=False)
+    answer: Answer = outcome.result
+    response = reply(answer, {**routing_headers(outcome), **admission.headers})
+    if endpoint.charged:
+        settle = settle_usage(admission.token, outcome.candidate, call.prompt)
+        usage, text = answer.usage, answer.text
+        response.call_on_close(lambda: settle(usage, text))
+    return response
+
+
+def reply(answer: Answer, headers: dict[str, str]) -> Response:
+    if answer.content_type is not None:
+        return Response(
+            answer.payload, content_type=answer.content_type, headers={**headers, **answer.headers}
+        )
+    return json_response(answer.payload, headers={**headers, **answer.headers})
+
+
+def stream_reply(
+    endpoint: Endpoint, call: Call, admission: Admission, outcome: Outcome[Opened]
+) -> Response:
+    """An opened stream relayed to the client as its events come."""
+    note_outcome(outcome, endpoint.surface, stream=True)
+    opened = outcome.result
+    limit = proxy_state().config.routing.stream_timeout_seconds
+    tally = Tally()
+    events = opened.write(bounded(opened.stream, time.monotonic() + limit), tally)
+    settle = settle_usage(admission.token, outcome.candidate, call.prompt)
+    return Response(
+        relay(outcome, opened.stream, events, tally, endpoint.surface, settle),
+        mimetype="text/event-stream",
+        headers={**SSE_HEADERS, **routing_headers(outcome), **admission.headers, **opened.headers},
+    )
+
+
+def bounded(items: Iterable, ends_by: float) -> Iterator:
+    """Items until the stream's time is up; then an in-band timeout."""
+    for item in items:
+        yield item
+        if time.monotonic() > ends_by:
+            raise UpstreamTimeoutError("The stream ran longer than the proxy allows.")
+
+
+def relay(
+    outcome: Outcome,
+    stream: PrimedStream,
+    events: Iterator[bytes],
+    tally: Tally,
+    surface: Surface,
+    settle: Callable[[object, str], object],
+) -> Iterator[bytes]:
+    """Send a stream's events as they come; a failure after the first byte ends in-band.
+
+    Whatever happens, the upstream is closed, routing hears how it ended, and the tokens
+    delivered (before a failure or a disconnect too) are charged.
+    """
+    error: ProxyError | None = None
+    metrics.STREAMS_IN_FLIGHT.inc()
+    try:
+        yield from events
+    except ProxyError as err:
+        error = err
+        logger.warning("stream ended early: %s", scrub(err.message))
+        yield sse_error_event(err, surface)
+    except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
+        error = ProxyError()
+        logger.exception("stream failed inside the proxy")
+        yield sse_error_event(error, surface)
+    finally:
+        metrics.STREAMS_IN_FLIGHT.dec()
+        stream.close()
+        outcome.finish(error)
+        settle(tally.usage, tally.text())
+
+
+def primed(candidate: Candidate, stream) -> PrimedStream:
+    """A provider's stream with its first answer chunk read (fallback is possible until then)."""
+    return PrimedStream(stream, candidate.provider.label)
+
+
+def note_outcome(outcome: Outcome, surface: Surface, stream: bool) -> None:
+    """Record who answered and how soon the first byte came."""
+    first_byte = time.perf_counter() - request_state().started
+    model = outcome.candidate.provider.model
+    note(
+        model=model.name,
+        provider=model.provider,
+        attempts=outcome.attempts,
+        stream=stream,
+        ttfb_ms=round(first_byte * 1000, 2),
+    )
+    metrics.FIRST_BYTE_SECONDS.labels(surface, model.name).observe(first_byte)
+
+
+def routing_headers(outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-ai-proxy-model": outcome.candidate.name,
+        "x-ai-proxy-attempts": str(outcome.attempts),
+    }
+
+
+def settle_usage(token: TokenConfig, candidate: Candidate, prompt: dict):
+    """A callback charging an answer's tokens and cost once its usage (or text) is known."""
+    quotas = proxy_state().quotas
+    model = candidate.provider.model
+    record = note()
+
+    def settle(usage: object, completion_text: str) -> tuple[int, int]:
+        prompt_tokens, completion = usage_numbers(usage, prompt, completion_text)
+        cost = cost_usd(model, prompt_tokens, completion)
+        quotas.charge(token, model.key, prompt_tokens + completion, cost)
+        record.update(prompt_tokens=prompt_tokens, completion_tokens=completion, cost_usd=cost)
+        metrics.TOKENS.labels(model.name, token.name, "prompt").inc(prompt_tokens)
+        metrics.TOKENS.labels(model.name, token.name, "completion").inc(completion)
+        if cost:
+            metrics.COST.labels(model.name, token.name).inc(cost)
+        return prompt_tokens, completion
+
+    return settle
