@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import requests
 
+from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
 from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.tokens import message_text
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.providers.http import Event
+from app.upstream import error_message, read_json
 
 MESSAGES_PATH = "/messages"
 # A Go-style `url` may name the full endpoint, or the OpenAI-compatible one older configs used.
@@ -37,19 +37,8 @@ NATIVE_FIELDS = ("top_k", "thinking", "service_tier")
 
 class AnthropicProvider(Provider):
     name = "anthropic"
-
-    @property
-    def base_url(self) -> str:
-        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
-        if self.model.base_url:
-            return self.model.base_url.rstrip("/")
-        if self.model.url:
-            url = self.model.url.rstrip("/")
-            for suffix in ENDPOINT_SUFFIXES:
-                if url.endswith(suffix):
-                    return url[: -len(suffix)]
-            return url
-        return (self.default_base_url or "").rstrip("/")
+    endpoint_suffixes = ENDPOINT_SUFFIXES
+    api_path = "/v1"  # the SDK's root has none: `https://api.anthropic.com`
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION, **self.json_headers(ctx, stream)}
@@ -60,14 +49,7 @@ class AnthropicProvider(Provider):
         return headers
 
     def _send(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.base_url + MESSAGES_PATH,
-            label=self.label,
-            headers=self.headers(ctx, stream=stream),
-            body=json.dumps(payload).encode(),
-            timeout=self.timeout(ctx),
-        )
+        return self.post(self.base_url + MESSAGES_PATH, payload, ctx, stream=stream)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         response = self._send(to_messages_request(body), ctx, stream=False)
@@ -95,15 +77,7 @@ class AnthropicProvider(Provider):
     def count_tokens(self, body: dict, ctx: CallContext) -> int | None:
         fields = ("model", "messages", "system", "tools", "tool_choice", "thinking")
         payload = {key: body[key] for key in fields if key in body}
-        response = self.pool.send(
-            "POST",
-            self.base_url + MESSAGES_PATH + "/count_tokens",
-            label=self.label,
-            headers=self.headers(ctx),
-            body=json.dumps(payload).encode(),
-            timeout=self.timeout(ctx),
-        )
-        answer = read_json(response, self.label)
+        answer = self.post_json(self.base_url + MESSAGES_PATH + "/count_tokens", payload, ctx)
         tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, int):
             raise UpstreamError(f"{self.label}: the upstream token count is not a number")
@@ -119,24 +93,22 @@ class NativeEvents(ChatStream):
 
     @upstream_shape
     def __iter__(self) -> Iterator[tuple[str, dict]]:
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                data = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            kind = event.event or (data.get("type") if isinstance(data, dict) else None)
-            if not isinstance(data, dict) or not kind:
+        for name, data in self.events(_stream_failure, done=None):
+            kind = name or data.get("type")
+            if not kind:
                 raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if kind == "error":
-                message, _ = error_message(data)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
             yield kind, data
             if kind == "message_stop":
                 self.completed = True
                 return
         raise UpstreamError(f"{self.label}: the stream ended before message_stop")
+
+
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band `error` event."""
+    if (event.name or event.data.get("type")) == "error":
+        return error_message(event.data)[0] or "unknown error"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +151,7 @@ def _translate_messages(messages: list) -> tuple[str, list[dict]]:
     for i, message in enumerate(messages):
         role = message.get("role")
         if role in ("system", "developer"):
-            text = message_text(message.get("content"))
+            text = content_text(message.get("content"))
             if text:
                 system.append(text)
             continue
@@ -424,18 +396,11 @@ class AnthropicStream(ChatStream):
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from self._whole(read_json(self.response, self.label))
+        if self.answered_whole():
+            yield from self._whole(self.whole_answer())
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                data = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(data, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            kind = data.get("type") or event.event
+        for name, data in self.events(_stream_failure, done=None):
+            kind = data.get("type") or name
             if kind == "message_stop":
                 self.completed = True
                 return
@@ -463,11 +428,6 @@ class AnthropicStream(ChatStream):
             usage["choices"] = []
             usage["usage"] = chat_usage(self.usage)
             yield usage
-        elif kind == "error":
-            message, _ = error_message(data)
-            raise UpstreamError(
-                f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-            )
         # ping, content_block_stop and event types added later carry nothing to relay.
 
     def _block_start(self, index: object, block: dict) -> Iterator[dict]:

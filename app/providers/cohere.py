@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import requests
 
-from app.errors import InvalidRequestError, UpstreamError
+from app.content import content_text
+from app.errors import UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
+from app.providers.http import Event
+from app.providers.shapes import function_tools, only_named_tool
 from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_chunks, read_json, safe_text
+from app.upstream import read_json, safe_text
 
 CHAT_PATH = "/v2/chat"
 # Suffixes a configured URL may carry that are not part of the API root: the v2 endpoint itself,
@@ -40,31 +42,15 @@ _SAME_FIELDS = ("temperature", "seed", "frequency_penalty", "presence_penalty")
 
 class CohereProvider(Provider):
     name = "cohere"
+    # The SDK's root has no version (`https://api.cohere.com`); a versioned one loses it.
+    endpoint_suffixes = _ROOT_SUFFIXES
 
     def endpoint(self) -> str:
         """`{root}/v2/chat`, whichever of `base_url`, Go-style `url` or the default names it."""
-        url = (self.model.base_url or self.model.url or self.default_base_url or "").rstrip("/")
-        for suffix in _ROOT_SUFFIXES:
-            if url.endswith(suffix):
-                url = url[: -len(suffix)]
-                break
-        return url + CHAT_PATH
-
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["Authorization"] = f"Bearer {self.model.token}"
-        return headers
+        return self.base_url + CHAT_PATH
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.endpoint(),
-            label=self.label,
-            headers=self.headers(ctx, stream=stream),
-            body=json.dumps(to_cohere(body, stream=stream)).encode(),
-            timeout=self.timeout(ctx),
-        )
+        return self.post(self.endpoint(), to_cohere(body, stream=stream), ctx, stream=stream)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         answer = read_json(self._send(body, ctx, stream=False), self.label)
@@ -79,16 +65,7 @@ class CohereProvider(Provider):
 
 
 def _text(content: object) -> str:
-    """The text of OpenAI message content: a string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+    return content_text(content, sep="")
 
 
 def _user_content(content: object) -> str | list[dict]:
@@ -148,12 +125,7 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
     requires it.
     """
     converted = []
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            continue
-        function = tool.get("function")
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
+    for function in function_tools(tools):
         parameters = function.get("parameters")
         entry = {
             "name": function["name"],
@@ -170,14 +142,7 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
     elif tool_choice == "required":
         choice = "REQUIRED"
     elif isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        converted = [t for t in converted if t["function"]["name"] == name]
-        if not converted:
-            raise InvalidRequestError(
-                f"tool_choice names the function {name!r}, which is not in tools.",
-                param="tool_choice",
-            )
-        choice = "REQUIRED"
+        converted, choice = only_named_tool(converted, tool_choice), "REQUIRED"
     return converted, choice
 
 
@@ -316,29 +281,12 @@ class CohereStream(ChatStream):
         self.tool_index: dict[object, int] = {}
 
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from self._whole(read_json(self.response, self.label))
+        if self.answered_whole():
+            yield from self._whole(self.whole_answer())
             return
         started = ended = False
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":
-                self.completed = True
-                break
-            try:
-                payload = json.loads(data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(payload, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            kind = payload.get("type") or event.event
-            if kind == "error" or ("error" in payload and kind is None):
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(_error_text(payload))}"
-                )
+        for name, payload in self.events(_stream_failure):
+            kind = payload.get("type") or name
             if ended:
                 continue
             if not started:
@@ -401,6 +349,14 @@ class CohereStream(ChatStream):
         if calls:
             yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
         yield from self._ending(completion["choices"][0]["finish_reason"], completion["usage"])
+
+
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band error: an `error` event, or an untyped payload with `error`."""
+    kind = event.data.get("type") or event.name
+    if kind == "error" or ("error" in event.data and kind is None):
+        return _error_text(event.data)
+    return None
 
 
 def _error_text(payload: dict) -> str:

@@ -17,12 +17,12 @@ from urllib.parse import urlencode
 import requests
 
 from app.config import ModelConfig
+from app.content import content_text
 from app.errors import UpstreamClientError, UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.http import Event
 from app.redact import REDACTOR
-from app.streaming import iter_sse
-from app.tokens import message_text
-from app.upstream import UpstreamPool, error_message, read_chunks, read_json, safe_text
+from app.upstream import UpstreamPool, error_message, read_json
 
 DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
 DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
@@ -55,6 +55,9 @@ REASONING_EFFORTS = ("low", "medium", "high")
 
 class GigaChatProvider(Provider):
     name = "gigachat"
+    endpoint_suffixes = (CHAT_PATH,)
+    api_path = "/api/v1"  # as the SDK takes it; a bare host or `.../api` gets the rest
+    fallback_root = DEFAULT_BASE_URL
 
     def __init__(
         self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None
@@ -88,18 +91,6 @@ class GigaChatProvider(Provider):
         """`verify=` for a configured CA bundle (GigaChat uses the Russian Trusted Root CA)."""
         ca_bundle = getattr(self.model, "ca_bundle", None)
         return {"verify": ca_bundle} if ca_bundle else {}
-
-    # --- endpoints ----------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
-        if self.model.base_url:
-            return self.model.base_url.rstrip("/")
-        if self.model.url:
-            url = self.model.url.rstrip("/")
-            return url[: -len(CHAT_PATH)] if url.endswith(CHAT_PATH) else url
-        return (self.default_base_url or DEFAULT_BASE_URL).rstrip("/")
 
     # --- access tokens ------------------------------------------------------------------------
 
@@ -163,11 +154,6 @@ class GigaChatProvider(Provider):
 
     # --- chat ---------------------------------------------------------------------------------
 
-    def headers(self, ctx: CallContext, access_token: str, stream: bool) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        headers["Authorization"] = f"Bearer {access_token}"
-        return headers
-
     def _send_chat(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
         """POST the chat request; on a 401 the access token is renewed once and sent again."""
         body = json.dumps(payload, ensure_ascii=False).encode()
@@ -182,15 +168,8 @@ class GigaChatProvider(Provider):
     def _post_chat(
         self, token: str, body: bytes, ctx: CallContext, stream: bool
     ) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.base_url + CHAT_PATH,
-            label=self.label,
-            headers=self.headers(ctx, token, stream),
-            body=body,
-            timeout=self.timeout(ctx),
-            **self.tls(),
-        )
+        headers = {**self.json_headers(ctx, stream), "Authorization": f"Bearer {token}"}
+        return self.post(self.base_url + CHAT_PATH, body, ctx, headers=headers, **self.tls())
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         response = self._send_chat(to_gigachat(body, stream=False), ctx, stream=False)
@@ -200,6 +179,17 @@ class GigaChatProvider(Provider):
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         response = self._send_chat(to_gigachat(body, stream=True), ctx, stream=True)
         return GigaChatStream(response, self.label, body.get("model") or self.model.name)
+
+
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band error: an `error` event, or a chunk with no choices that
+    carries `error`, `message` or `status`."""
+    chunk = event.data
+    if event.name == "error" or (
+        "choices" not in chunk and any(k in chunk for k in ("error", "message", "status"))
+    ):
+        return error_message(chunk)[0] or "unknown error"
+    return None
 
 
 def _unauthorized(err: UpstreamError) -> bool:
@@ -252,9 +242,9 @@ def to_messages(messages: object) -> list[dict]:
             continue
         role = message.get("role")
         if role in ("system", "developer"):
-            out.append({"role": "system", "content": message_text(message.get("content"))})
+            out.append({"role": "system", "content": content_text(message.get("content"))})
         elif role == "user":
-            out.append({"role": "user", "content": message_text(message.get("content"))})
+            out.append({"role": "user", "content": content_text(message.get("content"))})
         elif role == "assistant":
             out.extend(_assistant_messages(message, names, pending))
         elif role in ("tool", "function"):
@@ -270,7 +260,7 @@ def to_messages(messages: object) -> list[dict]:
 
 
 def _assistant_messages(message: dict, names: dict, pending: dict) -> list[dict]:
-    text = message_text(message.get("content"))
+    text = content_text(message.get("content"))
     calls = [
         call
         for call in message.get("tool_calls") or ()
@@ -317,7 +307,7 @@ def _arguments_object(arguments: object) -> dict:
 
 def _function_result(content: object) -> str:
     """A tool result as the JSON object string GigaChat requires in `function` messages."""
-    text = message_text(content)
+    text = content_text(content)
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -477,28 +467,11 @@ class GigaChatStream(ChatStream):
         self._arguments_sent: set[int] = set()
 
     def __iter__(self) -> Iterator[dict]:
-        if "application/json" in self.response.headers.get("Content-Type", ""):
+        if self.answered_whole():
             # The upstream answered whole: replay it as chunks.
-            answer = to_completion(read_json(self.response, self.label), self.label, self.model)
-            yield from self._replay(answer)
+            yield from self._replay(to_completion(self.whole_answer(), self.label, self.model))
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            if event.data == "[DONE]":
-                self.completed = True
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if event.event == "error" or (
-                "choices" not in chunk and any(k in chunk for k in ("error", "message", "status"))
-            ):
-                message, _ = error_message(chunk)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
+        for _name, chunk in self.events(_stream_failure):
             yield from self._translate(chunk)
 
     def _chunk(self, choices: list[dict], chunk: dict | None = None) -> dict:

@@ -15,10 +15,11 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import requests
 
+from app.content import content_text
 from app.errors import (
     InvalidRequestError,
     UpstreamClientError,
@@ -27,10 +28,10 @@ from app.errors import (
     upstream_shape,
 )
 from app.model_ids import IdForm, path_part
+from app.providers import http
 from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.tokens import estimate_tokens, message_text
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.tokens import estimate_tokens
+from app.upstream import error_message, read_json, safe_text
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 DEFAULT_IMAGE_TYPE = "image/jpeg"
@@ -66,21 +67,17 @@ _DATA_URL_RE = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),(.*)$", re.DOTALL)
 
 
 def api_root(url: str) -> str:
-    """The API root of a configured URL: no query, no endpoint, no `/openai` compatibility path."""
-    parts = urlsplit(url.strip())
-    path = _ROOT_SUFFIX_RE.sub("", parts.path.rstrip("/"))
-    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).rstrip("/")
+    """The Gemini API root of a configured URL (see `app.providers.http.api_root`)."""
+    return http.api_root(url, _ROOT_SUFFIX_RE, GoogleProvider.api_path)
 
 
 class GoogleProvider(Provider):
     name = "google"
     model_id_form = IdForm.SEGMENT  # {root}/models/<id>:generateContent
-
-    @property
-    def base_url(self) -> str:
-        """`base_url`, else the Go-style `url` (`.../v1beta/models`), else Google's own root."""
-        configured = self.model.base_url or self.model.url or self.default_base_url
-        return api_root(configured or DEFAULT_BASE_URL)
+    # `.../v1beta/models` (Go), the OpenAI-compatible root, or google-genai's unversioned root.
+    endpoint_suffixes = _ROOT_SUFFIX_RE
+    api_path = "/v1beta"
+    fallback_root = DEFAULT_BASE_URL
 
     def check_upstream_id(self, model_id: str) -> str:
         self.model_path(model_id)
@@ -97,25 +94,17 @@ class GoogleProvider(Provider):
     def endpoint(self, model: str, method: str) -> str:
         return f"{self.base_url}/{self.model_path(model)}:{method}"
 
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["x-goog-api-key"] = self.model.token
-        return headers
+    def auth_headers(self, ctx: CallContext) -> dict[str, str]:
+        return {"x-goog-api-key": self.model.token} if self.model.token else {}
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
         model = str(body.get("model") or self.model.upstream_model())
         method = "streamGenerateContent" if stream else "generateContent"
-        payload = json.dumps(to_gemini(body)).encode()
+        payload = to_gemini(body)
+        params = {"alt": "sse"} if stream else None
         try:
-            return self.pool.send(
-                "POST",
-                self.endpoint(model, method),
-                label=self.label,
-                headers=self.headers(ctx, stream),
-                body=payload,
-                timeout=self.timeout(ctx),
-                params={"alt": "sse"} if stream else None,
+            return self.post(
+                self.endpoint(model, method), payload, ctx, stream=stream, params=params
             )
         except UpstreamClientError as err:
             if _KEY_REFUSED_RE.search(err.message):
@@ -129,8 +118,7 @@ class GoogleProvider(Provider):
             raise
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
-        response = self._send(body, ctx, stream=False)
-        answer = read_json(response, self.label)
+        answer = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(answer, str(body.get("model") or ""), self.label)
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
@@ -150,15 +138,8 @@ class GoogleProvider(Provider):
             if body.get("dimensions"):
                 request["outputDimensionality"] = body["dimensions"]
             requests_.append(request)
-        response = self.pool.send(
-            "POST",
-            self.endpoint(model, "batchEmbedContents"),
-            label=self.label,
-            headers=self.headers(ctx),
-            body=json.dumps({"requests": requests_}).encode(),
-            timeout=self.timeout(ctx),
-        )
-        answer = read_json(response, self.label)
+        url = self.endpoint(model, "batchEmbedContents")
+        answer = self.post_json(url, {"requests": requests_}, ctx)
         embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
         if not isinstance(embeddings, list) or len(embeddings) != len(inputs):
             raise UpstreamError(f"{self.label}: the upstream answer is not an embedding list")
@@ -227,7 +208,7 @@ def _contents(messages: list) -> tuple[list[dict], list[dict]]:
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            text = message_text(content)
+            text = content_text(content)
             if text:
                 system.append({"text": text})
         elif role == "user":
@@ -354,7 +335,7 @@ def _signature(call: dict) -> str | None:
 
 def _tool_result(content: object) -> dict:
     """A tool's output as Gemini's `response` object: its JSON object, else {"content": text}."""
-    text = content if isinstance(content, str) else message_text(content)
+    text = content if isinstance(content, str) else content_text(content)
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -513,11 +494,18 @@ def _check_answer(answer: object, label: str) -> dict:
     if not isinstance(answer, dict):
         raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
     if "error" in answer and "candidates" not in answer:
-        message, _ = error_message(answer)
-        raise UpstreamError(f"{label}: the upstream failed: {safe_text(message or 'unknown')}")
+        message = error_message(answer)[0] or "unknown"
+        raise UpstreamError(f"{label}: the upstream failed: {safe_text(message)}")
     if not isinstance(answer.get("candidates"), list) and not _block_reason(answer):
         raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
     return answer
+
+
+def _error_of(payload: dict) -> str | None:
+    """The message of an in-band error (an `error` without candidates), else None."""
+    if "error" in payload and "candidates" not in payload:
+        return error_message(payload)[0] or "unknown error"
+    return None
 
 
 def _block_reason(answer: dict) -> str | None:
@@ -596,19 +584,14 @@ class GeminiStream(ChatStream):
         self.usage: dict | None = None
 
     def _events(self) -> Iterator[object]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
+        if self.answered_whole():
             # An upstream that ignored alt=sse answers a JSON array of the same responses.
-            answer = read_json(self.response, self.label)
+            answer = self.whole_answer()
             yield from answer if isinstance(answer, list) else [answer]
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                payload = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            # Errors may come wrapped in a one-element list, as Google's error bodies do.
-            yield from payload if isinstance(payload, list) else [payload]
+        # Errors may come wrapped in a one-element list, as Google's error bodies do.
+        for event in self.events(lambda event: _error_of(event.data), done=None, lists=True):
+            yield event.data
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
@@ -636,11 +619,9 @@ class GeminiStream(ChatStream):
     def _translate(self, payload: object) -> Iterable[dict]:
         if not isinstance(payload, dict):
             raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-        if "error" in payload and "candidates" not in payload:
-            message, _ = error_message(payload)
-            raise UpstreamError(
-                f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-            )
+        message = _error_of(payload)
+        if message is not None:
+            raise UpstreamError(f"{self.label}: the stream failed: {safe_text(message)}")
         if self.id is None:
             self.id = _response_id(payload)
         self.model = payload.get("modelVersion") or self.model

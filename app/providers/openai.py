@@ -50,7 +50,9 @@ class OpenAIProvider(Provider):
         if self.model.provider in GO_IMAGE_PROVIDERS and url:
             return [self._go_get_image(url, body, ctx)]
         if not url or url_endpoint(url)[0] == IMAGES_PATH or is_api_root(url):
-            return entries_from_json(self.post_json(self.endpoint(IMAGES_PATH), body, ctx), self.label)
+            return entries_from_json(
+                self.post_json(self.endpoint(IMAGES_PATH), body, ctx), self.label
+            )
         # A Go-style image endpoint, posted to as written with the Go proxy's payload: Hugging
         # Face inference takes {"inputs"}, the others {"prompt"}; the answer is the image
         # bytes or a JSON wrapper around them.
