@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator
 
 import requests
 
 from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
 from app.upstream import error_message, read_json
 
@@ -86,10 +84,6 @@ class AnthropicProvider(Provider):
 
 class NativeEvents(ChatStream):
     """Anthropic's own stream events, relayed as (event name, payload) pairs."""
-
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
 
     @upstream_shape
     def __iter__(self) -> Iterator[tuple[str, dict]]:
@@ -356,32 +350,20 @@ def to_chat_completion(answer: object, label: str) -> dict:
     if tool_calls:
         message["content"] = message["content"] or None
         message["tool_calls"] = tool_calls
-    return {
-        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.get("model", ""),
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason(answer.get("stop_reason")) or "stop",
-            }
-        ],
-        "usage": chat_usage(answer.get("usage")),
-    }
+    finish = finish_reason(answer.get("stop_reason")) or "stop"
+    return chat_completion(
+        [completion_choice(message, finish)],
+        model=answer.get("model", ""),
+        usage=chat_usage(answer.get("usage")),
+        id=answer.get("id"),
+    )
 
 
 class AnthropicStream(ChatStream):
     """OpenAI chunks from Anthropic's stream events, each written as soon as it arrives."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.model = model
-        self.created = int(time.time())
+        super().__init__(response, label, model)
         self.usage: dict = {}
         self.started = False
         # Anthropic content block index -> OpenAI tool_calls index (tool_use blocks from 0).

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -58,6 +59,15 @@ class ChatStream:
     model: str = ""
     label: str = "upstream"
 
+    def __init__(self, response: requests.Response, label: str, model: str = "") -> None:
+        """A stream over an accepted upstream answer; adapters that build chunks themselves
+        get a fresh `chatcmpl-` id and the creation time."""
+        self.response = response
+        self.label = label
+        self.model = model
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
     def __iter__(self) -> Iterator[dict]:
         raise NotImplementedError
 
@@ -95,6 +105,34 @@ class ChatStream:
         last["choices"] = []
         last["usage"] = usage
         yield last
+
+
+def chat_completion(
+    choices: list[dict],
+    *,
+    model: str,
+    usage: dict | None = None,
+    id: str | None = None,
+    created: int | None = None,
+) -> dict:
+    """A canonical `chat.completion` for translated choices; `usage` only when counted."""
+    completion = {
+        "id": id or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if usage:
+        completion["usage"] = usage
+    return completion
+
+
+def completion_choice(
+    message: dict, finish: str | None, index: int = 0, logprobs: object = None
+) -> dict:
+    """One canonical completion choice."""
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 class Provider:

@@ -19,7 +19,7 @@ from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.shapes import function_tools, only_named_tool
 from app.tokens import estimate_tokens, prompt_estimate
 from app.upstream import read_bytes, read_json, safe_text
@@ -322,48 +322,35 @@ def to_completion(envelope: object, body: dict, label: str) -> dict:
             if isinstance(message["content"], str):
                 texts.append(message["content"])
             reason = finish_reason(choice.get("finish_reason"), bool(calls), label)
-            choices.append(
-                {
-                    "index": choice.get("index", position),
-                    "message": message,
-                    "logprobs": choice.get("logprobs"),
-                    "finish_reason": reason,
-                }
-            )
-        return {
-            "id": result.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": result.get("created") or created,
-            "model": body.get("model") or result.get("model") or "",
-            "choices": choices,
-            "usage": to_usage(result.get("usage"), body, "".join(texts)),
-        }
+            index = choice.get("index", position)
+            choices.append(completion_choice(message, reason, index, choice.get("logprobs")))
+        return chat_completion(
+            choices,
+            model=body.get("model") or result.get("model") or "",
+            usage=to_usage(result.get("usage"), body, "".join(texts)),
+            id=result.get("id"),
+            created=result.get("created") or created,
+        )
     text = _response_text(result.get("response"))
     calls = [c for c in map(_tool_call, result.get("tool_calls") or ()) if c]
     message: dict = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
     reason = finish_reason(result.get("finish_reason"), bool(calls), label)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": created,
-        "model": body.get("model") or "",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-        "usage": to_usage(result.get("usage"), body, text),
-    }
+    return chat_completion(
+        [completion_choice(message, reason)],
+        model=body.get("model") or "",
+        usage=to_usage(result.get("usage"), body, text),
+        created=created,
+    )
 
 
 class WorkersAIStream(ChatStream):
     """OpenAI chunks from the run endpoint's SSE events, each written as soon as it is read."""
 
     def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        self.response = response
+        super().__init__(response, label, body.get("model") or "")
         self.body = body
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = body.get("model") or ""
         self.texts: list[str] = []
         self.tool_index: dict[object, int] = {}
         self.last_tool_key: object = None

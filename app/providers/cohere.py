@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,7 +10,7 @@ import requests
 
 from app.content import content_text
 from app.errors import UpstreamError
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
 from app.providers.shapes import function_tools, only_named_tool
 from app.tokens import estimate_tokens, prompt_estimate
@@ -257,26 +256,20 @@ def to_completion(answer: object, body: dict, label: str) -> dict:
     reply: dict = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         reply["tool_calls"] = calls
-    return {
-        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model") or "",
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": reason}],
-        "usage": to_usage(answer.get("usage"), body, text),
-    }
+    return chat_completion(
+        [completion_choice(reply, reason)],
+        model=body.get("model") or "",
+        usage=to_usage(answer.get("usage"), body, text),
+        id=answer.get("id"),
+    )
 
 
 class CohereStream(ChatStream):
     """OpenAI chunks from Cohere's v2 SSE events, each written as soon as it is read."""
 
     def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        self.response = response
+        super().__init__(response, label, body.get("model") or "")
         self.body = body
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = body.get("model") or ""
         self.texts: list[str] = []
         self.tool_index: dict[object, int] = {}
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 from app.content import content_text
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.tokens import estimate_tokens
 
 
@@ -36,21 +36,12 @@ class EchoProvider(Provider):
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         words, finish, usage = _answer(body)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or self.model.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": " ".join(words)},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-        }
+        message = {"role": "assistant", "content": " ".join(words)}
+        return chat_completion(
+            [completion_choice(message, finish)],
+            model=body.get("model") or self.model.name,
+            usage=usage,
+        )
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         return EchoStream(body.get("model") or self.model.name, *_answer(body))

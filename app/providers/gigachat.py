@@ -19,7 +19,7 @@ import requests
 from app.config import ModelConfig
 from app.content import content_text
 from app.errors import UpstreamClientError, UpstreamError
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
 from app.redact import REDACTOR
 from app.upstream import UpstreamPool, error_message, read_json
@@ -394,25 +394,14 @@ def to_completion(answer: object, label: str, model: str) -> dict:
             ]
         if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
             out["reasoning_content"] = message["reasoning_content"]
-        choices.append(
-            {
-                "index": choice.get("index", position),
-                "message": out,
-                "logprobs": None,
-                "finish_reason": _finish_reason(choice.get("finish_reason"), label),
-            }
-        )
-    completion = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": answer.get("created") or int(time.time()),
-        "model": answer.get("model") or model,
-        "choices": choices,
-    }
-    usage = to_usage(answer.get("usage"))
-    if usage:
-        completion["usage"] = usage
-    return completion
+        reason = _finish_reason(choice.get("finish_reason"), label)
+        choices.append(completion_choice(out, reason, choice.get("index", position)))
+    return chat_completion(
+        choices,
+        model=answer.get("model") or model,
+        usage=to_usage(answer.get("usage")),
+        created=answer.get("created"),
+    )
 
 
 def to_usage(usage: object) -> dict | None:
@@ -457,11 +446,7 @@ class GigaChatStream(ChatStream):
     """OpenAI chunks from GigaChat's SSE stream (`data:` chunks ending with `[DONE]`)."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.model = model
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+        super().__init__(response, label, model)
         self._started = False
         self._calls: dict[int, str] = {}  # choice index -> its tool call's id
         self._arguments_sent: set[int] = set()

@@ -11,7 +11,6 @@ import json
 import mimetypes
 import re
 import struct
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from app.errors import (
 )
 from app.model_ids import IdForm, path_part
 from app.providers import http
-from app.providers.base import CallContext, ChatStream, Provider
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.tokens import estimate_tokens
 from app.upstream import error_message, read_json, safe_text
 
@@ -528,37 +527,19 @@ def to_completion(answer: object, model: str, label: str) -> dict:
         message: dict = {"role": "assistant", "content": text or (None if calls else "")}
         if calls:
             message["tool_calls"] = calls
-        choices.append(
-            {
-                "index": candidate.get("index", position),
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
-            }
-        )
+        reason = finish_reason(candidate.get("finishReason"), bool(calls))
+        choices.append(completion_choice(message, reason, candidate.get("index", position)))
     if not choices:
         if not _block_reason(answer):
             raise UpstreamError(f"{label}: the upstream answered without a candidate")
         # The prompt itself was blocked: an empty, filtered answer, as OpenAI reports one.
-        choices.append(
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": "content_filter",
-            }
-        )
-    completion = {
-        "id": _response_id(answer),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.get("modelVersion") or model,
-        "choices": choices,
-    }
-    counted = usage(answer.get("usageMetadata"))
-    if counted:
-        completion["usage"] = counted
-    return completion
+        choices.append(completion_choice({"role": "assistant", "content": ""}, "content_filter"))
+    return chat_completion(
+        choices,
+        model=answer.get("modelVersion") or model,
+        usage=usage(answer.get("usageMetadata")),
+        id=_response_id(answer),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,11 +556,8 @@ class GeminiStream(ChatStream):
     """Chunks from Gemini's SSE stream: each event is a partial GenerateContentResponse."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.model = model
-        self.id: str | None = None
-        self.created = int(time.time())
+        super().__init__(response, label, model)
+        self.id: str | None = None  # the first event's `responseId`
         self.choices: dict[int, _Choice] = {}
         self.usage: dict | None = None
 

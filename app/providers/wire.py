@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import requests
-
 from app.errors import UpstreamError, upstream_shape
 from app.providers.base import ChatStream
 from app.providers.http import Event
@@ -15,10 +13,6 @@ from app.upstream import body_error, error_message
 
 class OpenAIStream(ChatStream):
     """Chunks from an OpenAI-style SSE stream, or from a whole answer if upstream ignored stream."""
-
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
