@@ -11,6 +11,7 @@ from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
+from app.providers.shapes import arguments_object, declaration
 from app.upstream import error_message, read_json
 
 MESSAGES_PATH = "/messages"
@@ -230,12 +231,8 @@ def _assistant_content(message: dict, index: int) -> str | list[dict]:
                 blocks.append({"type": "text", "text": text})
     for j, call in enumerate(message.get("tool_calls") or []):
         function = call.get("function") or {}
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        parsed = arguments_object(function.get("arguments"))
+        if parsed is None:
             raise InvalidRequestError(
                 "Tool call arguments must be a JSON object.",
                 param=f"messages[{index}].tool_calls[{j}].function.arguments",
@@ -267,13 +264,7 @@ def _tool(tool: dict, index: int) -> dict:
         raise InvalidRequestError(
             "Anthropic models take function tools only.", param=f"tools[{index}]"
         )
-    result = {
-        "name": function["name"],
-        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        result["description"] = function["description"]
-    return result
+    return declaration(function, "input_schema")
 
 
 def _tool_choice(choice: object, parallel: object) -> dict | None:

@@ -20,7 +20,7 @@ from app.errors import InvalidRequestError, UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
-from app.providers.shapes import function_tools, only_named_tool
+from app.providers.shapes import function_tools, narrowed_tools, passed_fields, token_limit
 from app.tokens import estimate_tokens, prompt_estimate
 from app.upstream import read_bytes, read_json, safe_text
 
@@ -30,15 +30,19 @@ BASE_URL_FORM = "https://api.cloudflare.com/client/v4/accounts/<ACCOUNT_ID>/ai"
 _ROOT_SUFFIXES = ("/v1/chat/completions", "/v1", "/run")
 _ACCOUNT_RE = re.compile(r"/accounts/[^/]+$")
 # OpenAI fields with the same name and meaning in the run endpoint's input schema.
-_SAME_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "frequency_penalty",
-    "presence_penalty",
-    "repetition_penalty",
-)
+_SAME_FIELDS = {
+    name: name
+    for name in (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+    )
+}
 FINISH_REASONS = {
     "stop": "stop",
     "length": "length",
@@ -197,9 +201,7 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
             }
         )
     choice = tool_choice if tool_choice in ("auto", "none", "required") else None
-    if isinstance(tool_choice, dict):
-        converted, choice = only_named_tool(converted, tool_choice), "required"
-    return converted, choice
+    return narrowed_tools(converted, tool_choice, choice, "required")
 
 
 def _response_format(value: object) -> dict | None:
@@ -223,12 +225,7 @@ def to_workers_ai(body: dict, stream: bool = False) -> dict:
     }
     if stream:
         payload["stream"] = True
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if limit is not None:
-        payload["max_tokens"] = limit
-    for name in _SAME_FIELDS:
-        if body.get(name) is not None:
-            payload[name] = body[name]
+    payload.update(passed_fields({**body, "max_tokens": token_limit(body)}, _SAME_FIELDS))
     response_format = _response_format(body.get("response_format"))
     if response_format:
         payload["response_format"] = response_format

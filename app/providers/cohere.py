@@ -12,7 +12,13 @@ from app.content import content_text
 from app.errors import UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
-from app.providers.shapes import function_tools, only_named_tool
+from app.providers.shapes import (
+    declaration,
+    function_tools,
+    narrowed_tools,
+    passed_fields,
+    token_limit,
+)
 from app.tokens import estimate_tokens, prompt_estimate
 from app.upstream import read_json, safe_text
 
@@ -33,10 +39,19 @@ FINISH_REASONS = {
     "MAX_TOKENS": "length",
     "TOOL_CALL": "tool_calls",
 }
+TOOL_CHOICES = {"none": "NONE", "required": "REQUIRED"}  # "auto" is Cohere's default
 # Finish reasons that mean the generation failed rather than ended.
 FAILED_REASONS = frozenset({"ERROR", "TIMEOUT", "ERROR_TOXIC", "ERROR_LIMIT"})
-# OpenAI sampling fields with the same name and meaning in Cohere's request.
-_SAME_FIELDS = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+# OpenAI fields with the same meaning in Cohere's request, and their names there.
+_FIELDS = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "top_p": "p",
+    "top_k": "k",
+}
 
 
 class CohereProvider(Provider):
@@ -125,37 +140,22 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
     """
     converted = []
     for function in function_tools(tools):
-        parameters = function.get("parameters")
-        entry = {
-            "name": function["name"],
-            "parameters": parameters
-            if isinstance(parameters, dict)
-            else {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            entry["description"] = function["description"]
+        entry = declaration(function)
         converted.append({"type": "function", "function": entry, "strict": function.get("strict")})
-    choice = None
-    if tool_choice == "none":
-        choice = "NONE"
-    elif tool_choice == "required":
-        choice = "REQUIRED"
-    elif isinstance(tool_choice, dict):
-        converted, choice = only_named_tool(converted, tool_choice), "REQUIRED"
-    return converted, choice
+    choice = TOOL_CHOICES.get(tool_choice) if isinstance(tool_choice, str) else None
+    return narrowed_tools(converted, tool_choice, choice, "REQUIRED")
 
 
 def _response_format(value: object) -> dict | None:
-    if not isinstance(value, dict):
+    """JSON mode; Cohere takes a JSON schema as part of `json_object`."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("json_object", "json_schema"):
         return None
-    if value.get("type") == "json_object":
-        return {"type": "json_object"}
-    if value.get("type") == "json_schema":
-        schema = (value.get("json_schema") or {}).get("schema")
-        if isinstance(schema, dict):
-            return {"type": "json_object", "json_schema": schema}
-        return {"type": "json_object"}
-    return None
+    spec = value.get("json_schema") if kind == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if isinstance(schema, dict):
+        return {"type": "json_object", "json_schema": schema}
+    return {"type": "json_object"}
 
 
 def to_cohere(body: dict, stream: bool = False) -> dict:
@@ -166,16 +166,7 @@ def to_cohere(body: dict, stream: bool = False) -> dict:
     }
     if stream:
         payload["stream"] = True
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if limit is not None:
-        payload["max_tokens"] = limit
-    for name in _SAME_FIELDS:
-        if body.get(name) is not None:
-            payload[name] = body[name]
-    if body.get("top_p") is not None:
-        payload["p"] = body["top_p"]
-    if body.get("top_k") is not None:
-        payload["k"] = body["top_k"]
+    payload.update(passed_fields({**body, "max_tokens": token_limit(body)}, _FIELDS))
     stop = body.get("stop")
     if isinstance(stop, str):
         payload["stop_sequences"] = [stop]

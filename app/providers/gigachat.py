@@ -21,6 +21,7 @@ from app.content import content_text
 from app.errors import UpstreamClientError, UpstreamError
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
+from app.providers.shapes import arguments_object, declaration
 from app.redact import REDACTOR
 from app.upstream import UpstreamPool, error_message, read_json
 
@@ -293,16 +294,8 @@ def _assistant_messages(message: dict, names: dict, pending: dict) -> list[dict]
 
 
 def _arguments_object(arguments: object) -> dict:
-    """OpenAI's JSON-string arguments as the object GigaChat wants."""
-    if isinstance(arguments, dict):
-        return arguments
-    if isinstance(arguments, str) and arguments.strip():
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
+    """OpenAI's JSON-string arguments as the object GigaChat wants; unreadable ones are empty."""
+    return arguments_object(arguments) or {}
 
 
 def _function_result(content: object) -> str:
@@ -331,13 +324,7 @@ def _functions(body: dict) -> list[dict]:
 
 
 def _function(function: dict) -> dict:
-    entry = {
-        "name": function["name"],
-        "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        entry["description"] = function["description"]
-    return entry
+    return declaration(function)
 
 
 def _function_call(body: dict, functions: list[dict]) -> object:

@@ -29,6 +29,7 @@ from app.errors import (
 from app.model_ids import IdForm, path_part
 from app.providers import http
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.providers.shapes import arguments_object
 from app.tokens import estimate_tokens
 from app.upstream import error_message, read_json, safe_text
 
@@ -308,16 +309,8 @@ def _model_parts(message: dict, position: int, names: dict[str, str]) -> list[di
 
 
 def _arguments(function: dict, where: str) -> dict:
-    raw = function.get("arguments")
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    try:
-        args = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        args = None
-    if not isinstance(args, dict):
+    args = arguments_object(function.get("arguments"))
+    if args is None:
         raise UpstreamClientError(
             f"Invalid request: {where}: must be a JSON object", status=400, param=where
         )
