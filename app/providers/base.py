@@ -98,6 +98,17 @@ class ChatStream:
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
+    def _replayed(self, completion: dict) -> Iterator[dict]:
+        """The chunks of a one-choice completion the upstream sent whole though asked to
+        stream: the text, the tool calls (with their positions), the ending."""
+        choice = completion["choices"][0]
+        message = choice["message"]
+        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
+        calls = message.get("tool_calls") or []
+        if calls:
+            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+        yield from self._ending(choice["finish_reason"], completion["usage"])
+
     def _ending(self, finish: str, usage: dict) -> Iterator[dict]:
         """The finish chunk, then the usage chunk (`"choices": []`) as OpenAI sends them."""
         yield self._chunk({}, finish)

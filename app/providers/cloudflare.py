@@ -355,7 +355,7 @@ class WorkersAIStream(ChatStream):
     def __iter__(self) -> Iterator[dict]:
         if self.answered_whole():
             # Some models do not stream on the run endpoint and answer whole instead.
-            yield from self._whole(self.whole_answer())
+            yield from self._replayed(to_completion(self.whole_answer(), self.body, self.label))
             return
         started = False
         reason: object = None
@@ -428,14 +428,3 @@ class WorkersAIStream(ChatStream):
             elif arguments:
                 deltas.append({"index": self.tool_index[key], "function": {"arguments": arguments}})
         return deltas
-
-    def _whole(self, envelope: object) -> Iterator[dict]:
-        """The chunks of an answer the upstream sent whole instead of streaming it."""
-        completion = to_completion(envelope, self.body, self.label)
-        choice = completion["choices"][0]
-        message = choice["message"]
-        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
-        calls = message.get("tool_calls") or []
-        if calls:
-            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-        yield from self._ending(choice["finish_reason"], completion["usage"])

@@ -266,7 +266,7 @@ class CohereStream(ChatStream):
 
     def __iter__(self) -> Iterator[dict]:
         if self.answered_whole():
-            yield from self._whole(self.whole_answer())
+            yield from self._replayed(to_completion(self.whole_answer(), self.body, self.label))
             return
         started = ended = False
         for name, payload in self.events(_stream_failure):
@@ -323,16 +323,6 @@ class CohereStream(ChatStream):
                 "arguments": arguments if isinstance(arguments, str) else "",
             },
         }
-
-    def _whole(self, answer: object) -> Iterator[dict]:
-        """The chunks of an answer the upstream sent whole instead of streaming it."""
-        completion = to_completion(answer, self.body, self.label)
-        message = completion["choices"][0]["message"]
-        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
-        calls = message.get("tool_calls") or []
-        if calls:
-            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-        yield from self._ending(completion["choices"][0]["finish_reason"], completion["usage"])
 
 
 def _stream_failure(event: Event) -> str | None:

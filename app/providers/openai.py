@@ -9,7 +9,7 @@ from app.config import GO_IMAGE_PROVIDERS, is_api_root, url_endpoint
 from app.errors import UpstreamError
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes, sniff_type
 from app.providers.base import CallContext, ChatStream, Provider
-from app.providers.wire import OpenAIStream, chat_answer, with_usage
+from app.providers.wire import OpenAIStream, chat_answer, completion_answer, with_usage
 from app.upstream import body_error, read_bytes
 
 CHAT_PATH = "/chat/completions"
@@ -81,14 +81,7 @@ class OpenAIProvider(Provider):
 
     def complete(self, body: dict, ctx: CallContext) -> dict:
         answer = self.post_json(self.endpoint(COMPLETIONS_PATH), body, ctx)
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if (
-            not choices
-            or not isinstance(choices, list)
-            or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices)
-        ):
-            raise UpstreamError(f"{self.label}: the upstream answer is not a completion")
-        return answer
+        return completion_answer(answer, self.label)
 
     def open_completion_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         response = self.post(self.endpoint(COMPLETIONS_PATH), with_usage(body), ctx, stream=True)

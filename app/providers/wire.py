@@ -59,15 +59,25 @@ def chat_answer(answer: object, label: str) -> dict:
     without message choices a retryable failure, a malformed `usage` dropped."""
     if isinstance(answer, dict) and answer.get("error") and not answer.get("choices"):
         raise body_error(answer, label)
+    answer = _with_choices(answer, label, "message", dict, "chat completion")
+    if not isinstance(answer.get("usage"), dict | None):
+        del answer["usage"]
+    return answer
+
+
+def completion_answer(answer: object, label: str) -> dict:
+    """A whole legacy text completion checked: choices that each carry their `text`."""
+    return _with_choices(answer, label, "text", str, "completion")
+
+
+def _with_choices(answer: object, label: str, field: str, kind: type, what: str) -> dict:
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if (
         not choices
         or not isinstance(choices, list)
-        or not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+        or not all(isinstance(c, dict) and isinstance(c.get(field), kind) for c in choices)
     ):
-        raise UpstreamError(f"{label}: the upstream answer is not a chat completion")
-    if not isinstance(answer.get("usage"), dict | None):
-        del answer["usage"]
+        raise UpstreamError(f"{label}: the upstream answer is not a {what}")
     return answer
 
 
