@@ -350,3 +350,52 @@ def test_image_file_refuses_what_is_not_an_http_image(upstream):
 )
 def test_content_text(content, kwargs, text):
     assert content_text(content, **kwargs) == text
+
+
+# --- adapter bugs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "base_url", "endpoint", "reply", "stream"),
+    [
+        # `dict("abc")` in the translator: a shape it did not expect.
+        (
+            "cloudflare",
+            "https://api.cloudflare.com/client/v4/accounts/acc/ai",
+            "https://api.cloudflare.com/client/v4/accounts/acc/ai/run/m",
+            {"json": {"result": {"choices": [{"message": "abc"}]}, "success": True}},
+            False,
+        ),
+        # A list as a choice index: unhashable where the translator keys its state by it.
+        (
+            "gigachat",
+            "https://giga.test/api/v1",
+            "https://giga.test/api/v1/chat/completions",
+            {
+                "body": 'data: {"choices": [{"index": [1], "delta": {"function_call": '
+                '{"name": "f"}}}]}\n\n',
+                "content_type": "text/event-stream",
+            },
+            True,
+        ),
+    ],
+)
+@responses.activate
+def test_a_translator_tripping_over_an_answer_is_logged_as_a_proxy_bug(
+    provider_client, caplog, provider, base_url, endpoint, reply, stream
+):
+    responses.post(DEFAULT_AUTH_URL, json={"access_token": "t", "expires_at": 2**41})
+    responses.post(endpoint, **reply)
+    model = {"name": "m", "provider": provider, "base_url": base_url, "token": KEY, "model": "m"}
+    body = {**CHAT, "model": "m", "stream": stream}
+    response = provider_client([model]).post("/v1/chat/completions", json=body)
+    if stream:
+        # The first chunk was out before the translator tripped: the stream ends in-band.
+        assert response.status_code == 200
+        assert b'"error"' in response.get_data()
+    else:
+        assert response.status_code == 502
+    bugs = [r for r in caplog.records if r.levelname == "ERROR" and "shape" in r.getMessage()]
+    assert bugs, "the translator's exception was not logged as a proxy bug"
+    # With its traceback (the log filter renders it into the record's text).
+    assert "Traceback" in caplog.text

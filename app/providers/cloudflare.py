@@ -16,7 +16,7 @@ import requests
 
 from app.config import ModelConfig
 from app.content import content_text
-from app.errors import InvalidRequestError, UpstreamError
+from app.errors import InvalidRequestError, UpstreamError, upstream_shape
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
@@ -296,6 +296,7 @@ def _response_text(value: object) -> str:
     return json.dumps(value)
 
 
+@upstream_shape
 def to_completion(envelope: object, body: dict, label: str) -> dict:
     """The OpenAI chat completion for a run endpoint answer, native or OpenAI-shaped."""
     if not isinstance(envelope, dict):
@@ -352,6 +353,7 @@ class WorkersAIStream(ChatStream):
         self.tool_index: dict[object, int] = {}
         self.last_tool_key: object = None
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         if self.answered_whole():
             # Some models do not stream on the run endpoint and answer whole instead.

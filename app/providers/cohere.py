@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import requests
 
 from app.content import content_text
-from app.errors import UpstreamError
+from app.errors import UpstreamError, upstream_shape
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.http import Event
 from app.providers.shapes import (
@@ -227,6 +227,7 @@ def _answer_tool_calls(calls: object) -> list[dict]:
     return [c for c in map(_tool_call, calls if isinstance(calls, list) else ()) if c]
 
 
+@upstream_shape
 def to_completion(answer: object, body: dict, label: str) -> dict:
     """The OpenAI chat completion for a Cohere v2 chat answer."""
     if not isinstance(answer, dict) or not isinstance(answer.get("message"), dict):
@@ -264,6 +265,7 @@ class CohereStream(ChatStream):
         self.texts: list[str] = []
         self.tool_index: dict[object, int] = {}
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         if self.answered_whole():
             yield from self._replayed(to_completion(self.whole_answer(), self.body, self.label))

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import requests
 
 from app.config import ModelConfig
-from app.errors import UpstreamClientError, UpstreamError
+from app.errors import UpstreamClientError, UpstreamError, upstream_shape
 from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 from app.providers.gigachat_request import to_gigachat
 from app.providers.http import Event
@@ -191,6 +191,7 @@ def _unauthorized(err: UpstreamError) -> bool:
 # --- answers --------------------------------------------------------------------------------
 
 
+@upstream_shape
 def to_completion(answer: object, label: str, model: str) -> dict:
     """A GigaChat answer as an OpenAI `chat.completion`."""
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
@@ -271,6 +272,7 @@ class GigaChatStream(ChatStream):
         self._calls: dict[int, str] = {}  # choice index -> its tool call's id
         self._arguments_sent: set[int] = set()
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
         if self.answered_whole():
             # The upstream answered whole: replay it as chunks.
