@@ -329,6 +329,17 @@ class Provider:
         return None
 
 
+class CountingStream(ChatStream):
+    """A stream of an upstream that may not count usage: it keeps the request and the answer's
+    text for an estimate, and the position of each tool call it has relayed."""
+
+    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
+        super().__init__(response, label, body.get("model") or "")
+        self.body = body
+        self.texts: list[str] = []
+        self.tool_index: dict[object, int] = {}
+
+
 class PrimedStream(ChatStream):
     """A stream whose first chunk was read before the client saw a byte.
 

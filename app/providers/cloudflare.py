@@ -19,7 +19,14 @@ from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError, upstream_shape
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.providers.base import (
+    CallContext,
+    ChatStream,
+    CountingStream,
+    Provider,
+    chat_completion,
+    completion_choice,
+)
 from app.providers.shapes import function_tools, narrowed_tools, passed_fields, token_limit
 from app.tokens import estimate_tokens, prompt_estimate
 from app.upstream import read_bytes, read_json, safe_text
@@ -343,15 +350,10 @@ def to_completion(envelope: object, body: dict, label: str) -> dict:
     )
 
 
-class WorkersAIStream(ChatStream):
+class WorkersAIStream(CountingStream):
     """OpenAI chunks from the run endpoint's SSE events, each written as soon as it is read."""
 
-    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        super().__init__(response, label, body.get("model") or "")
-        self.body = body
-        self.texts: list[str] = []
-        self.tool_index: dict[object, int] = {}
-        self.last_tool_key: object = None
+    last_tool_key: object = None  # the call a piece without index, id or name continues
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:

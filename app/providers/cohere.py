@@ -10,7 +10,14 @@ import requests
 
 from app.content import content_text
 from app.errors import UpstreamError, upstream_shape
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.providers.base import (
+    CallContext,
+    ChatStream,
+    CountingStream,
+    Provider,
+    chat_completion,
+    completion_choice,
+)
 from app.providers.http import Event
 from app.providers.shapes import (
     declaration,
@@ -256,14 +263,8 @@ def to_completion(answer: object, body: dict, label: str) -> dict:
     )
 
 
-class CohereStream(ChatStream):
+class CohereStream(CountingStream):
     """OpenAI chunks from Cohere's v2 SSE events, each written as soon as it is read."""
-
-    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        super().__init__(response, label, body.get("model") or "")
-        self.body = body
-        self.texts: list[str] = []
-        self.tool_index: dict[object, int] = {}
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
