@@ -21,7 +21,6 @@ from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
 from app.providers.base import (
     CallContext,
-    ChatStream,
     CountingStream,
     Provider,
     chat_completion,
@@ -83,7 +82,7 @@ class CloudflareProvider(Provider):
         envelope = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(envelope, body, self.label)
 
-    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> WorkersAIStream:
         return WorkersAIStream(self._send(body, ctx, stream=True), body, self.label)
 
     def generate_image(self, body: dict, ctx: CallContext) -> list[dict]:

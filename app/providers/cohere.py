@@ -12,7 +12,6 @@ from app.content import content_text
 from app.errors import UpstreamError, upstream_shape
 from app.providers.base import (
     CallContext,
-    ChatStream,
     CountingStream,
     Provider,
     chat_completion,
@@ -77,7 +76,7 @@ class CohereProvider(Provider):
         answer = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(answer, body, self.label)
 
-    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> CohereStream:
         return CohereStream(self._send(body, ctx, stream=True), body, self.label)
 
 
