@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from app.content import content_text
 from app.errors import InvalidRequestError, client_shape, upstream_shape
 from app.streaming import encode_event
 from app.tokens import estimate_tokens
@@ -23,15 +24,8 @@ TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 def _text_of(blocks: object) -> str:
-    if isinstance(blocks, str):
-        return blocks
-    if isinstance(blocks, list):
-        return "\n".join(
-            b["text"]
-            for b in blocks
-            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
-        )
-    return ""
+    """The text of Anthropic content: a string, or its text blocks joined by newlines."""
+    return content_text(blocks, sep="\n", kind="text")
 
 
 def _image_part(block: dict, warnings: list[str]) -> dict | None:

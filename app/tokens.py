@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import math
 
+from app.content import content_text
+
 CHARS_PER_TOKEN = 4
-
-
-def message_text(content: object) -> str:
-    """The text of a message's `content`: a string, or the text parts of a list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, str):
-                parts.append(part)
-        return " ".join(parts)
-    return ""
 
 
 def estimate_tokens(text: str) -> int:
@@ -31,7 +18,7 @@ def prompt_estimate(body: dict) -> int:
     """Prompt tokens of a chat request, estimated from its messages' text."""
     messages = body.get("messages") or []
     return sum(
-        estimate_tokens(message_text(m.get("content"))) for m in messages if isinstance(m, dict)
+        estimate_tokens(content_text(m.get("content"))) for m in messages if isinstance(m, dict)
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 import yaml
 
@@ -102,3 +105,37 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def provider_client(make_app):
+    """A factory of test clients for provider tests: an app serving `models` to one client
+    token, without retries (each attempt is one upstream call); `config` adds to or overrides
+    the rest (`routing={...}`)."""
+
+    def make(models: list[dict], **config):
+        app = make_app(
+            {
+                "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
+                "models": models,
+                "retry": {"max_retries": 0},
+                **config,
+            }
+        )
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+        return client
+
+    return make
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> object:
+    """Poll `condition` until it is true and return its value; fail the test at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.01)

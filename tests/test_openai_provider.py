@@ -17,37 +17,30 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hello"}]}
 
 
 @pytest.fixture
-def client(make_app):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": "gpt-test",
-                    "base_url": UPSTREAM,
-                    "token": "sk-upstream-secret",
-                    "model": "up-model",
-                    "headers": {"X-Title": "my-app"},
-                    "http_client_config": {"timeout_seconds": 7, "connect_timeout_seconds": 2},
-                },
-                {
-                    "name": "groq/llama-3.1-8b-instant",
-                    "provider": "groq",
-                    "token": "gsk-secret",
-                },
-                {
-                    "name": "go-style",
-                    "provider": "openrouter",
-                    "url": "https://or.example.test/api/v1/chat/completions",
-                    "token": "or-secret",
-                },
-            ],
-            "retry": {"max_retries": 0},
-        }
+def client(provider_client):
+    return provider_client(
+        [
+            {
+                "name": "gpt-test",
+                "base_url": UPSTREAM,
+                "token": "sk-upstream-secret",
+                "model": "up-model",
+                "headers": {"X-Title": "my-app"},
+                "http_client_config": {"timeout_seconds": 7, "connect_timeout_seconds": 2},
+            },
+            {
+                "name": "groq/llama-3.1-8b-instant",
+                "provider": "groq",
+                "token": "gsk-secret",
+            },
+            {
+                "name": "go-style",
+                "provider": "openrouter",
+                "url": "https://or.example.test/api/v1/chat/completions",
+                "token": "or-secret",
+            },
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 @responses.activate(assert_all_requests_are_fired=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import openai
@@ -48,24 +49,15 @@ def anthropic_model(base_url: str, name: str = "claude", **extra) -> dict:
     }
 
 
-def make_client(make_app, models: list[dict]):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": models,
-            "retry": {"max_retries": 0},
-            "routing": {"cooldown_seconds": 0},
-        }
-    )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
+@pytest.fixture
+def make_client(provider_client):
+    """Provider clients whose failed deployments are tried again at once (no cooldown)."""
+    return functools.partial(provider_client, routing={"cooldown_seconds": 0})
 
 
 @pytest.fixture
-def client(make_app):
+def client(make_client):
     return make_client(
-        make_app,
         [
             anthropic_model(UPSTREAM, headers={"anthropic-beta": "test-beta"}),
             {"name": "claude-default", "provider": "anthropic", "token": KEY},
@@ -560,10 +552,9 @@ def test_upstream_errors_map(client, upstream_status, upstream_body, status, mes
 
 @pytest.mark.parametrize("status", [429, 500, 529])
 @responses.activate
-def test_retryable_failures_fall_back_to_the_next_deployment(make_app, status):
+def test_retryable_failures_fall_back_to_the_next_deployment(make_client, status):
     backup = "https://backup.example.test/v1"
     client = make_client(
-        make_app,
         [anthropic_model(UPSTREAM, priority=1), anthropic_model(backup, priority=2)],
     )
     responses.post(MESSAGES, json=anthropic_error("overloaded_error", "Overloaded"), status=status)
@@ -575,10 +566,9 @@ def test_retryable_failures_fall_back_to_the_next_deployment(make_app, status):
 
 
 @responses.activate
-def test_client_error_does_not_fall_back(make_app):
+def test_client_error_does_not_fall_back(make_client):
     backup = "https://backup.example.test/v1"
     client = make_client(
-        make_app,
         [anthropic_model(UPSTREAM, priority=1), anthropic_model(backup, priority=2)],
     )
     responses.post(
@@ -709,9 +699,8 @@ def chunks_of(response) -> list[dict]:
 
 
 @pytest.fixture
-def stream_client(make_app, upstream):
+def stream_client(make_client, upstream):
     return make_client(
-        make_app,
         [
             anthropic_model(upstream.url + "/v1", priority=1),
             anthropic_model(upstream.url + "/v1", priority=2, model="claude-backup"),

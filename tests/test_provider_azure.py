@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 
@@ -80,24 +81,15 @@ def azure_model(base_url: str = RESOURCE, name: str = "azure-gpt", **extra) -> d
     }
 
 
-def make_client(make_app, models: list[dict]):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": models,
-            "retry": {"max_retries": 0},
-            "routing": {"cooldown_seconds": 0},
-        }
-    )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
+@pytest.fixture
+def make_client(provider_client):
+    """Provider clients whose failed deployments are tried again at once (no cooldown)."""
+    return functools.partial(provider_client, routing={"cooldown_seconds": 0})
 
 
 @pytest.fixture
-def client(make_app):
+def client(make_client):
     return make_client(
-        make_app,
         [
             azure_model(headers={"X-Title": "my-app"}),
             {
@@ -328,9 +320,9 @@ def test_upstream_errors_map(client, upstream_status, upstream_body, status, cod
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 @responses.activate
-def test_retryable_failures_fall_back_then_502(make_app, status):
+def test_retryable_failures_fall_back_then_502(make_client, status):
     backup = "https://backup.openai.azure.com"
-    client = make_client(make_app, [azure_model(priority=1), azure_model(backup, priority=2)])
+    client = make_client([azure_model(priority=1), azure_model(backup, priority=2)])
     responses.post(CHAT_URL, json={"error": {"message": "busy"}}, status=status)
     backup_url = f"{backup}/openai/deployments/gpt4o-prod/chat/completions"
     responses.post(backup_url, json={"error": {"message": "busy"}}, status=status)
@@ -340,9 +332,9 @@ def test_retryable_failures_fall_back_then_502(make_app, status):
 
 
 @responses.activate
-def test_failure_falls_back_to_the_next_deployment(make_app):
+def test_failure_falls_back_to_the_next_deployment(make_client):
     backup = "https://backup.openai.azure.com"
-    client = make_client(make_app, [azure_model(priority=1), azure_model(backup, priority=2)])
+    client = make_client([azure_model(priority=1), azure_model(backup, priority=2)])
     responses.post(CHAT_URL, json={"error": {"message": "busy"}}, status=429)
     responses.post(
         f"{backup}/openai/deployments/gpt4o-prod/chat/completions", json=completion("backup")
@@ -420,9 +412,8 @@ def chunks_of(response) -> list[dict]:
 
 
 @pytest.fixture
-def stream_client(make_app, upstream):
+def stream_client(make_client, upstream):
     return make_client(
-        make_app,
         [
             azure_model(upstream.url, priority=1),
             azure_model(upstream.url, priority=2, model="backup-dep"),

@@ -78,39 +78,32 @@ def native_events(words: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def client(make_app):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": f"cloudflare/{MODEL}",
-                    "provider": "cloudflare",
-                    "base_url": ACCOUNT,
-                    "token": KEY,
-                    "headers": {"cf-aig-skip-cache": "true"},
-                    "http_client_config": {"timeout_seconds": 8, "connect_timeout_seconds": 2},
-                },
-                {
-                    "name": "go-style",
-                    "provider": "cloudflare",
-                    "url": f"{ACCOUNT}/run/@cf/meta/llama-3.3-70b-instruct-fp8-fast",
-                    "token": KEY,
-                },
-                {"name": "cf-pair", "provider": "cloudflare", "base_url": ACCOUNT, "token": KEY},
-                {
-                    "name": "cf-pair",
-                    "provider": "cloudflare",
-                    "base_url": "https://api.cloudflare.com/client/v4/accounts/other/ai",
-                    "token": KEY,
-                },
-            ],
-            "retry": {"max_retries": 0},
-        }
+def client(provider_client):
+    return provider_client(
+        [
+            {
+                "name": f"cloudflare/{MODEL}",
+                "provider": "cloudflare",
+                "base_url": ACCOUNT,
+                "token": KEY,
+                "headers": {"cf-aig-skip-cache": "true"},
+                "http_client_config": {"timeout_seconds": 8, "connect_timeout_seconds": 2},
+            },
+            {
+                "name": "go-style",
+                "provider": "cloudflare",
+                "url": f"{ACCOUNT}/run/@cf/meta/llama-3.3-70b-instruct-fp8-fast",
+                "token": KEY,
+            },
+            {"name": "cf-pair", "provider": "cloudflare", "base_url": ACCOUNT, "token": KEY},
+            {
+                "name": "cf-pair",
+                "provider": "cloudflare",
+                "base_url": "https://api.cloudflare.com/client/v4/accounts/other/ai",
+                "token": KEY,
+            },
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -514,25 +507,18 @@ def chunks_of(response) -> list[dict]:
 
 
 @pytest.fixture
-def stream_client(make_app, upstream):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": "cf",
-                    "provider": "cloudflare",
-                    "base_url": upstream.url + "/client/v4/accounts/acc123/ai",
-                    "token": KEY,
-                    "model": MODEL,
-                }
-            ],
-            "retry": {"max_retries": 0},
-        }
+def stream_client(provider_client, upstream):
+    return provider_client(
+        [
+            {
+                "name": "cf",
+                "provider": "cloudflare",
+                "base_url": upstream.url + "/client/v4/accounts/acc123/ai",
+                "token": KEY,
+                "model": MODEL,
+            }
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 STREAM = {"model": "cf", "messages": USER, "stream": True}

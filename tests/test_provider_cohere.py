@@ -147,41 +147,34 @@ def tool_events() -> list[str]:
 
 
 @pytest.fixture
-def client(make_app):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": "cohere/command-r-plus-08-2024",
-                    "provider": "cohere",
-                    "token": KEY,
-                    "headers": {"X-Client-Name": "my-app"},
-                    "http_client_config": {"timeout_seconds": 9, "connect_timeout_seconds": 3},
-                },
-                # Two deployments of one name, to see fallback between them.
-                {"name": "co-pair", "provider": "cohere", "token": KEY, "model": MODEL},
-                {
-                    "name": "co-pair",
-                    "provider": "cohere",
-                    "base_url": "https://eu.cohere.test",
-                    "token": KEY,
-                    "model": MODEL,
-                },
-                {
-                    "name": "go-style",
-                    "provider": "cohere",
-                    "url": "https://api.cohere.ai/compatibility/v1/chat/completions",
-                    "token": KEY,
-                    "model": MODEL,
-                },
-            ],
-            "retry": {"max_retries": 0},
-        }
+def client(provider_client):
+    return provider_client(
+        [
+            {
+                "name": "cohere/command-r-plus-08-2024",
+                "provider": "cohere",
+                "token": KEY,
+                "headers": {"X-Client-Name": "my-app"},
+                "http_client_config": {"timeout_seconds": 9, "connect_timeout_seconds": 3},
+            },
+            # Two deployments of one name, to see fallback between them.
+            {"name": "co-pair", "provider": "cohere", "token": KEY, "model": MODEL},
+            {
+                "name": "co-pair",
+                "provider": "cohere",
+                "base_url": "https://eu.cohere.test",
+                "token": KEY,
+                "model": MODEL,
+            },
+            {
+                "name": "go-style",
+                "provider": "cohere",
+                "url": "https://api.cohere.ai/compatibility/v1/chat/completions",
+                "token": KEY,
+                "model": MODEL,
+            },
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 # --- requests and whole answers --------------------------------------------------------------
@@ -519,25 +512,18 @@ def sse_payloads(response) -> list[str]:
 
 
 @pytest.fixture
-def stream_client(make_app, upstream):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": "co",
-                    "provider": "cohere",
-                    "base_url": upstream.url,
-                    "token": KEY,
-                    "model": MODEL,
-                }
-            ],
-            "retry": {"max_retries": 0},
-        }
+def stream_client(provider_client, upstream):
+    return provider_client(
+        [
+            {
+                "name": "co",
+                "provider": "cohere",
+                "base_url": upstream.url,
+                "token": KEY,
+                "model": MODEL,
+            }
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 STREAM = {"model": "co", "messages": USER, "stream": True}

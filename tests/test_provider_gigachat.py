@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import time
 import types
@@ -21,7 +22,7 @@ from app.config import ConfigError, ModelConfig, RetryConfig
 from app.providers import CallContext
 from app.providers.gigachat import DEFAULT_AUTH_URL, GigaChatProvider
 from app.upstream import UpstreamPool
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, wait_until
 from tests.stub_upstream import Reply
 
 UPSTREAM = "https://giga.example.test/api/v1"
@@ -76,24 +77,15 @@ def giga_model(base_url: str | None = UPSTREAM, name: str = "giga", **extra) -> 
     return {**model, **extra}
 
 
-def make_client(make_app, models: list[dict]):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": models,
-            "retry": {"max_retries": 0},
-            "routing": {"cooldown_seconds": 0},
-        }
-    )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
+@pytest.fixture
+def make_client(provider_client):
+    """Provider clients whose failed deployments are tried again at once (no cooldown)."""
+    return functools.partial(provider_client, routing={"cooldown_seconds": 0})
 
 
 @pytest.fixture
-def client(make_app):
+def client(make_client):
     return make_client(
-        make_app,
         [
             giga_model(headers={"X-Client-ID": "my-app"}),
             giga_model(base_url=None, name="giga-default"),
@@ -182,8 +174,8 @@ def test_oauth_request_then_chat_with_the_access_token(client):
 
 
 @responses.activate
-def test_every_oauth_request_has_a_fresh_rquid(make_app):
-    client = make_client(make_app, [giga_model(), giga_model(name="other")])
+def test_every_oauth_request_has_a_fresh_rquid(make_client):
+    client = make_client([giga_model(), giga_model(name="other")])
     responses.post(DEFAULT_AUTH_URL, json=oauth())
     responses.post(CHAT_URL, json=completion())
     for model in ("giga", "other"):
@@ -245,15 +237,22 @@ def test_token_near_expiry_is_renewed(client):
 
 @responses.activate
 def test_concurrent_requests_share_one_token_fetch():
+    arrived = []
+
     def slow_oauth(request):
-        time.sleep(0.2)  # every thread arrives while the first fetch is under way
+        # The first fetch answers only once every thread has asked for a token.
+        wait_until(lambda: len(arrived) == 8)
         return 200, {}, json.dumps(oauth("shared"))
+
+    def ask(_):
+        arrived.append(1)
+        return provider.access_token(ctx)
 
     responses.add_callback(responses.POST, DEFAULT_AUTH_URL, callback=slow_oauth)
     provider = GigaChatProvider(stand_in_model(), UpstreamPool(RetryConfig(max_retries=0), 8))
     ctx = CallContext(request_id="r1")
     with ThreadPoolExecutor(max_workers=8) as executor:
-        tokens = list(executor.map(lambda _: provider.access_token(ctx), range(8)))
+        tokens = list(executor.map(ask, range(8)))
     assert tokens == ["shared"] * 8
     assert len(oauth_calls()) == 1
 
@@ -588,11 +587,9 @@ def test_upstream_errors_map(client, upstream_status, upstream_body, status, mes
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 @responses.activate
-def test_retryable_failures_fall_back_then_502(make_app, status):
+def test_retryable_failures_fall_back_then_502(make_client, status):
     backup = "https://giga-backup.example.test/api/v1"
-    client = make_client(
-        make_app, [giga_model(priority=1), giga_model(base_url=backup, priority=2)]
-    )
+    client = make_client([giga_model(priority=1), giga_model(base_url=backup, priority=2)])
     responses.post(DEFAULT_AUTH_URL, json=oauth())
     responses.post(CHAT_URL, json={"status": status, "message": "busy"}, status=status)
     responses.post(f"{backup}/chat/completions", json={"message": "busy"}, status=status)
@@ -603,11 +600,9 @@ def test_retryable_failures_fall_back_then_502(make_app, status):
 
 
 @responses.activate
-def test_failure_falls_back_to_the_next_deployment(make_app):
+def test_failure_falls_back_to_the_next_deployment(make_client):
     backup = "https://giga-backup.example.test/api/v1"
-    client = make_client(
-        make_app, [giga_model(priority=1), giga_model(base_url=backup, priority=2)]
-    )
+    client = make_client([giga_model(priority=1), giga_model(base_url=backup, priority=2)])
     responses.post(DEFAULT_AUTH_URL, json=oauth())
     responses.post(CHAT_URL, json={"message": "busy"}, status=503)
     responses.post(f"{backup}/chat/completions", json=completion("from backup"))
@@ -663,13 +658,12 @@ def chunks_of(response) -> list[dict]:
 
 
 @pytest.fixture
-def stream_client(make_app, upstream) -> Iterator:
+def stream_client(make_client, upstream) -> Iterator:
     """Streams come from the real stub; the OAuth call is answered by `responses`."""
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.post(DEFAULT_AUTH_URL, json=oauth("stream-token"))
         mock.add_passthru(upstream.url)
         yield make_client(
-            make_app,
             [
                 giga_model(upstream.url + "/api/v1", priority=1),
                 giga_model(upstream.url + "/api/v1", priority=2, model="GigaChat-Backup"),
@@ -822,12 +816,12 @@ def test_stream_garbage_is_an_in_band_error(stream_client, upstream):
     assert json.loads(data[-1])["error"]["code"] == "upstream_error"
 
 
-def test_stream_401_renews_the_token(make_app, upstream):
+def test_stream_401_renews_the_token(make_client, upstream):
     with responses.RequestsMock() as mock:
         mock.post(DEFAULT_AUTH_URL, json=oauth("old"))
         mock.post(DEFAULT_AUTH_URL, json=oauth("new"))
         mock.add_passthru(upstream.url)
-        client = make_client(make_app, [giga_model(upstream.url + "/api/v1")])
+        client = make_client([giga_model(upstream.url + "/api/v1")])
         upstream.queue(
             Reply(status=401, body={"status": 401, "message": "Unauthorized"}),
             Reply(events=text_events(["ok"])),

@@ -39,56 +39,49 @@ def sent(call_index: int = 0) -> dict:
 
 
 @pytest.fixture
-def client(make_app):
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
-            "models": [
-                {
-                    "name": "gemini-test",
-                    "provider": "google",
-                    "base_url": UPSTREAM,
-                    "token": KEY,
-                    "model": "gemini-2.5-flash",
-                    "headers": {"X-Title": "my-app"},
-                },
-                {"name": "gemini/gemini-2.0-flash", "provider": "gemini", "token": KEY},
-                {
-                    "name": "gemini-1.5-flash",
-                    "provider": "google",
-                    "url": "https://go.example.test/v1beta/models",
-                    "token": KEY,
-                },
-                {
-                    "name": "gemini-compat-root",
-                    "provider": "google",
-                    "base_url": "https://compat.example.test/v1beta/openai/",
-                    "token": KEY,
-                    "model": "models/gemini-2.5-pro",
-                },
-                {
-                    "name": "gemini-fb",
-                    "provider": "google",
-                    "base_url": UPSTREAM,
-                    "token": KEY,
-                    "model": "first",
-                    "priority": 1,
-                },
-                {
-                    "name": "gemini-fb",
-                    "provider": "google",
-                    "base_url": UPSTREAM,
-                    "token": KEY,
-                    "model": "second",
-                    "priority": 2,
-                },
-            ],
-            "retry": {"max_retries": 0},
-        }
+def client(provider_client):
+    return provider_client(
+        [
+            {
+                "name": "gemini-test",
+                "provider": "google",
+                "base_url": UPSTREAM,
+                "token": KEY,
+                "model": "gemini-2.5-flash",
+                "headers": {"X-Title": "my-app"},
+            },
+            {"name": "gemini/gemini-2.0-flash", "provider": "gemini", "token": KEY},
+            {
+                "name": "gemini-1.5-flash",
+                "provider": "google",
+                "url": "https://go.example.test/v1beta/models",
+                "token": KEY,
+            },
+            {
+                "name": "gemini-compat-root",
+                "provider": "google",
+                "base_url": "https://compat.example.test/v1beta/openai/",
+                "token": KEY,
+                "model": "models/gemini-2.5-pro",
+            },
+            {
+                "name": "gemini-fb",
+                "provider": "google",
+                "base_url": UPSTREAM,
+                "token": KEY,
+                "model": "first",
+                "priority": 1,
+            },
+            {
+                "name": "gemini-fb",
+                "provider": "google",
+                "base_url": UPSTREAM,
+                "token": KEY,
+                "model": "second",
+                "priority": 2,
+            },
+        ]
     )
-    client = app.test_client()
-    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
-    return client
 
 
 # --- requests and answers -------------------------------------------------------------------
@@ -649,7 +642,7 @@ def stream_chunk(parts: list[dict], finish: str | None = None, usage: dict | Non
 
 
 @pytest.fixture
-def stream_client(make_app, upstream):
+def stream_client(provider_client, upstream):
     def model(name: str, upstream_model: str, priority: int = 0) -> dict:
         return {
             "name": name,
@@ -660,20 +653,13 @@ def stream_client(make_app, upstream):
             "priority": priority,
         }
 
-    app = make_app(
-        {
-            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
-            "models": [
-                model("gemini-test", "gemini-2.5-flash"),
-                model("gemini-fb", "first", 1),
-                model("gemini-fb", "second", 2),
-            ],
-            "retry": {"max_retries": 0},
-        }
+    return provider_client(
+        [
+            model("gemini-test", "gemini-2.5-flash"),
+            model("gemini-fb", "first", 1),
+            model("gemini-fb", "second", 2),
+        ]
     )
-    client = app.test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
-    return client
 
 
 STREAM = {**CHAT, "stream": True}

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator
 
 import requests
 
+from app.content import content_text
 from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
-from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.tokens import message_text
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.providers.http import Event
+from app.providers.shapes import arguments_object, declaration
+from app.upstream import error_message, read_json
 
 MESSAGES_PATH = "/messages"
 # A Go-style `url` may name the full endpoint, or the OpenAI-compatible one older configs used.
@@ -37,19 +36,8 @@ NATIVE_FIELDS = ("top_k", "thinking", "service_tier")
 
 class AnthropicProvider(Provider):
     name = "anthropic"
-
-    @property
-    def base_url(self) -> str:
-        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
-        if self.model.base_url:
-            return self.model.base_url.rstrip("/")
-        if self.model.url:
-            url = self.model.url.rstrip("/")
-            for suffix in ENDPOINT_SUFFIXES:
-                if url.endswith(suffix):
-                    return url[: -len(suffix)]
-            return url
-        return (self.default_base_url or "").rstrip("/")
+    endpoint_suffixes = ENDPOINT_SUFFIXES
+    api_path = "/v1"  # the SDK's root has none: `https://api.anthropic.com`
 
     def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION, **self.json_headers(ctx, stream)}
@@ -60,14 +48,7 @@ class AnthropicProvider(Provider):
         return headers
 
     def _send(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.base_url + MESSAGES_PATH,
-            label=self.label,
-            headers=self.headers(ctx, stream=stream),
-            body=json.dumps(payload).encode(),
-            timeout=self.timeout(ctx),
-        )
+        return self.post(self.base_url + MESSAGES_PATH, payload, ctx, stream=stream)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         response = self._send(to_messages_request(body), ctx, stream=False)
@@ -95,15 +76,7 @@ class AnthropicProvider(Provider):
     def count_tokens(self, body: dict, ctx: CallContext) -> int | None:
         fields = ("model", "messages", "system", "tools", "tool_choice", "thinking")
         payload = {key: body[key] for key in fields if key in body}
-        response = self.pool.send(
-            "POST",
-            self.base_url + MESSAGES_PATH + "/count_tokens",
-            label=self.label,
-            headers=self.headers(ctx),
-            body=json.dumps(payload).encode(),
-            timeout=self.timeout(ctx),
-        )
-        answer = read_json(response, self.label)
+        answer = self.post_json(self.base_url + MESSAGES_PATH + "/count_tokens", payload, ctx)
         tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, int):
             raise UpstreamError(f"{self.label}: the upstream token count is not a number")
@@ -113,30 +86,24 @@ class AnthropicProvider(Provider):
 class NativeEvents(ChatStream):
     """Anthropic's own stream events, relayed as (event name, payload) pairs."""
 
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
-
     @upstream_shape
     def __iter__(self) -> Iterator[tuple[str, dict]]:
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                data = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            kind = event.event or (data.get("type") if isinstance(data, dict) else None)
-            if not isinstance(data, dict) or not kind:
+        for name, data in self.events(_stream_failure, done=None):
+            kind = name or data.get("type")
+            if not kind:
                 raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if kind == "error":
-                message, _ = error_message(data)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
             yield kind, data
             if kind == "message_stop":
                 self.completed = True
                 return
         raise UpstreamError(f"{self.label}: the stream ended before message_stop")
+
+
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band `error` event."""
+    if (event.name or event.data.get("type")) == "error":
+        return error_message(event.data)[0] or "unknown error"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +146,7 @@ def _translate_messages(messages: list) -> tuple[str, list[dict]]:
     for i, message in enumerate(messages):
         role = message.get("role")
         if role in ("system", "developer"):
-            text = message_text(message.get("content"))
+            text = content_text(message.get("content"))
             if text:
                 system.append(text)
             continue
@@ -264,12 +231,8 @@ def _assistant_content(message: dict, index: int) -> str | list[dict]:
                 blocks.append({"type": "text", "text": text})
     for j, call in enumerate(message.get("tool_calls") or []):
         function = call.get("function") or {}
-        arguments = function.get("arguments") or "{}"
-        try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
+        parsed = arguments_object(function.get("arguments"))
+        if parsed is None:
             raise InvalidRequestError(
                 "Tool call arguments must be a JSON object.",
                 param=f"messages[{index}].tool_calls[{j}].function.arguments",
@@ -301,13 +264,7 @@ def _tool(tool: dict, index: int) -> dict:
         raise InvalidRequestError(
             "Anthropic models take function tools only.", param=f"tools[{index}]"
         )
-    result = {
-        "name": function["name"],
-        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        result["description"] = function["description"]
-    return result
+    return declaration(function, "input_schema")
 
 
 def _tool_choice(choice: object, parallel: object) -> dict | None:
@@ -384,32 +341,20 @@ def to_chat_completion(answer: object, label: str) -> dict:
     if tool_calls:
         message["content"] = message["content"] or None
         message["tool_calls"] = tool_calls
-    return {
-        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.get("model", ""),
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason(answer.get("stop_reason")) or "stop",
-            }
-        ],
-        "usage": chat_usage(answer.get("usage")),
-    }
+    finish = finish_reason(answer.get("stop_reason")) or "stop"
+    return chat_completion(
+        [completion_choice(message, finish)],
+        model=answer.get("model", ""),
+        usage=chat_usage(answer.get("usage")),
+        id=answer.get("id"),
+    )
 
 
 class AnthropicStream(ChatStream):
     """OpenAI chunks from Anthropic's stream events, each written as soon as it arrives."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.model = model
-        self.created = int(time.time())
+        super().__init__(response, label, model)
         self.usage: dict = {}
         self.started = False
         # Anthropic content block index -> OpenAI tool_calls index (tool_use blocks from 0).
@@ -424,18 +369,11 @@ class AnthropicStream(ChatStream):
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from self._whole(read_json(self.response, self.label))
+        if self.answered_whole():
+            yield from self._whole(self.whole_answer())
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                data = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(data, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            kind = data.get("type") or event.event
+        for name, data in self.events(_stream_failure, done=None):
+            kind = data.get("type") or name
             if kind == "message_stop":
                 self.completed = True
                 return
@@ -463,11 +401,6 @@ class AnthropicStream(ChatStream):
             usage["choices"] = []
             usage["usage"] = chat_usage(self.usage)
             yield usage
-        elif kind == "error":
-            message, _ = error_message(data)
-            raise UpstreamError(
-                f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-            )
         # ping, content_block_stop and event types added later carry nothing to relay.
 
     def _block_start(self, index: object, block: dict) -> Iterator[dict]:

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
 from app.config import ModelConfig
-from app.errors import UpstreamError
 from app.model_ids import IdForm
 from app.providers.base import CallContext, ChatStream, Provider
-from app.providers.wire import OpenAIStream
+from app.providers.wire import OpenAIStream, chat_answer, with_usage
 from app.upstream import read_json
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
 CHAT_PATH = "/chat/completions"
-DEPLOYMENTS_PATH = "/openai/deployments/"
+DEPLOYMENTS_PATH = "/openai/deployments/"  # in a Go-style `url` naming its deployment
 
 
 class AzureProvider(Provider):
     name = "azure"
     model_id_form = IdForm.SEGMENT  # /openai/deployments/<deployment>/...
+    # The resource root, as the SDK's `azure_endpoint` takes it, or with `/openai`.
+    api_path = "/openai"
 
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
@@ -51,39 +51,18 @@ class AzureProvider(Provider):
                 if version:
                     params["api-version"] = version[0]
                 return (root if root.endswith(CHAT_PATH) else root + CHAT_PATH), params
-        else:
-            root = (self.model.base_url or "").rstrip("/")
-        root = root.removesuffix("/openai")
-        return f"{root}{DEPLOYMENTS_PATH}{self.model_path(deployment)}{CHAT_PATH}", params
+        deployment_path = self.model_path(deployment)
+        return f"{self.base_url}/deployments/{deployment_path}{CHAT_PATH}", params
 
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["api-key"] = self.model.token
-        return headers
+    def auth_headers(self, ctx: CallContext) -> dict[str, str]:
+        return {"api-key": self.model.token} if self.model.token else {}
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
         url, params = self.endpoint(body.get("model") or self.model.upstream_model())
-        return self.pool.send(
-            "POST",
-            url,
-            label=self.label,
-            headers=self.headers(ctx, stream),
-            body=json.dumps(body).encode(),
-            timeout=self.timeout(ctx),
-            params=params,
-        )
+        return self.post(url, body, ctx, stream=stream, params=params)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
-        answer = read_json(self._send(body, ctx, stream=False), self.label)
-        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-            raise UpstreamError(f"{self.label}: the upstream answer is not a chat completion")
-        return answer
+        return chat_answer(read_json(self._send(body, ctx, stream=False), self.label), self.label)
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
-        # Ask for usage whatever the client asked, so quotas and metrics see real numbers.
-        options = body.get("stream_options")
-        options = dict(options) if isinstance(options, dict) else {}
-        options["include_usage"] = True
-        body = {**body, "stream": True, "stream_options": options}
-        return OpenAIStream(self._send(body, ctx, stream=True), self.label)
+        return OpenAIStream(self._send(with_usage(body), ctx, stream=True), self.label)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
+import requests
+
 from app.config import ModelConfig
 from app.errors import InvalidRequestError, UpstreamError
+from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
 from app.model_ids import IdForm, check_model_id, path_part
-from app.upstream import UpstreamPool, release, watch_of
+from app.providers.http import answered_whole, api_root, json_events
+from app.upstream import UpstreamPool, read_bytes, read_json, release, watch_of
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,31 @@ class ChatStream:
     id: str = ""
     created: int = 0
     model: str = ""
+    label: str = "upstream"
+
+    def __init__(self, response: requests.Response, label: str, model: str = "") -> None:
+        """A stream over an accepted upstream answer; adapters that build chunks themselves
+        get a fresh `chatcmpl-` id and the creation time."""
+        self.response = response
+        self.label = label
+        self.model = model
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
 
     def __iter__(self) -> Iterator[dict]:
         raise NotImplementedError
+
+    def answered_whole(self) -> bool:
+        """Whether the upstream ignored `stream` and answered with one JSON body."""
+        return answered_whole(self.response)
+
+    def whole_answer(self) -> object:
+        """That whole JSON body."""
+        return read_json(self.response, self.label)
+
+    def events(self, failure=None, *, done: str | None = "[DONE]", lists: bool = False):
+        """The upstream's JSON events (see `app.providers.http.json_events`)."""
+        return json_events(self, failure, done=done, lists=lists)
 
     def close(self) -> None:
         """Release the upstream connection; safe to call more than once."""
@@ -68,6 +98,17 @@ class ChatStream:
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
 
+    def _replayed(self, completion: dict) -> Iterator[dict]:
+        """The chunks of a one-choice completion the upstream sent whole though asked to
+        stream: the text, the tool calls (with their positions), the ending."""
+        choice = completion["choices"][0]
+        message = choice["message"]
+        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
+        calls = message.get("tool_calls") or []
+        if calls:
+            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+        yield from self._ending(choice["finish_reason"], completion["usage"])
+
     def _ending(self, finish: str, usage: dict) -> Iterator[dict]:
         """The finish chunk, then the usage chunk (`"choices": []`) as OpenAI sends them."""
         yield self._chunk({}, finish)
@@ -77,6 +118,34 @@ class ChatStream:
         yield last
 
 
+def chat_completion(
+    choices: list[dict],
+    *,
+    model: str,
+    usage: dict | None = None,
+    id: str | None = None,
+    created: int | None = None,
+) -> dict:
+    """A canonical `chat.completion` for translated choices; `usage` only when counted."""
+    completion = {
+        "id": id or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+    if usage:
+        completion["usage"] = usage
+    return completion
+
+
+def completion_choice(
+    message: dict, finish: str | None, index: int = 0, logprobs: object = None
+) -> dict:
+    """One canonical completion choice."""
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
 class Provider:
     """One configured deployment's adapter; providers take plain data and return plain data."""
 
@@ -84,12 +153,28 @@ class Provider:
     requires_url: ClassVar[bool] = True
     # Where this provider puts the upstream model id: the body, or the URL path.
     model_id_form: ClassVar[IdForm] = IdForm.BODY
+    # The deployment's URL root (see `base_url`): endpoint suffixes a Go-style `url` may end
+    # with (a string tuple, or a pattern for the end of the path), the path every endpoint sits
+    # under (`/v1`), and the root when the config and the registry name none.
+    endpoint_suffixes: ClassVar[tuple[str, ...] | re.Pattern] = ()
+    api_path: ClassVar[str] = ""
+    fallback_root: ClassVar[str] = ""
 
     def __init__(self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None):
         self.model = model
         self.pool = ModelPool(pool, model.idle_conn_timeout_seconds)
         self.default_base_url = default_base_url
         self.label = f"{model.name} ({model.provider})"
+
+    @property
+    def base_url(self) -> str:
+        """The API root: `base_url`, else the Go-style `url` without its endpoint, else the
+        provider's default; with or without the API's version, as `app.providers.http.api_root`
+        explains."""
+        configured = (
+            self.model.base_url or self.model.url or self.default_base_url or self.fallback_root
+        )
+        return api_root(configured, self.endpoint_suffixes, self.api_path)
 
     def check_upstream_id(self, model_id: str) -> str:
         """A client-chosen (wildcard) upstream id, or 400 if it could leave this deployment's
@@ -117,6 +202,41 @@ class Provider:
             **self.model.headers,
         }
 
+    def auth_headers(self, ctx: CallContext) -> dict[str, str]:
+        """The provider's credentials: the token as a Bearer token, unless the adapter says."""
+        return {"Authorization": f"Bearer {self.model.token}"} if self.model.token else {}
+
+    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
+        """The JSON headers, the model's extras, then the credentials (which always win)."""
+        return {**self.json_headers(ctx, stream), **self.auth_headers(ctx)}
+
+    def post(
+        self,
+        url: str,
+        payload: dict | bytes,
+        ctx: CallContext,
+        *,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+        **options,
+    ) -> requests.Response:
+        """POST a JSON payload (or bytes already encoded) upstream with this deployment's
+        headers and timeouts; `options` go to `UpstreamPool.send` (`params`, `verify`)."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return self.pool.send(
+            "POST",
+            url,
+            label=self.label,
+            headers=self.headers(ctx, stream) if headers is None else headers,
+            body=body,
+            timeout=self.timeout(ctx),
+            **options,
+        )
+
+    def post_json(self, url: str, payload: dict | bytes, ctx: CallContext, **options) -> object:
+        """POST a JSON payload and read the whole JSON answer."""
+        return read_json(self.post(url, payload, ctx, **options), self.label)
+
     @classmethod
     def check(cls, model: ModelConfig, default_base_url: str | None) -> list[str]:
         """Problems with a model entry that only this provider can see, as `field: message`."""
@@ -140,6 +260,52 @@ class Provider:
         """Images for an OpenAI images request: a list of {"b64_json"} or {"url"} entries."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not generate images.")
 
+    def images(self, body: dict, ctx: CallContext) -> list[dict]:
+        """The OpenAI images `data` entries, in the form the client's `response_format` asks
+        for: `url` (the default) or `b64_json`, each with its `revised_prompt` if it has one."""
+        wanted = body.get("response_format") or "url"
+        return [self._image_as(entry, wanted, ctx) for entry in self.generate_image(body, ctx)]
+
+    def image_file(self, body: dict, ctx: CallContext) -> tuple[bytes, str]:
+        """One image's bytes and media type (the Go /image answer) for an images request."""
+        entries = self.generate_image({**body, "n": 1, "response_format": "b64_json"}, ctx)
+        if not entries:
+            raise UpstreamError(f"{self.label}: the upstream answer holds no image")
+        data = self.image_bytes(entries[0], ctx)
+        media = sniff_type(data)
+        if media is None:
+            raise UpstreamError(f"{self.label}: the upstream answer is not an image")
+        return bytes(data), media
+
+    def image_bytes(self, entry: dict, ctx: CallContext) -> bytes:
+        """The bytes of an image entry: decoded, or fetched from the URL the upstream gave,
+        through this deployment's pool and timeouts."""
+        if entry.get("b64_json"):
+            return decode_b64(entry["b64_json"], self.label)
+        url = entry.get("url", "")
+        if url.startswith("data:"):
+            return decode_b64(url, self.label)
+        if not url.startswith(("https://", "http://")):
+            raise UpstreamError(f"{self.label}: the upstream image URL is not http(s)")
+        response = self.pool.send(
+            "GET", url, label=self.label, headers={"Accept": "image/*"}, timeout=self.timeout(ctx)
+        )
+        return read_bytes(response, self.label, MAX_IMAGE_BYTES)
+
+    def _image_as(self, entry: dict, wanted: str, ctx: CallContext) -> dict:
+        extra = {"revised_prompt": entry["revised_prompt"]} if entry.get("revised_prompt") else {}
+        if wanted == "b64_json":
+            if entry.get("b64_json"):
+                return {"b64_json": entry["b64_json"], **extra}
+            data = self.image_bytes(entry, ctx)
+            return {"b64_json": base64.b64encode(data).decode(), **extra}
+        if entry.get("url"):
+            return {"url": entry["url"], **extra}
+        # No place to host the bytes: a data URL is a URL every client can read.
+        data = self.image_bytes(entry, ctx)
+        media = sniff_type(data) or "image/png"
+        return {"url": f"data:{media};base64,{base64.b64encode(data).decode()}", **extra}
+
     def complete(self, body: dict, ctx: CallContext) -> dict:
         """A legacy OpenAI text completion."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve completions.")
@@ -161,6 +327,17 @@ class Provider:
     def count_tokens(self, body: dict, ctx: CallContext) -> int | None:
         """The provider's own input-token count for an Anthropic Messages body, if it has one."""
         return None
+
+
+class CountingStream(ChatStream):
+    """A stream of an upstream that may not count usage: it keeps the request and the answer's
+    text for an estimate, and the position of each tool call it has relayed."""
+
+    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
+        super().__init__(response, label, body.get("model") or "")
+        self.body = body
+        self.texts: list[str] = []
+        self.tool_index: dict[object, int] = {}
 
 
 class PrimedStream(ChatStream):

@@ -7,6 +7,7 @@ OpenAI-shaped `choices` on the same endpoint. Both come back as canonical OpenAI
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,28 +15,40 @@ from collections.abc import Iterator
 import requests
 
 from app.config import ModelConfig
-from app.errors import InvalidRequestError, UpstreamError
+from app.content import content_text
+from app.errors import InvalidRequestError, UpstreamError, upstream_shape
 from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
 from app.model_ids import IdForm
-from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
+from app.providers.base import (
+    CallContext,
+    CountingStream,
+    Provider,
+    chat_completion,
+    completion_choice,
+)
+from app.providers.shapes import function_tools, narrowed_tools, passed_fields, token_limit
 from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_bytes, read_chunks, read_json, safe_text
+from app.upstream import read_bytes, read_json, safe_text
 
 RUN_PATH = "/run/"
 BASE_URL_FORM = "https://api.cloudflare.com/client/v4/accounts/<ACCOUNT_ID>/ai"
 # A configured root may name the OpenAI-compatible endpoint of the same account instead.
 _ROOT_SUFFIXES = ("/v1/chat/completions", "/v1", "/run")
+_ACCOUNT_RE = re.compile(r"/accounts/[^/]+$")
 # OpenAI fields with the same name and meaning in the run endpoint's input schema.
-_SAME_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "frequency_penalty",
-    "presence_penalty",
-    "repetition_penalty",
-)
+_SAME_FIELDS = {
+    name: name
+    for name in (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+    )
+}
 FINISH_REASONS = {
     "stop": "stop",
     "length": "length",
@@ -49,39 +62,27 @@ FINISH_REASONS = {
 class CloudflareProvider(Provider):
     name = "cloudflare"
     model_id_form = IdForm.SEGMENTS  # /ai/run/@cf/<org>/<name>, slashes and `@` as documented
+    endpoint_suffixes = _ROOT_SUFFIXES
 
     def endpoint(self, upstream_model: str) -> str:
         """A Go-style `url` naming `/ai/run/<model>` is used as is; else `{root}/run/{model}`."""
         if self.model.url and not self.model.base_url and "/ai/run/" in self.model.url:
             return self.model.url
-        root = (self.model.base_url or self.model.url or self.default_base_url or "").rstrip("/")
-        for suffix in _ROOT_SUFFIXES:
-            if root.endswith(suffix):
-                root = root[: -len(suffix)]
-                break
+        root = self.base_url
+        if _ACCOUNT_RE.search(root):
+            # The account's own URL, as the API reference writes it: its `/ai` is implied.
+            root += "/ai"
         return root + RUN_PATH + self.model_path(upstream_model)
 
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["Authorization"] = f"Bearer {self.model.token}"
-        return headers
-
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.endpoint(str(body.get("model") or "")),
-            label=self.label,
-            headers=self.headers(ctx, stream=stream),
-            body=json.dumps(to_workers_ai(body, stream=stream)).encode(),
-            timeout=self.timeout(ctx),
-        )
+        url = self.endpoint(str(body.get("model") or ""))
+        return self.post(url, to_workers_ai(body, stream=stream), ctx, stream=stream)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         envelope = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(envelope, body, self.label)
 
-    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> WorkersAIStream:
         return WorkersAIStream(self._send(body, ctx, stream=True), body, self.label)
 
     def generate_image(self, body: dict, ctx: CallContext) -> list[dict]:
@@ -94,14 +95,9 @@ class CloudflareProvider(Provider):
         return [self._one_image(payload, body, ctx) for _ in range(int(body.get("n") or 1))]
 
     def _one_image(self, payload: dict, body: dict, ctx: CallContext) -> dict:
-        response = self.pool.send(
-            "POST",
-            self.endpoint(str(body.get("model") or "")),
-            label=self.label,
-            headers={**self.headers(ctx), "Accept": "application/json, image/*"},
-            body=json.dumps(payload).encode(),
-            timeout=self.timeout(ctx),
-        )
+        url = self.endpoint(str(body.get("model") or ""))
+        headers = {**self.headers(ctx), "Accept": "application/json, image/*"}
+        response = self.post(url, payload, ctx, headers=headers)
         if response.headers.get("Content-Type", "").startswith("image/"):
             # Stable Diffusion models answer with the PNG itself.
             return entry_from_bytes(read_bytes(response, self.label, MAX_IMAGE_BYTES), self.label)
@@ -115,15 +111,8 @@ class CloudflareProvider(Provider):
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         if not all(isinstance(text, str) for text in inputs):
             raise InvalidRequestError("Workers AI embeds text only, not token ids.", param="input")
-        response = self.pool.send(
-            "POST",
-            self.endpoint(str(body.get("model") or "")),
-            label=self.label,
-            headers=self.headers(ctx),
-            body=json.dumps({"text": inputs}).encode(),
-            timeout=self.timeout(ctx),
-        )
-        envelope = read_json(response, self.label)
+        url = self.endpoint(str(body.get("model") or ""))
+        envelope = self.post_json(url, {"text": inputs}, ctx)
         if isinstance(envelope, dict):
             _raise_failure(envelope, self.label)
         result = envelope.get("result") if isinstance(envelope, dict) else None
@@ -153,15 +142,7 @@ class CloudflareProvider(Provider):
 
 def _text(content: object) -> str:
     """Message content as the string every text model takes: text parts joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+    return content_text(content, sep="\n")
 
 
 def _arguments(value: object) -> str:
@@ -210,12 +191,7 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
     as Cloudflare's own AI SDK provider does.
     """
     converted = []
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            continue
-        function = tool.get("function")
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
+    for function in function_tools(tools):
         # The older models' schema requires a description and `type` and `properties`.
         parameters = dict(function.get("parameters") or {})
         parameters.setdefault("type", "object")
@@ -231,16 +207,7 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
             }
         )
     choice = tool_choice if tool_choice in ("auto", "none", "required") else None
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        converted = [t for t in converted if t["function"]["name"] == name]
-        if not converted:
-            raise InvalidRequestError(
-                f"tool_choice names the function {name!r}, which is not in tools.",
-                param="tool_choice",
-            )
-        choice = "required"
-    return converted, choice
+    return narrowed_tools(converted, tool_choice, choice, "required")
 
 
 def _response_format(value: object) -> dict | None:
@@ -264,12 +231,7 @@ def to_workers_ai(body: dict, stream: bool = False) -> dict:
     }
     if stream:
         payload["stream"] = True
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if limit is not None:
-        payload["max_tokens"] = limit
-    for name in _SAME_FIELDS:
-        if body.get(name) is not None:
-            payload[name] = body[name]
+    payload.update(passed_fields({**body, "max_tokens": token_limit(body)}, _SAME_FIELDS))
     response_format = _response_format(body.get("response_format"))
     if response_format:
         payload["response_format"] = response_format
@@ -340,6 +302,7 @@ def _response_text(value: object) -> str:
     return json.dumps(value)
 
 
+@upstream_shape
 def to_completion(envelope: object, body: dict, label: str) -> dict:
     """The OpenAI chat completion for a run endpoint answer, native or OpenAI-shaped."""
     if not isinstance(envelope, dict):
@@ -363,74 +326,44 @@ def to_completion(envelope: object, body: dict, label: str) -> dict:
             if isinstance(message["content"], str):
                 texts.append(message["content"])
             reason = finish_reason(choice.get("finish_reason"), bool(calls), label)
-            choices.append(
-                {
-                    "index": choice.get("index", position),
-                    "message": message,
-                    "logprobs": choice.get("logprobs"),
-                    "finish_reason": reason,
-                }
-            )
-        return {
-            "id": result.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": result.get("created") or created,
-            "model": body.get("model") or result.get("model") or "",
-            "choices": choices,
-            "usage": to_usage(result.get("usage"), body, "".join(texts)),
-        }
+            index = choice.get("index", position)
+            choices.append(completion_choice(message, reason, index, choice.get("logprobs")))
+        return chat_completion(
+            choices,
+            model=body.get("model") or result.get("model") or "",
+            usage=to_usage(result.get("usage"), body, "".join(texts)),
+            id=result.get("id"),
+            created=result.get("created") or created,
+        )
     text = _response_text(result.get("response"))
     calls = [c for c in map(_tool_call, result.get("tool_calls") or ()) if c]
     message: dict = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
     reason = finish_reason(result.get("finish_reason"), bool(calls), label)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": created,
-        "model": body.get("model") or "",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-        "usage": to_usage(result.get("usage"), body, text),
-    }
+    return chat_completion(
+        [completion_choice(message, reason)],
+        model=body.get("model") or "",
+        usage=to_usage(result.get("usage"), body, text),
+        created=created,
+    )
 
 
-class WorkersAIStream(ChatStream):
+class WorkersAIStream(CountingStream):
     """OpenAI chunks from the run endpoint's SSE events, each written as soon as it is read."""
 
-    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        self.response = response
-        self.body = body
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = body.get("model") or ""
-        self.texts: list[str] = []
-        self.tool_index: dict[object, int] = {}
-        self.last_tool_key: object = None
+    last_tool_key: object = None  # the call a piece without index, id or name continues
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
+        if self.answered_whole():
             # Some models do not stream on the run endpoint and answer whole instead.
-            yield from self._whole(read_json(self.response, self.label))
+            yield from self._replayed(to_completion(self.whole_answer(), self.body, self.label))
             return
-        started = done = False
+        started = False
         reason: object = None
         usage: object = None
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":
-                done = self.completed = True
-                break
-            try:
-                payload = json.loads(data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(payload, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+        for _name, payload in self.events():
             _raise_failure(payload, self.label)
             if not started:
                 started = True
@@ -457,7 +390,7 @@ class WorkersAIStream(ChatStream):
             deltas = self._tool_deltas(calls)
             if deltas:
                 yield self._chunk({"tool_calls": deltas})
-        if not done and reason is None:
+        if not self.completed and reason is None:
             raise UpstreamError(f"{self.label}: the stream ended before the answer was complete")
         if not started:
             yield self._chunk({"role": "assistant", "content": ""})
@@ -498,14 +431,3 @@ class WorkersAIStream(ChatStream):
             elif arguments:
                 deltas.append({"index": self.tool_index[key], "function": {"arguments": arguments}})
         return deltas
-
-    def _whole(self, envelope: object) -> Iterator[dict]:
-        """The chunks of an answer the upstream sent whole instead of streaming it."""
-        completion = to_completion(envelope, self.body, self.label)
-        choice = completion["choices"][0]
-        message = choice["message"]
-        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
-        calls = message.get("tool_calls") or []
-        if calls:
-            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-        yield from self._ending(choice["finish_reason"], completion["usage"])

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
 import requests
 
-from app.errors import InvalidRequestError, UpstreamError
-from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
+from app.content import content_text
+from app.errors import UpstreamError, upstream_shape
+from app.providers.base import (
+    CallContext,
+    CountingStream,
+    Provider,
+    chat_completion,
+    completion_choice,
+)
+from app.providers.http import Event
+from app.providers.shapes import (
+    declaration,
+    function_tools,
+    narrowed_tools,
+    passed_fields,
+    token_limit,
+)
 from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_chunks, read_json, safe_text
+from app.upstream import read_json, safe_text
 
 CHAT_PATH = "/v2/chat"
 # Suffixes a configured URL may carry that are not part of the API root: the v2 endpoint itself,
@@ -32,45 +45,38 @@ FINISH_REASONS = {
     "MAX_TOKENS": "length",
     "TOOL_CALL": "tool_calls",
 }
+TOOL_CHOICES = {"none": "NONE", "required": "REQUIRED"}  # "auto" is Cohere's default
 # Finish reasons that mean the generation failed rather than ended.
 FAILED_REASONS = frozenset({"ERROR", "TIMEOUT", "ERROR_TOXIC", "ERROR_LIMIT"})
-# OpenAI sampling fields with the same name and meaning in Cohere's request.
-_SAME_FIELDS = ("temperature", "seed", "frequency_penalty", "presence_penalty")
+# OpenAI fields with the same meaning in Cohere's request, and their names there.
+_FIELDS = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "top_p": "p",
+    "top_k": "k",
+}
 
 
 class CohereProvider(Provider):
     name = "cohere"
+    # The SDK's root has no version (`https://api.cohere.com`); a versioned one loses it.
+    endpoint_suffixes = _ROOT_SUFFIXES
 
     def endpoint(self) -> str:
         """`{root}/v2/chat`, whichever of `base_url`, Go-style `url` or the default names it."""
-        url = (self.model.base_url or self.model.url or self.default_base_url or "").rstrip("/")
-        for suffix in _ROOT_SUFFIXES:
-            if url.endswith(suffix):
-                url = url[: -len(suffix)]
-                break
-        return url + CHAT_PATH
-
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["Authorization"] = f"Bearer {self.model.token}"
-        return headers
+        return self.base_url + CHAT_PATH
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.endpoint(),
-            label=self.label,
-            headers=self.headers(ctx, stream=stream),
-            body=json.dumps(to_cohere(body, stream=stream)).encode(),
-            timeout=self.timeout(ctx),
-        )
+        return self.post(self.endpoint(), to_cohere(body, stream=stream), ctx, stream=stream)
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         answer = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(answer, body, self.label)
 
-    def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+    def open_chat_stream(self, body: dict, ctx: CallContext) -> CohereStream:
         return CohereStream(self._send(body, ctx, stream=True), body, self.label)
 
 
@@ -79,16 +85,7 @@ class CohereProvider(Provider):
 
 
 def _text(content: object) -> str:
-    """The text of OpenAI message content: a string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+    return content_text(content, sep="")
 
 
 def _user_content(content: object) -> str | list[dict]:
@@ -148,50 +145,23 @@ def _tools(tools: object, tool_choice: object) -> tuple[list[dict], str | None]:
     requires it.
     """
     converted = []
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-            continue
-        function = tool.get("function")
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
-        parameters = function.get("parameters")
-        entry = {
-            "name": function["name"],
-            "parameters": parameters
-            if isinstance(parameters, dict)
-            else {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            entry["description"] = function["description"]
+    for function in function_tools(tools):
+        entry = declaration(function)
         converted.append({"type": "function", "function": entry, "strict": function.get("strict")})
-    choice = None
-    if tool_choice == "none":
-        choice = "NONE"
-    elif tool_choice == "required":
-        choice = "REQUIRED"
-    elif isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        converted = [t for t in converted if t["function"]["name"] == name]
-        if not converted:
-            raise InvalidRequestError(
-                f"tool_choice names the function {name!r}, which is not in tools.",
-                param="tool_choice",
-            )
-        choice = "REQUIRED"
-    return converted, choice
+    choice = TOOL_CHOICES.get(tool_choice) if isinstance(tool_choice, str) else None
+    return narrowed_tools(converted, tool_choice, choice, "REQUIRED")
 
 
 def _response_format(value: object) -> dict | None:
-    if not isinstance(value, dict):
+    """JSON mode; Cohere takes a JSON schema as part of `json_object`."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("json_object", "json_schema"):
         return None
-    if value.get("type") == "json_object":
-        return {"type": "json_object"}
-    if value.get("type") == "json_schema":
-        schema = (value.get("json_schema") or {}).get("schema")
-        if isinstance(schema, dict):
-            return {"type": "json_object", "json_schema": schema}
-        return {"type": "json_object"}
-    return None
+    spec = value.get("json_schema") if kind == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if isinstance(schema, dict):
+        return {"type": "json_object", "json_schema": schema}
+    return {"type": "json_object"}
 
 
 def to_cohere(body: dict, stream: bool = False) -> dict:
@@ -202,16 +172,7 @@ def to_cohere(body: dict, stream: bool = False) -> dict:
     }
     if stream:
         payload["stream"] = True
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if limit is not None:
-        payload["max_tokens"] = limit
-    for name in _SAME_FIELDS:
-        if body.get(name) is not None:
-            payload[name] = body[name]
-    if body.get("top_p") is not None:
-        payload["p"] = body["top_p"]
-    if body.get("top_k") is not None:
-        payload["k"] = body["top_k"]
+    payload.update(passed_fields({**body, "max_tokens": token_limit(body)}, _FIELDS))
     stop = body.get("stop")
     if isinstance(stop, str):
         payload["stop_sequences"] = [stop]
@@ -272,6 +233,7 @@ def _answer_tool_calls(calls: object) -> list[dict]:
     return [c for c in map(_tool_call, calls if isinstance(calls, list) else ()) if c]
 
 
+@upstream_shape
 def to_completion(answer: object, body: dict, label: str) -> dict:
     """The OpenAI chat completion for a Cohere v2 chat answer."""
     if not isinstance(answer, dict) or not isinstance(answer.get("message"), dict):
@@ -292,53 +254,25 @@ def to_completion(answer: object, body: dict, label: str) -> dict:
     reply: dict = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         reply["tool_calls"] = calls
-    return {
-        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model") or "",
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": reason}],
-        "usage": to_usage(answer.get("usage"), body, text),
-    }
+    return chat_completion(
+        [completion_choice(reply, reason)],
+        model=body.get("model") or "",
+        usage=to_usage(answer.get("usage"), body, text),
+        id=answer.get("id"),
+    )
 
 
-class CohereStream(ChatStream):
+class CohereStream(CountingStream):
     """OpenAI chunks from Cohere's v2 SSE events, each written as soon as it is read."""
 
-    def __init__(self, response: requests.Response, body: dict, label: str) -> None:
-        self.response = response
-        self.body = body
-        self.label = label
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = body.get("model") or ""
-        self.texts: list[str] = []
-        self.tool_index: dict[object, int] = {}
-
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from self._whole(read_json(self.response, self.label))
+        if self.answered_whole():
+            yield from self._replayed(to_completion(self.whole_answer(), self.body, self.label))
             return
         started = ended = False
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":
-                self.completed = True
-                break
-            try:
-                payload = json.loads(data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(payload, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            kind = payload.get("type") or event.event
-            if kind == "error" or ("error" in payload and kind is None):
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(_error_text(payload))}"
-                )
+        for name, payload in self.events(_stream_failure):
+            kind = payload.get("type") or name
             if ended:
                 continue
             if not started:
@@ -392,15 +326,13 @@ class CohereStream(ChatStream):
             },
         }
 
-    def _whole(self, answer: object) -> Iterator[dict]:
-        """The chunks of an answer the upstream sent whole instead of streaming it."""
-        completion = to_completion(answer, self.body, self.label)
-        message = completion["choices"][0]["message"]
-        yield self._chunk({"role": "assistant", "content": message.get("content") or ""})
-        calls = message.get("tool_calls") or []
-        if calls:
-            yield self._chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-        yield from self._ending(completion["choices"][0]["finish_reason"], completion["usage"])
+
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band error: an `error` event, or an untyped payload with `error`."""
+    kind = event.data.get("type") or event.name
+    if kind == "error" or ("error" in event.data and kind is None):
+        return _error_text(event.data)
+    return None
 
 
 def _error_text(payload: dict) -> str:

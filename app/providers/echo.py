@@ -6,21 +6,22 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from app.providers.base import CallContext, ChatStream, Provider
-from app.tokens import estimate_tokens, message_text
+from app.content import content_text
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.tokens import estimate_tokens
 
 
 def _answer(body: dict) -> tuple[list[str], str, dict]:
     """The words of the answer, its finish reason and its usage."""
     messages = body.get("messages") or []
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-    text = message_text(last_user.get("content")) if last_user else ""
+    text = content_text(last_user.get("content")) if last_user else ""
     words = text.split()
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     finish = "stop"
     if isinstance(limit, int) and 0 < limit < len(words):
         words, finish = words[:limit], "length"
-    prompt = sum(estimate_tokens(message_text(m.get("content"))) for m in messages)
+    prompt = sum(estimate_tokens(content_text(m.get("content"))) for m in messages)
     usage = {
         "prompt_tokens": prompt,
         "completion_tokens": len(words),
@@ -35,21 +36,12 @@ class EchoProvider(Provider):
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         words, finish, usage = _answer(body)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or self.model.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": " ".join(words)},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-        }
+        message = {"role": "assistant", "content": " ".join(words)}
+        return chat_completion(
+            [completion_choice(message, finish)],
+            model=body.get("model") or self.model.name,
+            usage=usage,
+        )
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         return EchoStream(body.get("model") or self.model.name, *_answer(body))

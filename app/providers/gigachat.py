@@ -17,12 +17,12 @@ from urllib.parse import urlencode
 import requests
 
 from app.config import ModelConfig
-from app.errors import UpstreamClientError, UpstreamError
-from app.providers.base import CallContext, ChatStream, Provider
+from app.errors import UpstreamClientError, UpstreamError, upstream_shape
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from app.providers.gigachat_request import to_gigachat
+from app.providers.http import Event
 from app.redact import REDACTOR
-from app.streaming import iter_sse
-from app.tokens import message_text
-from app.upstream import UpstreamPool, error_message, read_chunks, read_json, safe_text
+from app.upstream import UpstreamPool, error_message, read_json
 
 DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
 DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
@@ -39,22 +39,13 @@ FINISH_REASONS = {
     "function_call": "tool_calls",
     "blacklist": "content_filter",
 }
-# OpenAI request fields GigaChat takes as they are.
-PASSED_FIELDS = (
-    "temperature",
-    "top_p",
-    "n",
-    "max_tokens",
-    "repetition_penalty",
-    "update_interval",
-    "profanity_check",
-    "flags",
-)
-REASONING_EFFORTS = ("low", "medium", "high")
 
 
 class GigaChatProvider(Provider):
     name = "gigachat"
+    endpoint_suffixes = (CHAT_PATH,)
+    api_path = "/api/v1"  # as the SDK takes it; a bare host or `.../api` gets the rest
+    fallback_root = DEFAULT_BASE_URL
 
     def __init__(
         self, model: ModelConfig, pool: UpstreamPool, default_base_url: str | None = None
@@ -88,18 +79,6 @@ class GigaChatProvider(Provider):
         """`verify=` for a configured CA bundle (GigaChat uses the Russian Trusted Root CA)."""
         ca_bundle = getattr(self.model, "ca_bundle", None)
         return {"verify": ca_bundle} if ca_bundle else {}
-
-    # --- endpoints ----------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """The API root: `base_url`, or the Go-style `url` without its endpoint path."""
-        if self.model.base_url:
-            return self.model.base_url.rstrip("/")
-        if self.model.url:
-            url = self.model.url.rstrip("/")
-            return url[: -len(CHAT_PATH)] if url.endswith(CHAT_PATH) else url
-        return (self.default_base_url or DEFAULT_BASE_URL).rstrip("/")
 
     # --- access tokens ------------------------------------------------------------------------
 
@@ -163,11 +142,6 @@ class GigaChatProvider(Provider):
 
     # --- chat ---------------------------------------------------------------------------------
 
-    def headers(self, ctx: CallContext, access_token: str, stream: bool) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        headers["Authorization"] = f"Bearer {access_token}"
-        return headers
-
     def _send_chat(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
         """POST the chat request; on a 401 the access token is renewed once and sent again."""
         body = json.dumps(payload, ensure_ascii=False).encode()
@@ -182,15 +156,8 @@ class GigaChatProvider(Provider):
     def _post_chat(
         self, token: str, body: bytes, ctx: CallContext, stream: bool
     ) -> requests.Response:
-        return self.pool.send(
-            "POST",
-            self.base_url + CHAT_PATH,
-            label=self.label,
-            headers=self.headers(ctx, token, stream),
-            body=body,
-            timeout=self.timeout(ctx),
-            **self.tls(),
-        )
+        headers = {**self.json_headers(ctx, stream), "Authorization": f"Bearer {token}"}
+        return self.post(self.base_url + CHAT_PATH, body, ctx, headers=headers, **self.tls())
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
         response = self._send_chat(to_gigachat(body, stream=False), ctx, stream=False)
@@ -202,6 +169,17 @@ class GigaChatProvider(Provider):
         return GigaChatStream(response, self.label, body.get("model") or self.model.name)
 
 
+def _stream_failure(event: Event) -> str | None:
+    """The message of an in-band error: an `error` event, or a chunk with no choices that
+    carries `error`, `message` or `status`."""
+    chunk = event.data
+    if event.name == "error" or (
+        "choices" not in chunk and any(k in chunk for k in ("error", "message", "status"))
+    ):
+        return error_message(chunk)[0] or "unknown error"
+    return None
+
+
 def _unauthorized(err: UpstreamError) -> bool:
     """Whether the upstream answered 401 (its access token expired or was revoked)."""
     status = getattr(err, "upstream_status", None)
@@ -210,177 +188,10 @@ def _unauthorized(err: UpstreamError) -> bool:
     return not isinstance(err, UpstreamClientError) and "credentials (401)" in err.message
 
 
-# --- requests -------------------------------------------------------------------------------
-
-
-def to_gigachat(body: dict, stream: bool) -> dict:
-    """The GigaChat request for a canonical one; fields it has no use for are dropped."""
-    payload: dict = {"model": body.get("model"), "messages": to_messages(body.get("messages"))}
-    for field in PASSED_FIELDS:
-        if body.get(field) is not None:
-            payload[field] = body[field]
-    if "max_tokens" not in payload and body.get("max_completion_tokens") is not None:
-        payload["max_tokens"] = body["max_completion_tokens"]
-    if body.get("reasoning_effort") in REASONING_EFFORTS:
-        payload["reasoning_effort"] = body["reasoning_effort"]
-    response_format = _response_format(body.get("response_format"))
-    if response_format:
-        payload["response_format"] = response_format
-    functions = _functions(body)
-    if functions:
-        payload["functions"] = functions
-        choice = _function_call(body, functions)
-        if choice is not None:
-            payload["function_call"] = choice
-    if stream:
-        payload["stream"] = True
-    return payload
-
-
-def to_messages(messages: object) -> list[dict]:
-    """OpenAI messages as GigaChat's: one function call per assistant message, results after.
-
-    OpenAI lets an assistant message carry several tool calls followed by their results;
-    GigaChat takes one `function_call` per assistant message, so each further call becomes its
-    own assistant message placed just before its result.
-    """
-    out: list[dict] = []
-    names: dict[str, str] = {}  # tool_call_id -> function name
-    pending: dict[str, dict] = {}  # tool_call_id -> assistant message not yet sent
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        if role in ("system", "developer"):
-            out.append({"role": "system", "content": message_text(message.get("content"))})
-        elif role == "user":
-            out.append({"role": "user", "content": message_text(message.get("content"))})
-        elif role == "assistant":
-            out.extend(_assistant_messages(message, names, pending))
-        elif role in ("tool", "function"):
-            call_id = message.get("tool_call_id")
-            if call_id in pending:
-                out.append(pending.pop(call_id))
-            result = {"role": "function", "content": _function_result(message.get("content"))}
-            name = message.get("name") or names.get(call_id)
-            if name:
-                result["name"] = name
-            out.append(result)
-    return out
-
-
-def _assistant_messages(message: dict, names: dict, pending: dict) -> list[dict]:
-    text = message_text(message.get("content"))
-    calls = [
-        call
-        for call in message.get("tool_calls") or ()
-        if isinstance(call, dict) and isinstance(call.get("function"), dict)
-    ]
-    legacy = message.get("function_call")
-    if not calls and isinstance(legacy, dict) and legacy.get("name"):
-        calls = [{"function": legacy}]
-    if not calls:
-        return [{"role": "assistant", "content": text}]
-    first = None
-    for index, call in enumerate(calls):
-        function = call["function"]
-        entry = {
-            "role": "assistant",
-            "content": text if index == 0 else "",
-            "function_call": {
-                "name": function.get("name"),
-                "arguments": _arguments_object(function.get("arguments")),
-            },
-        }
-        call_id = call.get("id")
-        if call_id:
-            names[call_id] = function.get("name")
-        if index == 0:
-            first = entry
-        elif call_id:
-            pending[call_id] = entry
-    return [first]
-
-
-def _arguments_object(arguments: object) -> dict:
-    """OpenAI's JSON-string arguments as the object GigaChat wants."""
-    if isinstance(arguments, dict):
-        return arguments
-    if isinstance(arguments, str) and arguments.strip():
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
-
-
-def _function_result(content: object) -> str:
-    """A tool result as the JSON object string GigaChat requires in `function` messages."""
-    text = message_text(content)
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = text
-    if isinstance(parsed, dict):
-        return text
-    return json.dumps({"result": parsed}, ensure_ascii=False)
-
-
-def _functions(body: dict) -> list[dict]:
-    functions = []
-    for tool in body.get("tools") or ():
-        if isinstance(tool, dict) and tool.get("type", "function") == "function":
-            function = tool.get("function")
-            if isinstance(function, dict) and function.get("name"):
-                functions.append(_function(function))
-    for function in body.get("functions") or ():  # OpenAI's deprecated form
-        if isinstance(function, dict) and function.get("name"):
-            functions.append(_function(function))
-    return functions
-
-
-def _function(function: dict) -> dict:
-    entry = {
-        "name": function["name"],
-        "parameters": function.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if function.get("description"):
-        entry["description"] = function["description"]
-    return entry
-
-
-def _function_call(body: dict, functions: list[dict]) -> object:
-    """`tool_choice` (or the deprecated `function_call`) as GigaChat's `function_call`."""
-    choice = body.get("tool_choice", body.get("function_call"))
-    if choice in ("auto", "none"):
-        return choice
-    if choice == "required":
-        # GigaChat cannot force "some" function; with only one, forcing it is the same thing.
-        return {"name": functions[0]["name"]} if len(functions) == 1 else "auto"
-    if isinstance(choice, dict):
-        function = choice.get("function") if isinstance(choice.get("function"), dict) else choice
-        if function.get("name"):
-            return {"name": function["name"]}
-    return None
-
-
-def _response_format(value: object) -> dict | None:
-    """OpenAI's `json_schema` response format in GigaChat's shape; other formats are dropped."""
-    if not isinstance(value, dict) or value.get("type") != "json_schema":
-        return None
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-        return None
-    result = {"type": "json_schema", "schema": spec["schema"]}
-    if isinstance(spec.get("strict"), bool):
-        result["strict"] = spec["strict"]
-    return result
-
-
 # --- answers --------------------------------------------------------------------------------
 
 
+@upstream_shape
 def to_completion(answer: object, label: str, model: str) -> dict:
     """A GigaChat answer as an OpenAI `chat.completion`."""
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
@@ -404,25 +215,14 @@ def to_completion(answer: object, label: str, model: str) -> dict:
             ]
         if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
             out["reasoning_content"] = message["reasoning_content"]
-        choices.append(
-            {
-                "index": choice.get("index", position),
-                "message": out,
-                "logprobs": None,
-                "finish_reason": _finish_reason(choice.get("finish_reason"), label),
-            }
-        )
-    completion = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": answer.get("created") or int(time.time()),
-        "model": answer.get("model") or model,
-        "choices": choices,
-    }
-    usage = to_usage(answer.get("usage"))
-    if usage:
-        completion["usage"] = usage
-    return completion
+        reason = _finish_reason(choice.get("finish_reason"), label)
+        choices.append(completion_choice(out, reason, choice.get("index", position)))
+    return chat_completion(
+        choices,
+        model=answer.get("model") or model,
+        usage=to_usage(answer.get("usage")),
+        created=answer.get("created"),
+    )
 
 
 def to_usage(usage: object) -> dict | None:
@@ -467,38 +267,18 @@ class GigaChatStream(ChatStream):
     """OpenAI chunks from GigaChat's SSE stream (`data:` chunks ending with `[DONE]`)."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.model = model
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+        super().__init__(response, label, model)
         self._started = False
         self._calls: dict[int, str] = {}  # choice index -> its tool call's id
         self._arguments_sent: set[int] = set()
 
+    @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        if "application/json" in self.response.headers.get("Content-Type", ""):
+        if self.answered_whole():
             # The upstream answered whole: replay it as chunks.
-            answer = to_completion(read_json(self.response, self.label), self.label, self.model)
-            yield from self._replay(answer)
+            yield from self._replay(to_completion(self.whole_answer(), self.label, self.model))
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            if event.data == "[DONE]":
-                self.completed = True
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if event.event == "error" or (
-                "choices" not in chunk and any(k in chunk for k in ("error", "message", "status"))
-            ):
-                message, _ = error_message(chunk)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
+        for _name, chunk in self.events(_stream_failure):
             yield from self._translate(chunk)
 
     def _chunk(self, choices: list[dict], chunk: dict | None = None) -> dict:

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
-import mimetypes
 import re
 import struct
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import requests
 
@@ -23,22 +20,21 @@ from app.errors import (
     InvalidRequestError,
     UpstreamClientError,
     UpstreamError,
-    client_shape,
     upstream_shape,
 )
 from app.model_ids import IdForm, path_part
-from app.providers.base import CallContext, ChatStream, Provider
-from app.streaming import iter_sse
-from app.tokens import estimate_tokens, message_text
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.providers import http
+from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+
+# SKIP_SIGNATURE and to_gemini are part of this adapter's interface: re-exported.
+from app.providers.google_request import SKIP_SIGNATURE as SKIP_SIGNATURE
+from app.providers.google_request import to_gemini
+from app.tokens import estimate_tokens
+from app.upstream import error_message, read_json, safe_text
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-DEFAULT_IMAGE_TYPE = "image/jpeg"
 # Resource names Google takes in place of a bare model id (`models/x`, `tunedModels/x`).
 RESOURCE_COLLECTIONS = ("models", "tunedModels")
-# Gemini 3 rejects a replayed function call step whose first call carries no thought signature;
-# this value is the one Google documents for history the model did not produce (or lost).
-SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -52,7 +48,6 @@ FINISH_REASONS = {
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
     "IMAGE_RECITATION": "content_filter",
 }
-TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 
 # Gemini answers a bad or expired key, and a region it does not serve, with 400: that is this
 # deployment failing, not the client's request, so routing should move on.
@@ -62,25 +57,20 @@ _REGION_REFUSED_RE = re.compile(r"location is not supported", re.IGNORECASE)
 _ROOT_SUFFIX_RE = re.compile(
     r"(/models/[^/]+:[A-Za-z]+|/models|/openai/chat/completions|/chat/completions|/openai)$"
 )
-_DATA_URL_RE = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),(.*)$", re.DOTALL)
 
 
 def api_root(url: str) -> str:
-    """The API root of a configured URL: no query, no endpoint, no `/openai` compatibility path."""
-    parts = urlsplit(url.strip())
-    path = _ROOT_SUFFIX_RE.sub("", parts.path.rstrip("/"))
-    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).rstrip("/")
+    """The Gemini API root of a configured URL (see `app.providers.http.api_root`)."""
+    return http.api_root(url, _ROOT_SUFFIX_RE, GoogleProvider.api_path)
 
 
 class GoogleProvider(Provider):
     name = "google"
     model_id_form = IdForm.SEGMENT  # {root}/models/<id>:generateContent
-
-    @property
-    def base_url(self) -> str:
-        """`base_url`, else the Go-style `url` (`.../v1beta/models`), else Google's own root."""
-        configured = self.model.base_url or self.model.url or self.default_base_url
-        return api_root(configured or DEFAULT_BASE_URL)
+    # `.../v1beta/models` (Go), the OpenAI-compatible root, or google-genai's unversioned root.
+    endpoint_suffixes = _ROOT_SUFFIX_RE
+    api_path = "/v1beta"
+    fallback_root = DEFAULT_BASE_URL
 
     def check_upstream_id(self, model_id: str) -> str:
         self.model_path(model_id)
@@ -97,25 +87,17 @@ class GoogleProvider(Provider):
     def endpoint(self, model: str, method: str) -> str:
         return f"{self.base_url}/{self.model_path(model)}:{method}"
 
-    def headers(self, ctx: CallContext, stream: bool = False) -> dict[str, str]:
-        headers = self.json_headers(ctx, stream)
-        if self.model.token:
-            headers["x-goog-api-key"] = self.model.token
-        return headers
+    def auth_headers(self, ctx: CallContext) -> dict[str, str]:
+        return {"x-goog-api-key": self.model.token} if self.model.token else {}
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
         model = str(body.get("model") or self.model.upstream_model())
         method = "streamGenerateContent" if stream else "generateContent"
-        payload = json.dumps(to_gemini(body)).encode()
+        payload = to_gemini(body)
+        params = {"alt": "sse"} if stream else None
         try:
-            return self.pool.send(
-                "POST",
-                self.endpoint(model, method),
-                label=self.label,
-                headers=self.headers(ctx, stream),
-                body=payload,
-                timeout=self.timeout(ctx),
-                params={"alt": "sse"} if stream else None,
+            return self.post(
+                self.endpoint(model, method), payload, ctx, stream=stream, params=params
             )
         except UpstreamClientError as err:
             if _KEY_REFUSED_RE.search(err.message):
@@ -129,8 +111,7 @@ class GoogleProvider(Provider):
             raise
 
     def chat(self, body: dict, ctx: CallContext) -> dict:
-        response = self._send(body, ctx, stream=False)
-        answer = read_json(response, self.label)
+        answer = read_json(self._send(body, ctx, stream=False), self.label)
         return to_completion(answer, str(body.get("model") or ""), self.label)
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
@@ -150,15 +131,8 @@ class GoogleProvider(Provider):
             if body.get("dimensions"):
                 request["outputDimensionality"] = body["dimensions"]
             requests_.append(request)
-        response = self.pool.send(
-            "POST",
-            self.endpoint(model, "batchEmbedContents"),
-            label=self.label,
-            headers=self.headers(ctx),
-            body=json.dumps({"requests": requests_}).encode(),
-            timeout=self.timeout(ctx),
-        )
-        answer = read_json(response, self.label)
+        url = self.endpoint(model, "batchEmbedContents")
+        answer = self.post_json(url, {"requests": requests_}, ctx)
         embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
         if not isinstance(embeddings, list) or len(embeddings) != len(inputs):
             raise UpstreamError(f"{self.label}: the upstream answer is not an embedding list")
@@ -182,259 +156,6 @@ class GoogleProvider(Provider):
             "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenAI chat request -> GenerateContentRequest.
-
-
-@client_shape
-def to_gemini(body: dict) -> dict:
-    """The GenerateContentRequest for a canonical chat request, minus what Gemini cannot take."""
-    system, contents = _contents(body.get("messages") or [])
-    request: dict = {"contents": contents}
-    if system:
-        request["systemInstruction"] = {"parts": system}
-    config = _generation_config(body)
-    if config:
-        request["generationConfig"] = config
-    declarations = _function_declarations(body)
-    if declarations:
-        request["tools"] = [{"functionDeclarations": declarations}]
-        tool_config = _tool_config(body)
-        if tool_config:
-            request["toolConfig"] = tool_config
-    return request
-
-
-def _contents(messages: list) -> tuple[list[dict], list[dict]]:
-    """System parts and the turns; consecutive turns of one role become one, as Gemini wants."""
-    system: list[dict] = []
-    contents: list[dict] = []
-    names: dict[str, str] = {}  # tool call id -> function name, for the results that follow
-
-    def add(role: str, parts: list[dict]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-
-    for position, message in enumerate(messages):
-        if not isinstance(message, dict):
-            continue
-        role = message.get("role")
-        content = message.get("content")
-        if role in ("system", "developer"):
-            text = message_text(content)
-            if text:
-                system.append({"text": text})
-        elif role == "user":
-            add("user", _user_parts(content, position))
-        elif role == "assistant":
-            add("model", _model_parts(message, position, names))
-        elif role in ("tool", "function"):
-            call_id = message.get("tool_call_id")
-            name = names.get(call_id) if isinstance(call_id, str) else None
-            name = name or message.get("name") or "function"
-            add("user", [{"functionResponse": {"name": name, "response": _tool_result(content)}}])
-    return system, contents
-
-
-def _user_parts(content: object, position: int) -> list[dict]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        return []
-    parts = []
-    for index, part in enumerate(content):
-        if not isinstance(part, dict):
-            continue
-        kind = part.get("type")
-        where = f"messages[{position}].content[{index}]"
-        if kind == "text" and isinstance(part.get("text"), str) and part["text"]:
-            parts.append({"text": part["text"]})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if isinstance(url, str) and url:
-                parts.append(_media_part(url, DEFAULT_IMAGE_TYPE, where))
-        elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
-            audio = part["input_audio"]
-            fmt = str(audio.get("format") or "wav")
-            parts.append({"inlineData": {"mimeType": f"audio/{fmt}", "data": audio.get("data")}})
-        elif kind == "file" and isinstance(part.get("file"), dict):
-            data = part["file"].get("file_data")
-            if isinstance(data, str) and data:
-                guessed = mimetypes.guess_type(str(part["file"].get("filename") or ""))[0]
-                fallback = guessed or "application/octet-stream"
-                if data.startswith("data:"):
-                    parts.append(_media_part(data, fallback, where))
-                else:
-                    parts.append({"inlineData": {"mimeType": fallback, "data": data}})
-    return parts
-
-
-def _media_part(url: str, default_type: str, where: str) -> dict:
-    """A data: URL becomes inline bytes; any other URL is referenced for Gemini to fetch."""
-    if url.startswith("data:"):
-        match = _DATA_URL_RE.match(url)
-        if not match:
-            raise UpstreamClientError(
-                f"Invalid request: {where}: not a valid data: URL", status=400, param=where
-            )
-        mime, params, data = match.groups()
-        if ";base64" not in params.lower():
-            data = base64.b64encode(unquote_to_bytes(data)).decode()
-        return {"inlineData": {"mimeType": mime or default_type, "data": data}}
-    guessed = mimetypes.guess_type(urlsplit(url).path)[0]
-    return {"fileData": {"mimeType": guessed or default_type, "fileUri": url}}
-
-
-def _model_parts(message: dict, position: int, names: dict[str, str]) -> list[dict]:
-    content = message.get("content")
-    parts: list[dict] = []
-    if isinstance(content, str):
-        if content:
-            parts.append({"text": content})
-    elif isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            text = part.get("text") if part.get("type") == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                parts.append({"text": text})
-    calls = message.get("tool_calls")
-    if not isinstance(calls, list):
-        legacy = message.get("function_call")
-        calls = [{"function": legacy}] if isinstance(legacy, dict) else []
-    first = True
-    for index, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
-        name = str(function["name"])
-        if isinstance(call.get("id"), str):
-            names[call["id"]] = name
-        where = f"messages[{position}].tool_calls[{index}].function.arguments"
-        part: dict = {"functionCall": {"name": name, "args": _arguments(function, where)}}
-        signature = _signature(call)
-        if signature or first:
-            part["thoughtSignature"] = signature or SKIP_SIGNATURE
-        first = False
-        parts.append(part)
-    return parts
-
-
-def _arguments(function: dict, where: str) -> dict:
-    raw = function.get("arguments")
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    try:
-        args = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        args = None
-    if not isinstance(args, dict):
-        raise UpstreamClientError(
-            f"Invalid request: {where}: must be a JSON object", status=400, param=where
-        )
-    return args
-
-
-def _signature(call: dict) -> str | None:
-    """The thought signature this proxy (or Gemini's own OpenAI endpoint) put on a tool call."""
-    extra = call.get("extra_content")
-    google = extra.get("google") if isinstance(extra, dict) else None
-    signature = google.get("thought_signature") if isinstance(google, dict) else None
-    return signature if isinstance(signature, str) and signature else None
-
-
-def _tool_result(content: object) -> dict:
-    """A tool's output as Gemini's `response` object: its JSON object, else {"content": text}."""
-    text = content if isinstance(content, str) else message_text(content)
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {"content": text}
-
-
-def _generation_config(body: dict) -> dict:
-    config: dict = {}
-    for source, target in (
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("top_k", "topK"),
-        ("n", "candidateCount"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"),
-    ):
-        if body.get(source) is not None:
-            config[target] = body[source]
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if limit is not None:
-        config["maxOutputTokens"] = limit
-    stop = body.get("stop")
-    if isinstance(stop, str) and stop:
-        config["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        config["stopSequences"] = [s for s in stop if isinstance(s, str)]
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        kind = response_format.get("type")
-        if kind in ("json_object", "json_schema"):
-            config["responseMimeType"] = "application/json"
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if kind == "json_schema" and isinstance(schema, dict):
-            # responseJsonSchema takes JSON Schema as OpenAI clients write it; responseSchema
-            # takes only Google's OpenAPI subset.
-            config["responseJsonSchema"] = schema
-    return config
-
-
-def _function_declarations(body: dict) -> list[dict]:
-    functions = []
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        for tool in tools:
-            if isinstance(tool, dict) and tool.get("type") == "function":
-                functions.append(tool.get("function"))
-    elif isinstance(body.get("functions"), list):
-        functions = body["functions"]
-    declarations = []
-    for function in functions:
-        if not isinstance(function, dict) or not function.get("name"):
-            continue
-        declaration = {"name": function["name"]}
-        if function.get("description"):
-            declaration["description"] = function["description"]
-        if isinstance(function.get("parameters"), dict):
-            # JSON Schema as given (additionalProperties, $ref, anyOf ...): `parameters` would
-            # take only Google's OpenAPI subset and reject much of what OpenAI clients send.
-            declaration["parametersJsonSchema"] = function["parameters"]
-        declarations.append(declaration)
-    return declarations
-
-
-def _tool_config(body: dict) -> dict | None:
-    choice = body.get("tool_choice")
-    if choice is None:
-        choice = body.get("function_call")
-        if isinstance(choice, dict) and choice.get("name"):
-            choice = {"type": "function", "function": choice}
-    if isinstance(choice, str) and choice in TOOL_MODES:
-        return {"functionCallingConfig": {"mode": TOOL_MODES[choice]}}
-    if isinstance(choice, dict):
-        function = choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else None
-        if name:
-            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,11 +234,18 @@ def _check_answer(answer: object, label: str) -> dict:
     if not isinstance(answer, dict):
         raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
     if "error" in answer and "candidates" not in answer:
-        message, _ = error_message(answer)
-        raise UpstreamError(f"{label}: the upstream failed: {safe_text(message or 'unknown')}")
+        message = error_message(answer)[0] or "unknown"
+        raise UpstreamError(f"{label}: the upstream failed: {safe_text(message)}")
     if not isinstance(answer.get("candidates"), list) and not _block_reason(answer):
         raise UpstreamError(f"{label}: the upstream answer is not a Gemini response")
     return answer
+
+
+def _error_of(payload: dict) -> str | None:
+    """The message of an in-band error (an `error` without candidates), else None."""
+    if "error" in payload and "candidates" not in payload:
+        return error_message(payload)[0] or "unknown error"
+    return None
 
 
 def _block_reason(answer: dict) -> str | None:
@@ -540,37 +268,19 @@ def to_completion(answer: object, model: str, label: str) -> dict:
         message: dict = {"role": "assistant", "content": text or (None if calls else "")}
         if calls:
             message["tool_calls"] = calls
-        choices.append(
-            {
-                "index": candidate.get("index", position),
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
-            }
-        )
+        reason = finish_reason(candidate.get("finishReason"), bool(calls))
+        choices.append(completion_choice(message, reason, candidate.get("index", position)))
     if not choices:
         if not _block_reason(answer):
             raise UpstreamError(f"{label}: the upstream answered without a candidate")
         # The prompt itself was blocked: an empty, filtered answer, as OpenAI reports one.
-        choices.append(
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": "content_filter",
-            }
-        )
-    completion = {
-        "id": _response_id(answer),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": answer.get("modelVersion") or model,
-        "choices": choices,
-    }
-    counted = usage(answer.get("usageMetadata"))
-    if counted:
-        completion["usage"] = counted
-    return completion
+        choices.append(completion_choice({"role": "assistant", "content": ""}, "content_filter"))
+    return chat_completion(
+        choices,
+        model=answer.get("modelVersion") or model,
+        usage=usage(answer.get("usageMetadata")),
+        id=_response_id(answer),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,28 +297,20 @@ class GeminiStream(ChatStream):
     """Chunks from Gemini's SSE stream: each event is a partial GenerateContentResponse."""
 
     def __init__(self, response: requests.Response, label: str, model: str) -> None:
-        self.response = response
-        self.label = label
-        self.model = model
-        self.id: str | None = None
-        self.created = int(time.time())
+        super().__init__(response, label, model)
+        self.id: str | None = None  # the first event's `responseId`
         self.choices: dict[int, _Choice] = {}
         self.usage: dict | None = None
 
     def _events(self) -> Iterator[object]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
+        if self.answered_whole():
             # An upstream that ignored alt=sse answers a JSON array of the same responses.
-            answer = read_json(self.response, self.label)
+            answer = self.whole_answer()
             yield from answer if isinstance(answer, list) else [answer]
             return
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            try:
-                payload = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            # Errors may come wrapped in a one-element list, as Google's error bodies do.
-            yield from payload if isinstance(payload, list) else [payload]
+        # Errors may come wrapped in a one-element list, as Google's error bodies do.
+        for event in self.events(lambda event: _error_of(event.data), done=None, lists=True):
+            yield event.data
 
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
@@ -636,11 +338,9 @@ class GeminiStream(ChatStream):
     def _translate(self, payload: object) -> Iterable[dict]:
         if not isinstance(payload, dict):
             raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-        if "error" in payload and "candidates" not in payload:
-            message, _ = error_message(payload)
-            raise UpstreamError(
-                f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-            )
+        message = _error_of(payload)
+        if message is not None:
+            raise UpstreamError(f"{self.label}: the stream failed: {safe_text(message)}")
         if self.id is None:
             self.id = _response_id(payload)
         self.model = payload.get("modelVersion") or self.model

@@ -3,46 +3,24 @@ upstreams, Azure)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-
-import requests
 
 from app.errors import UpstreamError, upstream_shape
 from app.providers.base import ChatStream
-from app.streaming import iter_sse
-from app.upstream import error_message, read_chunks, read_json, safe_text
+from app.providers.http import Event
+from app.upstream import body_error, error_message
 
 
 class OpenAIStream(ChatStream):
     """Chunks from an OpenAI-style SSE stream, or from a whole answer if upstream ignored stream."""
 
-    def __init__(self, response: requests.Response, label: str) -> None:
-        self.response = response
-        self.label = label
-
     @upstream_shape
     def __iter__(self) -> Iterator[dict]:
-        content_type = self.response.headers.get("Content-Type", "")
-        if "application/json" in content_type:
-            yield from completion_to_chunks(read_json(self.response, self.label), self.label)
+        if self.answered_whole():
+            yield from completion_to_chunks(self.whole_answer(), self.label)
             return
         finished = False
-        for event in iter_sse(read_chunks(self.response, self.label), self.label):
-            if event.data == "[DONE]":
-                self.completed = True
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as err:
-                raise UpstreamError(f"{self.label}: the stream sent invalid JSON") from err
-            if not isinstance(chunk, dict):
-                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
-            if "error" in chunk and "choices" not in chunk:
-                message, _ = error_message(chunk)
-                raise UpstreamError(
-                    f"{self.label}: the stream failed: {safe_text(message or 'unknown error')}"
-                )
+        for _name, chunk in self.events(stream_failure):
             choices = chunk.get("choices")
             if not choices and not chunk.get("usage"):
                 # Nothing to relay (Azure opens with a `prompt_filter_results`-only chunk).
@@ -53,9 +31,54 @@ class OpenAIStream(ChatStream):
                 raise UpstreamError(f"{self.label}: the stream sent a malformed chunk")
             finished = finished or any(c.get("finish_reason") for c in choices)
             yield chunk
+        if self.completed:
+            return
         if not finished:
             # Neither [DONE] nor a finish reason: the stream was cut, not completed.
             raise UpstreamError(f"{self.label}: the stream ended before its answer was complete")
+
+
+def stream_failure(event: Event) -> str | None:
+    """The message of an in-band error chunk (`{"error": ...}` without choices)."""
+    if "error" in event.data and "choices" not in event.data:
+        return error_message(event.data)[0] or "unknown error"
+    return None
+
+
+def with_usage(body: dict) -> dict:
+    """A streamed request that asks for usage whatever the client asked, so quotas and metrics
+    see real numbers."""
+    options = body.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    options["include_usage"] = True
+    return {**body, "stream": True, "stream_options": options}
+
+
+def chat_answer(answer: object, label: str) -> dict:
+    """A whole chat completion checked: an in-band error raised as the upstream's own, anything
+    without message choices a retryable failure, a malformed `usage` dropped."""
+    if isinstance(answer, dict) and answer.get("error") and not answer.get("choices"):
+        raise body_error(answer, label)
+    answer = _with_choices(answer, label, "message", dict, "chat completion")
+    if not isinstance(answer.get("usage"), dict | None):
+        del answer["usage"]
+    return answer
+
+
+def completion_answer(answer: object, label: str) -> dict:
+    """A whole legacy text completion checked: choices that each carry their `text`."""
+    return _with_choices(answer, label, "text", str, "completion")
+
+
+def _with_choices(answer: object, label: str, field: str, kind: type, what: str) -> dict:
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if (
+        not choices
+        or not isinstance(choices, list)
+        or not all(isinstance(c, dict) and isinstance(c.get(field), kind) for c in choices)
+    ):
+        raise UpstreamError(f"{label}: the upstream answer is not a {what}")
+    return answer
 
 
 def _well_formed(choice: object) -> bool:
