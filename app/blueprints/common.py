@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -15,13 +14,8 @@ from app.config import TokenConfig
 from app.errors import (
     InvalidJSONError,
     RequestTooLargeError,
-    UpstreamError,
 )
-from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
-from app.providers import CallContext
-from app.routing import Candidate
 from app.state import EXTENSION_KEY, ProxyState, RequestState
-from app.upstream import read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -166,39 +160,3 @@ def authorise_model(token: TokenConfig, identifier: str) -> None:
     """403 unless the token may use `identifier`: asked before anything tells whether the model
     exists or what kind it is, so a token's allow-list hides everything outside it."""
     require_model(token, identifier, proxy_state().router.is_category(identifier))
-
-
-def image_bytes(entry: dict, candidate: Candidate, ctx: CallContext) -> bytes:
-    """The bytes of an image entry: decoded, or fetched from the URL the upstream gave."""
-    provider = candidate.provider
-    if entry.get("b64_json"):
-        return decode_b64(entry["b64_json"], provider.label)
-    url = entry.get("url", "")
-    if url.startswith("data:"):
-        return decode_b64(url, provider.label)
-    if not url.startswith(("https://", "http://")):
-        raise UpstreamError(f"{provider.label}: the upstream image URL is not http(s)")
-    response = provider.pool.send(
-        "GET",
-        url,
-        label=provider.label,
-        headers={"Accept": "image/*"},
-        timeout=provider.timeout(ctx),
-    )
-    return read_bytes(response, provider.label, MAX_IMAGE_BYTES)
-
-
-def image_entry(entry: dict, wanted: str, candidate: Candidate, ctx: CallContext) -> dict:
-    """An image entry in the form the client asked for (`url` or `b64_json`)."""
-    extra = {"revised_prompt": entry["revised_prompt"]} if entry.get("revised_prompt") else {}
-    if wanted == "b64_json":
-        if entry.get("b64_json"):
-            return {"b64_json": entry["b64_json"], **extra}
-        data = image_bytes(entry, candidate, ctx)
-        return {"b64_json": base64.b64encode(data).decode(), **extra}
-    if entry.get("url"):
-        return {"url": entry["url"], **extra}
-    # No place to host the bytes: a data URL is a URL every client can read.
-    data = image_bytes(entry, candidate, ctx)
-    media = sniff_type(data) or "image/png"
-    return {"url": f"data:{media};base64,{base64.b64encode(data).decode()}", **extra}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from app.blueprints.common import api_blueprint, image_bytes
+from app.blueprints.common import api_blueprint
 from app.blueprints.pipeline import Answer, Call, Endpoint, serve
-from app.errors import InvalidRequestError, UpstreamError
-from app.images import sniff_type
+from app.errors import InvalidRequestError
 from app.kinds import Kind
 from app.providers import CallContext
 from app.routing import Candidate
@@ -36,18 +35,9 @@ class RawImage(Endpoint):
         return Call(body, body.get("model"), size, prepared=prompt)
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        request = {
-            "model": candidate.upstream_model,
-            "prompt": call.prepared,
-            "n": 1,
-            "response_format": "b64_json",
-        }
-        entries = candidate.provider.generate_image(request, ctx)
-        data = image_bytes(entries[0], candidate, ctx)
-        media = sniff_type(data)
-        if media is None:
-            raise UpstreamError(f"{candidate.provider.label}: the upstream answer is not an image")
-        return Answer(bytes(data), content_type=media)
+        request = {"model": candidate.upstream_model, "prompt": call.prepared}
+        data, media = candidate.provider.image_file(request, ctx)
+        return Answer(data, content_type=media)
 
 
 serve(bp, RawImage())

@@ -10,7 +10,6 @@ from app.auth import model_allowed
 from app.blueprints.common import (
     api_blueprint,
     authorise_model,
-    image_entry,
     json_response,
     proxy_state,
     request_state,
@@ -114,9 +113,7 @@ class Images(Endpoint):
     charged = False
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
-        entries = candidate.provider.generate_image(candidate.ask(call.body), ctx)
-        wanted = call.body.get("response_format") or "url"
-        data = [image_entry(entry, wanted, candidate, ctx) for entry in entries]
+        data = candidate.provider.images(candidate.ask(call.body), ctx)
         return Answer({"created": int(time.time()), "data": data})
 
 
