@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -30,6 +32,22 @@ PROXY_VARS = (
     "LOG_LEVEL",
     "LOG_FORMAT",
 )
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy or `timeout` seconds pass.
+
+    Returns its last value, so `assert wait_until(lambda: ...)` fails with what it saw last.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
 
 
 def free_port() -> int:
