@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
-from limits import RateLimitItemPerSecond
 
-from app.ratelimit import STRATEGIES as STRATEGIES_BY_NAME
-from app.ratelimit import SweptMemoryStorage, format_reset, make_storage
+from app.ratelimit import format_reset
 from tests.conftest import openai_model
 from tests.servers import free_port
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
@@ -285,54 +282,6 @@ def test_memory_storage_starts_no_thread_per_request(make_app):
         time.sleep(0.005)
     assert not seen
     assert any(t.name == "ai-proxy-quota-sweeper" for t in threading.enumerate())
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_memory_storage_forgets_passed_windows(monkeypatch, strategy):
-    """Expired entries and counters are dropped by the sweeper, so memory stays bounded."""
-    monkeypatch.setattr(SweptMemoryStorage, "sweep_seconds", 0.02)
-    storage = make_storage("memory://")
-    limiter = STRATEGIES_BY_NAME[strategy](storage)
-    item = RateLimitItemPerSecond(100)
-    for _ in range(5):
-        assert limiter.hit(item, "sweep-test")
-
-    def held() -> int:
-        return sum(map(len, storage.events.values())) + len(storage.storage)
-
-    assert held()
-    deadline = time.monotonic() + 5
-    while held() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not held()
-    # Counting still works after a sweep.
-    assert limiter.hit(item, "sweep-test")
-
-
-def test_a_forked_worker_sweeps_its_own_storage():
-    """gunicorn --preload forks workers after the storage was made: each starts its sweeper."""
-    storage = make_storage("memory://")
-    pid = os.fork()
-    if pid == 0:  # the child: report through the exit code only
-        alive = any(
-            t.name == "ai-proxy-quota-sweeper" and t.is_alive() for t in threading.enumerate()
-        )
-        os._exit(0 if alive else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert storage is not None
-
-
-def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
-    finished = threading.Thread(target=lambda: None)
-    finished.start()
-    finished.join()
-    storage = make_storage("memory://")
-    monkeypatch.setattr(SweptMemoryStorage, "_sweeper", finished)
-    monkeypatch.setattr(SweptMemoryStorage, "_last_sweep", 0.0)
-    assert STRATEGIES_BY_NAME["fixed-window"](storage).hit(RateLimitItemPerSecond(5), "restart")
-    assert SweptMemoryStorage._sweeper is not finished
-    assert SweptMemoryStorage._sweeper.is_alive()
 
 
 def test_token_quota_round_trips_with_redis(make_app, redis_server):
