@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.ratelimit import format_reset
+from app.ratelimit import Owner, format_reset
 from tests.conftest import openai_model
 from tests.servers import free_port
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
@@ -319,3 +319,60 @@ def test_token_quota_round_trips_with_redis(make_app, redis_server):
     assert response.headers["x-ratelimit-remaining-requests"] == "98"
     assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10_000
     assert scripts() - before == 5
+
+
+def test_storage_keys_name_owner_and_count_as_before(make_app):
+    """Counters in a shared Redis outlive a proxy upgrade: their keys must not change."""
+    app = make_app(
+        {
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "a",
+                        "token": "k-1",
+                        "requests_per_minute": 5,
+                        "tokens_per_day": 100,
+                        "budget_per_month": 2,
+                    }
+                ]
+            },
+            "models": [
+                {
+                    "name": "echo",
+                    "provider": "echo",
+                    "requests_per_hour": 7,
+                    "tokens_per_minute": 50,
+                }
+            ],
+        }
+    )
+    quotas = app.extensions["ai_proxy"].quotas
+    limits = [
+        limit
+        for table in (quotas.tokens, quotas.token_usage, quotas.models, quotas.model_tokens)
+        for owned in table.values()
+        for limit in owned
+    ]
+    assert sorted(limit.item.key_for(*limit.identifiers) for limit in limits) == sorted(
+        [
+            "LIMITER/requests/moving-window/token:a/5/1/minute",
+            "LIMITER/tokens/sliding-window-counter/token:a/100/1/day",
+            "LIMITER/budget/sliding-window-counter/token:a/2000000/1/month",
+            "LIMITER/requests/moving-window/model:echo#0/7/1/hour",
+            "LIMITER/tokens/sliding-window-counter/model:echo#0/50/1/minute",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "key"),
+    [
+        (Owner.DEPLOYMENT, "gpt#0", "model:gpt#0"),
+        (Owner.DEPLOYMENT, "a:b#1", "model:a:b#1"),
+        (Owner.TOKEN, "team-a", "token:team-a"),
+        (Owner.TOKEN, "", "token:"),
+    ],
+)
+def test_owner_keys(owner, name, key):
+    assert owner.key(name) == key
+    assert isinstance(owner.key(name), str)
