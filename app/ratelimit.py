@@ -1,4 +1,4 @@
-"""Quotas through `limits` (the one module that touches it): per deployment and per client token.
+"""Quotas through `limits`, per deployment and per client token (its internals: app.hooks.limits).
 
 Requests are counted on admission, atomically in the storage, so N concurrent requests against a
 limit of L admit exactly L across threads, workers and hosts sharing one Redis. Tokens and cost
