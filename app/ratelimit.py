@@ -1,4 +1,4 @@
-"""Quotas through `limits` (the one module that touches it): per deployment and per client token.
+"""Quotas through `limits`, per deployment and per client token (its internals: app.hooks.limits).
 
 Requests are counted on admission, atomically in the storage, so N concurrent requests against a
 limit of L admit exactly L across threads, workers and hosts sharing one Redis. Tokens and cost
@@ -7,15 +7,12 @@ are charged when the answer is known; a window already spent refuses the next re
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
-import os
-import threading
 import time
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from limits import (
     RateLimitItem,
@@ -25,7 +22,7 @@ from limits import (
     RateLimitItemPerMonth,
 )
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import Storage, storage_from_string
 from limits.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -37,6 +34,7 @@ from app import metrics
 from app.config import Config, TokenConfig
 from app.cooldown import LogThrottle
 from app.errors import BudgetExceededError, RateLimitError, StorageUnavailableError
+from app.hooks.limits import SweptMemoryStorage
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +47,43 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
 REDIS_TIMEOUT_SECONDS = 0.25
 MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
 USAGE_SCOPE = "sliding-window-counter"
-DEFAULT_SWEEP_SECONDS = 1.0
-STALE_SWEEPS = 10  # sweeps missed before a hit starts the sweeper again
+
+
+class Counts(StrEnum):
+    """What a limit counts."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+    BUDGET = "budget"  # in MICRO_USD
+
+
+class Owner(StrEnum):
+    """Whose a limit is: a deployment's or a client token's."""
+
+    DEPLOYMENT = "model"
+    TOKEN = "token"
+
+    def key(self, name: str) -> str:
+        """The owner's key, in storage keys and in `Quotas.report`: `model:<deployment key>`,
+        `token:<token name>`."""
+        return f"{self.value}:{name}"
 
 
 @dataclass(frozen=True)
 class Limit:
     """One configured limit: what it counts, its window, and whose it is."""
 
-    counts: str  # "requests", "tokens" or "budget"
+    counts: Counts
     item: RateLimitItem
-    owner: str  # "model:<deployment key>" or "token:<name>"
+    owner: str  # Owner.key(...)
     name: str  # config field, e.g. requests_per_minute
 
     scope: str = ""  # the counting strategy: keys of different strategies never collide
 
     @property
     def identifiers(self) -> tuple[str, str, str]:
-        return (self.counts, self.scope, self.owner)
+        """What names the limit's counters in storage (with the window, added by `limits`)."""
+        return (self.counts.value, self.scope, self.owner)
 
 
 @dataclass(frozen=True)
@@ -74,95 +91,6 @@ class WindowState:
     limit: Limit
     remaining: int
     reset_at: float  # epoch seconds
-
-
-class SweptMemoryStorage(MemoryStorage):
-    """limits' memory storage, its expired entries swept by one long-lived thread per process.
-
-    MemoryStorage starts a new 10 ms `threading.Timer` on a hit whenever the last one has run
-    out: under steady traffic that is a thread start every 10 ms, and the request that starts
-    one waits for the new thread to run (tens of microseconds, more when the GIL is busy).
-    Expiry is only clean-up (every read checks the times itself), so sweeping once a second off
-    the request threads keeps memory bounded the same way.
-    """
-
-    sweep_seconds = DEFAULT_SWEEP_SECONDS
-    _live: weakref.WeakSet[SweptMemoryStorage] = weakref.WeakSet()
-    _sweeper: threading.Thread | None = None
-    _sweeper_lock = threading.Lock()
-    _last_sweep = 0.0  # time.monotonic() when the sweeper last went round
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options) -> None:
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self.timer.cancel()  # the parent's first 10 ms timer: the sweeper does its work
-        cls = type(self)
-        with cls._sweeper_lock:
-            cls._live.add(self)
-        cls._ensure_sweeper()
-
-    @classmethod
-    def _ensure_sweeper(cls) -> None:
-        with cls._sweeper_lock:
-            if cls._sweeper is None:
-                # A child forked after a storage was made (gunicorn --preload) has the storage
-                # but not the thread: it starts one of its own.
-                os.register_at_fork(after_in_child=cls._restart_in_child)
-            if cls._sweeper is None or not cls._sweeper.is_alive():
-                cls._start_sweeper()
-
-    @classmethod
-    def _restart_in_child(cls) -> None:
-        cls._sweeper_lock = threading.Lock()
-        if cls._live:
-            cls._start_sweeper()
-
-    @classmethod
-    def _start_sweeper(cls) -> None:
-        cls._last_sweep = time.monotonic()
-        cls._sweeper = threading.Thread(
-            target=cls._sweep_forever, name="ai-proxy-quota-sweeper", daemon=True
-        )
-        cls._sweeper.start()
-
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        """Called on every hit in place of the parent's timer start: a sweeper that has not
-        swept for a while (it died, say) is started again."""
-        if time.monotonic() - type(self)._last_sweep > STALE_SWEEPS * type(self).sweep_seconds:
-            type(self)._ensure_sweeper()
-
-    def sweep(self) -> None:
-        """Drop the entries and counters whose windows have passed.
-
-        As limits' own expiry pass, but reading with .get(): a request thread may drop a
-        counter between the listing and the read.
-        """
-        now = time.time()
-        for key in list(self.events):
-            with self.locks[key]:
-                events = self.events.get(key)
-                if events:
-                    kept = bisect.bisect_left(events, -now, key=lambda event: -event.expiry)
-                    self.events[key] = events[:kept]
-                if not self.events.get(key):
-                    self.locks.pop(key, None)
-        for key in list(self.expirations):
-            if self.expirations.get(key, now) <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
-                self.locks.pop(key, None)
-
-    @classmethod
-    def _sweep_forever(cls) -> None:
-        while True:
-            cls._last_sweep = time.monotonic()
-            time.sleep(cls.sweep_seconds)
-            with cls._sweeper_lock:
-                storages = list(cls._live)
-            for storage in storages:
-                try:
-                    storage.sweep()
-                except Exception:  # noqa: BLE001 - clean-up must never end the sweeper.
-                    logger.exception("sweeping the in-memory quota storage failed")
 
 
 def make_storage(uri: str) -> Storage:
@@ -191,7 +119,7 @@ def redis_client(storage: Storage):
 def _items(
     owner: str,
     source,
-    fields: Iterable[tuple[str, str, type[RateLimitItem]]],
+    fields: Iterable[tuple[Counts, str, type[RateLimitItem]]],
     scope: str,
     scale: float = 1,
 ) -> list[Limit]:
@@ -205,17 +133,17 @@ def _items(
 
 
 _REQUEST_FIELDS = (
-    ("requests", "requests_per_minute", RateLimitItemPerMinute),
-    ("requests", "requests_per_hour", RateLimitItemPerHour),
-    ("requests", "requests_per_day", RateLimitItemPerDay),
+    (Counts.REQUESTS, "requests_per_minute", RateLimitItemPerMinute),
+    (Counts.REQUESTS, "requests_per_hour", RateLimitItemPerHour),
+    (Counts.REQUESTS, "requests_per_day", RateLimitItemPerDay),
 )
 _TOKEN_FIELDS = (
-    ("tokens", "tokens_per_minute", RateLimitItemPerMinute),
-    ("tokens", "tokens_per_day", RateLimitItemPerDay),
+    (Counts.TOKENS, "tokens_per_minute", RateLimitItemPerMinute),
+    (Counts.TOKENS, "tokens_per_day", RateLimitItemPerDay),
 )
 _BUDGET_FIELDS = (
-    ("budget", "budget_per_day", RateLimitItemPerDay),
-    ("budget", "budget_per_month", RateLimitItemPerMonth),
+    (Counts.BUDGET, "budget_per_day", RateLimitItemPerDay),
+    (Counts.BUDGET, "budget_per_month", RateLimitItemPerMonth),
 )
 
 
@@ -249,13 +177,13 @@ class Quotas:
         self.models: dict[str, list[Limit]] = {}
         self.model_tokens: dict[str, list[Limit]] = {}
         for model in config.models:
-            key = f"model:{model.key}"
+            key = Owner.DEPLOYMENT.key(model.key)
             self.models[key] = _items(key, model, _REQUEST_FIELDS, settings.strategy)
             self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE)
         self.tokens: dict[str, list[Limit]] = {}
         self.token_usage: dict[str, list[Limit]] = {}
         for token in config.tokens:
-            key = f"token:{token.name}"
+            key = Owner.TOKEN.key(token.name)
             self.tokens[key] = _items(key, token, _REQUEST_FIELDS, settings.strategy)
             self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE) + _items(
                 key, token, _BUDGET_FIELDS, USAGE_SCOPE, scale=MICRO_USD
@@ -272,7 +200,7 @@ class Quotas:
             return False
 
     def _limiter(self, limit: Limit) -> RateLimiter:
-        return self.limiter if limit.counts == "requests" else self.usage_limiter
+        return self.limiter if limit.counts is Counts.REQUESTS else self.usage_limiter
 
     def _window(self, limit: Limit) -> WindowState:
         stats = self._limiter(limit).get_window_stats(limit.item, *limit.identifiers)
@@ -298,7 +226,7 @@ class Quotas:
         Returns the windows shown in the x-ratelimit-* headers: the token's first request limit
         and first token limit.
         """
-        key = f"token:{token.name}"
+        key = Owner.TOKEN.key(token.name)
         requests = self.tokens.get(key, [])
         usage = self.token_usage.get(key, [])
         if not requests and not usage:
@@ -327,7 +255,7 @@ class Quotas:
         metrics.QUOTA_REFUSALS.labels("client", limit.name).inc()
         state = state or self._window(limit)
         wait = max(1.0, state.reset_at - time.time())
-        if limit.counts == "budget":
+        if limit.counts is Counts.BUDGET:
             return BudgetExceededError(
                 f"The {limit.name.replace('_', ' ')} of this API key is spent.", retry_after=wait
             )
@@ -342,7 +270,7 @@ class Quotas:
 
     def admit_deployment(self, deployment: str) -> float | None:
         """Count a request on a deployment: None if admitted, else when it has room again."""
-        key = f"model:{deployment}"
+        key = Owner.DEPLOYMENT.key(deployment)
         requests = self.models.get(key, [])
         tokens = self.model_tokens.get(key, [])
         if not requests and not tokens:
@@ -363,7 +291,7 @@ class Quotas:
             return None
 
     def report(self, owner: str) -> dict[str, dict]:
-        """What is left of each of an owner's limits, for /admin/status."""
+        """What is left of each of an owner's limits (`Owner.key(...)`), for /admin/status."""
         limits = (
             self.models.get(owner, [])
             + self.model_tokens.get(owner, [])
@@ -378,7 +306,7 @@ class Quotas:
                 report[limit.name] = {"limit": limit.item.amount, "remaining": None}
                 continue
             amount, remaining = limit.item.amount, window.remaining
-            if limit.counts == "budget":
+            if limit.counts is Counts.BUDGET:
                 amount, remaining = amount / MICRO_USD, remaining / MICRO_USD
             report[limit.name] = {
                 "limit": amount,
@@ -393,11 +321,12 @@ class Quotas:
         self, token: TokenConfig, deployment: str, total_tokens: int, cost_usd: float
     ) -> None:
         """Charge an answer's tokens (and cost) to its deployment and its client token."""
-        charges = [
-            (limit, total_tokens) for limit in self.model_tokens.get(f"model:{deployment}", [])
-        ]
-        for limit in self.token_usage.get(f"token:{token.name}", []):
-            amount = math.ceil(cost_usd * MICRO_USD) if limit.counts == "budget" else total_tokens
+        deployment_usage = self.model_tokens.get(Owner.DEPLOYMENT.key(deployment), [])
+        charges = [(limit, total_tokens) for limit in deployment_usage]
+        for limit in self.token_usage.get(Owner.TOKEN.key(token.name), []):
+            amount = (
+                math.ceil(cost_usd * MICRO_USD) if limit.counts is Counts.BUDGET else total_tokens
+            )
             charges.append((limit, amount))
         limiter = self.usage_limiter
         try:
@@ -428,12 +357,12 @@ class Quotas:
 def rate_limit_headers(windows: list[WindowState]) -> dict[str, str]:
     """x-ratelimit-* for the tightest request window and the tightest token window."""
     headers: dict[str, str] = {}
-    for counts, suffix in (("requests", "requests"), ("tokens", "tokens")):
-        relevant = [w for w in windows if w.limit.counts == counts]
+    for counts in (Counts.REQUESTS, Counts.TOKENS):
+        relevant = [w for w in windows if w.limit.counts is counts]
         if not relevant:
             continue
         tightest = min(relevant, key=lambda w: (w.remaining, w.reset_at))
-        headers[f"x-ratelimit-limit-{suffix}"] = str(tightest.limit.item.amount)
-        headers[f"x-ratelimit-remaining-{suffix}"] = str(tightest.remaining)
-        headers[f"x-ratelimit-reset-{suffix}"] = format_reset(tightest.reset_at - time.time())
+        headers[f"x-ratelimit-limit-{counts.value}"] = str(tightest.limit.item.amount)
+        headers[f"x-ratelimit-remaining-{counts.value}"] = str(tightest.remaining)
+        headers[f"x-ratelimit-reset-{counts.value}"] = format_reset(tightest.reset_at - time.time())
     return headers

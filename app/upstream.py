@@ -21,6 +21,8 @@ from urllib3.util.retry import Retry
 from app import tracing, watchdog
 from app.config import RetryConfig
 from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
+from app.hooks.requests import PreparedTemplates, pool_managers
+from app.hooks.urllib3 import drain, pool_counts
 from app.redact import REDACTED, REDACTOR
 from app.version import __version__
 
@@ -34,7 +36,7 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
 READ_SIZE = 64 * 1024
-# Prepared upstream requests kept per method, URL and query (see UpstreamPool._prepare).
+# Prepared upstream requests kept per method, URL and query (see app.hooks.requests).
 MAX_TEMPLATES = 512
 # What a finished stream may still send after its last event for its connection to be reused.
 DRAIN_SECONDS = 0.05
@@ -195,7 +197,7 @@ class UpstreamPool:
         self.pool_size = max(1, pool_size)
         self._sessions: dict[str, requests.Session] = {}
         self._last_used: dict[str, float] = {}
-        self._templates: dict[tuple, tuple[requests.PreparedRequest, bool]] = {}
+        self._templates = PreparedTemplates(MAX_TEMPLATES)
         self._lock = threading.Lock()
 
     def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
@@ -225,9 +227,10 @@ class UpstreamPool:
             pool_connections=1, pool_maxsize=self.pool_size, max_retries=make_retry(self.retry)
         )
         # Connections report to the watchdog, so no wait on an upstream outlives its deadline.
-        watchdog.install(adapter.poolmanager)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        for manager in pool_managers(session):
+            watchdog.install(manager)
         session.headers.clear()
         # Cookies upstreams set are not kept: one client's must never go out with another's.
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
@@ -256,7 +259,7 @@ class UpstreamPool:
         with watchdog.sending() as watches:
             try:
                 session = self.session(url, idle_timeout)
-                request = self._prepare(session, method, url, params, all_headers, body)
+                request = self._templates.prepare(session, method, url, params, all_headers, body)
                 response = session.send(
                     request, timeout=timeout, stream=True, allow_redirects=False, verify=verify
                 )
@@ -273,63 +276,16 @@ class UpstreamPool:
             raise status_error(response, label, _secrets(all_headers))
         return response
 
-    def _prepare(
-        self,
-        session: requests.Session,
-        method: str,
-        url: str,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-    ) -> requests.PreparedRequest:
-        """The request to send: a copy of one prepared once per method, URL and query, with
-        this call's headers and body.
-
-        `Session.prepare_request` parses, re-encodes and validates the URL and merges the
-        session's settings on every call (about 90 us); the URL part depends only on the
-        method, URL and query, so it is done once. Upstream cookies are never replayed: a
-        cookie one client's request brought back must not go out with another client's.
-        """
-        key = (method, url, tuple(sorted(params.items())) if params else ())
-        cached = self._templates.get(key)
-        if cached is None:
-            template = session.prepare_request(requests.Request(method, url, params=params))
-            template.prepare_cookies({})
-            cached = (template, any(requests.utils.get_auth_from_url(template.url)))
-            if len(self._templates) >= MAX_TEMPLATES:
-                # Model ids may come from clients (wildcard names in URL paths): stay bounded.
-                self._templates.clear()
-            self._templates[key] = cached
-        template, url_auth = cached
-        request = template.copy()
-        request.prepare_headers(headers)
-        request.prepare_body(body, None)
-        if url_auth:
-            # `https://user:pass@host` means Basic auth, as Session.request makes it.
-            request.prepare_auth(None)
-        return request
-
     def connections(self) -> dict[str, int]:
         """Upstream connections of this worker: checked out now (`in_use`) and pooled idle."""
-        in_use = idle = 0
         with self._lock:
             sessions = list(self._sessions.values())
-        for session in sessions:
-            # One adapter is mounted for both http:// and https://: count it once.
-            for adapter in {id(a): a for a in session.adapters.values()}.values():
-                pools = adapter.poolmanager.pools
-                for key in pools.keys():
-                    pool = pools.get(key)
-                    if pool is None or pool.pool is None:
-                        continue
-                    queued = pool.pool.qsize()
-                    in_use += pool.pool.maxsize - queued
-                    idle += sum(
-                        1
-                        for conn in list(pool.pool.queue)
-                        if conn is not None and getattr(conn, "sock", None) is not None
-                    )
-        return {"in_use": in_use, "idle": idle}
+        managers = [manager for session in sessions for manager in pool_managers(session)]
+        counts = [pool_counts(manager) for manager in managers]
+        return {
+            "in_use": sum(count.in_use for count in counts),
+            "idle": sum(count.idle for count in counts),
+        }
 
     def close(self) -> None:
         with self._lock:
@@ -424,33 +380,14 @@ def release(response: requests.Response, reuse: bool = False) -> None:
     A stream is over for the proxy at its last event (`[DONE]`, `message_stop`), a few bytes
     before its HTTP body is (the chunked terminator). Reading those bytes, if they come within
     DRAIN_SECONDS and MAX_DRAIN_BYTES, lets urllib3 pool the connection, so the next stream to
-    that upstream skips a TCP and TLS handshake. Anything else closes the connection. The socket
-    timeouts set here are the drain's own: urllib3 sets its own before each use of the connection.
+    that upstream skips a TCP and TLS handshake. Anything else closes the connection.
     """
     watch = watch_of(response)
     if watch is not None:
         # Before the connection can go back to the pool, where it may serve another request.
         watchdog.WATCHDOG.discard(watch)
-    raw = response.raw
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    # Only a body that ends by its framing (chunked, or a length) leaves a reusable connection;
-    # one that ends when the upstream closes would only be waited for.
-    framed = getattr(raw, "chunked", False) or getattr(raw, "length_remaining", None) is not None
-    if reuse and sock is not None and framed:
-        deadline = time.monotonic() + DRAIN_SECONDS
-        try:
-            left = MAX_DRAIN_BYTES
-            while left > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                sock.settimeout(remaining)
-                data = raw.read1(left)
-                if not data:
-                    break
-                left -= len(data)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
-            pass  # not at its end in time: the connection is closed below, as without reuse
+    if reuse:
+        drain(response.raw, DRAIN_SECONDS, MAX_DRAIN_BYTES)
     response.close()
 
 

@@ -6,9 +6,9 @@ answer being waited for or read: once it is past its deadline, or the client it 
 up, the watchdog shuts the upstream socket down. That wakes the reading thread with an end of
 stream or an error, and the reader raises the watch's error (`Watch.check`).
 
-Watches are made where the socket is known, as urllib3 sends a request (`WatchedHTTPConnection`),
-for the request scope the blueprints open (`scope`); this module is the one place that reaches
-into urllib3's connection classes, and tests/test_watchdog.py fails if they change under it.
+Watches are made where the socket is known, as urllib3 sends a request (`install`, through
+app.hooks.urllib3, the one place that reaches into urllib3's connection classes), for the
+request scope the blueprints open (`enter_scope`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
 from app.errors import ClientGoneError, UpstreamTimeoutError
+from app.hooks.urllib3 import released, watch_connections
 
 logger = logging.getLogger(__name__)
 
@@ -125,33 +123,9 @@ def _watch_socket(sock: socket.socket | None) -> None:
     WATCHDOG.add(watch)
 
 
-class WatchedHTTPConnection(HTTPConnection):
-    def getresponse(self, *args, **kwargs):
-        # The request is sent; from here the thread waits on the upstream for its headers.
-        _watch_socket(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class WatchedHTTPSConnection(HTTPSConnection):
-    def getresponse(self, *args, **kwargs):
-        _watch_socket(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class WatchedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = WatchedHTTPConnection
-
-
-class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = WatchedHTTPSConnection
-
-
 def install(poolmanager) -> None:
-    """Make a requests adapter's pool manager open watched connections."""
-    poolmanager.pool_classes_by_scheme = {
-        "http": WatchedHTTPConnectionPool,
-        "https": WatchedHTTPSConnectionPool,
-    }
+    """Make a requests adapter's pool manager open connections the watchdog sees."""
+    watch_connections(poolmanager, _watch_socket)
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -228,7 +202,7 @@ class Watchdog:
             watches = list(self._watches)
         wait = self.poll_seconds
         for watch in watches:
-            if watch.raw is not None and getattr(watch.raw, "connection", None) is None:
+            if released(watch.raw):
                 # urllib3 gave the connection back (the answer was read to its end): it may
                 # already serve another request, so it is never touched from here.
                 self.discard(watch)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 import yaml
 
@@ -127,15 +124,3 @@ def provider_client(make_app):
         return client
 
     return make
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> object:
-    """Poll `condition` until it is true and return its value; fail the test at `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.01)

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -30,6 +32,22 @@ PROXY_VARS = (
     "LOG_LEVEL",
     "LOG_FORMAT",
 )
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy or `timeout` seconds pass.
+
+    Returns its last value, so `assert wait_until(lambda: ...)` fails with what it saw last.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -83,18 +101,28 @@ class ProxyServer:
         self.proc = subprocess.Popen(
             self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{self.logs()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.1)
+                return False
+
+        if wait_until(healthy, timeout, interval=0.1):
+            return self
         self.stop()
         raise RuntimeError(f"proxy did not become healthy:\n{self.logs()}")
+
+    def worker_pids(self) -> set[int]:
+        """gunicorn's worker processes now: the master's children (empty without /proc)."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return set()
+        return {int(child) for child in children}
 
     def logs(self) -> str:
         try:
@@ -147,14 +175,16 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             try:
-                if client.ping():
-                    return self
+                return bool(client.ping())
             except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        if not wait_until(answers, timeout, interval=0.05):
+            raise RuntimeError("redis-server did not start")
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import requests
 import yaml
 
 from app.version import __version__
-from tests.servers import ROOT, clean_env, free_port
+from tests.servers import ROOT, clean_env, free_port, wait_until
 
 SCRIPT = Path(sys.executable).parent / "ai-proxy"
 CLI = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "app.cli"]
@@ -60,16 +59,17 @@ class Running:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 20) -> Running:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited {self.proc.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/ping", timeout=1).status_code == 200:
-                    return self
+                return requests.get(self.url + "/ping", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.1)
+                return False
+
+        if wait_until(serving, timeout, interval=0.1):
+            return self
         raise AssertionError(f"not serving after {timeout}s:\n{self.output()}")
 
     def wait_exit(self, timeout: float = 20) -> int:

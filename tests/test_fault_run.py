@@ -38,6 +38,7 @@ import openai
 import pytest
 import requests
 
+from tests.servers import wait_until
 from tests.stub_upstream import Recorded, Reply, chat_chunks, chat_completion
 
 FAULT_SECONDS = float(os.environ.get("AI_PROXY_FAULT_SECONDS") or 8)
@@ -848,39 +849,40 @@ def test_fault_run(proxy_factory, redis_server, upstream):
     pids = worker_pids(proxy.proc.pid)
     in_use: dict[object, int] = {}
     unknown_zero_streak = 0
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+
+    def all_given_back() -> bool:
+        nonlocal unknown_zero_streak
         pid, report = admin_status(proxy.url, pids)
         connections = report["upstream_connections"]
         if pid is None:
             unknown_zero_streak = unknown_zero_streak + 1 if connections["in_use"] == 0 else 0
         else:
             in_use[pid] = connections["in_use"]
-        settled = (
-            set(in_use) == pids and not any(in_use.values())
-            if in_use
-            else unknown_zero_streak >= 12
-        )
-        if settled:
-            break
-        time.sleep(0.1)
+        if in_use:
+            return set(in_use) == pids and not any(in_use.values())
+        return unknown_zero_streak >= 12
+
+    wait_until(all_given_back, timeout=15, interval=0.1)
     drain_seconds = time.monotonic() - started - load_seconds
 
     # With the faults gone, the deployments come back after their cooldowns.
     faulty.mode = "healthy"
-    recovered = None
     recover_from = time.monotonic()
-    while time.monotonic() < recover_from + REQUEST_TIMEOUT + 6:
+
+    def answered() -> bool:
         response = requests.post(
             proxy.url + "/v1/chat/completions",
             json={"model": MODEL, "messages": MESSAGES},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=10,
         )
-        if response.status_code == 200:
-            recovered = time.monotonic() - recover_from
-            break
-        time.sleep(0.2)
+        return response.status_code == 200
+
+    recovered = (
+        time.monotonic() - recover_from
+        if wait_until(answered, timeout=REQUEST_TIMEOUT + 6, interval=0.2)
+        else None
+    )
     ready = requests.get(proxy.url + "/readyz", timeout=5)
     faulty.mode = "slow"
     beside_one_stream, stream_worker = in_use_beside_one_stream(proxy.url, pids)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import openai
@@ -13,7 +12,7 @@ import requests
 import yaml
 
 from tests.conftest import TOKEN
-from tests.servers import ProxyServer
+from tests.servers import ProxyServer, wait_until
 from tests.stub_upstream import Reply, StubUpstream, chat_chunks, chat_completion
 
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -463,9 +462,12 @@ def test_every_api_response_has_safety_headers(http, proxy):
 
 
 def test_proxy_logs_hold_no_secrets(proxy, client, stub):
+    answered = "POST /v1/chat/completions 200"
+    before = proxy.logs().count(answered)
     stub.queue(Reply(body=chat_completion()))
     client.chat.completions.create(model="gpt-test", messages=USER)
-    time.sleep(0.2)
+    # Written as the answer finishes, just after the client has it.
+    assert wait_until(lambda: proxy.logs().count(answered) > before)
     logs = proxy.logs()
     assert TOKEN not in logs
     assert UPSTREAM_KEY not in logs

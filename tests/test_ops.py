@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import pytest
 import requests
@@ -13,6 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOKEN, openai_model
+from tests.servers import wait_until
 from tests.stub_upstream import Reply, chat_chunks
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "count me in"}]}
@@ -146,7 +146,12 @@ def test_metrics_add_up_across_two_workers(proxy_factory):
             ).status_code
             == 200
         )
-    time.sleep(0.2)
+
+    def counted() -> bool:
+        text = requests.get(proxy.url + "/metrics", timeout=5).text
+        return sample(text, "ai_proxy_requests_total", model="echo", status="200") == before + 30
+
+    assert wait_until(counted)
     for _ in range(4):
         text = requests.get(proxy.url + "/metrics", timeout=5).text
         assert sample(text, "ai_proxy_requests_total", model="echo", status="200") == before + 30
@@ -178,10 +183,15 @@ def test_request_log_lines_are_json_without_secrets(proxy_factory, upstream):
         headers={"Authorization": "Bearer wrong-token"},
         timeout=5,
     )
-    time.sleep(0.5)
+
+    def access_lines() -> list[dict]:
+        lines = [json.loads(line) for line in proxy.logs().splitlines() if line.strip()]
+        return [line for line in lines if line.get("logger") == "ai_proxy.access"]
+
+    # Each line is written as its answer finishes, just after the client has it.
+    assert wait_until(lambda: len(access_lines()) >= 3)
     logs = proxy.logs()
-    lines = [json.loads(line) for line in logs.splitlines() if line.strip()]
-    requests_logged = [line for line in lines if line.get("logger") == "ai_proxy.access"]
+    requests_logged = access_lines()
     (first,) = [line for line in requests_logged if line.get("request_id") == "trace-me-1"]
     assert first["token"] == "team-a" and first["model"] == "gpt"
     assert first["provider"] == "openai" and first["status"] == 200
@@ -217,7 +227,8 @@ def test_sigterm_lets_a_slow_stream_finish(proxy_factory, upstream):
 
     reader = threading.Thread(target=consume)
     reader.start()
-    time.sleep(0.6)
+    # SIGTERM comes mid-stream: after the first words, well before the last.
+    assert wait_until(lambda: len(received) >= 3)
     proxy.proc.send_signal(signal.SIGTERM)
     reader.join(20)
     assert received[-1] == "data: [DONE]"
@@ -236,6 +247,7 @@ def test_sighup_reloads_the_config_without_a_failed_request(proxy_factory, tmp_p
     new = base_config()
     new["models"].append({"name": "echo-new", "provider": "echo"})
     failures: list[str] = []
+    answered = [0]
     stop = threading.Event()
 
     def poll():
@@ -247,27 +259,30 @@ def test_sighup_reloads_the_config_without_a_failed_request(proxy_factory, tmp_p
                 ).status_code
                 if status != 200:
                     failures.append(str(status))
+                answered[0] += 1
             except requests.RequestException as err:
                 failures.append(type(err).__name__)
 
     pollers = [threading.Thread(target=poll) for _ in range(3)]
     for poller in pollers:
         poller.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: answered[0] >= 10)
+    old_workers = proxy.worker_pids()
     config_path.write_text(yaml.safe_dump(new))
     proxy.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    served = False
-    while time.monotonic() < deadline and not served:
+
+    def serves_the_new_model() -> bool:
         response = session().post(
             proxy.url + "/v1/chat/completions",
             json={**CHAT, "model": "echo-new"},
             headers=AUTH,
             timeout=5,
         )
-        served = response.status_code == 200
-        time.sleep(0.2)
-    time.sleep(1.0)  # keep polling while the old workers finish
+        return response.status_code == 200
+
+    served = wait_until(serves_the_new_model, timeout=20, interval=0.2)
+    # Keep the load on while the old workers finish.
+    assert wait_until(lambda: not old_workers & proxy.worker_pids(), timeout=30)
     stop.set()
     for poller in pollers:
         poller.join(10)

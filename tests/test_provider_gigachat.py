@@ -22,7 +22,8 @@ from app.config import ConfigError, ModelConfig, RetryConfig
 from app.providers import CallContext
 from app.providers.gigachat import DEFAULT_AUTH_URL, GigaChatProvider
 from app.upstream import UpstreamPool
-from tests.conftest import TOKEN, wait_until
+from tests.conftest import TOKEN
+from tests.servers import wait_until
 from tests.stub_upstream import Reply
 
 UPSTREAM = "https://giga.example.test/api/v1"
@@ -241,7 +242,7 @@ def test_concurrent_requests_share_one_token_fetch():
 
     def slow_oauth(request):
         # The first fetch answers only once every thread has asked for a token.
-        wait_until(lambda: len(arrived) == 8)
+        assert wait_until(lambda: len(arrived) == 8)
         return 200, {}, json.dumps(oauth("shared"))
 
     def ask(_):

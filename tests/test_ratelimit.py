@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
-from limits import RateLimitItemPerSecond
 
-from app.ratelimit import STRATEGIES as STRATEGIES_BY_NAME
-from app.ratelimit import SweptMemoryStorage, format_reset, make_storage
+from app.ratelimit import Owner, format_reset
 from tests.conftest import openai_model
 from tests.servers import free_port
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
@@ -287,54 +284,6 @@ def test_memory_storage_starts_no_thread_per_request(make_app):
     assert any(t.name == "ai-proxy-quota-sweeper" for t in threading.enumerate())
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_memory_storage_forgets_passed_windows(monkeypatch, strategy):
-    """Expired entries and counters are dropped by the sweeper, so memory stays bounded."""
-    monkeypatch.setattr(SweptMemoryStorage, "sweep_seconds", 0.02)
-    storage = make_storage("memory://")
-    limiter = STRATEGIES_BY_NAME[strategy](storage)
-    item = RateLimitItemPerSecond(100)
-    for _ in range(5):
-        assert limiter.hit(item, "sweep-test")
-
-    def held() -> int:
-        return sum(map(len, storage.events.values())) + len(storage.storage)
-
-    assert held()
-    deadline = time.monotonic() + 5
-    while held() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not held()
-    # Counting still works after a sweep.
-    assert limiter.hit(item, "sweep-test")
-
-
-def test_a_forked_worker_sweeps_its_own_storage():
-    """gunicorn --preload forks workers after the storage was made: each starts its sweeper."""
-    storage = make_storage("memory://")
-    pid = os.fork()
-    if pid == 0:  # the child: report through the exit code only
-        alive = any(
-            t.name == "ai-proxy-quota-sweeper" and t.is_alive() for t in threading.enumerate()
-        )
-        os._exit(0 if alive else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert storage is not None
-
-
-def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
-    finished = threading.Thread(target=lambda: None)
-    finished.start()
-    finished.join()
-    storage = make_storage("memory://")
-    monkeypatch.setattr(SweptMemoryStorage, "_sweeper", finished)
-    monkeypatch.setattr(SweptMemoryStorage, "_last_sweep", 0.0)
-    assert STRATEGIES_BY_NAME["fixed-window"](storage).hit(RateLimitItemPerSecond(5), "restart")
-    assert SweptMemoryStorage._sweeper is not finished
-    assert SweptMemoryStorage._sweeper.is_alive()
-
-
 def test_token_quota_round_trips_with_redis(make_app, redis_server):
     """rpm + tpm on the token and rpm on the deployment: the token window read that checks the
     token limit also gives the x-ratelimit-*-tokens headers, so a request costs five quota
@@ -370,3 +319,60 @@ def test_token_quota_round_trips_with_redis(make_app, redis_server):
     assert response.headers["x-ratelimit-remaining-requests"] == "98"
     assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10_000
     assert scripts() - before == 5
+
+
+def test_storage_keys_name_owner_and_count_as_before(make_app):
+    """Counters in a shared Redis outlive a proxy upgrade: their keys must not change."""
+    app = make_app(
+        {
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "a",
+                        "token": "k-1",
+                        "requests_per_minute": 5,
+                        "tokens_per_day": 100,
+                        "budget_per_month": 2,
+                    }
+                ]
+            },
+            "models": [
+                {
+                    "name": "echo",
+                    "provider": "echo",
+                    "requests_per_hour": 7,
+                    "tokens_per_minute": 50,
+                }
+            ],
+        }
+    )
+    quotas = app.extensions["ai_proxy"].quotas
+    limits = [
+        limit
+        for table in (quotas.tokens, quotas.token_usage, quotas.models, quotas.model_tokens)
+        for owned in table.values()
+        for limit in owned
+    ]
+    assert sorted(limit.item.key_for(*limit.identifiers) for limit in limits) == sorted(
+        [
+            "LIMITER/requests/moving-window/token:a/5/1/minute",
+            "LIMITER/tokens/sliding-window-counter/token:a/100/1/day",
+            "LIMITER/budget/sliding-window-counter/token:a/2000000/1/month",
+            "LIMITER/requests/moving-window/model:echo#0/7/1/hour",
+            "LIMITER/tokens/sliding-window-counter/model:echo#0/50/1/minute",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "key"),
+    [
+        (Owner.DEPLOYMENT, "gpt#0", "model:gpt#0"),
+        (Owner.DEPLOYMENT, "a:b#1", "model:a:b#1"),
+        (Owner.TOKEN, "team-a", "token:team-a"),
+        (Owner.TOKEN, "", "token:"),
+    ],
+)
+def test_owner_keys(owner, name, key):
+    assert owner.key(name) == key
+    assert isinstance(owner.key(name), str)

@@ -23,6 +23,7 @@ from app.redact import (
     scrub_shapes,
     url_secrets,
 )
+from tests.servers import wait_until
 from tests.stub_upstream import Reply, StubUpstream, chat_chunks
 
 _RANDOM = random.Random(12)
@@ -719,12 +720,8 @@ def test_gigachat_credentials_and_access_token_echoed_back(make_app, upstream, c
 
 def wait_until_logged(proxy, text: str, timeout: float = 10.0) -> str:
     """The server's log once it holds `text` (lines are written as the answers finish)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        logs = proxy.logs()
-        if text in logs or time.monotonic() > deadline:
-            return logs
-        time.sleep(0.05)
+    wait_until(lambda: text in proxy.logs(), timeout)
+    return proxy.logs()
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

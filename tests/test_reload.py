@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,25 +21,18 @@ import requests
 import yaml
 
 from tests.conftest import TOKEN
-from tests.servers import ProxyServer
+from tests.servers import ProxyServer, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEY_VAR = "RELOAD_TEST_KEY"
+# A reload starts new workers (seconds each on a busy machine): waits for one are long.
+RELOAD_SECONDS = 30.0
 
 
 def config(*names: str, **extra) -> dict:
     # The key comes from the .env file, so that a case can take it away.
     models = [{"name": n, "provider": "echo", "token": f"${{{KEY_VAR}}}"} for n in names]
     return {"auth": {"tokens": [{"name": "team-a", "token": TOKEN}]}, "models": models, **extra}
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return bool(condition())
 
 
 def served_models(proxy: ProxyServer) -> set[str] | None:
@@ -53,13 +45,10 @@ def served_models(proxy: ProxyServer) -> set[str] | None:
     return {m["id"] for m in response.json()["data"]}
 
 
-def worker_pids(proxy: ProxyServer) -> set[int]:
-    pid = proxy.proc.pid
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return set()
-    return {int(child) for child in children}
+def assert_serves(proxy: ProxyServer, *names: str) -> None:
+    """Wait until the proxy serves exactly the models `names` (its workers may be restarting)."""
+    served = wait_until(lambda: served_models(proxy) == set(names), RELOAD_SECONDS, interval=0.1)
+    assert served, proxy.logs()[-3000:]
 
 
 def log_messages(proxy: ProxyServer) -> list[str]:
@@ -173,7 +162,7 @@ def reload_proxy(tmp_path):
 def hup_and_wait_for(proxy: ProxyServer, fragment: str) -> str:
     """Send HUP; the first new log line from the reload hook that contains `fragment`."""
     seen = len(log_messages(proxy))
-    before = worker_pids(proxy)
+    before = proxy.worker_pids()
     proxy.proc.send_signal(signal.SIGHUP)
     found: list[str] = []
 
@@ -181,17 +170,19 @@ def hup_and_wait_for(proxy: ProxyServer, fragment: str) -> str:
         found[:] = [m for m in log_messages(proxy)[seen:] if fragment in m]
         return bool(found)
 
-    assert wait_until(logged), proxy.logs()[-3000:]
+    assert wait_until(logged, RELOAD_SECONDS, interval=0.1), proxy.logs()[-3000:]
     # gunicorn replaces every worker on HUP, also when the config is refused: wait for that.
-    assert wait_until(lambda: len(worker_pids(proxy) - before) == 2), proxy.logs()[-3000:]
+    replaced = wait_until(lambda: len(proxy.worker_pids() - before) == 2, RELOAD_SECONDS)
+    assert replaced, proxy.logs()[-3000:]
     return found[0]
 
 
 def kill_every_worker(proxy: ProxyServer) -> None:
-    before = worker_pids(proxy)
+    before = proxy.worker_pids()
     for pid in before:
         os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: len(worker_pids(proxy) - before) == 2), proxy.logs()[-3000:]
+    replaced = wait_until(lambda: len(proxy.worker_pids() - before) == 2, RELOAD_SECONDS)
+    assert replaced, proxy.logs()[-3000:]
 
 
 @pytest.mark.parametrize("case", list(BREAKS))
@@ -205,11 +196,11 @@ def test_a_bad_reload_keeps_the_old_config(reload_proxy, case):
     assert fragment in line, line
     assert "k1" not in line and TOKEN not in proxy.logs()
     assert proxy.proc.poll() is None
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
 
     # A worker that dies while the file is still bad comes back with the config that was good.
     kill_every_worker(proxy)
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
     assert proxy.proc.poll() is None
 
     if path.is_dir():
@@ -218,9 +209,9 @@ def test_a_bad_reload_keeps_the_old_config(reload_proxy, case):
     env_file.write_text(f"{KEY_VAR}=k1\n")
     line = hup_and_wait_for(proxy, "reload applied")
     assert str(path) in line and "1 model deployment(s)" in line
-    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-new")
     kill_every_worker(proxy)
-    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-new")
 
 
 def test_one_line_per_problem(reload_proxy):
@@ -241,9 +232,9 @@ def test_one_line_per_problem(reload_proxy):
         return {p: sum(p in line for line in lines) for p in paths}
 
     hup_and_wait_for(proxy, "reload refused")
-    assert wait_until(lambda: all(refusals().values())), proxy.logs()[-3000:]
+    assert wait_until(lambda: all(refusals().values()), RELOAD_SECONDS), proxy.logs()[-3000:]
     assert refusals() == dict.fromkeys(paths, 1)
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
 
 
 def test_a_bad_reload_under_ai_proxy_serve(reload_proxy):
@@ -251,12 +242,12 @@ def test_a_bad_reload_under_ai_proxy_serve(reload_proxy):
     assert served_models(proxy) == {"echo-old"}
     path.write_text("models: [")
     assert "line" in hup_and_wait_for(proxy, "reload refused")
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
     kill_every_worker(proxy)
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
     write_yaml(path, config("echo-new"))
     hup_and_wait_for(proxy, "reload applied")
-    assert wait_until(lambda: served_models(proxy) == {"echo-new"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-new")
 
 
 def test_the_refused_file_is_no_longer_read_by_workers(reload_proxy):
@@ -266,7 +257,7 @@ def test_the_refused_file_is_no_longer_read_by_workers(reload_proxy):
     hup_and_wait_for(proxy, "reload refused")
     write_yaml(path, config("echo-new"))
     kill_every_worker(proxy)
-    assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+    assert_serves(proxy, "echo-old")
 
 
 def test_no_request_fails_during_a_refused_reload(reload_proxy):
@@ -293,11 +284,11 @@ def test_no_request_fails_during_a_refused_reload(reload_proxy):
     for poller in pollers:
         poller.start()
     try:
-        assert wait_until(lambda: served[0] > 10)
+        assert wait_until(lambda: served[0] > 10, RELOAD_SECONDS, interval=0.1)
         path.write_text("models: [")
         hup_and_wait_for(proxy, "reload refused")
         count = served[0]
-        assert wait_until(lambda: served[0] > count + 10)
+        assert wait_until(lambda: served[0] > count + 10, RELOAD_SECONDS, interval=0.1)
     finally:
         stop.set()
         for poller in pollers:
@@ -323,6 +314,6 @@ def test_a_reload_onto_a_busy_port_keeps_listening(tmp_path):
             line = hup_and_wait_for(proxy, "still listening where it was")
             assert f"127.0.0.1:{busy} is already in use" in line
             assert proxy.proc.poll() is None
-            assert wait_until(lambda: served_models(proxy) == {"echo-old"}), proxy.logs()[-3000:]
+            assert_serves(proxy, "echo-old")
         finally:
             proxy.stop()

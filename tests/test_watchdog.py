@@ -15,13 +15,12 @@ from collections.abc import Callable
 
 import pytest
 import requests
-import urllib3.connection
-import urllib3.connectionpool
+import urllib3
 import yaml
 
 from app import watchdog
 from tests.conftest import TOKEN
-from tests.servers import ProxyServer
+from tests.servers import ProxyServer, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
@@ -39,15 +38,6 @@ ANSWER = json.dumps(
 ).encode()
 # No script runs longer than this, whatever the proxy does.
 SCRIPT_SECONDS = 20.0
-
-
-def wait_until(condition: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 class ScriptedUpstream:
@@ -282,17 +272,22 @@ def test_a_departed_client_is_seen_without_reading_from_it():
         client.close()
 
 
-def test_urllib3_still_builds_connections_the_watchdog_can_see():
-    """Fails when urllib3 changes the two things the watchdog relies on."""
-    assert urllib3.connectionpool.HTTPConnectionPool.ConnectionCls is not None
-    pool = watchdog.WatchedHTTPConnectionPool("127.0.0.1", 1)
-    assert isinstance(pool._new_conn(), watchdog.WatchedHTTPConnection)
-    assert "getresponse" in vars(urllib3.connection.HTTPConnection)
-    manager = urllib3.PoolManager()
+def test_installed_pools_report_to_the_watchdog(upstream):
+    """Connections of an installed pool manager are watched under the thread's scope (what
+    urllib3 must do for this is pinned in tests/test_hooks_urllib3.py)."""
+    manager = urllib3.PoolManager(retries=False)
     watchdog.install(manager)
-    assert manager.connection_from_url("https://example.invalid").ConnectionCls is (
-        watchdog.WatchedHTTPSConnection
-    )
+    watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30))
+    try:
+        with watchdog.sending() as watches:
+            assert manager.request("GET", upstream.url + "/a").status == 200
+    finally:
+        watchdog.enter_scope(None)
+        manager.clear()
+    (watch,) = watches
+    assert isinstance(watch.sock, socket.socket)
+    assert watch in watchdog.WATCHDOG._watches
+    watchdog.WATCHDOG.discard(watch)
 
 
 # -- through gunicorn: a client that leaves frees its thread and the upstream connection ----

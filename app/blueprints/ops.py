@@ -11,6 +11,7 @@ from app import metrics
 from app.auth import extract_token, token_bytes
 from app.blueprints.common import json_response, proxy_state
 from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from app.ratelimit import Owner
 
 bp = Blueprint("ai_proxy_ops", __name__)
 
@@ -92,11 +93,11 @@ def status_report() -> dict:
                 "consecutive_failures": breaker.failures,
                 "latency_ms": router.latency_ms(model.key),
                 "in_flight": in_flight.get(model.key, 0),
-                "quota": quotas.report(f"model:{model.key}"),
+                "quota": quotas.report(Owner.DEPLOYMENT.key(model.key)),
             }
         )
     tokens = [
-        {"name": token.name, "quota": quotas.report(f"token:{token.name}")}
+        {"name": token.name, "quota": quotas.report(Owner.TOKEN.key(token.name))}
         for token in state.config.tokens
     ]
     return {

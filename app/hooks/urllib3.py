@@ -1,0 +1,120 @@
+"""urllib3 internals the proxy relies on: watched connections, pool counts, the drain.
+
+- `watch_connections`: a pool manager's pools open connections that report their socket just
+  before the thread waits for an answer (`pool_classes_by_scheme`, `ConnectionCls`, and
+  `HTTPConnection.getresponse` being where urllib3 waits).
+- `pool_counts`: connections checked out and pooled idle (`PoolManager.pools`, each pool's
+  `pool` queue of `maxsize` slots holding connections or `None` placeholders).
+- `drain`: read the last bytes of a framed answer so urllib3 gives its connection back to the
+  pool (`HTTPResponse.connection.sock`, `chunked`, `length_remaining`, `read1`).
+- `released`: whether urllib3 has given an answer's connection back (`HTTPResponse.connection`).
+
+tests/test_hooks_urllib3.py pins each of these against a real local HTTP server.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import urllib3.exceptions
+from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import BaseHTTPResponse
+
+OnWait = Callable[[socket.socket | None], None]
+
+
+class ConnectionCounts(NamedTuple):
+    in_use: int  # checked out of a pool and not given back yet
+    idle: int  # pooled, with an open socket, ready for the next request
+
+
+@functools.cache
+def _pool_classes(on_wait: OnWait) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes whose connections call `on_wait(sock)` once a request is sent."""
+
+    class WatchedHTTPConnection(HTTPConnection):
+        def getresponse(self, *args, **kwargs):
+            # The request is sent; from here the thread waits on the upstream for its headers.
+            on_wait(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    class WatchedHTTPSConnection(HTTPSConnection):
+        def getresponse(self, *args, **kwargs):
+            on_wait(self.sock)
+            return super().getresponse(*args, **kwargs)
+
+    class WatchedHTTPConnectionPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
+
+    class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
+
+    return {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
+
+
+def watch_connections(poolmanager: PoolManager, on_wait: OnWait) -> None:
+    """Make `poolmanager` open connections that call `on_wait(sock)` before each answer wait.
+
+    Pools made before this call keep their old connections: call it on a new pool manager.
+    """
+    poolmanager.pool_classes_by_scheme = _pool_classes(on_wait)
+
+
+def pool_counts(poolmanager: PoolManager) -> ConnectionCounts:
+    """The connections of one pool manager: checked out now, and pooled idle."""
+    in_use = idle = 0
+    pools = poolmanager.pools
+    for key in pools.keys():
+        pool = pools.get(key)
+        # A closed pool's queue is None; a pool evicted since keys() was read is gone.
+        if pool is None or pool.pool is None:
+            continue
+        queue = pool.pool
+        # Every slot not in the queue is a connection checked out; the queue holds pooled
+        # connections and `None` placeholders for connections not made yet.
+        in_use += queue.maxsize - queue.qsize()
+        idle += sum(
+            1
+            for conn in list(queue.queue)
+            if conn is not None and getattr(conn, "sock", None) is not None
+        )
+    return ConnectionCounts(in_use, idle)
+
+
+def released(raw: BaseHTTPResponse | None) -> bool:
+    """Whether urllib3 gave this answer's connection back (read to its end, or closed)."""
+    return raw is not None and getattr(raw, "connection", None) is None
+
+
+def drain(raw: BaseHTTPResponse | None, seconds: float, max_bytes: int) -> None:
+    """Read what is left of an answer if it ends by its framing within `seconds`/`max_bytes`.
+
+    Read to its end, an answer's connection goes back to urllib3's pool. An answer whose end is
+    only the upstream closing (no chunked framing, no length) is not waited for. The socket
+    timeouts set here are the drain's own: urllib3 sets its own before each use of the
+    connection. Whatever goes wrong only means the connection is not reused.
+    """
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    framed = getattr(raw, "chunked", False) or getattr(raw, "length_remaining", None) is not None
+    if sock is None or not framed:
+        return
+    deadline = time.monotonic() + seconds
+    left = max_bytes
+    try:
+        while left > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            data = raw.read1(left)
+            if not data:
+                return
+            left -= len(data)
+    except (urllib3.exceptions.HTTPError, OSError, ValueError):
+        return  # not at its end in time: the caller closes the connection

@@ -1,0 +1,138 @@
+"""Pins what app.hooks.urllib3 relies on in urllib3, against a real local HTTP server.
+
+Each test fails if an urllib3 upgrade changes a hook's footing: where a connection waits for
+its answer, how pools keep their connections, or when an answer gives its connection back.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import urllib3
+import urllib3.connection
+from urllib3.connectionpool import HTTPConnectionPool
+
+from app.hooks.urllib3 import ConnectionCounts, drain, pool_counts, released, watch_connections
+from tests.stub_upstream import Reply, StubUpstream
+
+EVENTS = ["data: one", "data: two", "data: three"]
+# The bytes of the SSE events above as the stub frames them, without the chunked terminator.
+EVENT_BYTES = sum(len(event) + 2 for event in EVENTS)
+
+
+@pytest.fixture
+def manager():
+    manager = urllib3.PoolManager(maxsize=2, retries=False)
+    yield manager
+    manager.clear()
+
+
+def stream(manager: urllib3.PoolManager, upstream: StubUpstream, **reply) -> urllib3.HTTPResponse:
+    upstream.queue(Reply(events=EVENTS, **reply))
+    return manager.request("POST", upstream.url + "/stream", body=b"{}", preload_content=False)
+
+
+def test_watched_connections_report_their_socket_before_each_answer(manager, upstream):
+    seen: list[socket.socket | None] = []
+    watch_connections(manager, seen.append)
+    for _ in range(2):
+        response = manager.request("GET", upstream.url + "/a")
+        assert response.status == 200
+    # Once per request, with the connection's open socket; kept alive, so the same socket.
+    assert len(seen) == 2
+    assert all(isinstance(sock, socket.socket) for sock in seen)
+    assert seen[0] is seen[1]
+    assert len({r.headers["X-Client-Port"] for r in upstream.requests}) == 1
+
+
+@pytest.mark.parametrize(
+    "scheme, connection_cls",
+    [("http", urllib3.connection.HTTPConnection), ("https", urllib3.connection.HTTPSConnection)],
+)
+def test_watched_pools_make_watched_connections(manager, scheme, connection_cls):
+    watch_connections(manager, lambda sock: None)
+    pool = manager.connection_from_url(f"{scheme}://example.invalid")
+    assert issubclass(pool.ConnectionCls, connection_cls)
+    assert "getresponse" in vars(pool.ConnectionCls)
+    assert isinstance(pool._new_conn(), connection_cls)
+    # urllib3 waits for an answer in HTTPConnection.getresponse: that is what is overridden.
+    assert "getresponse" in vars(urllib3.connection.HTTPConnection)
+    assert HTTPConnectionPool.ConnectionCls is urllib3.connection.HTTPConnection
+
+
+def test_pool_counts_see_connections_checked_out_and_given_back(manager, upstream):
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=0)
+    first = stream(manager, upstream)
+    assert pool_counts(manager) == ConnectionCounts(in_use=1, idle=0)
+    second = stream(manager, upstream)
+    assert pool_counts(manager) == ConnectionCounts(in_use=2, idle=0)
+    first.read()
+    second.read()
+    # Read to their ends, both answers gave their connections back: pooled, sockets open.
+    assert released(first) and released(second)
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=2)
+    manager.clear()
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=0)
+
+
+def test_a_closed_answer_does_not_count_as_idle(manager, upstream):
+    response = stream(manager, upstream)
+    response.read(5)
+    response.close()
+    response.release_conn()
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=0)
+
+
+def test_drain_gives_a_chunked_answer_s_connection_back(manager, upstream):
+    response = stream(manager, upstream)
+    assert response.chunked
+    # All the events are read; only the chunked terminator is left on the wire.
+    assert len(response.read(EVENT_BYTES)) == EVENT_BYTES
+    assert not released(response)
+    drain(response, seconds=5.0, max_bytes=64 * 1024)
+    assert released(response)
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=1)
+    # The next request goes out on the same connection.
+    manager.request("GET", upstream.url + "/next")
+    ports = [r.headers["X-Client-Port"] for r in upstream.requests]
+    assert ports[0] == ports[1]
+
+
+def test_drain_gives_a_sized_answer_s_connection_back(manager, upstream):
+    upstream.queue(Reply(body={"answer": "x" * 100}))
+    response = manager.request("GET", upstream.url + "/sized", preload_content=False)
+    assert response.length_remaining is not None
+    response.read(10)
+    drain(response, seconds=5.0, max_bytes=64 * 1024)
+    assert released(response)
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=1)
+
+
+def test_drain_leaves_an_answer_that_ends_only_when_the_upstream_closes(manager, upstream):
+    response = stream(manager, upstream, chunked=False)
+    assert not response.chunked and response.length_remaining is None
+    response.read(5)
+    drain(response, seconds=5.0, max_bytes=64 * 1024)
+    assert not released(response)
+    assert response.read(5)  # nothing was read past what the caller had
+
+
+def test_drain_stops_at_its_time_limit(manager, upstream):
+    response = stream(manager, upstream, delay=2.0)
+    drain(response, seconds=0.05, max_bytes=64 * 1024)
+    # The read timed out: urllib3 closed the connection rather than pool it.
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=0)
+
+
+def test_drain_stops_at_its_byte_limit(manager, upstream):
+    response = stream(manager, upstream)
+    drain(response, seconds=5.0, max_bytes=4)
+    assert not released(response)
+    assert pool_counts(manager) == ConnectionCounts(in_use=1, idle=0)
+
+
+@pytest.mark.parametrize("raw", [None, object()])
+def test_drain_and_released_take_anything(raw):
+    drain(raw, seconds=0.05, max_bytes=10)
+    assert released(raw) is (raw is not None)
