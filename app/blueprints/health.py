@@ -23,26 +23,30 @@ def get_health():
 
 @bp.get("/readyz")
 def get_readiness():
-    state = proxy_state()
-    loaded = len(state.config.models)
-    storage_ok = state.quotas.healthy()
-    policy = state.config.rate_limits.on_storage_error
-    checks = {
-        # No file-system path here: this endpoint answers without a token.
-        "config": {"ok": True},
-        "models": {"ok": loaded > 0, "loaded": loaded, "left_out": len(state.config.left_out)},
-        "rate_limit_storage": {
-            "ok": storage_ok,
-            "on_storage_error": policy,
-            "errors": state.quotas.storage_errors,
-        },
-    }
+    checks = readiness_checks()
+    storage = checks["rate_limit_storage"]
     # With `allow`, a storage outage degrades quotas but the proxy still serves.
-    ready = checks["config"]["ok"] and checks["models"]["ok"] and (storage_ok or policy == "allow")
+    storage_ok = storage["ok"] or storage["on_storage_error"] == "allow"
+    ready = checks["config"]["ok"] and checks["models"]["ok"] and storage_ok
     return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status=200 if ready else 503,
     )
+
+
+def readiness_checks() -> dict:
+    """Each check's state; no file-system path: this endpoint answers without a token."""
+    state = proxy_state()
+    loaded = len(state.config.models)
+    return {
+        "config": {"ok": True},
+        "models": {"ok": loaded > 0, "loaded": loaded, "left_out": len(state.config.left_out)},
+        "rate_limit_storage": {
+            "ok": state.quotas.healthy(),
+            "on_storage_error": state.config.rate_limits.on_storage_error,
+            "errors": state.quotas.storage_errors,
+        },
+    }
 
 
 @bp.get("/version")

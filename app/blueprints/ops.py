@@ -36,21 +36,25 @@ def get_metrics():
 
 @bp.get("/admin/status")
 def get_status():
+    require_admin()
+    return json_response(status_report())
+
+
+def require_admin() -> None:
+    """404 without an admin token configured, 401 without the right one, 403 for a client's."""
     state = proxy_state()
     expected = state.config.admin_token
     if not expected:
         raise NotFoundError(f"No route for {request.method} {request.path}.")
     presented = extract_token(request.headers)
     if presented is None:
-        raise AuthenticationError("/admin/status wants the admin token.")
+        raise AuthenticationError(f"{request.path} wants the admin token.")
     if not _matches(presented, expected):
-        is_client = state.authenticator.enabled and _is_client_token(presented)
-        if is_client:
+        if state.authenticator.enabled and _is_client_token(presented):
             raise PermissionDeniedError(
-                "A client token may not read /admin/status.", code="admin_only"
+                f"A client token may not read {request.path}.", code="admin_only"
             )
         raise AuthenticationError("Invalid admin token.")
-    return json_response(status_report())
 
 
 def _is_client_token(presented: str) -> bool:
