@@ -5,6 +5,11 @@ The settings live in app.server.gunicorn_options, shared with conf/gunicorn.conf
 `ai-proxy serve`.
 """
 
-from app.server import gunicorn_options
+try:
+    # This repository's folder, run from it.
+    from app.server import gunicorn_options
+except ImportError:
+    # The installed package (`ai_proxy`), run from anywhere else.
+    from ai_proxy.server import gunicorn_options
 
 globals().update(gunicorn_options())

@@ -15,7 +15,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["app", "app.*"]),
+    # Installed as `ai_proxy` (mapped onto this repository's app/ folder), so that a host
+    # project with an `app` of its own can still import it; inside, every import is relative.
+    packages=["ai_proxy", *(f"ai_proxy.{name}" for name in find_packages("app"))],
+    package_dir={"ai_proxy": "app"},
     py_modules=["wsgi"],
     install_requires=[
         "apispec>=6.8.3,<7",
@@ -42,5 +45,5 @@ setup(
             "ruff",
         ],
     },
-    entry_points={"console_scripts": ["ai-proxy=app.cli:main"]},
+    entry_points={"console_scripts": ["ai-proxy=ai_proxy.cli:main"]},
 )

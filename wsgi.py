@@ -12,10 +12,18 @@ this worker the environment and config it checked.
 import logging
 import os
 
-from app import create_app
-from app.config import load_env_file, runtime_from_env
-from app.logs import configure_logging
-from app.server import handed_over
+try:
+    # This repository's folder, run from it (`gunicorn wsgi:app`).
+    from app import create_app
+    from app.config import load_env_file, runtime_from_env
+    from app.logs import configure_logging
+    from app.server import handed_over
+except ImportError:
+    # The installed package, run from anywhere else.
+    from ai_proxy import create_app
+    from ai_proxy.config import load_env_file, runtime_from_env
+    from ai_proxy.logs import configure_logging
+    from ai_proxy.server import handed_over
 
 if not handed_over():
     load_env_file()

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from app.version import __version__
+from .version import __version__
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from app.extension import AIProxy
+    from .extension import AIProxy
 
 __all__ = ["AIProxy", "__version__", "create_app"]
 
@@ -28,7 +28,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     """
     from flask import Flask
 
-    from app.extension import AIProxy
+    from .extension import AIProxy
 
     overrides = dict(overrides or {})
     config_path = overrides.pop("config_path", None)
@@ -41,7 +41,7 @@ def create_app(overrides: Mapping | None = None) -> Flask:
 
 def __getattr__(name: str):
     if name == "AIProxy":
-        from app.extension import AIProxy
+        from .extension import AIProxy
 
         return AIProxy
     raise AttributeError(f"module 'app' has no attribute {name!r}")

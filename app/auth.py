@@ -8,9 +8,9 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 
-from app.config import TokenConfig
-from app.errors import AuthenticationError, PermissionDeniedError
-from app.model_ids import normalised
+from .config import TokenConfig
+from .errors import AuthenticationError, PermissionDeniedError
+from .model_ids import normalised
 
 MAX_TOKEN_LENGTH = 4096
 ANONYMOUS = TokenConfig(name="anonymous", sha256="")

@@ -6,8 +6,8 @@ environment values (WEB_CONCURRENCY=many), which `check-config` must report as a
 
 from __future__ import annotations
 
-from app.config import Config
-from app.providers import check_models
+from .config import Config
+from .providers import check_models
 
 
 def check_serving(config: Config) -> list[str]:

@@ -7,8 +7,8 @@ import getpass
 import os
 import sys
 
-from app.config import ConfigError, hash_token, load_config, load_env_file, runtime_from_env
-from app.version import __version__
+from .config import ConfigError, hash_token, load_config, load_env_file, runtime_from_env
+from .version import __version__
 
 COMMANDS = ("serve", "check-config", "hash-token")
 HELP = ("-h", "--help", "-help")
@@ -116,7 +116,7 @@ def hash_token_command(token: str | None) -> int:
 
 def check_config_command(config_path: str | None, env_file: str | None) -> int:
     # The same checks `serve` makes before it starts: provider faults, and no model left.
-    from app.checks import check_serving
+    from .checks import check_serving
 
     try:
         load_env_file(env_file)
@@ -195,7 +195,7 @@ def serve_command(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"ai-proxy: {problem}", file=sys.stderr)
         return 1
-    from app.server import ProxyApplication, gunicorn_options
+    from .server import ProxyApplication, gunicorn_options
 
     ProxyApplication(gunicorn_options(os.environ)).run()
     return 0

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from app import metrics
+from . import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from flask import Response
 
-from app.kinds import Surface
-from app.redact import REDACTOR
+from .kinds import Surface
+from .redact import REDACTOR
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from app import metrics, tracing, watchdog
-from app.auth import check_local_request
-from app.blueprints import anthropic, docs, go, health, openai, ops
-from app.config import Config, load_config
-from app.errors import (
+from . import metrics, tracing, watchdog
+from .auth import check_local_request
+from .blueprints import anthropic, docs, go, health, openai, ops
+from .config import Config, load_config
+from .errors import (
     ANTHROPIC,
     OPENAI,
     InvalidRequestError,
@@ -26,7 +26,7 @@ from app.errors import (
     RequestTooLargeError,
     error_response,
 )
-from app.state import EXTENSION_KEY, ProxyState, RequestState, build_state
+from .state import EXTENSION_KEY, ProxyState, RequestState, build_state
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ai_proxy.access")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from app.errors import UpstreamError
+from .errors import UpstreamError
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 

@@ -13,8 +13,8 @@ import time
 
 from gunicorn.glogging import Logger as GunicornLogger
 
-from app.config import runtime_from_env
-from app.redact import install_filter, install_on_loggers
+from .config import runtime_from_env
+from .redact import install_filter, install_on_loggers
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Fields of a LogRecord that are not `extra=` data.

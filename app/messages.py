@@ -8,10 +8,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from app.content import content_text
-from app.errors import InvalidRequestError, client_shape, upstream_shape
-from app.streaming import encode_event
-from app.tokens import estimate_tokens
+from .content import content_text
+from .errors import InvalidRequestError, client_shape, upstream_shape
+from .streaming import encode_event
+from .tokens import estimate_tokens
 
 STOP_REASONS = {
     "stop": "end_turn",

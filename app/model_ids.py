@@ -13,7 +13,7 @@ import unicodedata
 from enum import StrEnum
 from urllib.parse import quote, unquote
 
-from app.errors import InvalidRequestError
+from .errors import InvalidRequestError
 
 MAX_MODEL_ID_LENGTH = 256
 # Characters a model id may hold inside a URL path: letters, digits and a few marks that model

@@ -16,8 +16,8 @@ from typing import NamedTuple
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from app import answers, schemas
-from app.answers import (
+from . import answers, schemas
+from .answers import (
     CHAT,
     COUNT,
     DOCUMENT,
@@ -35,7 +35,7 @@ from app.answers import (
     TEXT,
     VERSION,
 )
-from app.version import __version__
+from .version import __version__
 
 OPENAPI_VERSION = "3.1.0"
 OPENAI, ANTHROPIC = "OpenAI", "Anthropic"

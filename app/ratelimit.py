@@ -30,11 +30,11 @@ from limits.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-from app import metrics
-from app.config import Config, TokenConfig
-from app.cooldown import LogThrottle
-from app.errors import BudgetExceededError, RateLimitError, StorageUnavailableError
-from app.hooks.limits import SweptMemoryStorage
+from . import metrics
+from .config import Config, TokenConfig
+from .cooldown import LogThrottle
+from .errors import BudgetExceededError, RateLimitError, StorageUnavailableError
+from .hooks.limits import SweptMemoryStorage
 
 logger = logging.getLogger(__name__)
 

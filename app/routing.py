@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from app import metrics, tracing
-from app.config import Config
-from app.cooldown import BreakerState, Cooldowns, MemoryBreakers
-from app.errors import (
+from . import metrics, tracing
+from .config import Config
+from .cooldown import BreakerState, Cooldowns, MemoryBreakers
+from .errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NoAvailableModelError,
@@ -30,8 +30,8 @@ from app.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from app.providers import Provider
-from app.ratelimit import Quotas
+from .providers import Provider
+from .ratelimit import Quotas
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
-from app.config import flatten_errors
-from app.errors import InvalidRequestError
+from .config import flatten_errors
+from .errors import InvalidRequestError
 
 MAX_MODEL_NAME = 256
 MAX_MESSAGES = 100_000

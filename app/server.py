@@ -21,9 +21,9 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import is_ipv6, parse_address
 
-from app.auth import is_loopback_host
-from app.checks import check_serving
-from app.config import (
+from .auth import is_loopback_host
+from .checks import check_serving
+from .config import (
     GO_CONFIG_PATH,
     MAX_CONFIG_BYTES,
     Config,
@@ -50,7 +50,9 @@ LIMIT_FIELDS = (
     "budget_per_month",
 )
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus id=%({x-request-id}o)s'
-WORKER_CLASS = "app.worker.ProxyWorker"
+# Named from this package, whatever it is imported as (`app` in this folder, `ai_proxy` installed).
+PACKAGE = __name__.rpartition(".")[0]
+WORKER_CLASS = f"{PACKAGE}.worker.ProxyWorker"
 
 
 @dataclass
@@ -117,7 +119,7 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         "errorlog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "loglevel": runtime.log_level.lower(),
-        "logger_class": "app.logs.ProxyGunicornLogger",
+        "logger_class": f"{PACKAGE}.logs.ProxyGunicornLogger",
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         # One host may run several proxies; the gunicornc control socket is not needed.
         "control_socket_disable": True,
@@ -376,6 +378,6 @@ class ProxyApplication(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
-        from app import create_app
+        from . import create_app
 
         return create_app()

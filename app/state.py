@@ -6,14 +6,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from app import redact
-from app.auth import Authenticator
-from app.config import Config, TokenConfig
-from app.cooldown import Cooldowns, MemoryBreakers, RedisBreakers
-from app.providers import build_providers
-from app.ratelimit import Quotas, make_storage, redis_client
-from app.routing import Router
-from app.upstream import UpstreamPool
+from . import redact
+from .auth import Authenticator
+from .config import Config, TokenConfig
+from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
+from .providers import build_providers
+from .ratelimit import Quotas, make_storage, redis_client
+from .routing import Router
+from .upstream import UpstreamPool
 
 EXTENSION_KEY = "ai_proxy"
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from app.errors import UpstreamError
+from .errors import UpstreamError
 
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 DONE = b"data: [DONE]\n\n"

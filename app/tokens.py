@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from app.content import content_text
+from .content import content_text
 
 CHARS_PER_TOKEN = 4
 

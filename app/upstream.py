@@ -18,13 +18,13 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from app import tracing, watchdog
-from app.config import RetryConfig
-from app.errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
-from app.hooks.requests import PreparedTemplates, pool_managers
-from app.hooks.urllib3 import drain, pool_counts
-from app.redact import REDACTED, REDACTOR
-from app.version import __version__
+from . import tracing, watchdog
+from .config import RetryConfig
+from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
+from .hooks.requests import PreparedTemplates, pool_managers
+from .hooks.urllib3 import drain, pool_counts
+from .redact import REDACTED, REDACTOR
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

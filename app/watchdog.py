@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from app.errors import ClientGoneError, UpstreamTimeoutError
-from app.hooks.urllib3 import released, watch_connections
+from .errors import ClientGoneError, UpstreamTimeoutError
+from .hooks.urllib3 import released, watch_connections
 
 logger = logging.getLogger(__name__)
 

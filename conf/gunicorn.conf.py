@@ -6,6 +6,11 @@ LOG_FORMAT); the config file is validated in the master before any worker starts
 the project folder; both take them from app.server.gunicorn_options.
 """
 
-from app.server import gunicorn_options
+try:
+    # This repository's folder, run from it.
+    from app.server import gunicorn_options
+except ImportError:
+    # The installed package (`ai_proxy`), run from anywhere else.
+    from ai_proxy.server import gunicorn_options
 
 globals().update(gunicorn_options())

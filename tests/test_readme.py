@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
-import runpy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from app import create_app
-from tests.servers import ROOT, ProxyServer
+from tests.servers import ROOT, ProxyServer, clean_env
 
 README = (ROOT / "README.md").read_text()
 FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
@@ -30,24 +32,44 @@ def test_the_top_says_how_to_change_the_port():
     assert "--addr" in top and "already in use" in top
 
 
+MOUNT_CHECK = """
+import json
+
+chat = {"model": "echo", "messages": [{"role": "user", "content": "mounted"}]}
+client = host.test_client()
+answer = client.post("/llm/v1/chat/completions", json=chat)
+other_client = other.test_client()
+print(json.dumps({
+    "index": client.get("/").get_data(as_text=True),
+    "status": answer.status_code,
+    "content": (answer.json or {}).get("choices", [{}])[0].get("message", {}).get("content"),
+    "models": client.get("/llm/v1/models").status_code,
+    "other": other_client.post("/llm/v1/chat/completions", json=chat).status_code,
+    "elsewhere": other_client.get("/elsewhere").status_code,
+}))
+"""
+
+
 def test_the_mounting_example_runs_as_written(tmp_path):
-    # Run as a user's own host.py (not as __main__, so it does not start a server).
+    # Run as a user's own host.py, in its own folder and process, importing the installed
+    # package by the name the README gives (not as __main__, so it does not start a server).
     path = tmp_path / "host.py"
-    path.write_text(code_block("python", "DispatcherMiddleware"))
-    module = runpy.run_path(str(path), run_name="host")
-    chat = {"model": "echo", "messages": [{"role": "user", "content": "mounted"}]}
-
-    host = module["host"].test_client()
-    assert host.get("/").get_data(as_text=True) == "the host app"
-    answer = host.post("/llm/v1/chat/completions", json=chat)
-    assert answer.status_code == 200, answer.get_data(as_text=True)
-    assert answer.json["choices"][0]["message"]["content"] == "mounted"
-    assert host.get("/llm/v1/models").status_code == 200
-
-    other = module["other"].test_client()
-    assert other.post("/llm/v1/chat/completions", json=chat).status_code == 200
+    path.write_text(code_block("python", "DispatcherMiddleware") + MOUNT_CHECK)
+    result = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('host.py', run_name='host')"],
+        cwd=tmp_path,
+        env=clean_env(AI_PROXY_CONFIG=str(ROOT / "conf/config.yaml")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["index"] == "the host app"
+    assert seen["status"] == 200 and seen["content"] == "mounted"
+    assert seen["models"] == 200 and seen["other"] == 200
     # The app's own 404 is untouched outside the prefix.
-    assert other.get("/elsewhere").status_code == 404
+    assert seen["elsewhere"] == 404
 
 
 def test_the_openai_example_prints_no_none(tmp_path):

@@ -9,16 +9,16 @@ from dataclasses import dataclass, replace
 
 from flask import request
 
-from app.blueprints.common import api_blueprint
-from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
-from app.errors import UpstreamError
-from app.kinds import Surface
-from app.messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
-from app.providers import CallContext, Provider
-from app.routing import Candidate, Resolution
-from app.schemas import COUNT_TOKENS, MESSAGES
-from app.streaming import encode_event
-from app.think import strip_answer, strip_stream
+from ..blueprints.common import api_blueprint
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..errors import UpstreamError
+from ..kinds import Surface
+from ..messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
+from ..providers import CallContext, Provider
+from ..routing import Candidate, Resolution
+from ..schemas import COUNT_TOKENS, MESSAGES
+from ..streaming import encode_event
+from ..think import strip_answer, strip_stream
 
 bp = api_blueprint("ai_proxy_anthropic", __name__)
 

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, request
 
-from app.auth import require_model
-from app.config import TokenConfig
-from app.errors import (
+from ..auth import require_model
+from ..config import TokenConfig
+from ..errors import (
     InvalidJSONError,
     RequestTooLargeError,
 )
-from app.state import EXTENSION_KEY, ProxyState, RequestState
+from ..state import EXTENSION_KEY, ProxyState, RequestState
 
 logger = logging.getLogger(__name__)
 

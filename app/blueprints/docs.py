@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, request
 
-from app.blueprints.common import json_response, proxy_state
-from app.openapi import build_openapi
+from ..blueprints.common import json_response, proxy_state
+from ..openapi import build_openapi
 
 bp = Blueprint("ai_proxy_docs", __name__)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app.blueprints.common import api_blueprint
-from app.blueprints.pipeline import Answer, Call, Endpoint, serve
-from app.errors import InvalidRequestError
-from app.kinds import Kind
-from app.providers import CallContext
-from app.routing import Candidate
-from app.schemas import GO_IMAGE
+from ..blueprints.common import api_blueprint
+from ..blueprints.pipeline import Answer, Call, Endpoint, serve
+from ..errors import InvalidRequestError
+from ..kinds import Kind
+from ..providers import CallContext
+from ..routing import Candidate
+from ..schemas import GO_IMAGE
 
 bp = api_blueprint("ai_proxy_go", __name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from app.blueprints.common import json_response, proxy_state
-from app.version import __version__
+from ..blueprints.common import json_response, proxy_state
+from ..version import __version__
 
 bp = Blueprint("ai_proxy_health", __name__)
 

@@ -6,22 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from app.auth import model_allowed
-from app.blueprints.common import (
+from ..auth import model_allowed
+from ..blueprints.common import (
     api_blueprint,
     authorise_model,
     json_response,
     proxy_state,
     request_state,
 )
-from app.blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
-from app.errors import ModelNotFoundError
-from app.kinds import Kind
-from app.providers import CallContext
-from app.routing import Candidate
-from app.schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES
-from app.streaming import DONE, encode_chunk
-from app.think import strip_answer, strip_stream
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..errors import ModelNotFoundError
+from ..kinds import Kind
+from ..providers import CallContext
+from ..routing import Candidate
+from ..schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES
+from ..streaming import DONE, encode_chunk
+from ..think import strip_answer, strip_stream
 
 bp = api_blueprint("ai_proxy_openai", __name__)
 

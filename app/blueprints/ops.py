@@ -7,11 +7,11 @@ import time
 
 from flask import Blueprint, Response, request
 
-from app import metrics
-from app.auth import extract_token, token_bytes
-from app.blueprints.common import json_response, proxy_state
-from app.errors import AuthenticationError, NotFoundError, PermissionDeniedError
-from app.ratelimit import Owner
+from .. import metrics
+from ..auth import extract_token, token_bytes
+from ..blueprints.common import json_response, proxy_state
+from ..errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from ..ratelimit import Owner
 
 bp = Blueprint("ai_proxy_ops", __name__)
 

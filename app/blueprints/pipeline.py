@@ -17,9 +17,9 @@ from typing import ClassVar
 from flask import Blueprint, Response, request
 from marshmallow import Schema
 
-from app import metrics, watchdog
-from app.auth import model_allowed
-from app.blueprints.common import (
+from .. import metrics, watchdog
+from ..auth import model_allowed
+from ..blueprints.common import (
     authorise_model,
     json_response,
     note,
@@ -27,22 +27,22 @@ from app.blueprints.common import (
     read_json_body,
     request_state,
 )
-from app.config import TokenConfig
-from app.errors import (
+from ..config import TokenConfig
+from ..errors import (
     NoAvailableModelError,
     ProxyError,
     UpstreamError,
     UpstreamTimeoutError,
     sse_error_event,
 )
-from app.kinds import Kind, Surface
-from app.providers import CallContext, PrimedStream
-from app.ratelimit import rate_limit_headers
-from app.redact import scrub
-from app.routing import Candidate, Outcome, Resolution
-from app.schemas import validate_body
-from app.streaming import SSE_HEADERS
-from app.tokens import cost_usd, usage_numbers
+from ..kinds import Kind, Surface
+from ..providers import CallContext, PrimedStream
+from ..ratelimit import rate_limit_headers
+from ..redact import scrub
+from ..routing import Candidate, Outcome, Resolution
+from ..schemas import validate_body
+from ..streaming import SSE_HEADERS
+from ..tokens import cost_usd, usage_numbers
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ durations.py and goconf.py keep the Go ai-proxy's forms working, and load.py put
 
 from __future__ import annotations
 
-from app.config.durations import (
+from ..config.durations import (
     MAX_DURATION_SECONDS,
     format_duration,
     parse_duration,
     parse_go_duration,
 )
-from app.config.env import (
+from ..config.env import (
     CONFIG_ENV,
     RUNTIME_ENV,
     interpolate,
@@ -21,8 +21,8 @@ from app.config.env import (
     overlay_env,
     runtime_from_env,
 )
-from app.config.errors import ConfigError, flatten_errors
-from app.config.goconf import (
+from ..config.errors import ConfigError, flatten_errors
+from ..config.goconf import (
     ENDPOINT_KINDS,
     GO_IMAGE_PROVIDERS,
     MAX_RETRIES,
@@ -33,7 +33,7 @@ from app.config.goconf import (
     is_api_root,
     url_endpoint,
 )
-from app.config.load import (
+from ..config.load import (
     BUILTIN_CONFIG,
     DEFAULT_CONFIG_PATH,
     GO_CONFIG_PATH,
@@ -43,7 +43,7 @@ from app.config.load import (
     read_config_file,
     resolve_config_path,
 )
-from app.config.models import (
+from ..config.models import (
     Config,
     ModelConfig,
     RateLimitConfig,
@@ -53,7 +53,7 @@ from app.config.models import (
     ServerConfig,
     TokenConfig,
 )
-from app.config.schema import (
+from ..config.schema import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_HOST,
     DEFAULT_IDLE_CONN_TIMEOUT_SECONDS,

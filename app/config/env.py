@@ -11,10 +11,10 @@ from typing import NamedTuple
 from dotenv import load_dotenv
 from marshmallow import ValidationError
 
-from app.config.errors import ConfigError, flatten_errors, name_sources
-from app.config.goconf import go_int, go_jitter
-from app.config.models import RuntimeConfig
-from app.config.schema import RuntimeSchema
+from ..config.errors import ConfigError, flatten_errors, name_sources
+from ..config.goconf import go_int, go_jitter
+from ..config.models import RuntimeConfig
+from ..config.schema import RuntimeSchema
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

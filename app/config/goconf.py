@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from app.config.durations import format_duration
+from ..config.durations import format_duration
 
 MODEL_KINDS = ("chat", "embedding", "image")
 # Go-style `url` endpoints and the kind of model each serves; the longest suffix is tried first.

@@ -12,11 +12,11 @@ from pathlib import Path
 import yaml
 from marshmallow import ValidationError
 
-from app.config.env import interpolate, overlay_env, runtime_from_env
-from app.config.errors import ConfigError, flatten_errors, name_sources
-from app.config.goconf import clamp_retry
-from app.config.models import Config, ModelConfig
-from app.config.schema import ConfigSchema
+from ..config.env import interpolate, overlay_env, runtime_from_env
+from ..config.errors import ConfigError, flatten_errors, name_sources
+from ..config.goconf import clamp_retry
+from ..config.models import Config, ModelConfig
+from ..config.schema import ConfigSchema
 
 # The package's one logger, as before it was split into modules.
 logger = logging.getLogger(__package__)

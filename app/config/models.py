@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from app.config import schema as s
-from app.redact import credential_forms, header_secrets, url_secrets
+from ..config import schema as s
+from ..redact import credential_forms, header_secrets, url_secrets
 
 
 def declared_by(

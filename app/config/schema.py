@@ -22,8 +22,8 @@ from marshmallow import (
 )
 from marshmallow.utils import missing
 
-from app.config.durations import parse_duration, parse_go_duration
-from app.config.goconf import MODEL_KINDS, infer_kind
+from ..config.durations import parse_duration, parse_go_duration
+from ..config.goconf import MODEL_KINDS, infer_kind
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_HOST = "127.0.0.1"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from app.config import ConfigError, ModelConfig
-from app.providers.anthropic import AnthropicProvider
-from app.providers.azure import AzureProvider
-from app.providers.base import CallContext, ChatStream, PrimedStream, Provider
-from app.providers.cloudflare import CloudflareProvider
-from app.providers.cohere import CohereProvider
-from app.providers.echo import EchoProvider
-from app.providers.gigachat import GigaChatProvider
-from app.providers.google import GoogleProvider
-from app.providers.openai import OpenAIProvider
-from app.upstream import UpstreamPool
+from ..config import ConfigError, ModelConfig
+from ..providers.anthropic import AnthropicProvider
+from ..providers.azure import AzureProvider
+from ..providers.base import CallContext, ChatStream, PrimedStream, Provider
+from ..providers.cloudflare import CloudflareProvider
+from ..providers.cohere import CohereProvider
+from ..providers.echo import EchoProvider
+from ..providers.gigachat import GigaChatProvider
+from ..providers.google import GoogleProvider
+from ..providers.openai import OpenAIProvider
+from ..upstream import UpstreamPool
 
 __all__ = [
     "CallContext",

@@ -7,12 +7,12 @@ from collections.abc import Iterator
 
 import requests
 
-from app.content import content_text
-from app.errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
-from app.providers.http import Event
-from app.providers.shapes import arguments_object, declaration
-from app.upstream import error_message, read_json
+from ..content import content_text
+from ..errors import InvalidRequestError, UpstreamError, client_shape, upstream_shape
+from ..providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from ..providers.http import Event
+from ..providers.shapes import arguments_object, declaration
+from ..upstream import error_message, read_json
 
 MESSAGES_PATH = "/messages"
 # A Go-style `url` may name the full endpoint, or the OpenAI-compatible one older configs used.

@@ -6,11 +6,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from app.config import ModelConfig
-from app.model_ids import IdForm
-from app.providers.base import CallContext, ChatStream, Provider
-from app.providers.wire import OpenAIStream, chat_answer, with_usage
-from app.upstream import read_json
+from ..config import ModelConfig
+from ..model_ids import IdForm
+from ..providers.base import CallContext, ChatStream, Provider
+from ..providers.wire import OpenAIStream, chat_answer, with_usage
+from ..upstream import read_json
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
 CHAT_PATH = "/chat/completions"

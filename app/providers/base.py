@@ -13,12 +13,12 @@ from typing import ClassVar
 
 import requests
 
-from app.config import ModelConfig
-from app.errors import InvalidRequestError, UpstreamError
-from app.images import MAX_IMAGE_BYTES, decode_b64, sniff_type
-from app.model_ids import IdForm, check_model_id, path_part
-from app.providers.http import answered_whole, api_root, json_events
-from app.upstream import UpstreamPool, read_bytes, read_json, release, watch_of
+from ..config import ModelConfig
+from ..errors import InvalidRequestError, UpstreamError
+from ..images import MAX_IMAGE_BYTES, decode_b64, sniff_type
+from ..model_ids import IdForm, check_model_id, path_part
+from ..providers.http import answered_whole, api_root, json_events
+from ..upstream import UpstreamPool, read_bytes, read_json, release, watch_of
 
 
 @dataclass(frozen=True)

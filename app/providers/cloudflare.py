@@ -14,21 +14,21 @@ from collections.abc import Iterator
 
 import requests
 
-from app.config import ModelConfig
-from app.content import content_text
-from app.errors import InvalidRequestError, UpstreamError, upstream_shape
-from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
-from app.model_ids import IdForm
-from app.providers.base import (
+from ..config import ModelConfig
+from ..content import content_text
+from ..errors import InvalidRequestError, UpstreamError, upstream_shape
+from ..images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes
+from ..model_ids import IdForm
+from ..providers.base import (
     CallContext,
     CountingStream,
     Provider,
     chat_completion,
     completion_choice,
 )
-from app.providers.shapes import function_tools, narrowed_tools, passed_fields, token_limit
-from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_bytes, read_json, safe_text
+from ..providers.shapes import function_tools, narrowed_tools, passed_fields, token_limit
+from ..tokens import estimate_tokens, prompt_estimate
+from ..upstream import read_bytes, read_json, safe_text
 
 RUN_PATH = "/run/"
 BASE_URL_FORM = "https://api.cloudflare.com/client/v4/accounts/<ACCOUNT_ID>/ai"

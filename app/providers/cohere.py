@@ -8,25 +8,25 @@ from collections.abc import Iterator
 
 import requests
 
-from app.content import content_text
-from app.errors import UpstreamError, upstream_shape
-from app.providers.base import (
+from ..content import content_text
+from ..errors import UpstreamError, upstream_shape
+from ..providers.base import (
     CallContext,
     CountingStream,
     Provider,
     chat_completion,
     completion_choice,
 )
-from app.providers.http import Event
-from app.providers.shapes import (
+from ..providers.http import Event
+from ..providers.shapes import (
     declaration,
     function_tools,
     narrowed_tools,
     passed_fields,
     token_limit,
 )
-from app.tokens import estimate_tokens, prompt_estimate
-from app.upstream import read_json, safe_text
+from ..tokens import estimate_tokens, prompt_estimate
+from ..upstream import read_json, safe_text
 
 CHAT_PATH = "/v2/chat"
 # Suffixes a configured URL may carry that are not part of the API root: the v2 endpoint itself,

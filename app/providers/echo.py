@@ -6,9 +6,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from app.content import content_text
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
-from app.tokens import estimate_tokens
+from ..content import content_text
+from ..providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from ..tokens import estimate_tokens
 
 
 def _answer(body: dict) -> tuple[list[str], str, dict]:

@@ -16,13 +16,13 @@ from urllib.parse import urlencode
 
 import requests
 
-from app.config import ModelConfig
-from app.errors import UpstreamClientError, UpstreamError, upstream_shape
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
-from app.providers.gigachat_request import to_gigachat
-from app.providers.http import Event
-from app.redact import REDACTOR
-from app.upstream import UpstreamPool, error_message, read_json
+from ..config import ModelConfig
+from ..errors import UpstreamClientError, UpstreamError, upstream_shape
+from ..providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from ..providers.gigachat_request import to_gigachat
+from ..providers.http import Event
+from ..redact import REDACTOR
+from ..upstream import UpstreamPool, error_message, read_json
 
 DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
 DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"

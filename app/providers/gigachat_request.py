@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from app.content import content_text
-from app.providers.shapes import arguments_object, declaration
+from ..content import content_text
+from ..providers.shapes import arguments_object, declaration
 
 # OpenAI request fields GigaChat takes as they are.
 PASSED_FIELDS = (

@@ -16,21 +16,21 @@ from dataclasses import dataclass
 
 import requests
 
-from app.errors import (
+from ..errors import (
     InvalidRequestError,
     UpstreamClientError,
     UpstreamError,
     upstream_shape,
 )
-from app.model_ids import IdForm, path_part
-from app.providers import http
-from app.providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
+from ..model_ids import IdForm, path_part
+from ..providers import http
+from ..providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
 
 # SKIP_SIGNATURE and to_gemini are part of this adapter's interface: re-exported.
-from app.providers.google_request import SKIP_SIGNATURE as SKIP_SIGNATURE
-from app.providers.google_request import to_gemini
-from app.tokens import estimate_tokens
-from app.upstream import error_message, read_json, safe_text
+from ..providers.google_request import SKIP_SIGNATURE as SKIP_SIGNATURE
+from ..providers.google_request import to_gemini
+from ..tokens import estimate_tokens
+from ..upstream import error_message, read_json, safe_text
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 # Resource names Google takes in place of a bare model id (`models/x`, `tunedModels/x`).

@@ -8,9 +8,9 @@ import mimetypes
 import re
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from app.content import content_text
-from app.errors import UpstreamClientError, client_shape
-from app.providers.shapes import arguments_object
+from ..content import content_text
+from ..errors import UpstreamClientError, client_shape
+from ..providers.shapes import arguments_object
 
 DEFAULT_IMAGE_TYPE = "image/jpeg"
 # Gemini 3 rejects a replayed function call step whose first call carries no thought signature;

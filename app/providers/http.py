@@ -14,9 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from app.errors import UpstreamError
-from app.streaming import iter_sse
-from app.upstream import read_chunks, safe_text
+from ..errors import UpstreamError
+from ..streaming import iter_sse
+from ..upstream import read_chunks, safe_text
 
 # The last segment of a versioned API root: `v1`, `v1beta`, `v2`, `v1alpha2` ...
 _VERSION_SEGMENT_RE = re.compile(r"^v\d+(?:\.\d+)?[a-z]*\d*$", re.IGNORECASE)

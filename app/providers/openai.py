@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode, urlsplit
 
-from app.config import GO_IMAGE_PROVIDERS, is_api_root, url_endpoint
-from app.errors import UpstreamError
-from app.images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes, sniff_type
-from app.providers.base import CallContext, ChatStream, Provider
-from app.providers.wire import OpenAIStream, chat_answer, completion_answer, with_usage
-from app.upstream import body_error, read_bytes
+from ..config import GO_IMAGE_PROVIDERS, is_api_root, url_endpoint
+from ..errors import UpstreamError
+from ..images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes, sniff_type
+from ..providers.base import CallContext, ChatStream, Provider
+from ..providers.wire import OpenAIStream, chat_answer, completion_answer, with_usage
+from ..upstream import body_error, read_bytes
 
 CHAT_PATH = "/chat/completions"
 COMPLETIONS_PATH = "/completions"

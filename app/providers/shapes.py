@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 
-from app.errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 
 def function_tools(tools: object) -> Iterator[dict]:

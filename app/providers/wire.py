@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from app.errors import UpstreamError, upstream_shape
-from app.providers.base import ChatStream
-from app.providers.http import Event
-from app.upstream import body_error, error_message
+from ..errors import UpstreamError, upstream_shape
+from ..providers.base import ChatStream
+from ..providers.http import Event
+from ..upstream import body_error, error_message
 
 
 class OpenAIStream(ChatStream):
