@@ -231,6 +231,10 @@ def error_response(err: ProxyError, surface: Surface = OPENAI) -> Response:
 
 def sse_error_event(err: ProxyError, surface: Surface = OPENAI) -> bytes:
     """The in-band event that ends a stream that failed after its first byte, scrubbed."""
+    if surface == Surface.RESPONSES:
+        # A Responses stream ends itself with `response.failed` (app.responses_stream.failing):
+        # only it knows the sequence number and the output so far.
+        return b""
     data = json.dumps(REDACTOR.scrub_value(err.body(surface)))
     if surface == ANTHROPIC:
         return f"event: error\ndata: {data}\n\n".encode()

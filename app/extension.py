@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
 from .auth import check_local_request
-from .blueprints import anthropic, docs, go, health, openai, ops
+from .blueprints import anthropic, docs, go, health, openai, ops, responses
 from .config import Config, load_config
 from .errors import (
     ANTHROPIC,
@@ -43,7 +43,7 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp)
+API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp, responses.bp)
 
 
 class AIProxy:

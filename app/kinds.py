@@ -10,6 +10,7 @@ class Surface(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    RESPONSES = "responses"  # OpenAI's Responses API: OpenAI's error shape, its own stream events
 
 
 class Kind(StrEnum):

@@ -445,3 +445,151 @@ EMBEDDINGS = EmbeddingsSchema()
 IMAGES = ImagesSchema()
 COMPLETIONS = CompletionsSchema()
 GO_IMAGE = GoImageSchema()
+
+
+# --- the Responses API (POST /v1/responses) ------------------------------------------------------
+
+MAX_METADATA_KEYS = 16
+RESPONSES_TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _responses_input(value: object) -> None:
+    """A string, or a list of input items (objects); app/responses_api.py checks each item and
+    names the field of one it cannot read."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or len(value) > MAX_MESSAGES:
+        raise ValidationError(f"must be a string or a list of at most {MAX_MESSAGES} items")
+    if not all(isinstance(item, dict) for item in value):
+        raise ValidationError("every input item must be an object")
+
+
+def _responses_tools(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of tools.")
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise ValidationError(f"tools[{i}] must be an object with a type.")
+        if tool["type"] == "function" and not (isinstance(tool.get("name"), str) and tool["name"]):
+            raise ValidationError(f'tools[{i}] must be {{"type": "function", "name": ...}}.')
+
+
+def _responses_tool_choice(value: object) -> None:
+    if value is None or value in RESPONSES_TOOL_CHOICES:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise ValidationError('Must be "none", "auto", "required" or an object with a type.')
+    if value["type"] == "function" and not isinstance(value.get("name"), str):
+        raise ValidationError('A "function" choice needs the function\'s name.')
+
+
+def _text_config(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValidationError("Must be an object.")
+    fmt = value.get("format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValidationError('format.type must be "text", "json_object" or "json_schema".')
+    if kind == "json_schema" and not isinstance(fmt.get("schema"), dict):
+        raise ValidationError("a json_schema format needs a schema object.")
+
+
+def _metadata(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS:
+        raise ValidationError(f"Must be an object of at most {MAX_METADATA_KEYS} strings.")
+    for key, item in value.items():
+        if len(key) > 64 or not isinstance(item, str) or len(item) > 512:
+            raise ValidationError("Keys are at most 64 characters, values strings of 512.")
+
+
+INPUT_ITEM_DOC = {"type": "object", "description": "An input item (message, function_call ...)."}
+RESPONSES_INPUT_DOC = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "maxItems": MAX_MESSAGES, "items": INPUT_ITEM_DOC},
+    ]
+}
+TYPED = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+FUNCTION_TOOL = {
+    "type": "object",
+    "required": ["type", "name"],
+    "properties": {"type": {"const": "function"}, "name": NAME},
+}
+OTHER_TOOL = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "not": {"const": "function"}}},
+}
+RESPONSES_TOOLS_DOC = {"type": "array", "items": {"anyOf": [FUNCTION_TOOL, OTHER_TOOL]}}
+RESPONSES_TOOL_CHOICE_DOC = {
+    "anyOf": [
+        {"enum": list(RESPONSES_TOOL_CHOICES)},
+        {
+            "type": "object",
+            "required": ["type", "name"],
+            "properties": {"type": {"const": "function"}, "name": {"type": "string"}},
+        },
+        OTHER_TOOL,
+        NULL,
+    ]
+}
+TEXT_FORMAT = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["text", "json_object"]}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "schema"],
+            "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
+        },
+        NULL,
+    ]
+}
+TEXT_CONFIG_DOC = {"type": ["object", "null"], "properties": {"format": TEXT_FORMAT}}
+METADATA_DOC = {
+    "type": ["object", "null"],
+    "maxProperties": MAX_METADATA_KEYS,
+    "propertyNames": {"maxLength": 64},
+    "additionalProperties": {"type": "string", "maxLength": 512},
+}
+
+
+class ResponsesSchema(Schema):
+    """POST /v1/responses (OpenAI Responses API); fields not named here pass through to
+    deployments that serve Responses themselves, and are dropped (with a warning) for others."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model = _model()
+    input = fields.Raw(allow_none=True, validate=_responses_input, metadata=RESPONSES_INPUT_DOC)
+    instructions = fields.String(allow_none=True)
+    previous_response_id = fields.String(
+        allow_none=True, validate=validate.Length(min=1, max=MAX_MODEL_NAME)
+    )
+    stream = StrictBoolean(allow_none=True)
+    store = StrictBoolean(allow_none=True)
+    tools = fields.Raw(allow_none=True, validate=_responses_tools, metadata=RESPONSES_TOOLS_DOC)
+    tool_choice = fields.Raw(
+        allow_none=True, validate=_responses_tool_choice, metadata=RESPONSES_TOOL_CHOICE_DOC
+    )
+    parallel_tool_calls = StrictBoolean(allow_none=True)
+    max_output_tokens = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=1))
+    temperature = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=2))
+    top_p = StrictNumber(allow_none=True, validate=validate.Range(min=0, max=1))
+    text = fields.Raw(allow_none=True, validate=_text_config, metadata=TEXT_CONFIG_DOC)
+    metadata = fields.Raw(allow_none=True, validate=_metadata, metadata=METADATA_DOC)
+
+
+RESPONSES = ResponsesSchema()

@@ -12,6 +12,7 @@ from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from .providers import build_providers
 from .ratelimit import Quotas, make_storage, redis_client
+from .response_store import ResponseStore, make_response_store, storage_uri
 from .routing import Router
 from .upstream import UpstreamPool
 
@@ -27,6 +28,7 @@ class ProxyState:
     quotas: Quotas
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
+    responses: ResponseStore | None = None  # stored Responses (/v1/responses)
 
 
 @dataclass
@@ -65,4 +67,7 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
         pool=pool,
         quotas=quotas,
         url_prefix=url_prefix,
+        responses=make_response_store(
+            storage_uri(config), config.responses.ttl_seconds, config.responses.max_memory_bytes
+        ),
     )

@@ -3,13 +3,12 @@ to any provider: passed through to Anthropic deployments, translated for every o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from flask import request
 
-from ..blueprints.common import api_blueprint
+from ..blueprints.common import api_blueprint, header_safe
 from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
 from ..errors import UpstreamError
 from ..kinds import Surface
@@ -124,12 +123,6 @@ def _message_text(message: dict) -> str:
         for b in message.get("content") or []
         if isinstance(b, dict) and b.get("type") == "text"
     )
-
-
-def header_safe(text: str, limit: int = 1000) -> str:
-    """Client-supplied names inside a header: ASCII only, no control characters, bounded."""
-    ascii_text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return re.sub(r"[\x00-\x1f\x7f]", "?", ascii_text)[:limit]
 
 
 def native_events(items, tally: Tally) -> Iterator[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, request
@@ -160,3 +161,9 @@ def authorise_model(token: TokenConfig, identifier: str) -> None:
     """403 unless the token may use `identifier`: asked before anything tells whether the model
     exists or what kind it is, so a token's allow-list hides everything outside it."""
     require_model(token, identifier, proxy_state().router.is_category(identifier))
+
+
+def header_safe(text: str, limit: int = 1000) -> str:
+    """Client-supplied names inside a header: ASCII only, no control characters, bounded."""
+    ascii_text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return re.sub(r"[\x00-\x1f\x7f]", "?", ascii_text)[:limit]

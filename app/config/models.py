@@ -68,6 +68,7 @@ class ModelConfig:
     input_cost_per_mtok: float
     output_cost_per_mtok: float
     strip_think: bool
+    responses: bool
     headers: Mapping[str, str]
     timeout_seconds: float
     connect_timeout_seconds: float
@@ -152,6 +153,15 @@ class RateLimitConfig:
     on_storage_error: str
 
 
+@declared_by(s.ResponsesSchema)
+class ResponsesConfig:
+    """Stored Responses: `storage` None means the cache's, else the rate-limit storage."""
+
+    storage: str | None
+    ttl_seconds: float
+    max_memory_bytes: int
+
+
 @declared_by(s.RuntimeSchema)
 class RuntimeConfig:
     """Process settings that come only from the environment."""
@@ -178,6 +188,7 @@ class Config:
     routing: RoutingConfig
     retry: RetryConfig
     rate_limits: RateLimitConfig
+    responses: ResponsesConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = "<built-in>"
     left_out: tuple[str, ...] = ()
@@ -197,4 +208,5 @@ class Config:
             for url in (model.base_url, model.url, model.auth_url):
                 found += url_secrets(url)
         found += url_secrets(self.rate_limits.storage)
+        found += url_secrets(self.responses.storage)
         return [secret for secret in found if secret]

@@ -37,6 +37,8 @@ DEFAULT_IDLE_CONN_TIMEOUT_SECONDS = 90.0
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 300.0
 # Longest a stream may run in all.
 DEFAULT_STREAM_TIMEOUT_SECONDS = 1800.0
+DEFAULT_RESPONSES_TTL_SECONDS = 86400.0
+DEFAULT_RESPONSES_MEMORY_BYTES = 64 * 1024 * 1024
 
 ROUTING_STRATEGIES = ("priority", "weighted", "least-busy", "latency")
 RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
@@ -226,6 +228,8 @@ class ModelSchema(QuotaSchema):
     input_cost_per_mtok = _money()
     output_cost_per_mtok = _money()
     strip_think = fields.Boolean(load_default=False)
+    # The deployment serves OpenAI's Responses API itself: /v1/responses is passed through.
+    responses = fields.Boolean(load_default=False)
     headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     http_client_config = _section(HttpClientSchema)
     # Provider-specific: Azure's API version; GigaChat's OAuth endpoint, scope and CA bundle.
@@ -311,6 +315,17 @@ class RateLimitSchema(Declared):
     )
 
 
+class ResponsesSchema(Declared):
+    """Stored Responses (`/v1/responses`): where, for how long, and how much in memory."""
+
+    # Absent: the cache's storage when the cache is on, else the rate-limit storage.
+    storage = OptionalString(load_default=None, allow_none=True, validate=_storage_uri)
+    ttl_seconds = _positive_seconds(DEFAULT_RESPONSES_TTL_SECONDS)
+    max_memory_bytes = fields.Integer(
+        load_default=DEFAULT_RESPONSES_MEMORY_BYTES, validate=validate.Range(min=1024)
+    )
+
+
 class RuntimeSchema(Declared):
     """Process settings; they come only from the environment (app.config.env.RUNTIME_ENV)."""
 
@@ -336,3 +351,4 @@ class ConfigSchema(Declared):
     routing = _section(RoutingSchema)
     retry = _section(RetrySchema)
     rate_limits = _section(RateLimitSchema)
+    responses = _section(ResponsesSchema)

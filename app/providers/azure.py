@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import requests
 
 from ..config import ModelConfig
 from ..model_ids import IdForm
 from ..providers.base import CallContext, ChatStream, Provider
+from ..providers.responses_wire import ResponsesStream, response_answer
 from ..providers.wire import OpenAIStream, chat_answer, with_usage
 from ..upstream import read_json
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
 CHAT_PATH = "/chat/completions"
 DEPLOYMENTS_PATH = "/openai/deployments/"  # in a Go-style `url` naming its deployment
+# The Responses API is on Azure's v1 API: the deployment goes in the body's `model`.
+RESPONSES_PATH = "/openai/v1/responses"
 
 
 class AzureProvider(Provider):
@@ -66,3 +69,16 @@ class AzureProvider(Provider):
 
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         return OpenAIStream(self._send(with_usage(body), ctx, stream=True), self.label)
+
+    def responses_url(self) -> str:
+        """The resource's v1 Responses endpoint, whatever form `base_url` or `url` takes."""
+        parts = urlsplit(self.model.base_url or self.model.url or "")
+        return urlunsplit((parts.scheme, parts.netloc, RESPONSES_PATH, "", ""))
+
+    def responses(self, body: dict, ctx: CallContext) -> dict:
+        answer = read_json(self.post(self.responses_url(), body, ctx), self.label)
+        return response_answer(answer, self.label)
+
+    def open_responses_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        response = self.post(self.responses_url(), {**body, "stream": True}, ctx, stream=True)
+        return ResponsesStream(response, self.label)

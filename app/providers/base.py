@@ -252,6 +252,14 @@ class Provider:
         """Send a streamed chat request and return once the upstream accepted it."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve chat.")
 
+    def responses(self, body: dict, ctx: CallContext) -> dict:
+        """A Response object for a Responses request (deployments with `responses: true`)."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve Responses.")
+
+    def open_responses_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        """Send a streamed Responses request; its items are `Event(type, data)`."""
+        raise InvalidRequestError(f"The model {self.model.name!r} does not serve Responses.")
+
     def embed(self, body: dict, ctx: CallContext) -> dict:
         """An OpenAI embeddings answer for an OpenAI embeddings request."""
         raise InvalidRequestError(f"The model {self.model.name!r} does not serve embeddings.")

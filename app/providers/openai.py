@@ -9,6 +9,7 @@ from ..config import GO_IMAGE_PROVIDERS, is_api_root, url_endpoint
 from ..errors import UpstreamError
 from ..images import MAX_IMAGE_BYTES, entries_from_json, entry_from_bytes, sniff_type
 from ..providers.base import CallContext, ChatStream, Provider
+from ..providers.responses_wire import RESPONSES_PATH, ResponsesStream, response_answer
 from ..providers.wire import OpenAIStream, chat_answer, completion_answer, with_usage
 from ..upstream import body_error, read_bytes
 
@@ -38,6 +39,16 @@ class OpenAIProvider(Provider):
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         response = self.post(self.endpoint(CHAT_PATH), with_usage(body), ctx, stream=True)
         return OpenAIStream(response, self.label)
+
+    def responses(self, body: dict, ctx: CallContext) -> dict:
+        answer = self.post_json(self.endpoint(RESPONSES_PATH), body, ctx)
+        return response_answer(answer, self.label)
+
+    def open_responses_stream(self, body: dict, ctx: CallContext) -> ChatStream:
+        response = self.post(
+            self.endpoint(RESPONSES_PATH), {**body, "stream": True}, ctx, stream=True
+        )
+        return ResponsesStream(response, self.label)
 
     def embed(self, body: dict, ctx: CallContext) -> dict:
         answer = self.post_json(self.endpoint(EMBEDDINGS_PATH), body, ctx)

@@ -1,0 +1,204 @@
+"""The OpenAI Responses surface: `POST /v1/responses` (streamed or not) to any provider, and the
+stored responses behind `GET`/`DELETE /v1/responses/<id>`.
+
+Deployments with `responses: true` get the request as sent; every other one gets it translated
+to chat (app/responses_api.py) and its answer translated back. Either way the proxy keeps the
+conversation (app/response_store.py): `previous_response_id` is resolved by the proxy, so a
+conversation continues on any deployment, passed through or translated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..blueprints.common import (
+    api_blueprint,
+    header_safe,
+    json_response,
+    proxy_state,
+    request_state,
+)
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..errors import InvalidRequestError
+from ..kinds import Surface
+from ..providers import CallContext
+from ..response_store import ResponseStore, Stored
+from ..responses_api import (
+    Translated,
+    call_ids,
+    check_items,
+    estimate_input,
+    input_items,
+    new_id,
+    output_text,
+    passthrough_body,
+    skeleton,
+    to_chat_request,
+    to_response,
+)
+from ..responses_stream import EventWriter, Relay, canonical_events, failing
+from ..routing import Candidate
+from ..schemas import RESPONSES
+from ..think import strip_answer, strip_stream
+
+bp = api_blueprint("ai_proxy_responses", __name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A Responses request read once: as chat, as sent on, and how its answer is kept."""
+
+    translated: Translated
+    passthrough: dict  # for deployments that serve Responses themselves
+    response_id: str  # the id a translated answer gets
+    prompt_estimate: int
+    owner: str  # the client token's digest, which alone may read the stored answer
+    # Where the answer is kept (None: the client said `store: false`); held here because a
+    # stream is written after the request's context has gone.
+    store: ResponseStore | None
+
+    def keep(self, response: dict) -> None:
+        """Store a finished answer with its conversation, when the client asked to."""
+        if self.store is not None and response.get("status") in ("completed", "incomplete"):
+            self.store.save(Stored(self.owner, response, self.translated.conversation))
+
+    def headers(self) -> dict[str, str]:
+        warnings = "; ".join(self.translated.warnings)
+        return {"x-ai-proxy-warning": header_safe(warnings)} if warnings else {}
+
+
+def store() -> ResponseStore:
+    return proxy_state().responses
+
+
+class CreateResponse(Endpoint):
+    name = "create_response"
+    paths = ("/v1/responses",)
+    surface = Surface.RESPONSES
+    schema = RESPONSES
+
+    def read(self, body: dict, size: int) -> Call:
+        owner = request_state().token.sha256
+        history: list[dict] = []
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            history = store().find(previous, owner, param="previous_response_id").history()
+        items = input_items(body)
+        check_items(items, "input", call_ids(history))
+        if not items and not history:
+            raise InvalidRequestError("Invalid request: input: give some input.", param="input")
+        stream = bool(body.get("stream"))
+        translated = to_chat_request(body, history, stream)
+        prepared = Prepared(
+            translated=translated,
+            passthrough=passthrough_body(body, history),
+            response_id=new_id("resp"),
+            prompt_estimate=estimate_input(translated.canonical["messages"]),
+            owner=owner,
+            store=store() if body.get("store") is not False else None,
+        )
+        return Call(
+            body,
+            body.get("model"),
+            size,
+            stream=stream,
+            prompt=translated.canonical,
+            prepared=prepared,
+        )
+
+    def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
+        provider, prepared = candidate.provider, call.prepared
+        if provider.model.responses:
+            response = provider.responses(candidate.ask(prepared.passthrough), ctx)
+            response = _continued(response, call.body)
+            prepared.keep(response)
+            return Answer(response, response.get("usage"), output_text(response))
+        result = provider.chat(candidate.ask(prepared.translated.canonical), ctx)
+        if provider.model.strip_think:
+            result = strip_answer(result)
+        response = to_response(
+            result, _named(call.body, candidate), prepared.response_id, prepared.prompt_estimate
+        )
+        prepared.keep(response)
+        return Answer(
+            response,
+            result.get("usage") or response["usage"],
+            output_text(response),
+            headers=prepared.headers(),
+        )
+
+    def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
+        provider, prepared = candidate.provider, call.prepared
+        if provider.model.responses:
+            upstream = provider.open_responses_stream(candidate.ask(prepared.passthrough), ctx)
+            return Opened(
+                primed(candidate, upstream),
+                lambda items, tally: relayed(items, tally, prepared, call.body),
+            )
+        canonical = candidate.ask(prepared.translated.canonical)
+        stream = primed(candidate, provider.open_chat_stream(canonical, ctx))
+        strip = provider.model.strip_think
+        body = _named(call.body, candidate)
+
+        def write(items, tally: Tally) -> Iterator[bytes]:
+            chunks = strip_stream(items) if strip else items
+            return translated_events(chunks, tally, prepared, body)
+
+        return Opened(stream, write, prepared.headers())
+
+
+serve(bp, CreateResponse())
+
+
+def _named(body: dict, candidate: Candidate) -> dict:
+    """The body with the model its Response names: the one asked for, else who answered."""
+    return body if body.get("model") else {**body, "model": candidate.name}
+
+
+def _continued(response: dict, body: dict) -> dict:
+    """A passed-through Response names the conversation it continues (the proxy resolved it)."""
+    previous = body.get("previous_response_id")
+    return {**response, "previous_response_id": previous} if previous else response
+
+
+def translated_events(chunks, tally: Tally, prepared: Prepared, body: dict) -> Iterator[bytes]:
+    """Responses events for a translated stream; its text and usage noted for charging."""
+    writer = EventWriter(skeleton(body, prepared.response_id, body.get("model") or ""))
+
+    def on_usage(usage: object) -> None:
+        tally.usage = usage
+
+    events = canonical_events(chunks, writer, prepared.prompt_estimate, on_usage, prepared.keep)
+    try:
+        yield from failing(events, writer.fail)
+    finally:
+        tally.texts = [writer.output_text()]
+
+
+def relayed(items, tally: Tally, prepared: Prepared, body: dict) -> Iterator[bytes]:
+    """A passed-through stream relayed; its final Response kept, its usage noted."""
+    relay = Relay()
+
+    def on_done(response: dict) -> None:
+        prepared.keep(_continued(response, body))
+
+    try:
+        yield from failing(relay.events(items, on_done), relay.fail)
+    finally:
+        tally.usage = relay.usage
+        tally.texts = relay.texts
+
+
+@bp.get("/v1/responses/<response_id>")
+def get_response(response_id: str):
+    """A stored response, to the token that made it (any other token: 404)."""
+    stored = store().find(response_id, request_state().token.sha256)
+    return json_response(stored.response)
+
+
+@bp.delete("/v1/responses/<response_id>")
+def delete_response(response_id: str):
+    """Delete a stored response of this token's."""
+    store().delete(response_id, request_state().token.sha256)
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
