@@ -159,6 +159,38 @@ class Message(_Answer):
     usage = fields.Nested(MessageUsage, required=True)
 
 
+class ResponseUsage(_Answer):
+    input_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+
+
+class OutputItem(_Answer):
+    type = fields.String(
+        required=True, metadata={"description": "`message` (output_text) or `function_call`."}
+    )
+
+
+class Response(_Answer):
+    """An OpenAI Responses API response object."""
+
+    id = fields.String(required=True)
+    object = _const("response")
+    created_at = fields.Float(required=True)
+    status = fields.String(required=True)
+    model = fields.String(required=True)
+    output = fields.List(fields.Nested(OutputItem), required=True)
+    error = fields.Dict(allow_none=True)
+    incomplete_details = fields.Dict(allow_none=True)
+    usage = fields.Nested(ResponseUsage, allow_none=True)
+
+
+class ResponseDeleted(_Answer):
+    id = fields.String(required=True)
+    object = _const("response.deleted")
+    deleted = fields.Boolean(required=True)
+
+
 class TokenCount(_Answer):
     input_tokens = fields.Integer(required=True)
 
@@ -258,7 +290,8 @@ def _events(chunk: str) -> dict:
 
 
 def _anthropic_events() -> dict:
-    """An Anthropic stream: named events whose data carries the same `type` (`error` too)."""
+    """A stream of named events whose data carries the same `type` (`error` too): Anthropic's,
+    and the Responses API's."""
     typed = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
     properties = {"event": {"type": "string"}, "data": _json_text(typed)}
     event = {"type": "object", "required": ["event", "data"], "properties": properties}
@@ -316,6 +349,10 @@ IMAGES = {"200": _routed("The images.", json_content("ImageList"))}
 RAW_IMAGE = {"200": _routed("The image bytes.", IMAGE_BYTES)}
 MESSAGE = {"200": _routed(MESSAGE_EVENTS, MESSAGE_CONTENT)}
 COUNT = {"200": _answer("The count.", json_content("TokenCount"))}
+RESPONSE_EVENTS = "The Response, or its events (response.created ... response.completed)."
+RESPONSE = {"200": _routed(RESPONSE_EVENTS, {**json_content("Response"), **_anthropic_events()})}
+STORED_RESPONSE = {"200": _answer("The stored Response.", json_content("Response"))}
+DELETED_RESPONSE = {"200": _answer("It is deleted.", json_content("ResponseDeleted"))}
 METRICS = {
     "200": _answer("Prometheus text format.", {"text/plain": {"schema": {"type": "string"}}})
 }

@@ -20,6 +20,7 @@ from . import answers, schemas
 from .answers import (
     CHAT,
     COUNT,
+    DELETED_RESPONSE,
     DOCUMENT,
     EMBEDDINGS,
     HEALTH,
@@ -31,7 +32,9 @@ from .answers import (
     PING,
     RAW_IMAGE,
     READY,
+    RESPONSE,
     STATUS,
+    STORED_RESPONSE,
     TEXT,
     VERSION,
 )
@@ -62,6 +65,7 @@ DESCRIPTION = (
 TAGS = {
     "openai": "The OpenAI-compatible surface.",
     "anthropic": "The Anthropic Messages surface.",
+    "responses": "The OpenAI Responses API surface, and its stored responses.",
     "go": "Go ai-proxy compatibility.",
     "health": "Probes and this document; no token.",
     "ops": "Operator endpoints.",
@@ -82,6 +86,7 @@ REQUESTS = {
     "RawImageRequest": schemas.GoImageSchema,
     "MessagesRequest": schemas.MessagesSchema,
     "CountTokensRequest": schemas.CountTokensSchema,
+    "ResponsesRequest": schemas.ResponsesSchema,
 }
 # What marshmallow cannot say of a whole body: `/image` needs `prompt` or `inputs`.
 EXTRA = {
@@ -101,6 +106,13 @@ MODEL_ID = {
     "description": "A model id; it may hold slashes (`openrouter/x/y`).",
     "schema": {"type": "string", "minLength": 1},
 }
+RESPONSE_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "description": "A stored response's id (`resp_...`).",
+    "schema": {"type": "string", "minLength": 1},
+}
 
 
 class Route(NamedTuple):
@@ -113,6 +125,7 @@ class Route(NamedTuple):
     # Statuses of the surface's reusable error responses (`OpenAI401` ...).
     errors: tuple[int, ...] = ()
     security: list | None = None
+    method: str | None = None  # another method than the POST or GET above (`delete`)
 
 
 # Per tag (the Anthropic tag answers errors in Anthropic's shape, health needs no token).
@@ -143,6 +156,19 @@ ROUTES = {
             errors=(400, 401, 403, 404, 413),
         ),
     ],
+    "responses": [
+        Route("/v1/responses", "createResponse", RESPONSE, "ResponsesRequest"),
+        Route(
+            "/v1/responses/{response_id}", "retrieveResponse", STORED_RESPONSE, errors=(401, 404)
+        ),
+        Route(
+            "/v1/responses/{response_id}",
+            "deleteResponse",
+            DELETED_RESPONSE,
+            errors=(401, 404),
+            method="delete",
+        ),
+    ],
     "ops": [
         Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
@@ -165,6 +191,9 @@ SUMMARIES = {
     "createRawImage": "Go ai-proxy: an image for a prompt, as raw bytes with their real type.",
     "createMessage": "Anthropic Messages, streamed or not, from any provider.",
     "countMessageTokens": "Anthropic token count (an estimate where the provider has none).",
+    "createResponse": "OpenAI Responses API, streamed or not, from any provider.",
+    "retrieveResponse": "A stored response (only to the token that made it).",
+    "deleteResponse": "Delete a stored response (only the token that made it may).",
     "getMetrics": "Prometheus metrics; with `server.metrics_token` set, it is wanted as a token.",
     "getStatus": "Each deployment's state, quota left and requests in flight (`admin_token`).",
 }
@@ -187,16 +216,18 @@ def _operation(tag: str, route: Route) -> dict:
         operation["requestBody"] = {"required": True, "content": answers.json_content(route.body)}
     if "{model_id}" in route.path:
         operation["parameters"] = [MODEL_ID]
+    if "{response_id}" in route.path:
+        operation["parameters"] = [RESPONSE_ID]
     return operation
 
 
 def _paths() -> dict[str, dict]:
     """Every path the proxy serves; an unversioned twin runs the same view as its `/v1` path."""
-    paths = {
-        route.path: {"post" if route.body else "get": _operation(tag, route)}
-        for tag, routes in ROUTES.items()
-        for route in routes
-    }
+    paths: dict[str, dict] = {}
+    for tag, routes in ROUTES.items():
+        for route in routes:
+            method = route.method or ("post" if route.body else "get")
+            paths.setdefault(route.path, {})[method] = _operation(tag, route)
     for twin, suffix in TWINS.items():
         ((method, operation),) = paths["/v1" + twin].items()
         paths[twin] = {method: {**operation, "operationId": operation["operationId"] + suffix}}

@@ -256,7 +256,8 @@ class Relay:
     """A passed-through Responses stream: the upstream's events as they come, noting what a
     `response.failed` of the proxy's own would need if the stream breaks off."""
 
-    def __init__(self) -> None:
+    def __init__(self, stamp: dict) -> None:
+        self.stamp = stamp  # fields the proxy sets on every Response (its own id ...)
         self.response: dict = {}
         self.sequence = 0
         self.done: dict[int, dict] = {}  # output index -> its finished item
@@ -270,7 +271,8 @@ class Relay:
             self.sequence = sequence + 1 if isinstance(sequence, int) else self.sequence + 1
             response = data.get("response")
             if isinstance(response, dict):
-                self.response = response
+                data = {**data, "response": {**response, **self.stamp}}
+                self.response = response = data["response"]
                 self.usage = response.get("usage") or self.usage
             if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
                 self.texts.append(data["delta"])

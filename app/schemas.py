@@ -515,6 +515,7 @@ RESPONSES_INPUT_DOC = {
     "anyOf": [
         {"type": "string"},
         {"type": "array", "maxItems": MAX_MESSAGES, "items": INPUT_ITEM_DOC},
+        NULL,
     ]
 }
 TYPED = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
@@ -556,9 +557,9 @@ TEXT_FORMAT = {
         NULL,
     ]
 }
-TEXT_CONFIG_DOC = {"type": ["object", "null"], "properties": {"format": TEXT_FORMAT}}
+TEXT_CONFIG_DOC = {"type": "object", "properties": {"format": TEXT_FORMAT}}
 METADATA_DOC = {
-    "type": ["object", "null"],
+    "type": "object",
     "maxProperties": MAX_METADATA_KEYS,
     "propertyNames": {"maxLength": 64},
     "additionalProperties": {"type": "string", "maxLength": 512},

@@ -60,6 +60,7 @@ MODELS_BY_SCHEMA = {
     "ChatCompletionRequest": [*CHAT_MODELS, None],
     "MessagesRequest": CHAT_MODELS,
     "CountTokensRequest": CHAT_MODELS,
+    "ResponsesRequest": [*CHAT_MODELS, None],
     "CompletionRequest": ["stub-text"],
     "EmbeddingRequest": ["stub-embed"],
     "ImageRequest": ["stub-image", None],

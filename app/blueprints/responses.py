@@ -51,7 +51,7 @@ class Prepared:
 
     translated: Translated
     passthrough: dict  # for deployments that serve Responses themselves
-    response_id: str  # the id a translated answer gets
+    response_id: str  # the id the answer gets, passed through or translated
     prompt_estimate: int
     owner: str  # the client token's digest, which alone may read the stored answer
     # Where the answer is kept (None: the client said `store: false`); held here because a
@@ -62,6 +62,12 @@ class Prepared:
         """Store a finished answer with its conversation, when the client asked to."""
         if self.store is not None and response.get("status") in ("completed", "incomplete"):
             self.store.save(Stored(self.owner, response, self.translated.conversation))
+
+    def stamp(self, body: dict) -> dict:
+        """What the proxy sets on a passed-through Response: its own id (the one its store
+        knows, never an upstream's that another answer could repeat), and the conversation it
+        continues (which the proxy resolved; the upstream never saw the id)."""
+        return {"id": self.response_id, "previous_response_id": body.get("previous_response_id")}
 
     def headers(self) -> dict[str, str]:
         warnings = "; ".join(self.translated.warnings)
@@ -111,7 +117,7 @@ class CreateResponse(Endpoint):
         provider, prepared = candidate.provider, call.prepared
         if provider.model.responses:
             response = provider.responses(candidate.ask(prepared.passthrough), ctx)
-            response = _continued(response, call.body)
+            response = {**response, **prepared.stamp(call.body)}
             prepared.keep(response)
             return Answer(response, response.get("usage"), output_text(response))
         result = provider.chat(candidate.ask(prepared.translated.canonical), ctx)
@@ -156,12 +162,6 @@ def _named(body: dict, candidate: Candidate) -> dict:
     return body if body.get("model") else {**body, "model": candidate.name}
 
 
-def _continued(response: dict, body: dict) -> dict:
-    """A passed-through Response names the conversation it continues (the proxy resolved it)."""
-    previous = body.get("previous_response_id")
-    return {**response, "previous_response_id": previous} if previous else response
-
-
 def translated_events(chunks, tally: Tally, prepared: Prepared, body: dict) -> Iterator[bytes]:
     """Responses events for a translated stream; its text and usage noted for charging."""
     writer = EventWriter(skeleton(body, prepared.response_id, body.get("model") or ""))
@@ -178,13 +178,9 @@ def translated_events(chunks, tally: Tally, prepared: Prepared, body: dict) -> I
 
 def relayed(items, tally: Tally, prepared: Prepared, body: dict) -> Iterator[bytes]:
     """A passed-through stream relayed; its final Response kept, its usage noted."""
-    relay = Relay()
-
-    def on_done(response: dict) -> None:
-        prepared.keep(_continued(response, body))
-
+    relay = Relay(prepared.stamp(body))
     try:
-        yield from failing(relay.events(items, on_done), relay.fail)
+        yield from failing(relay.events(items, prepared.keep), relay.fail)
     finally:
         tally.usage = relay.usage
         tally.texts = relay.texts
