@@ -155,6 +155,8 @@ def _check_parts(parts: object, where: str) -> None:
     for index, part in enumerate(parts):
         at = f"{where}[{index}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise _refuse("every content part must be an object with a type", f"{at}.type")
         if kind in TEXT_PARTS:
             if not isinstance(part.get("text", part.get("refusal")), str):
                 raise _refuse(f"a {kind} part needs a string text", f"{at}.text")
@@ -283,7 +285,7 @@ def _tools(body: dict, warnings: list[str]) -> list[dict]:
 
 
 def _tool_choice(choice: object, warnings: list[str]) -> object:
-    if choice in TOOL_CHOICES:
+    if isinstance(choice, str) and choice in TOOL_CHOICES:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice["name"]}}
