@@ -3,18 +3,25 @@ every wire format: OpenAI chat only, Anthropic, Gemini, and OpenAI's own Respons
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import tomllib
 
 import openai
 import pytest
 import yaml
 
+from app.config import load_config
 from tests.conftest import TOKEN
-from tests.servers import ProxyServer
+from tests.servers import ROOT, ProxyServer
 from tests.stub_upstream import Reply, StubUpstream
 from tests.wire_stubs import every_format, models, responses_events
 
 OTHER_TOKEN = "sk-other-team-token"
+README = (ROOT / "README.md").read_text()
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
 FORMATS = ["chat-only", "claude", "gemini", "native"]
 WEATHER = {
     "type": "function",
@@ -274,3 +281,42 @@ def test_previous_response_id_across_two_proxies_on_one_redis(upstream, redis_se
     finally:
         for server in servers:
             server.stop()
+
+
+def readme_block(language: str, marker: str) -> str:
+    blocks = [body for lang, body in FENCE.findall(README) if lang == language and marker in body]
+    assert len(blocks) == 1, f"{len(blocks)} {language} blocks contain {marker!r}"
+    return blocks[0]
+
+
+def test_the_readme_responses_example_runs_as_written(tmp_path):
+    path = tmp_path / "config.yaml"
+    echo = [
+        {"name": "echo", "provider": "echo", "model_size": "SMALL"},
+        {"name": "echo-large", "provider": "echo", "model_size": "BIG"},
+    ]
+    path.write_text(yaml.safe_dump({"default_model": "SMALL", "models": echo}))
+    proxy = ProxyServer(path, threads=4).start()
+    try:
+        code = readme_block("python", "client.responses.create")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code.replace("http://127.0.0.1:8080", proxy.url), "README", "exec"), {})
+    finally:
+        proxy.stop()
+    assert out.getvalue() == "remember this\nand this too\ncompleted\n"
+
+
+def test_the_readme_codex_and_config_examples_hold():
+    codex = tomllib.loads(readme_block("toml", "wire_api"))
+    provider = codex["model_providers"][codex["model_provider"]]
+    assert provider["wire_api"] == "responses"
+    assert provider["base_url"] == "http://127.0.0.1:8080/v1" and provider["env_key"]
+    assert f"export {provider['env_key']}=" in readme_block("sh", "codex")
+    example = yaml.safe_load(readme_block("yaml", "ttl_seconds"))
+    loaded = load_config(
+        None, env={"OPENAI_API_KEY": "sk-x"}, overrides={**example, "default_model": None}
+    )
+    assert loaded.models[0].responses is True
+    assert loaded.responses.storage.startswith("redis://")
+    assert loaded.responses.ttl_seconds == 86400
