@@ -8,6 +8,7 @@ never a `completed` for a stream that was cut.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,12 +36,20 @@ class Item:
     """One output item being streamed: a message's text, or a call's arguments."""
 
     item: dict  # the item as `response.output_item.added` showed it
+    index: int  # its place in the output
     pieces: list[str] = field(default_factory=list)
     done: bool = False
+    # The delta events' fixed text around their sequence number and delta (see `_delta`).
+    delta_head: str = ""
+    delta_middle: str = ""
+    delta_tail: str = ""
 
     @property
     def is_message(self) -> bool:
         return self.item["type"] == "message"
+
+    def where(self) -> dict:
+        return {"item_id": self.item["id"], "output_index": self.index}
 
 
 def failure_body(err: ProxyError) -> dict:
@@ -66,66 +75,77 @@ class EventWriter:
         self.sequence += 1
         return encode_event(kind, payload)
 
-    def start(self) -> Iterator[bytes]:
-        yield self.event("response.created", response=self.response)
-        yield self.event("response.in_progress", response=self.response)
+    def start(self) -> list[bytes]:
+        # The same Response twice: encoded once.
+        body = json.dumps(self.response, separators=(",", ":"))
+        events = []
+        for kind in ("response.created", "response.in_progress"):
+            head = f'{{"type":"{kind}","sequence_number":{self.sequence},"response":'
+            events.append(f"event: {kind}\ndata: {head}{body}}}\n\n".encode())
+            self.sequence += 1
+        return events
 
-    def _open(self, item: dict) -> tuple[Item, bytes]:
-        opened = Item(item)
+    def _open(self, item: dict, delta_kind: str, extra: str = "") -> tuple[Item, bytes]:
+        opened = Item(item, len(self.items))
+        opened.delta_head = f'event: {delta_kind}\ndata: {{"type":"{delta_kind}","sequence_number":'
+        where = json.dumps(opened.where(), separators=(",", ":"))[1:-1]
+        opened.delta_middle = f',{where}{extra},"delta":'
         self.items.append(opened)
         return opened, self.event(
-            "response.output_item.added", output_index=len(self.items) - 1, item=item
+            "response.output_item.added", output_index=opened.index, item=item
         )
 
-    def _where(self, item: Item) -> dict:
-        return {"item_id": item.item["id"], "output_index": self.items.index(item)}
+    def _delta(self, item: Item, delta: str) -> bytes:
+        """A delta event, written around its one changing value: the hot path of a stream
+        (the same JSON as `event` would write)."""
+        item.pieces.append(delta)
+        sequence = self.sequence
+        self.sequence += 1
+        return (
+            f"{item.delta_head}{sequence}{item.delta_middle}{json.dumps(delta)}{item.delta_tail}"
+        ).encode()
 
-    def text(self, delta: str, item_id: str | None = None) -> Iterator[bytes]:
+    def text(self, delta: str, item_id: str | None = None) -> list[bytes]:
         """Text of the answer: into the open message, or a new one."""
-        if self.message is None:
-            self.message, added = self._open(
-                {**message_item("", "in_progress", item_id), "content": []}
-            )
-            yield added
-            yield self.event(
-                "response.content_part.added",
-                **self._where(self.message),
-                content_index=0,
-                part=text_part(""),
-            )
-        self.message.pieces.append(delta)
-        yield self.event(
-            "response.output_text.delta",
-            **self._where(self.message),
-            content_index=0,
-            delta=delta,
-            logprobs=[],
+        message = self.message
+        if message is not None:
+            return [self._delta(message, delta)]
+        item = {**message_item("", "in_progress", item_id), "content": []}
+        message, added = self._open(item, "response.output_text.delta", ',"content_index":0')
+        message.delta_tail = ',"logprobs":[]}\n\n'
+        self.message = message
+        part = self.event(
+            "response.content_part.added", **message.where(), content_index=0, part=text_part("")
         )
+        return [added, part, self._delta(message, delta)]
 
     def call(
         self, key: object, call_id: str, name: str, arguments: str, item_id: str | None = None
-    ) -> Iterator[bytes]:
+    ) -> list[bytes]:
         """A piece of a function call: its start (id and name) the first time `key` is seen."""
         item = self.calls.get(key)
+        events = []
         if item is None:
             # A call ends the message before it: text after it starts a new one.
-            yield from self.close_message()
-            item, added = self._open(call_item(call_id, name, "", "in_progress", item_id))
+            events = self.close_message()
+            opened = call_item(call_id, name, "", "in_progress", item_id)
+            item, added = self._open(opened, "response.function_call_arguments.delta")
+            item.delta_tail = "}\n\n"
             self.calls[key] = item
-            yield added
+            events.append(added)
         if arguments:
-            item.pieces.append(arguments)
-            yield self.event(
-                "response.function_call_arguments.delta", **self._where(item), delta=arguments
-            )
+            events.append(self._delta(item, arguments))
+        return events
 
-    def close_message(self) -> Iterator[bytes]:
-        if self.message is not None:
-            yield from self._close(self.message, "completed")
-            self.message = None
+    def close_message(self) -> list[bytes]:
+        if self.message is None:
+            return []
+        events = list(self._close(self.message, "completed"))
+        self.message = None
+        return events
 
     def _close(self, item: Item, status: str) -> Iterator[bytes]:
-        where = self._where(item)
+        where = item.where()
         text = "".join(item.pieces)
         if item.is_message:
             yield self.event(
@@ -180,24 +200,26 @@ class EventWriter:
         return "".join("".join(i.pieces) for i in self.items)
 
 
-@upstream_shape
-def _feed(writer: EventWriter, chunk: dict) -> Iterator[bytes]:
+def _feed(writer: EventWriter, chunk: dict) -> list[bytes]:
+    """The events of one canonical chunk (its first choice: a Response has one answer)."""
+    events: list[bytes] = []
     for choice in chunk.get("choices") or ():
         if choice.get("index", 0) != 0:
             continue
         delta = choice.get("delta") or {}
         text = delta.get("content")
         if isinstance(text, str) and text:
-            yield from writer.text(text)
+            events += writer.text(text)
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             arguments = function.get("arguments")
-            yield from writer.call(
+            events += writer.call(
                 call.get("index", 0),
                 call.get("id") or new_id("call"),
                 str(function.get("name") or ""),
                 arguments if isinstance(arguments, str) else "",
             )
+    return events
 
 
 @dataclass
@@ -208,6 +230,7 @@ class Ending:
     usage: object = None
 
 
+@upstream_shape
 def canonical_events(
     chunks: Iterable[dict],
     writer: EventWriter,
