@@ -81,7 +81,11 @@ class ResponseStore:
         raw = self._get(response_id) if 0 < len(response_id) <= MAX_ID_CHARS else None
         if raw is None:
             raise not_found(param)
-        stored = Stored.decode(raw)
+        try:
+            stored = Stored.decode(raw)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("a stored response could not be read; treated as missing")
+            raise not_found(param) from None
         if not hmac.compare_digest(stored.owner, owner):
             raise not_found(param)
         return stored

@@ -24,6 +24,7 @@ def app(make_app, upstream):
                     {"name": "team", "token": TOKEN},
                     {"name": "other", "token": OTHER},
                     {"name": "small", "token": "sk-small", "tokens_per_minute": 20},
+                    {"name": "gpt-only", "token": "sk-gpt-only", "models": ["gpt"]},
                 ]
             },
             "models": [
@@ -349,3 +350,10 @@ def test_answers_are_charged_to_the_token(client, upstream):
     statuses = [post(client, {"model": "gpt", "input": "hi"}, "sk-small").status_code
                 for _ in range(4)]  # fmt: skip
     assert statuses == [200, 200, 200, 429]
+
+
+def test_the_allow_list_applies(client, upstream):
+    refused = post(client, {"model": "native", "input": "hi"}, "sk-gpt-only")
+    assert refused.status_code == 403 and refused.json["error"]["code"] == "model_not_allowed"
+    assert upstream.requests == []
+    assert post(client, {"model": "gpt", "input": "hi"}, "sk-gpt-only").status_code == 200
