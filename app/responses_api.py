@@ -132,7 +132,8 @@ def check_items(items: list, prefix: str, history_calls: set[str]) -> None:
             if not isinstance(call_id, str):
                 raise _refuse("a function_call_output needs a string call_id", f"{where}.call_id")
             if call_id not in calls:
-                raise _refuse(f"no function_call with call_id {call_id!r} before it", where)
+                message = f"no function_call with call_id {call_id!r} before it"
+                raise _refuse(message, f"{where}.call_id")
             output = item.get("output")
             if not isinstance(output, str):
                 _check_parts(output, f"{where}.output")

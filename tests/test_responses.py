@@ -8,6 +8,7 @@ import json
 import pytest
 import responses as mocked
 
+from app.config import ConfigError
 from tests.conftest import TOKEN, openai_model
 from tests.stub_upstream import Reply, chat_completion
 
@@ -88,10 +89,10 @@ BAD = [
     ({"input": [{**CALL, "call_id": 5}]}, 400, "input[0].call_id"),
     ({"input": [{**CALL, "name": None}]}, 400, "input[0].name"),
     ({"input": [{**CALL, "arguments": {"a": 1}}]}, 400, "input[0].arguments"),
-    ({"input": [output("call_1", "x")]}, 400, "input[0]"),
-    ({"input": [CALL, output("call_2", "x")]}, 400, "input[1]"),
-    ({"input": [CALL, output("CALL_1", "x")]}, 400, "input[1]"),
-    ({"input": [output("call_1", "x"), CALL]}, 400, "input[0]"),
+    ({"input": [output("call_1", "x")]}, 400, "input[0].call_id"),
+    ({"input": [CALL, output("call_2", "x")]}, 400, "input[1].call_id"),
+    ({"input": [CALL, output("CALL_1", "x")]}, 400, "input[1].call_id"),
+    ({"input": [output("call_1", "x"), CALL]}, 400, "input[0].call_id"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, 400, "input[0].call_id"),
     ({"input": [CALL, output("call_1", 5)]}, 400, "input[1].output"),
     ({"input": [CALL, output("call_1", [{"type": "x"}])]}, 400, "input[1].output[0].type"),
@@ -357,3 +358,14 @@ def test_the_allow_list_applies(client, upstream):
     assert refused.status_code == 403 and refused.json["error"]["code"] == "model_not_allowed"
     assert upstream.requests == []
     assert post(client, {"model": "gpt", "input": "hi"}, "sk-gpt-only").status_code == 200
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "google", "echo", "cohere"])
+def test_responses_true_on_a_provider_without_the_api_is_a_config_error(make_app, provider):
+    model = {"name": "m", "provider": provider, "base_url": "http://127.0.0.1:9", "token": "k"}
+    with pytest.raises(ConfigError) as info:
+        make_app({"models": [{**model, "responses": True}]})
+    assert info.value.problems == [
+        f"models[0].responses: provider {provider!r} does not serve the Responses API "
+        "(its requests are translated without this flag)"
+    ]

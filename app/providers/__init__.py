@@ -58,6 +58,11 @@ def check_models(models: tuple[ModelConfig, ...]) -> list[str]:
     for model in models:
         cls, default_url = lookup(model.provider)
         problems.extend(f"models[{model.index}].{p}" for p in cls.check(model, default_url))
+        if model.responses and cls.responses is Provider.responses:
+            problems.append(
+                f"models[{model.index}].responses: provider {model.provider!r} does not serve "
+                "the Responses API (its requests are translated without this flag)"
+            )
     return problems
 
 
