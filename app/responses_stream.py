@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .errors import ProxyError, UpstreamError, upstream_shape
 from .redact import REDACTOR
-from .responses_api import (
+from .responses_output import (
     call_item,
     finished,
     message_item,

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import InvalidRequestError
-from app.responses_api import check_items, input_items, skeleton, to_chat_request, to_response
+from app.responses_api import check_items, input_items, to_chat_request
+from app.responses_output import skeleton, to_response
 from app.responses_stream import EventWriter, canonical_events, response_events
 from app.schemas import RESPONSES, validate_body
 

@@ -30,13 +30,10 @@ from ..responses_api import (
     check_items,
     estimate_input,
     input_items,
-    new_id,
-    output_text,
     passthrough_body,
-    skeleton,
     to_chat_request,
-    to_response,
 )
+from ..responses_output import new_id, output_text, skeleton, to_response
 from ..responses_stream import EventWriter, Relay, canonical_events, failing
 from ..routing import Candidate
 from ..schemas import RESPONSES
