@@ -8,6 +8,7 @@ import io
 import json
 import re
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -36,7 +37,8 @@ def config(url: str, **extra) -> dict:
         "auth": {
             "tokens": [{"name": "team", "token": TOKEN}, {"name": "other", "token": OTHER_TOKEN}]
         },
-        "models": models(url),
+        # The README's example asks for `echo` and `SMALL`.
+        "models": [*models(url), {"name": "echo", "provider": "echo", "model_size": "SMALL"}],
         "retry": {"max_retries": 0},
         # Failures are part of these tests: none may keep a deployment away from the next.
         "routing": {"cooldown_seconds": 0},
@@ -261,7 +263,9 @@ def test_previous_response_id_across_two_proxies_on_one_redis(upstream, redis_se
         path.write_text(
             yaml.safe_dump(config(upstream.url, rate_limits={"storage": redis_server.url}))
         )
-        servers.append(ProxyServer(path).start())
+        servers.append(ProxyServer(path))
+    with ThreadPoolExecutor(2) as pool:  # both start at once
+        list(pool.map(ProxyServer.start, servers))
     try:
         first_proxy, second_proxy = (
             openai.OpenAI(base_url=s.url + "/v1", api_key=TOKEN, max_retries=0) for s in servers
@@ -289,21 +293,13 @@ def readme_block(language: str, marker: str) -> str:
     return blocks[0]
 
 
-def test_the_readme_responses_example_runs_as_written(tmp_path):
-    path = tmp_path / "config.yaml"
-    echo = [
-        {"name": "echo", "provider": "echo", "model_size": "SMALL"},
-        {"name": "echo-large", "provider": "echo", "model_size": "BIG"},
-    ]
-    path.write_text(yaml.safe_dump({"default_model": "SMALL", "models": echo}))
-    proxy = ProxyServer(path, threads=4).start()
-    try:
-        code = readme_block("python", "client.responses.create")
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(code.replace("http://127.0.0.1:8080", proxy.url), "README", "exec"), {})
-    finally:
-        proxy.stop()
+def test_the_readme_responses_example_runs_as_written(proxy):
+    code = readme_block("python", "client.responses.create")
+    assert 'api_key="unused"' in code  # as the README's other examples, for a proxy without tokens
+    code = code.replace('api_key="unused"', f'api_key="{TOKEN}"')
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.replace("http://127.0.0.1:8080", proxy.url), "README", "exec"), {})
     assert out.getvalue() == "remember this\nand this too\ncompleted\n"
 
 
