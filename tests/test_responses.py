@@ -369,3 +369,19 @@ def test_responses_true_on_a_provider_without_the_api_is_a_config_error(make_app
         f"models[0].responses: provider {provider!r} does not serve the Responses API "
         "(its requests are translated without this flag)"
     ]
+
+
+def test_a_passthrough_upstream_that_answers_whole_still_streams(client, upstream):
+    item = {"id": "msg_w", "type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "whole answer"}]}  # fmt: skip
+    native = {"id": "resp_w", "object": "response", "created_at": 1, "status": "completed",
+              "model": "gpt-up", "output": [item]}  # fmt: skip
+    upstream.queue(Reply(body=native))
+    response = post(client, {"model": "native", "input": "hi", "stream": True})
+    events = [json.loads(line[6:]) for line in response.get_data(as_text=True).splitlines()
+              if line.startswith("data: ")]  # fmt: skip
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == "whole answer"
+    assert upstream.requests[0].json()["stream"] is True

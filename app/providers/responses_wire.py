@@ -3,12 +3,14 @@ whole answer checked, and the stream's typed events read as they come."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 from ..errors import UpstreamError, upstream_shape
 from ..providers.base import ChatStream
 from ..providers.http import Event
-from ..upstream import body_error, error_message, safe_text
+from ..responses_stream import response_events
+from ..upstream import body_error, error_message
 
 RESPONSES_PATH = "/responses"
 # The events that end a Responses stream as its upstream meant it to end.
@@ -44,11 +46,13 @@ class ResponsesStream(ChatStream):
     @upstream_shape
     def __iter__(self) -> Iterator[Event]:
         if self.answered_whole():
+            # Asked to stream, it answered whole: the events that answer would have had.
             answer = response_answer(self.whole_answer(), self.label)
-            raise UpstreamError(
-                f"{self.label}: the upstream answered whole though asked to stream "
-                f"({safe_text(str(answer.get('status')))})"
-            )
+            self.completed = True
+            for raw in response_events(answer):
+                data = json.loads(raw.partition(b"\ndata: ")[2])
+                yield Event(data["type"], data)
+            return
         for event in self.events(stream_failure, done=None):
             kind = event.data.get("type") or event.name
             if not isinstance(kind, str):
