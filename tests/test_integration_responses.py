@@ -195,6 +195,27 @@ def test_a_cut_stream_ends_with_failed_never_completed(client, upstream):
         client.responses.retrieve(events[0].response.id)
 
 
+# Where each format's stub stream is cut: after the first text, before the ending.
+CUT_AFTER = {"chat-only": 2, "claude": 3, "gemini": 1, "native": 4}
+
+
+@pytest.mark.parametrize("model", FORMATS)
+def test_every_format_cut_mid_answer_ends_with_failed(client, upstream, model):
+    def cut(record):
+        reply = every_format(record)
+        reply.cut_after = CUT_AFTER[model]
+        return reply
+
+    upstream.handler = cut
+    with client.responses.stream(model=model, input="one two three") as stream:
+        events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.failed", kinds
+    assert "response.completed" not in kinds
+    numbers = [e.sequence_number for e in events]
+    assert numbers == sorted(set(numbers))
+
+
 def test_a_stream_without_a_finish_reason_is_failed(client, upstream):
     upstream.handler = None
     upstream.queue(Reply(events=[chat_event({"role": "assistant", "content": "so far"})]))

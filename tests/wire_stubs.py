@@ -136,7 +136,12 @@ def google(record: Recorded) -> Reply:
         "modelVersion": "gemini-up",
     }
     if "streamGenerateContent" in record.path:
-        return Reply(events=[f"data: {json.dumps(answer)}"])
+        # The parts first, then the ending with the usage, as Gemini streams them.
+        candidate = {"content": {"role": "model", "parts": parts}}
+        ending = {**answer, "candidates": [{**answer["candidates"][0], "content": {
+            "role": "model", "parts": [{"text": ""}]}}]}  # fmt: skip
+        return Reply(events=[f"data: {json.dumps({'candidates': [candidate]})}",
+                             f"data: {json.dumps(ending)}"])  # fmt: skip
     return Reply(body=answer)
 
 
