@@ -561,8 +561,9 @@ TEXT_CONFIG_DOC = {"type": "object", "properties": {"format": TEXT_FORMAT}}
 METADATA_DOC = {
     "type": "object",
     "maxProperties": MAX_METADATA_KEYS,
-    "propertyNames": {"maxLength": 64},
     "additionalProperties": {"type": "string", "maxLength": 512},
+    # apispec keeps only some keywords at the top of a field; inside allOf they all stay.
+    "allOf": [{"propertyNames": {"maxLength": 64}}],
 }
 
 
