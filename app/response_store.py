@@ -72,8 +72,8 @@ class ResponseStore:
         """Keep a response; a storage failure is logged, never raised."""
         try:
             self._put(stored.response["id"], stored.encode())
-        except ResponseStorageError as err:
-            logger.warning("response not stored: %s", scrub(err.message))
+        except ResponseStorageError:
+            logger.warning("response not stored: the storage failed")
 
     def find(self, response_id: str, owner: str, param: str | None = None) -> Stored:
         """The stored response `response_id` of `owner`, or a 404 (unknown, expired, deleted,
@@ -162,7 +162,9 @@ class RedisResponseStore(ResponseStore):
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except redis.RedisError as err:
-            raise ResponseStorageError(f"The response storage failed: {err}") from err
+            # Where the storage is and how it failed is for the log, not for the client.
+            logger.warning("response storage %s failed: %s", method, scrub(str(err)))
+            raise ResponseStorageError() from err
 
     def _put(self, response_id: str, raw: bytes) -> None:
         self._call("set", KEY_PREFIX + response_id, raw, px=max(1, int(self.ttl_seconds * 1000)))
