@@ -358,6 +358,10 @@ def test_the_allow_list_applies(client, upstream):
     assert refused.status_code == 403 and refused.json["error"]["code"] == "model_not_allowed"
     assert upstream.requests == []
     assert post(client, {"model": "gpt", "input": "hi"}, "sk-gpt-only").status_code == 200
+    # Before anything else is looked at: an unknown stored id, bad input items.
+    for extra in ({"previous_response_id": "resp_unknown"}, {"input": [{"type": "bogus"}]}):
+        body = {"model": "native", "input": "hi", **extra}
+        assert post(client, body, "sk-gpt-only").status_code == 403
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "google", "echo", "cohere"])

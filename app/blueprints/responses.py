@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..blueprints.common import (
     api_blueprint,
+    authorise_model,
     header_safe,
     json_response,
     proxy_state,
@@ -82,7 +83,13 @@ class CreateResponse(Endpoint):
     schema = RESPONSES
 
     def read(self, body: dict, size: int) -> Call:
-        owner = request_state().token.sha256
+        token = request_state().token
+        owner = token.sha256
+        # The allow-list first, as on every surface: a token refused the model learns nothing
+        # about stored responses either.
+        wanted = body.get("model") or proxy_state().config.default_model
+        if wanted:
+            authorise_model(token, wanted)
         history: list[dict] = []
         previous = body.get("previous_response_id")
         if previous is not None:
