@@ -27,6 +27,7 @@ from .errors import (
     error_response,
 )
 from .state import EXTENSION_KEY, ProxyState, RequestState, build_state
+from .statuspage import views as status_page
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ai_proxy.access")
@@ -43,7 +44,7 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp)
+API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp, status_page.bp)
 
 
 class AIProxy:

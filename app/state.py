@@ -7,12 +7,14 @@ import time
 from dataclasses import dataclass, field
 
 from . import redact
+from .activity import Activity, make_board
 from .auth import Authenticator
 from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from .providers import build_providers
 from .ratelimit import Quotas, make_storage, redis_client
 from .routing import Router
+from .statuspage.shared import live_numbers
 from .upstream import UpstreamPool
 
 EXTENSION_KEY = "ai_proxy"
@@ -27,6 +29,7 @@ class ProxyState:
     quotas: Quotas
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
+    activity: Activity = field(default_factory=Activity)  # the status page's shared numbers
 
 
 @dataclass
@@ -58,11 +61,15 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
         cooldown_seconds=config.routing.cooldown_seconds,
         probe_seconds=config.routing.request_timeout_seconds,
     )
-    return ProxyState(
+    state = ProxyState(
         config=config,
         authenticator=Authenticator(config.tokens),
         router=Router(config, providers, cooldowns, quotas),
         pool=pool,
         quotas=quotas,
         url_prefix=url_prefix,
+        activity=Activity(make_board(client)),
     )
+    state.activity.live = lambda: live_numbers(state)
+    state.router.activity = state.activity
+    return state

@@ -1,0 +1,117 @@
+"""GET /admin: the status page, its sign-in and sign-out forms, and its two static files."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from flask import Blueprint, Response, redirect, render_template, request, send_file, url_for
+
+from ..blueprints.common import proxy_state
+from ..blueprints.ops import _is_client_token, status_report
+from ..errors import NotFoundError
+from . import render, session
+
+bp = Blueprint("ai_proxy_status_page", __name__, template_folder="templates")
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = {"status.js": "text/javascript", "status.css": "text/css"}
+MAX_TOKEN_CHARS = 4096
+REFRESH_SECONDS = 3
+EXPIRED = "The form had expired or came from another page; sign in again."
+# Nothing from another host, no inline script or style: the page's own files only.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+@bp.before_request
+def require_admin_token_configured() -> None:
+    """Without an admin token the page and its files do not exist."""
+    if not proxy_state().config.admin_token:
+        raise NotFoundError(f"No route for {request.method} {request.path}.")
+
+
+@bp.after_request
+def page_headers(response: Response) -> Response:
+    response.headers.update(PAGE_HEADERS)
+    return response
+
+
+@bp.get("/admin")
+def show_status_page():
+    current = session.current()
+    if current is None or not current.signed_in:
+        return sign_in_form(current)
+    page = render.page(status_report())
+    body = render_template(
+        "ai_proxy/status.html",
+        page=page,
+        csrf=current.csrf,
+        refresh_seconds=REFRESH_SECONDS,
+        status_url=url_for("ai_proxy_ops.get_status"),
+    )
+    return Response(body, content_type="text/html; charset=utf-8")
+
+
+@bp.post("/admin/sign-in")
+def sign_in():
+    current = session.current()
+    wait = session.blocked_for()
+    if wait is not None:
+        message = f"Too many wrong tokens from your address; try again in {int(wait) + 1} s."
+        response = sign_in_form(current, message, status=429)
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    if not session.csrf_ok(current, request.form.get("csrf")):
+        return sign_in_form(None, EXPIRED, 403)
+    presented = request.form.get("token", "")
+    admin_token = proxy_state().config.admin_token or ""
+    wanted = admin_token.encode("utf-8")
+    given = presented[:MAX_TOKEN_CHARS].encode("utf-8", "replace")
+    if presented and len(presented) <= MAX_TOKEN_CHARS and hmac.compare_digest(given, wanted):
+        response = redirect(url_for(".show_status_page"), code=303)
+        return session.store(response, session.fresh(signed_in=True), _cookie_path())
+    session.count_wrong_token()
+    if presented and len(presented) <= MAX_TOKEN_CHARS and _is_client_token(presented):
+        return sign_in_form(current, "A client token cannot sign in; use the admin token.", 403)
+    return sign_in_form(current, "That is not the admin token.", 401)
+
+
+@bp.post("/admin/sign-out")
+def sign_out():
+    current = session.current()
+    if not session.csrf_ok(current, request.form.get("csrf")):
+        return sign_in_form(None, EXPIRED, 403)
+    response = redirect(url_for(".show_status_page"), code=303)
+    return session.store(response, session.fresh(), _cookie_path())
+
+
+@bp.get("/admin/assets/<name>")
+def get_asset(name: str):
+    if name not in ASSETS:
+        raise NotFoundError(f"No route for {request.method} {request.path}.")
+    response = send_file(STATIC / name, mimetype=ASSETS[name], max_age=0)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def sign_in_form(current: session.Session | None, message: str = "", status: int = 200) -> Response:
+    """The sign-in page, with a session cookie holding the CSRF token its form carries."""
+    if current is None or current.signed_in:
+        current = session.fresh()
+    body = render_template("ai_proxy/sign_in.html", csrf=current.csrf, message=message)
+    response = Response(body, status=status, content_type="text/html; charset=utf-8")
+    return session.store(response, current, _cookie_path())
+
+
+def _cookie_path() -> str:
+    return url_for(".show_status_page")
