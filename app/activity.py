@@ -280,14 +280,11 @@ class Activity:
             return found
         now = self.clock()
         for data in raw:
-            try:
-                snap = json.loads(data)
-            except ValueError:
+            snap = read_snapshot(data)
+            if snap is None or snap["worker"] == own["worker"]:
                 continue
-            if not isinstance(snap, dict) or snap.get("worker") == own["worker"]:
-                continue
-            if now - float(snap.get("time", 0)) > KEEP_SECONDS:
-                self._forget(snap.get("worker"))
+            if now - snap["time"] > KEEP_SECONDS:
+                self._forget(snap["worker"])
                 continue
             found.append(snap)
         return found
@@ -298,6 +295,58 @@ class Activity:
                 self.board.forget(worker)
             except Exception:  # noqa: BLE001 - tidying only.
                 pass
+
+
+def read_snapshot(data: bytes) -> dict | None:
+    """A published snapshot in the shape this module writes, or None for anything else (a
+    board is shared: a file cut short or written by another version must not break the page)."""
+    try:
+        snap = json.loads(data)
+        live = snap.get("live") or {}
+        return {
+            "worker": _text(snap["worker"]),
+            "time": float(snap["time"]),
+            "minutes": {
+                _text(key): {
+                    _text(m): [int(v[0]), int(v[1]), float(v[2]), int(v[3])]
+                    for m, v in buckets.items()
+                }
+                for key, buckets in snap.get("minutes", {}).items()
+            },
+            "errors": [
+                {
+                    "time": float(e["time"]),
+                    "deployment": _text(e.get("deployment", "")),
+                    "model": _text(e.get("model", "")),
+                    "status": e["status"] if isinstance(e.get("status"), int) else None,
+                    "message": _text(e.get("message", ""))[:MESSAGE_CHARS],
+                }
+                for e in snap.get("errors", [])[:LAST_ERRORS]
+            ],
+            "costs": [
+                [_text(d), _text(t), _text(m), int(n), float(usd), int(c)]
+                for d, t, m, n, usd, c in snap.get("costs", [])
+            ],
+            "live": {
+                "in_flight": {_text(k): int(v) for k, v in live.get("in_flight", {}).items()},
+                "breakers": {
+                    _text(k): [None if v[0] is None else float(v[0]), int(v[1])]
+                    for k, v in live.get("breakers", {}).items()
+                },
+                "quota_used": {
+                    _text(owner): {_text(name): float(used) for name, used in windows.items()}
+                    for owner, windows in live.get("quota_used", {}).items()
+                },
+            },
+        }
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        return None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
 
 
 def _publish_forever(ref: weakref.ref) -> None:

@@ -130,7 +130,11 @@ def _begin_request():
     if not state.authenticator.enabled:
         # No client token: the proxy answers this machine's own clients only (CONTRACT 1).
         check_local_request(
-            request.headers, request.method, request.scheme, state.config.server.cors_origins
+            request.headers,
+            request.method,
+            request.scheme,
+            state.config.server.cors_origins,
+            form=status_page.takes_form(request.path[len(state.url_prefix) :]),
         )
     origin = request.headers.get("Origin")
     if (

@@ -17,6 +17,7 @@ bp = Blueprint("ai_proxy_status_page", __name__, template_folder="templates")
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"status.js": "text/javascript", "status.css": "text/css"}
 MAX_TOKEN_CHARS = 4096
+FORM_PATHS = ("/admin/sign-in", "/admin/sign-out")
 REFRESH_SECONDS = 3
 EXPIRED = "The form had expired or came from another page; sign in again."
 # Nothing from another host, no inline script or style: the page's own files only.
@@ -72,7 +73,7 @@ def sign_in():
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     if not session.csrf_ok(current, request.form.get("csrf")):
-        return sign_in_form(None, EXPIRED, 403)
+        return sign_in_form(current, EXPIRED, 403)
     presented = request.form.get("token", "")
     admin_token = proxy_state().config.admin_token or ""
     wanted = admin_token.encode("utf-8")
@@ -90,7 +91,7 @@ def sign_in():
 def sign_out():
     current = session.current()
     if not session.csrf_ok(current, request.form.get("csrf")):
-        return sign_in_form(None, EXPIRED, 403)
+        return sign_in_form(current, EXPIRED, 403)
     response = redirect(url_for(".show_status_page"), code=303)
     return session.store(response, session.fresh(), _cookie_path())
 
@@ -104,13 +105,20 @@ def get_asset(name: str):
     return response
 
 
+def takes_form(path: str) -> bool:
+    """Whether a path (below the proxy's prefix) is one of the page's CSRF-protected forms."""
+    return path in FORM_PATHS
+
+
 def sign_in_form(current: session.Session | None, message: str = "", status: int = 200) -> Response:
-    """The sign-in page, with a session cookie holding the CSRF token its form carries."""
-    if current is None or current.signed_in:
+    """The sign-in page, whose form carries the CSRF token of the session cookie (a new one if
+    there is none; an existing session, signed in or not, is left as it is)."""
+    cookie = current is None
+    if current is None:
         current = session.fresh()
     body = render_template("ai_proxy/sign_in.html", csrf=current.csrf, message=message)
     response = Response(body, status=status, content_type="text/html; charset=utf-8")
-    return session.store(response, current, _cookie_path())
+    return session.store(response, current, _cookie_path()) if cookie else response
 
 
 def _cookie_path() -> str:
