@@ -250,11 +250,12 @@ def refuse_client_tokens_and_limit_wrong_ones(browser, server: ProxyServer) -> N
     """Last, as it spends this address's wrong tokens for the minute."""
     browser.delete_all_cookies()
     sign_in(browser, server, TOKEN)
-    assert "client token cannot sign in" in text_of(browser, "message")
+    assert "client token cannot sign in" in wait_until(lambda: text_of(browser, "message"))
     # With memory:// each of the two workers counts alone: at most 2 x 5 wrong tries.
     for _ in range(11):
         sign_in(browser, server, "a-wrong-guess")
-        if "Too many wrong tokens" in text_of(browser, "message"):
+        message = wait_until(lambda: text_of(browser, "message"))
+        if "Too many wrong tokens" in message:
             break
-    assert "Too many wrong tokens" in text_of(browser, "message")
+    assert "Too many wrong tokens" in message and "try again in" in message
     assert not text_of(browser, "deployments")

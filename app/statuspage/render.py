@@ -36,16 +36,17 @@ def number(value: float | int | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def spark_points(values: list[int], peak: int) -> str:
-    """An SVG polyline's points for a series, scaled to `peak` (shared by requests and errors)."""
-    if not values:
-        return ""
-    step = SPARK_WIDTH / max(1, len(values) - 1)
+def spark_path(values: list[int], peak: int) -> str:
+    """An SVG path of one bar per minute (none for an empty minute), scaled to `peak` (requests
+    and errors share it, so a minute's errors stand inside its requests)."""
+    step = SPARK_WIDTH / max(1, len(values))
     top = max(1, peak)
-    return " ".join(
-        f"{i * step:.1f},{SPARK_HEIGHT - 1 - (v / top) * (SPARK_HEIGHT - 2):.1f}"
-        for i, v in enumerate(values)
-    )
+    bars = []
+    for i, value in enumerate(values):
+        if value > 0:
+            height = max(1.5, value / top * SPARK_HEIGHT)
+            bars.append(f"M{(i + 0.5) * step:.1f},{SPARK_HEIGHT}V{SPARK_HEIGHT - height:.1f}")
+    return " ".join(bars)
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Deployment:
     in_flight: int
     requests: int
     errors: int
-    requests_points: str
-    errors_points: str
+    requests_path: str
+    errors_path: str
     windows: list[Window] = field(default_factory=list)
 
 
@@ -108,12 +109,13 @@ def deployment(entry: dict) -> Deployment:
         words=STATE_WORDS.get(entry["state"], entry["state"]),
         until=clock(entry["cooling_down_until"]),
         failures=entry["consecutive_failures"],
-        latency=number(activity["latency_ms"], 1) + (" ms" if activity["latency_ms"] else ""),
+        latency=number(activity["latency_ms"], 1)
+        + (" ms" if activity["latency_ms"] is not None else ""),
         in_flight=activity["in_flight"],
         requests=activity["requests_recent"],
         errors=activity["errors_recent"],
-        requests_points=spark_points(requests, peak),
-        errors_points=spark_points(errors, peak),
+        requests_path=spark_path(requests, peak),
+        errors_path=spark_path(errors, peak),
         windows=windows(entry["quota"]),
     )
 

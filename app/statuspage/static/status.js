@@ -7,7 +7,6 @@
   var url = meta.getAttribute("data-status-url");
   var every = (parseFloat(meta.getAttribute("data-refresh-seconds")) || 3) * 1000;
   var WORDS = { healthy: "healthy", cooling_down: "cooling down", failing: "failing", probing: "probing" };
-  var SVG = "http://www.w3.org/2000/svg";
   var WIDTH = 120, HEIGHT = 24;
 
   function clock(t) {
@@ -21,11 +20,16 @@
   }
   function setText(el, text) { if (el && el.textContent !== String(text)) el.textContent = String(text); }
   function field(row, name) { return row.querySelector('[data-field="' + name + '"]'); }
-  function points(values, peak) {
-    var step = WIDTH / Math.max(1, values.length - 1), top = Math.max(1, peak);
-    return values.map(function (v, i) {
-      return (i * step).toFixed(1) + "," + (HEIGHT - 1 - (v / top) * (HEIGHT - 2)).toFixed(1);
-    }).join(" ");
+  // One bar per minute with requests (errors inside them), as render.py draws them.
+  function bars(values, peak) {
+    var step = WIDTH / Math.max(1, values.length), top = Math.max(1, peak), parts = [];
+    values.forEach(function (v, i) {
+      if (v > 0) {
+        parts.push("M" + ((i + 0.5) * step).toFixed(1) + "," + HEIGHT + "V" +
+          (HEIGHT - Math.max(1.5, v / top * HEIGHT)).toFixed(1));
+      }
+    });
+    return parts.join(" ");
   }
   function cell(row, text, cls) {
     var td = document.createElement("td");
@@ -83,14 +87,14 @@
         state.setAttribute("data-shown", words + until);
       }
       setText(field(row, "failures"), d.consecutive_failures);
-      setText(field(row, "latency"), num(a.latency_ms, 1) + (a.latency_ms ? " ms" : ""));
+      setText(field(row, "latency"), num(a.latency_ms, 1) + (a.latency_ms !== null ? " ms" : ""));
       setText(field(row, "in_flight"), a.in_flight);
       setText(field(row, "requests"), a.requests_recent);
       setText(field(row, "errors"), a.errors_recent);
       var peak = Math.max.apply(null, a.requests_per_minute.concat(a.errors_per_minute, [1]));
-      var lines = field(row, "spark").querySelectorAll("polyline");
-      lines[0].setAttribute("points", points(a.requests_per_minute, peak));
-      lines[1].setAttribute("points", points(a.errors_per_minute, peak));
+      var paths = field(row, "spark").querySelectorAll("path");
+      paths[0].setAttribute("d", bars(a.requests_per_minute, peak));
+      paths[1].setAttribute("d", bars(a.errors_per_minute, peak));
     });
   }
 
