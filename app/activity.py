@@ -151,6 +151,7 @@ class Activity:
         self._minutes: dict[str, dict[int, Minute]] = {}
         self._errors: deque[dict] = deque(maxlen=LAST_ERRORS)
         self._costs: dict[tuple[str, str, str], list] = {}  # (day, token, model) -> [tok, usd, n]
+        self._day = ""
         self._changed = False
         self._pid: int | None = None
         self._worker = ""
@@ -193,12 +194,12 @@ class Activity:
         """Count an answer's tokens and cost for today's totals."""
         day = utc_day(self.clock())
         with self._lock:
+            if day != self._day:
+                self._costs, self._day = {}, day  # a new day (UTC) starts from nothing
             entry = self._costs.setdefault((day, token, model), [0, 0.0, 0])
             entry[0] += int(tokens)
             entry[1] += float(cost)
             entry[2] += 1
-            if len(self._costs) > 1 and any(k[0] != day for k in self._costs):
-                self._costs = {k: v for k, v in self._costs.items() if k[0] == day}
             self._changed = True
         self._ensure_publisher()
 

@@ -185,3 +185,13 @@ def test_any_json_on_the_board_is_read_or_skipped(value):
         merged = Merged([snapshot], NOW)
         deployment_activity(merged, "m#0")
         merged.errors(), merged.costs()
+
+
+def test_cost_starts_again_each_day():
+    clock = Clock()
+    activity = worker(None, "host:1", clock)
+    activity.charge("team-a", "m", 10, 1.0)
+    clock.now += 24 * 3600
+    activity.charge("team-a", "m", 5, 0.5)
+    (cost,) = view(activity, "m#0")["costs"]
+    assert cost["tokens"] == 5 and cost["cost_usd"] == 0.5

@@ -356,3 +356,45 @@ def test_templates_and_assets_ship_in_the_package(tmp_path):
     wanted = {f"static/{p.name}" for p in STATIC.iterdir()}
     wanted |= {f"templates/ai_proxy/{p.name}" for p in TEMPLATES.iterdir()}
     assert wanted <= shipped
+
+
+def test_two_hosts_sharing_redis_show_the_same_numbers(make_app, upstream, redis_server):
+    """Two proxies (as two hosts would) on one Redis: the same page data from either."""
+    import os
+
+    hosts = []
+    for name in ("host-a:1", "host-b:1"):
+        app = make_app(page_config(upstream, rate_limits={"storage": redis_server.url}))
+        activity = app.extensions["ai_proxy"].activity
+        activity._worker, activity._pid = name, os.getpid()  # one process plays both hosts
+        hosts.append(app)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for app, echoes in zip(hosts, (3, 2), strict=True):
+        client = app.test_client()
+        for _ in range(echoes):
+            client.post(
+                "/v1/chat/completions", json={**CHAT, "model": "echo"}, headers=auth
+            ).close()
+    upstream.queue(Reply(status=500, body={}))
+    hosts[0].test_client().post("/v1/chat/completions", json=CHAT, headers=auth)
+    for app in hosts:
+        app.extensions["ai_proxy"].activity.publish()
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    reports = [app.test_client().get("/admin/status", headers=admin).json for app in hosts]
+    for report in reports:
+        report["activity"].pop("generated_at")
+        for deployment in report["deployments"]:
+            deployment.pop("cooling_down_for_seconds")
+            for window in deployment["quota"].values():
+                window.pop("resets_in_seconds", None)
+        for token in report["tokens"]:
+            for window in token["quota"].values():
+                window.pop("resets_in_seconds", None)
+    assert reports[0]["deployments"] == reports[1]["deployments"]
+    assert reports[0]["tokens"] == reports[1]["tokens"]
+    assert reports[0]["activity"] == reports[1]["activity"]
+    echo, flaky = reports[0]["deployments"]
+    assert echo["activity"]["requests_recent"] == 5 and flaky["state"] == "cooling_down"
+    assert reports[0]["activity"]["workers"] == 2
+    assert reports[0]["activity"]["scope"] == "every worker of every host sharing the Redis"
+    assert reports[0]["tokens"][0]["quota"]["requests_per_minute"]["remaining"] == 44
