@@ -152,6 +152,7 @@ class Activity:
         self._errors: deque[dict] = deque(maxlen=LAST_ERRORS)
         self._costs: dict[tuple[str, str, str], list] = {}  # (day, token, model) -> [tok, usd, n]
         self._day = ""
+        self._day_starts = -1.0e12
         self._changed = False
         self._pid: int | None = None
         self._worker = ""
@@ -192,11 +193,13 @@ class Activity:
 
     def charge(self, token: str, model: str, tokens: int, cost: float) -> None:
         """Count an answer's tokens and cost for today's totals."""
-        day = utc_day(self.clock())
+        now = self.clock()
         with self._lock:
-            if day != self._day:
-                self._costs, self._day = {}, day  # a new day (UTC) starts from nothing
-            entry = self._costs.setdefault((day, token, model), [0, 0.0, 0])
+            if not self._day_starts <= now < self._day_starts + 86400:
+                # A new day (UTC) starts from nothing.
+                self._costs, self._day = {}, utc_day(now)
+                self._day_starts = now - now % 86400
+            entry = self._costs.setdefault((self._day, token, model), [0, 0.0, 0])
             entry[0] += int(tokens)
             entry[1] += float(cost)
             entry[2] += 1
