@@ -398,3 +398,14 @@ def test_two_hosts_sharing_redis_show_the_same_numbers(make_app, upstream, redis
     assert reports[0]["activity"]["workers"] == 2
     assert reports[0]["activity"]["scope"] == "every worker of every host sharing the Redis"
     assert reports[0]["tokens"][0]["quota"]["requests_per_minute"]["remaining"] == 44
+
+
+def test_the_admin_token_as_bearer_gets_the_page_without_a_session(page_app):
+    client = page_app.test_client()
+    page = client.get("/admin", headers={"Authorization": f"Bearer {ADMIN}"})
+    text = page.get_data(as_text=True)
+    assert 'id="deployments"' in text and 'id="sign-out"' not in text
+    assert "Set-Cookie" not in page.headers
+    for other in (TOKEN, "wrong", ADMIN + "x"):
+        shown = client.get("/admin", headers={"Authorization": f"Bearer {other}"})
+        assert 'name="token"' in shown.get_data(as_text=True)

@@ -18,13 +18,13 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from flask import Response, current_app, request
+from flask import Response, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.strategies import FixedWindowRateLimiter
 
-from ..state import EXTENSION_KEY
+from ..blueprints.common import proxy_state
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Session:
 
 
 def _admin_token() -> str | None:
-    return current_app.extensions[EXTENSION_KEY].config.admin_token
+    return proxy_state().config.admin_token
 
 
 def _key(admin_token: str) -> bytes:
@@ -123,7 +123,7 @@ def csrf_ok(session: Session | None, presented: str | None) -> bool:
 
 def _limiter() -> FixedWindowRateLimiter:
     # In the rate-limit storage, so that with Redis every worker and host counts together.
-    return FixedWindowRateLimiter(current_app.extensions[EXTENSION_KEY].quotas.storage)
+    return FixedWindowRateLimiter(proxy_state().quotas.storage)
 
 
 def _address() -> str:

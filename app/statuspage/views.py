@@ -7,9 +7,10 @@ from pathlib import Path
 
 from flask import Blueprint, Response, redirect, render_template, request, send_file, url_for
 
+from ..auth import extract_token
 from ..blueprints.common import proxy_state
-from ..blueprints.ops import _is_client_token, status_report
-from ..errors import NotFoundError
+from ..blueprints.ops import status_report
+from ..errors import AuthenticationError, NotFoundError
 from . import render, session
 
 bp = Blueprint("ai_proxy_status_page", __name__, template_folder="templates")
@@ -50,13 +51,20 @@ def page_headers(response: Response) -> Response:
 @bp.get("/admin")
 def show_status_page():
     current = session.current()
-    if current is None or not current.signed_in:
-        return sign_in_form(current)
-    page = render.page(status_report())
+    if current is not None and current.signed_in:
+        return status_page(current.csrf)
+    if _is_admin_token(extract_token(request.headers)):
+        # A script or curl with the admin token as Bearer gets the page without a session.
+        return status_page(None)
+    return sign_in_form(current)
+
+
+def status_page(csrf: str | None) -> Response:
+    """The page itself; `csrf` is the session's (None: no session, so no sign-out form)."""
     body = render_template(
         "ai_proxy/status.html",
-        page=page,
-        csrf=current.csrf,
+        page=render.page(status_report()),
+        csrf=csrf,
         refresh_seconds=REFRESH_SECONDS,
         status_url=url_for("ai_proxy_ops.get_status"),
     )
@@ -75,14 +83,11 @@ def sign_in():
     if not session.csrf_ok(current, request.form.get("csrf")):
         return sign_in_form(current, EXPIRED, 403)
     presented = request.form.get("token", "")
-    admin_token = proxy_state().config.admin_token or ""
-    wanted = admin_token.encode("utf-8")
-    given = presented[:MAX_TOKEN_CHARS].encode("utf-8", "replace")
-    if presented and len(presented) <= MAX_TOKEN_CHARS and hmac.compare_digest(given, wanted):
+    if _is_admin_token(presented):
         response = redirect(url_for(".show_status_page"), code=303)
         return session.store(response, session.fresh(signed_in=True), _cookie_path())
     session.count_wrong_token()
-    if presented and len(presented) <= MAX_TOKEN_CHARS and _is_client_token(presented):
+    if _is_client_token(presented):
         return sign_in_form(current, "A client token cannot sign in; use the admin token.", 403)
     return sign_in_form(current, "That is not the admin token.", 401)
 
@@ -103,6 +108,24 @@ def get_asset(name: str):
     response = send_file(STATIC / name, mimetype=ASSETS[name], max_age=0)
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def _is_admin_token(presented: str | None) -> bool:
+    """Compared in constant time; never true without an admin token configured."""
+    wanted = (proxy_state().config.admin_token or "").encode("utf-8")
+    if not presented or not wanted or len(presented) > MAX_TOKEN_CHARS:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), wanted)
+
+
+def _is_client_token(presented: str) -> bool:
+    if not presented or len(presented) > MAX_TOKEN_CHARS:
+        return False
+    try:
+        proxy_state().authenticator.authenticate({"x-api-key": presented}, None)
+    except AuthenticationError:
+        return False
+    return True
 
 
 def takes_form(path: str) -> bool:
