@@ -161,7 +161,7 @@ def test_the_publisher_thread_publishes(tmp_path):
     board = FileBoard(tmp_path)
     activity = Activity(board)
     activity.attempt("m#0", "success", 0.1)
-    assert wait_until(lambda: board.read(), timeout=5)
+    assert wait_until(lambda: board.read(), timeout=15)
     (snapshot,) = [json.loads(raw) for raw in board.read()]
     assert sum(v[0] for v in snapshot["minutes"]["m#0"].values()) == 1
 

@@ -118,7 +118,7 @@ def test_sign_in_watch_a_deployment_cool_down_and_sign_out(proxy, upstream, brow
     upstream.default = HEALTHY
     assert chat(proxy, "echo") == 200
     sign_in(browser, proxy)
-    assert wait_until(lambda: text_of(browser, "deployments"), timeout=10)
+    assert wait_until(lambda: text_of(browser, "deployments"), timeout=20)
     page = browser.page_source
     for name in ("echo#0", "echo-large#1", "flaky#2", "team-a", "team-b"):
         assert name in page
@@ -132,10 +132,10 @@ def test_sign_in_watch_a_deployment_cool_down_and_sign_out(proxy, upstream, brow
     upstream.default = FAILING
     assert chat(proxy, "flaky") == 502
     # The page's script notices within a few seconds; the page is never reloaded.
-    assert wait_until(lambda: "cooling down" in row_text(browser, "flaky#2"), timeout=15)
+    assert wait_until(lambda: "cooling down" in row_text(browser, "flaky#2"), timeout=30)
     assert "until" in row_text(browser, "flaky#2")
     assert browser.execute_script("return window.stillTheSamePage;") is True
-    assert wait_until(lambda: "500" in text_of(browser, "errors"), timeout=10)
+    assert wait_until(lambda: "500" in text_of(browser, "errors"), timeout=20)
     assert text_of(browser, "live") == "live"
     assert "upstream answered 500" in text_of(browser, "errors")
 
@@ -150,7 +150,7 @@ def test_sign_in_watch_a_deployment_cool_down_and_sign_out(proxy, upstream, brow
     from selenium.webdriver.common.by import By
 
     browser.find_element(By.ID, "sign-out").click()
-    assert wait_until(lambda: browser.find_elements(By.ID, "token"), timeout=10)
+    assert wait_until(lambda: browser.find_elements(By.ID, "token"), timeout=20)
     browser.refresh()
     assert browser.find_elements(By.ID, "token") and not text_of(browser, "deployments")
 
@@ -161,7 +161,7 @@ def test_with_scripts_off_the_page_shows_the_state(proxy, upstream):
     driver = chromium(scripts=False)
     try:
         sign_in(driver, proxy)
-        assert wait_until(lambda: text_of(driver, "deployments"), timeout=10)
+        assert wait_until(lambda: text_of(driver, "deployments"), timeout=20)
         assert "cooling down" in row_text(driver, "flaky#2")
         assert "healthy" in row_text(driver, "echo#0")
         from selenium.webdriver.common.by import By
@@ -250,9 +250,9 @@ def test_two_workers_agree(tmp_path_factory, browser):
                     return False
             return True
 
-        assert wait_until(settled, timeout=15, interval=0.2)
+        assert wait_until(settled, timeout=30, interval=0.2)
         sign_in(browser, server)
-        assert wait_until(lambda: text_of(browser, "deployments"), timeout=10)
+        assert wait_until(lambda: text_of(browser, "deployments"), timeout=20)
         seen = []
         for _ in range(10):
             browser.get(server.url + "/admin")
