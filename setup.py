@@ -19,12 +19,17 @@ setup(
     # project with an `app` of its own can still import it; inside, every import is relative.
     packages=["ai_proxy", *(f"ai_proxy.{name}" for name in find_packages("app"))],
     package_dir={"ai_proxy": "app"},
+    # The status page's templates and its script and style sheet ship inside the package.
+    package_data={
+        "ai_proxy.statuspage": ["templates/ai_proxy/*.html", "static/*.js", "static/*.css"]
+    },
     py_modules=["wsgi"],
     install_requires=[
         "apispec>=6.8.3,<7",
         "Flask>=3.1,<4",
         "Werkzeug>=3.1,<4",
         "gunicorn>=23",
+        "itsdangerous>=2.2,<3",
         "limits>=5,<6",
         "marshmallow>=4,<5",
         "prometheus-client>=0.20",

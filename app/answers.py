@@ -233,6 +233,12 @@ class AdminStatus(_Answer):
     deployments = fields.List(fields.Dict(), required=True)
     tokens = fields.List(fields.Dict(), required=True)
     requests_in_flight = fields.Integer(required=True)
+    activity = fields.Dict(
+        metadata={
+            "description": "Every worker's numbers for the status page: last errors, cost "
+            "today per token and model, cache hit rate (each deployment has its own `activity`)."
+        }
+    )
 
 
 def documented() -> list[type[Schema]]:

@@ -93,13 +93,21 @@ def is_json_type(content_type: str | None) -> bool:
     )
 
 
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
 def check_local_request(
-    headers: Mapping[str, str], method: str, scheme: str, cors_origins: Iterable[str]
+    headers: Mapping[str, str],
+    method: str,
+    scheme: str,
+    cors_origins: Iterable[str],
+    form: bool = False,
 ) -> None:
     """With no client token, only this machine's own clients may call: refuse (401) a `Host`
     that is not loopback (DNS rebinding), a cross-site browser request (an `Origin` that is not
     in `cors_origins` nor this server itself), and a body-carrying request that is not JSON (a
-    browser sends `text/plain` or form posts cross-site without asking first).
+    browser sends `text/plain` or form posts cross-site without asking first). `form`: the
+    status page's sign-in and sign-out, whose forms carry a CSRF token of their own.
     """
     host = headers.get("Host")
     if not is_loopback_host_header(host):
@@ -121,6 +129,8 @@ def check_local_request(
         raise AuthenticationError(
             "No client token is configured, so cross-site browser requests are refused."
         )
+    if form and (headers.get("Content-Type") or "").startswith(FORM_TYPE):
+        return
     if method.upper() in JSON_METHODS and not is_json_type(headers.get("Content-Type")):
         raise AuthenticationError(
             "No client token is configured, so a request body must be sent as "

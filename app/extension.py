@@ -27,6 +27,7 @@ from .errors import (
     error_response,
 )
 from .state import EXTENSION_KEY, ProxyState, RequestState, build_state
+from .statuspage import views as status_page
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ai_proxy.access")
@@ -43,7 +44,16 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp, responses.bp)
+API_SURFACES = (
+    health.bp,
+    ops.bp,
+    openai.bp,
+    anthropic.bp,
+    go.bp,
+    docs.bp,
+    responses.bp,
+    status_page.bp,
+)
 
 
 class AIProxy:
@@ -129,7 +139,11 @@ def _begin_request():
     if not state.authenticator.enabled:
         # No client token: the proxy answers this machine's own clients only (CONTRACT 1).
         check_local_request(
-            request.headers, request.method, request.scheme, state.config.server.cors_origins
+            request.headers,
+            request.method,
+            request.scheme,
+            state.config.server.cors_origins,
+            form=status_page.takes_form(request.path[len(state.url_prefix) :]),
         )
     origin = request.headers.get("Origin")
     if (

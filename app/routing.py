@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from . import metrics, tracing
+from .activity import Activity
 from .config import Config
 from .cooldown import BreakerState, Cooldowns, MemoryBreakers
 from .errors import (
@@ -119,6 +120,8 @@ class _Trial:
 
 class Router:
     """Resolves names, aliases, categories and wildcards; runs a call with fallback."""
+
+    activity: Activity | None = None  # counts attempts for the status page (app.activity)
 
     def __init__(
         self,
@@ -354,7 +357,10 @@ class Router:
             self._end(candidate)
             err.extra_headers["x-ai-proxy-attempts"] = str(trial.attempts)
             self._observe(
-                candidate, "retryable" if err.retryable else "client_error", self.clock() - started
+                candidate,
+                "retryable" if err.retryable else "client_error",
+                self.clock() - started,
+                err,
             )
             if err.retryable:
                 self._failed(candidate, err)
@@ -379,7 +385,7 @@ class Router:
             self._end(candidate)
             logger.exception("deployment %s: unexpected failure (a proxy bug)", candidate.name)
             failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
-            self._observe(candidate, "retryable", self.clock() - started)
+            self._observe(candidate, "retryable", self.clock() - started, failure)
             self._failed(candidate, failure)
             trial.last_error = failure
             return None
@@ -452,11 +458,15 @@ class Router:
         if self.cooldowns.failure(candidate.key, error.retry_after) is not None:
             metrics.COOLDOWNS.labels(candidate.name, candidate.provider.model.provider).inc()
 
-    @staticmethod
-    def _observe(candidate: Candidate, outcome: str, seconds: float) -> None:
+    def _observe(
+        self, candidate: Candidate, outcome: str, seconds: float, error: ProxyError | None = None
+    ) -> None:
         model = candidate.provider.model
         metrics.ATTEMPTS.labels(model.name, model.provider, outcome).inc()
         metrics.UPSTREAM_SECONDS.labels(model.name, model.provider, outcome).observe(seconds)
+        if self.activity is not None:
+            # The status page's shared counts: in memory here, published in the background.
+            self.activity.attempt(candidate.key, outcome, seconds, model.name, error)
 
     def latency_ms(self, key: str) -> float | None:
         """The recent (smoothed) latency of a deployment in this worker, if measured."""

@@ -224,6 +224,9 @@ def on_starting(server) -> None:
     # Samples of an earlier run in a reused directory would be counted again.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "*.db")):
         os.remove(stale)
+    # So would an earlier run's status page counts (app.activity).
+    for stale in glob.glob(os.path.join(prepare_metrics_dir(), "ai-proxy-activity-*.json")):
+        os.remove(stale)
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
     if not inherited:
         busy = busy_binds(list(server.cfg.bind))

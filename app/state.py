@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import redact
+from .activity import Activity, make_board
 from .auth import Authenticator
 from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
@@ -14,6 +15,7 @@ from .providers import build_providers
 from .ratelimit import Quotas, make_storage, redis_client
 from .response_store import ResponseStore, make_response_store, storage_uri
 from .routing import Router
+from .statuspage.shared import live_numbers
 from .upstream import UpstreamPool
 
 EXTENSION_KEY = "ai_proxy"
@@ -29,6 +31,7 @@ class ProxyState:
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
     responses: ResponseStore | None = None  # stored Responses (/v1/responses)
+    activity: Activity = field(default_factory=Activity)  # the status page's shared numbers
 
 
 @dataclass
@@ -60,7 +63,7 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
         cooldown_seconds=config.routing.cooldown_seconds,
         probe_seconds=config.routing.request_timeout_seconds,
     )
-    return ProxyState(
+    state = ProxyState(
         config=config,
         authenticator=Authenticator(config.tokens),
         router=Router(config, providers, cooldowns, quotas),
@@ -70,4 +73,8 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
         responses=make_response_store(
             storage_uri(config), config.responses.ttl_seconds, config.responses.max_memory_bytes
         ),
+        activity=Activity(make_board(client)),
     )
+    state.activity.live = lambda: live_numbers(state)
+    state.router.activity = state.activity
+    return state

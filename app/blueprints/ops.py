@@ -12,6 +12,8 @@ from ..auth import extract_token, token_bytes
 from ..blueprints.common import json_response, proxy_state
 from ..errors import AuthenticationError, NotFoundError, PermissionDeniedError
 from ..ratelimit import Owner
+from ..statuspage.session import signed_in
+from ..statuspage.shared import add_shared
 
 bp = Blueprint("ai_proxy_ops", __name__)
 
@@ -47,6 +49,8 @@ def require_admin() -> None:
     if not expected:
         raise NotFoundError(f"No route for {request.method} {request.path}.")
     presented = extract_token(request.headers)
+    if presented is None and request.method in ("GET", "HEAD") and signed_in():
+        return  # the status page's session cookie: for reading only (forms carry CSRF tokens)
     if presented is None:
         raise AuthenticationError(f"{request.path} wants the admin token.")
     if not _matches(presented, expected):
@@ -104,7 +108,7 @@ def status_report() -> dict:
         {"name": token.name, "quota": quotas.report(Owner.TOKEN.key(token.name))}
         for token in state.config.tokens
     ]
-    return {
+    report = {
         "deployments": deployments,
         "tokens": tokens,
         "requests_in_flight": sum(in_flight.values()),
@@ -117,3 +121,5 @@ def status_report() -> dict:
         "cooldown_storage_errors": router.cooldowns.errors,
         "upstream_connections": state.pool.connections(),
     }
+    # Every worker's numbers for the status page (additive: each deployment's `activity`, ...).
+    return add_shared(report, state)

@@ -316,6 +316,7 @@ def routing_headers(outcome: Outcome) -> dict[str, str]:
 def settle_usage(token: TokenConfig, candidate: Candidate, prompt: dict):
     """A callback charging an answer's tokens and cost once its usage (or text) is known."""
     quotas = proxy_state().quotas
+    activity = proxy_state().activity
     model = candidate.provider.model
     record = note()
 
@@ -328,6 +329,7 @@ def settle_usage(token: TokenConfig, candidate: Candidate, prompt: dict):
         metrics.TOKENS.labels(model.name, token.name, "completion").inc(completion)
         if cost:
             metrics.COST.labels(model.name, token.name).inc(cost)
+        activity.charge(token.name, model.name, prompt_tokens + completion, cost)
         return prompt_tokens, completion
 
     return settle
