@@ -14,10 +14,12 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
 from .auth import check_local_request
-from .blueprints import anthropic, docs, go, health, openai, ops
+from .blueprints import anthropic, docs, gemini, go, health, openai, ops
+from .blueprints.listing import wants_gemini
 from .config import Config, load_config
 from .errors import (
     ANTHROPIC,
+    GEMINI,
     OPENAI,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -43,7 +45,7 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, go.bp, docs.bp)
+API_SURFACES = (health.bp, ops.bp, openai.bp, anthropic.bp, gemini.bp, go.bp, docs.bp)
 
 
 class AIProxy:
@@ -98,6 +100,10 @@ def _ours() -> bool:
 
 def _surface() -> str:
     path = request.path[len(_state().url_prefix) :]
+    if gemini.is_gemini_path(path, request.method):
+        return GEMINI
+    if path.startswith("/v1/models") and wants_gemini(request.headers, request.args):
+        return GEMINI  # the google-genai SDK's model list and lookups
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 
 

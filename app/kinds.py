@@ -10,6 +10,7 @@ class Surface(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
 
 
 class Kind(StrEnum):
