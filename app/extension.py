@@ -102,7 +102,7 @@ def _surface() -> str:
     path = request.path[len(_state().url_prefix) :]
     if gemini.is_gemini_path(path, request.method):
         return GEMINI
-    if path.startswith("/v1/models") and wants_gemini(request.headers, request.args):
+    if path.startswith("/v1/models") and wants_gemini(request.headers):
         return GEMINI  # the google-genai SDK's model list and lookups
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 

@@ -19,7 +19,8 @@ MAX_FUNCTIONS = 512
 ROLES = ("user", "model")
 CALLING_MODES = ("AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED")
 # What a function may be called, as Google documents it.
-FUNCTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
+FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$"
+FUNCTION_NAME_RE = re.compile(FUNCTION_NAME_PATTERN.rstrip("$"))
 # A part carries exactly one of these; the other fields (`thought`, `thoughtSignature`,
 # `videoMetadata` ...) only qualify it.
 DATA_FIELDS = (
@@ -161,11 +162,23 @@ class GenerationConfigSchema(Schema):
     responseJsonSchema = fields.Dict(allow_none=True)
 
 
+def _function_name(value: str) -> None:
+    # fullmatch: `$` would let a name end with a newline.
+    if not FUNCTION_NAME_RE.fullmatch(value):
+        raise ValidationError(
+            "must start with a letter or _, then letters, digits, _ . : or -, at most 128"
+        )
+
+
 class FunctionDeclarationSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    name = fields.String(required=True, validate=validate.Regexp(FUNCTION_NAME_RE))
+    name = fields.String(
+        required=True,
+        validate=_function_name,
+        metadata={"pattern": FUNCTION_NAME_PATTERN, "description": "The function's name."},
+    )
     description = fields.String(allow_none=True)
     parameters = fields.Dict(allow_none=True)
     parametersJsonSchema = fields.Dict(allow_none=True)

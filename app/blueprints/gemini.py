@@ -177,11 +177,11 @@ def check_model(model: str) -> str:
     return model
 
 
-@bp.post("/v1beta/models/<path:target>")
-@bp.post("/v1/models/<path:target>")
-def call_model(target: str):
-    """The model's method named after the last `:` of the path."""
-    model, method = split_target(target)
+@bp.post("/v1beta/models/<path:model_id>")
+@bp.post("/v1/models/<path:model_id>")
+def call_model(model_id: str):
+    """The model's method named after the last `:` of the path (`<model>:<method>`)."""
+    model, method = split_target(model_id)
     note(gemini_method=method)
     if method == "countTokens":
         return dispatch(CountTokens(model))
@@ -196,14 +196,15 @@ def list_models():
     return json_response(gemini_model_list(models, request.args))
 
 
-@bp.get("/v1beta/models/<path:target>")
-def get_model(target: str):
+@bp.get("/v1beta/models/<path:model_id>")
+def get_model(model_id: str):
     """One model, as Gemini's `Model` resource; a method path wants POST."""
-    if target.rpartition(":")[2] in GEMINI_METHODS and ":" in target:
+    if model_id.rpartition(":")[2] in GEMINI_METHODS and ":" in model_id:
         raise MethodNotAllowedError(
             f"{request.method} is not allowed here; use POST.", headers={"Allow": "POST"}
         )
-    return json_response(gemini_model(find_model(request_state().token, check_model(target))))
+    model = find_model(request_state().token, check_model(model_id))
+    return json_response(gemini_model(model))
 
 
 def _warned(translated: Translated) -> dict[str, str]:

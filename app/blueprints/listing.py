@@ -2,8 +2,7 @@
 Gemini's), and the Gemini shapes of those lists.
 
 The google-genai SDK asks `GET /v1/models` (its default API version) on the same path as
-OpenAI's list: a request that carries a Google credential or Google's client header gets the
-Gemini shape there too.
+OpenAI's list: a request from that SDK gets the Gemini shape there too.
 """
 
 from __future__ import annotations
@@ -72,10 +71,10 @@ def _window(model_id: str) -> int | None:
     return min(windows) if windows else None
 
 
-def wants_gemini(headers: Mapping[str, str], args: Mapping[str, str]) -> bool:
-    """Whether a model-list request comes from a Gemini client (google-genai, Gemini CLI)."""
-    client = headers.get("x-goog-api-client", "")
-    return bool(headers.get("x-goog-api-key") or "key" in args or "genai" in client.lower())
+def wants_gemini(headers: Mapping[str, str]) -> bool:
+    """Whether a model-list request comes from the google-genai SDK (Gemini CLI included),
+    which names itself in `x-goog-api-client`; every other client gets OpenAI's list there."""
+    return "genai" in headers.get("x-goog-api-client", "").lower()
 
 
 def gemini_model(model: Listed) -> dict:

@@ -162,7 +162,7 @@ def list_models():
     """Every name, alias and category the token may use (see `listing.usable_models`); in
     Gemini's shape for a Gemini client, whose SDK asks this path."""
     models = usable_models(request_state().token)
-    if wants_gemini(request.headers, request.args):
+    if wants_gemini(request.headers):
         return json_response(gemini_model_list(models, request.args))
     created = int(proxy_state().started)
     data = [_model_object(m.id, m.owned_by, created) for m in models]
@@ -173,6 +173,6 @@ def list_models():
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
     model = find_model(request_state().token, model_id)
-    if wants_gemini(request.headers, request.args):
+    if wants_gemini(request.headers):
         return json_response(gemini_model(model))
     return json_response(_model_object(model.id, model.owned_by, int(proxy_state().started)))
