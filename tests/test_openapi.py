@@ -340,7 +340,8 @@ def operations():
 def test_each_surface_documents_its_own_error_shape():
     for path, _method, operation in operations():
         surface = "Anthropic" if path.startswith("/v1/messages") else "OpenAI"
-        surface = "Gemini" if path.startswith("/v1beta/") else surface
+        if path.startswith("/v1beta/") or path.endswith(("Content", ":countTokens")):
+            surface = "Gemini"
         for status, response in operation["responses"].items():
             reference = response.get("$ref", "")
             if reference:
