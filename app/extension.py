@@ -36,7 +36,7 @@ access_logger = logging.getLogger("ai_proxy.access")
 QUIET_PATHS = ("/ping", "/healthz", "/readyz", "/metrics")
 CORS_ALLOW_HEADERS = (
     "Authorization, Content-Type, X-API-Key, API-Key, X-Goog-API-Key, X-Request-ID, "
-    "anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
+    "X-Goog-API-Client, anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
 )
 CORS_EXPOSE = (
     "x-request-id, x-ai-proxy-model, x-ai-proxy-attempts, x-ratelimit-limit-requests, "

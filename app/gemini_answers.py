@@ -95,6 +95,8 @@ def to_response(completion: dict, model: str, prompt_estimate: int) -> dict:
             texts.append(content)
         for call in message.get("tool_calls") or []:
             parts.append({"functionCall": function_call(call)})
+        if not parts:
+            parts.append({"text": ""})
         candidate: dict = {"content": {"role": "model", "parts": parts}, "index": position}
         candidate["index"] = choice.get("index", position)
         if choice.get("finish_reason"):
@@ -197,7 +199,9 @@ class ChunkWriter:
         if choice.get("finish_reason"):
             calls = self.calls.pop(index, {})
             parts = [{"functionCall": function_call(c.whole())} for _, c in sorted(calls.items())]
-            candidate = _candidate(index, parts)
+            # An empty text part, as Gemini ends a text stream: the SDK's `.text` of the last
+            # response is then "" rather than None.
+            candidate = _candidate(index, parts or [{"text": ""}])
             candidate["finishReason"] = finish_reason(choice["finish_reason"])
             self.finished = True
             self.held.append(candidate)

@@ -138,7 +138,7 @@ def test_stream(client, stub, backend):
     words = ["Once ", "upon ", "a ", "time"]
     stub.queue(backend.stream(words))
     chunks = list(client.models.generate_content_stream(model=backend.name, contents="Tell"))
-    assert "".join(c.text or "" for c in chunks) == "".join(words)
+    assert "".join(c.text for c in chunks) == "".join(words)
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
     prompt, completion = backend.stream_usage
     assert chunks[-1].usage_metadata.prompt_token_count == prompt
