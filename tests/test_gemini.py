@@ -388,3 +388,10 @@ def test_the_sdks_v1_list_is_geminis_and_openais_stays(client):
     assert "models/echo" in [m["name"] for m in sdk.get_json()["models"]]
     openai = client.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"})
     assert openai.get_json()["object"] == "list"
+
+
+def test_a_post_to_an_openai_model_path_is_still_a_405(client):
+    response = client.post("/v1/models/gpt-test", json=GEN, headers={"x-goog-api-key": TOKEN})
+    assert response.status_code == 405
+    assert "GET" in response.headers["Allow"]
+    assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}

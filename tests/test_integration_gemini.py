@@ -381,3 +381,23 @@ def test_the_key_in_the_url_authenticates_and_is_never_logged(http, proxy, stub)
     assert wait_until(lambda: proxy.logs().count("/v1beta/models/") >= 3)
     logs = proxy.logs()
     assert WRONG_KEY not in logs and TOKEN not in logs
+
+
+def test_the_key_in_the_url_stays_out_of_gunicorns_access_log(proxy_factory, stub):
+    # gunicorn's own access log writes the request line, query included, when an operator
+    # turns it on: the key in it is scrubbed too.
+    server = proxy_factory(
+        {
+            "auth": {"tokens": [{"name": "team-g", "token": TOKEN}]},
+            "models": [{"name": "echo", "provider": "echo"}],
+        },
+        env={"GUNICORN_CMD_ARGS": "--access-logfile -", "LOG_FORMAT": "text"},
+    )
+    url = f"{server.url}/v1beta/models/echo:generateContent"
+    body = {"contents": [{"parts": [{"text": "Hi"}]}]}
+    assert requests.post(url, params={"key": TOKEN}, json=body, timeout=20).status_code == 200
+    assert requests.post(url, params={"key": WRONG_KEY}, json=body, timeout=20).status_code == 401
+    assert wait_until(lambda: server.logs().count("generateContent") >= 2)
+    logs = server.logs()
+    assert "key=" in logs  # the access log is on and writes the query
+    assert WRONG_KEY not in logs and TOKEN not in logs

@@ -10,7 +10,13 @@ from dataclasses import replace
 
 from flask import Blueprint, request
 
-from ..blueprints.common import authenticate, json_response, note, request_state
+from ..blueprints.common import (
+    authenticate,
+    json_response,
+    note,
+    proxy_state,
+    request_state,
+)
 from ..blueprints.listing import (
     GEMINI_METHODS,
     find_model,
@@ -52,7 +58,12 @@ def is_gemini_path(path: str, method: str) -> bool:
     """Whether a request (path under the proxy's prefix) is on the Gemini surface."""
     if path == "/v1beta" or path.startswith("/v1beta/"):
         return True
-    return method == "POST" and path.startswith("/v1/models/")
+    # Under /v1 only its methods are: `/v1/models/<id>` is OpenAI's model lookup.
+    return (
+        method == "POST"
+        and path.startswith("/v1/models/")
+        and path.rpartition(":")[2] in GEMINI_METHODS
+    )
 
 
 class GenerateContent(Endpoint):
@@ -160,10 +171,19 @@ def split_target(target: str) -> tuple[str, str]:
     """`<model>:<method>` from the path; the model may hold `/` and `:` itself."""
     model, colon, method = target.rpartition(":")
     if not colon or method not in GEMINI_METHODS:
+        if not request.path.startswith(proxy_prefix() + "/v1beta/"):
+            # `/v1/models/<id>` without a Gemini method is OpenAI's lookup: GET only.
+            raise MethodNotAllowedError(
+                f"{request.method} is not allowed here; use GET.", headers={"Allow": "GET, HEAD"}
+            )
         raise NotFoundError(
             f"Unknown method; POST models/<model>:{{{','.join(GEMINI_METHODS)}}}.", param="method"
         )
     return check_model(model), method
+
+
+def proxy_prefix() -> str:
+    return proxy_state().url_prefix
 
 
 def check_model(model: str) -> str:
