@@ -57,6 +57,7 @@ class _Pending:
 
     id: str
     name: str
+    where: str  # the call's part, for an error naming it
     answered: bool = False
 
 
@@ -70,9 +71,9 @@ class _Turns:
         self.calls = 0
 
     def model(self, parts: list[dict], where: str) -> None:
+        self._all_answered()
         texts: list[str] = []
         calls: list[dict] = []
-        self.pending = []
         for index, part in enumerate(parts):
             if part.get("thought"):
                 continue  # a thought summary is not part of the conversation
@@ -90,7 +91,7 @@ class _Turns:
                         "function": {"name": call["name"], "arguments": arguments},
                     }
                 )
-                self.pending.append(_Pending(call_id, call["name"]))
+                self.pending.append(_Pending(call_id, call["name"], f"{where}.parts[{index}]"))
             else:
                 self.warnings.append(f"{where}.parts[{index}] ({_kind(part)}) dropped")
         text = "".join(texts)
@@ -121,6 +122,7 @@ class _Turns:
                 content.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 self.warnings.append(f"{at} ({_kind(part)}) dropped")
+        self._all_answered()
         if not content:
             return
         if all(p["type"] == "text" for p in content):
@@ -128,19 +130,29 @@ class _Turns:
         else:
             self.messages.append({"role": "user", "content": content})
 
+    def _all_answered(self) -> None:
+        """Every call of the last model turn has its response in the turn after it (as Gemini
+        and every chat API want); then those calls are done with."""
+        for call in self.pending:
+            if not call.answered:
+                raise _invalid(
+                    f"{call.where}.functionCall",
+                    f"{call.name!r} has no functionResponse in the turn after it",
+                )
+        self.pending = []
+
     def _tool_result(self, response: dict, where: str) -> dict:
         """The tool message answering a call of the last model turn (by id, else by name)."""
         wanted_id, name = response.get("id"), response["name"]
-        for call in self.pending:
-            if call.answered:
-                continue
-            if (wanted_id and call.id == wanted_id) or (not wanted_id and call.name == name):
-                call.answered = True
-                return {
-                    "role": "tool",
-                    "tool_call_id": call.id,
-                    "content": json.dumps(response.get("response") or {}),
-                }
+        waiting = [call for call in self.pending if not call.answered]
+        by_id = [call for call in waiting if wanted_id and call.id == wanted_id]
+        for call in by_id or [call for call in waiting if call.name == name]:
+            call.answered = True
+            return {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "content": json.dumps(response.get("response") or {}),
+            }
         raise _invalid(
             f"{where}.functionResponse",
             f"no function call {name!r} in the model turn before it is waiting for a response",

@@ -120,6 +120,30 @@ BAD = {
         ),
         "contents[2].parts[0].functionResponse",
     ),
+    "call-without-response": (
+        contents(USER, {"role": "model", "parts": [CALL]}, USER),
+        "contents[1].parts[0].functionCall",
+    ),
+    "call-then-model-again": (
+        contents(
+            USER, {"role": "model", "parts": [CALL]}, {"role": "model", "parts": [{"text": "x"}]}
+        ),
+        "contents[1].parts[0].functionCall",
+    ),
+    "one-of-two-calls-answered": (
+        contents(
+            USER,
+            {"role": "model", "parts": [CALL, {"functionCall": {"name": "g"}}]},
+            {"role": "user", "parts": [ANSWER]},
+        ),
+        "contents[1].parts[1].functionCall",
+    ),
+    "answered-twice": (
+        contents(
+            USER, {"role": "model", "parts": [CALL]}, {"role": "user", "parts": [ANSWER, ANSWER]}
+        ),
+        "contents[2].parts[1].functionResponse",
+    ),
     "only-a-thought": (
         contents({"role": "user", "parts": [{"text": "x", "thought": True}]}),
         "contents",
@@ -395,3 +419,24 @@ def test_a_post_to_an_openai_model_path_is_still_a_405(client):
     assert response.status_code == 405
     assert "GET" in response.headers["Allow"]
     assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_function_responses_pair_with_their_calls_by_id_then_name(client, upstream):
+    upstream.queue(Reply(body=chat_completion()))
+    calls = [
+        {"functionCall": {"name": "f", "args": {"n": 1}, "id": "a"}},
+        {"functionCall": {"name": "f", "args": {"n": 2}, "id": "b"}},
+        {"functionCall": {"name": "g", "args": {}}},
+    ]
+    answers = [
+        {"functionResponse": {"name": "f", "id": "b", "response": {"r": 2}}},
+        {"functionResponse": {"name": "g", "id": "unknown", "response": {"r": 3}}},
+        {"functionResponse": {"name": "f", "id": "a", "response": {"r": 1}}},
+    ]
+    body = contents(USER, {"role": "model", "parts": calls}, {"role": "user", "parts": answers})
+    assert client.post(PATH, json=body).status_code == 200
+    messages = upstream.requests[0].json()["messages"]
+    ids = [c["id"] for c in messages[1]["tool_calls"]]
+    assert ids[:2] == ["a", "b"]
+    tools = [(m["tool_call_id"], json.loads(m["content"])) for m in messages[2:]]
+    assert tools == [("b", {"r": 2}), (ids[2], {"r": 3}), ("a", {"r": 1})]
