@@ -259,6 +259,58 @@ def _tools(body: dict, request: dict, warnings: list[str]) -> None:
         request["tool_choice"] = CALLING_MODES[mode]
 
 
+def _camel(key: object) -> object:
+    if not isinstance(key, str) or "_" not in key.strip("_"):
+        return key
+    head, *rest = key.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def _camel_keys(value: object, nested: dict[str, object] | None = None) -> object:
+    """An object with its keys in camelCase, and the values `nested` names walked the same way
+    (a walker for one value, or for each item of a list)."""
+    if not isinstance(value, dict):
+        return value
+    result: dict = {}
+    for key, inner in value.items():
+        name = _camel(key)
+        walk = (nested or {}).get(name)
+        if callable(walk):
+            inner = walk(inner)
+        if name not in result or name == key:
+            result[name] = inner
+    return result
+
+
+def _each(walk):
+    return lambda value: [walk(item) for item in value] if isinstance(value, list) else value
+
+
+_PART_FIELDS = ("inlineData", "fileData", "functionCall", "functionResponse", "executableCode")
+_PART = {name: _camel_keys for name in (*_PART_FIELDS, "codeExecutionResult", "videoMetadata")}
+_CONTENT = {"parts": _each(lambda part: _camel_keys(part, _PART))}
+_TOOL = {"functionDeclarations": _each(_camel_keys)}
+_REQUEST = {
+    "contents": _each(lambda content: _camel_keys(content, _CONTENT)),
+    "systemInstruction": lambda content: _camel_keys(content, _CONTENT),
+    "generationConfig": lambda config: _camel_keys(config, {"thinkingConfig": _camel_keys}),
+    "tools": _each(lambda tool: _camel_keys(tool, _TOOL)),
+    "toolConfig": lambda config: _camel_keys(
+        config, {"functionCallingConfig": _camel_keys, "retrievalConfig": _camel_keys}
+    ),
+    "safetySettings": _each(_camel_keys),
+}
+
+
+def camel_case(body: object) -> object:
+    """A Gemini request body with the snake_case field names Google's REST API also takes
+    (`system_instruction`, `inline_data`, `max_output_tokens` ...) in camelCase: one spelling
+    to validate, translate and pass on. Free-form values (`args`, `response`, schemas) are
+    left as they are."""
+    walked = {**_REQUEST, "generateContentRequest": lambda inner: _camel_keys(inner, _REQUEST)}
+    return _camel_keys(body, walked)
+
+
 @client_shape
 def to_chat(body: dict, model: str, stream: bool = False) -> Translated:
     """The canonical chat request for a validated GenerateContentRequest."""

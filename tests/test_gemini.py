@@ -440,3 +440,45 @@ def test_function_responses_pair_with_their_calls_by_id_then_name(client, upstre
     assert ids[:2] == ["a", "b"]
     tools = [(m["tool_call_id"], json.loads(m["content"])) for m in messages[2:]]
     assert tools == [("b", {"r": 2}), (ids[2], {"r": 3}), ("a", {"r": 1})]
+
+
+SNAKE = {
+    "system_instruction": {"parts": [{"text": "be brief"}]},
+    "contents": [
+        {
+            "role": "user",
+            "parts": [
+                {"text": "what is this?"},
+                {"inline_data": {"mime_type": "image/png", "data": "AAAA"}},
+            ],
+        }
+    ],
+    "generation_config": {"max_output_tokens": 9, "stop_sequences": ["."], "top_p": 0.5},
+    "tools": [{"function_declarations": [{"name": "f", "parameters_json_schema": {"a_b": 1}}]}],
+    "tool_config": {"function_calling_config": {"mode": "ANY"}},
+}
+
+
+def test_snake_case_field_names_are_read_as_googles_rest_api_reads_them(client, upstream):
+    upstream.queue(Reply(body=chat_completion()))
+    assert client.post(PATH, json=SNAKE).status_code == 200
+    sent = upstream.requests[0].json()
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"}
+    image = sent["messages"][1]["content"][1]
+    assert image["image_url"]["url"] == "data:image/png;base64,AAAA"
+    assert (sent["max_tokens"], sent["stop"], sent["top_p"]) == (9, ["."], 0.5)
+    assert sent["tools"][0]["function"]["parameters"] == {"a_b": 1}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+
+
+def test_snake_case_goes_to_google_in_camel_case(client, upstream):
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}}]}
+    upstream.queue(Reply(body=answer))
+    assert client.post("/v1beta/models/gem:generateContent", json=SNAKE).status_code == 200
+    sent = upstream.requests[0].json()
+    assert sent["systemInstruction"] == SNAKE["system_instruction"]
+    assert sent["contents"][0]["parts"][1] == {
+        "inlineData": {"mimeType": "image/png", "data": "AAAA"}
+    }
+    assert sent["generationConfig"]["maxOutputTokens"] == 9
+    assert sent["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == {"a_b": 1}

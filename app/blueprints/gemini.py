@@ -36,7 +36,7 @@ from ..gemini_answers import (
     response_text,
     to_response,
 )
-from ..gemini_api import Translated, estimate_input, to_chat, warning_header
+from ..gemini_api import Translated, camel_case, estimate_input, to_chat, warning_header
 from ..kinds import Surface
 from ..providers import CallContext
 from ..routing import Candidate, Resolution
@@ -78,6 +78,9 @@ class GenerateContent(Endpoint):
         self.model = model
         self.stream = stream
         self.sse = sse
+
+    def normalise(self, body: object) -> object:
+        return camel_case(body)
 
     def read(self, body: dict, size: int) -> Call:
         translated = to_chat(body, self.model, self.stream)
@@ -150,6 +153,9 @@ class CountTokens(Endpoint):
 
     def __init__(self, model: str) -> None:
         self.model = model
+
+    def normalise(self, body: object) -> object:
+        return camel_case(body)
 
     def read(self, body: dict, size: int) -> Call:
         return Call(body, self.model, size, prompt={"messages": []})
