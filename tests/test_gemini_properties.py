@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from app.errors import InvalidRequestError, UpstreamError
 from app.gemini_answers import ArrayEncoding, ChunkWriter, SseEncoding, to_response
-from app.gemini_api import to_chat
+from app.gemini_api import camel_case, to_chat
 from app.schemas import CHAT_COMPLETION, GENERATE_CONTENT, validate_body
 
 EXAMPLES = int(os.environ.get("AI_PROXY_FUZZ_EXAMPLES") or 60)
@@ -69,7 +69,10 @@ generation = st.fixed_dictionaries(
         "responseMimeType": st.sampled_from(["application/json", "text/plain"]),
         "responseSchema": st.just({"type": "OBJECT", "properties": {"a": {"type": "STRING"}}}),
         "responseJsonSchema": json_objects,
-        "thinkingConfig": json_objects,
+        "thinkingConfig": st.fixed_dictionaries(
+            {},
+            optional={"thinkingBudget": st.integers(-1, 10**4), "includeThoughts": st.booleans()},
+        ),
     },
 )
 declarations = st.lists(
@@ -116,6 +119,10 @@ requests_ = st.fixed_dictionaries(
 @given(requests_, st.booleans())
 def test_any_well_typed_request_translates_or_is_a_clean_400(body, stream):
     validate_body(GENERATE_CONTENT, body)
+    # Already camelCase: left exactly as it is (free-form args, responses and schemas too).
+    assert camel_case({k: v for k, v in body.items() if k != "safetySettings"}) == {
+        k: v for k, v in body.items() if k != "safetySettings"
+    }
     try:
         translated = to_chat(body, "m", stream)
     except InvalidRequestError as err:
