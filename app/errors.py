@@ -87,7 +87,9 @@ class ProxyError(Exception):
 
     def gemini_body(self) -> dict:
         """Google's error shape; the proxy's own code rides in an ErrorInfo `reason`."""
-        status = GOOGLE_STATUS.get(self.status) or ("INTERNAL" if self.status >= 500 else "UNKNOWN")
+        status = GOOGLE_STATUS.get(self.status) or (
+            "INTERNAL" if self.status >= 500 else "INVALID_ARGUMENT"
+        )
         error: dict = {"code": self.status, "message": self.message, "status": status}
         if self.code:
             info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.code}
