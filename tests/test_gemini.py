@@ -482,3 +482,36 @@ def test_snake_case_goes_to_google_in_camel_case(client, upstream):
     }
     assert sent["generationConfig"]["maxOutputTokens"] == 9
     assert sent["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"] == {"a_b": 1}
+
+
+def test_the_proxys_own_quota_is_a_resource_exhausted(make_app):
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN, "requests_per_minute": 1}]},
+            "models": [{"name": "echo", "provider": "echo"}],
+        }
+    )
+    client = app.test_client()
+    headers = {"x-goog-api-key": TOKEN}
+    path = "/v1beta/models/echo:generateContent"
+    assert client.post(path, json=GEN, headers=headers, environ_base=LOOPBACK).status_code == 200
+    response = client.post(path, json=GEN, headers=headers, environ_base=LOOPBACK)
+    error = google_error(response, 429)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert error["details"][0]["reason"] == "rate_limit_exceeded"
+
+
+def test_every_deployment_down_is_unavailable(make_app, upstream):
+    upstream.default = Reply(status=503, body={"error": {"message": "down"}})
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
+            "models": [openai_model(upstream)],
+            "retry": {"max_retries": 0},
+            "routing": {"cooldown_seconds": 60},
+        }
+    )
+    client = app.test_client()
+    client.environ_base.update({"HTTP_X_GOOG_API_KEY": TOKEN, **LOOPBACK})
+    google_error(client.post(PATH, json=GEN), 502)
+    google_error(client.post(PATH, json=GEN), 503)
