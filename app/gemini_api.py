@@ -28,6 +28,8 @@ RENAMED = {
     "seed": "seed",
 }
 # generationConfig fields with no canonical meaning the proxy can keep.
+# How deep a request may nest (JSON schemas of tools included).
+MAX_DEPTH = 256
 KNOWN_DROPPED = ("safetySettings", "cachedContent", "labels", "serviceTier")
 
 
@@ -311,9 +313,24 @@ def camel_case(body: object) -> object:
     return _camel_keys(body, walked)
 
 
+def check_depth(body: object, limit: int = MAX_DEPTH) -> None:
+    """400 for a body nested deeper than `limit` (Google's own API refuses far less): deeper
+    ones would exhaust the stack of whatever encodes or walks them later."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise InvalidRequestError(f"The request body is nested deeper than {limit} levels.")
+        if isinstance(value, dict):
+            stack.extend((inner, depth + 1) for inner in value.values())
+        elif isinstance(value, list):
+            stack.extend((inner, depth + 1) for inner in value)
+
+
 @client_shape
 def to_chat(body: dict, model: str, stream: bool = False) -> Translated:
     """The canonical chat request for a validated GenerateContentRequest."""
+    check_depth(body)
     warnings: list[str] = []
     turns = _Turns(warnings)
     system = body.get("systemInstruction")

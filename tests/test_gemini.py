@@ -515,3 +515,40 @@ def test_every_deployment_down_is_unavailable(make_app, upstream):
     client.environ_base.update({"HTTP_X_GOOG_API_KEY": TOKEN, **LOOPBACK})
     google_error(client.post(PATH, json=GEN), 502)
     google_error(client.post(PATH, json=GEN), 503)
+
+
+NESTED = "@"  # where the deep value goes in a body's JSON text
+
+
+def nested(depth: int) -> str:
+    """A schema `depth` arrays deep, as JSON text (json.dumps itself would run out of stack)."""
+    return '{"items":' * depth + '{"type":"STRING"}' + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [400, 960])
+@pytest.mark.parametrize(
+    ("method", "where"),
+    [
+        ("generateContent", "parameters"),
+        ("generateContent", "responseSchema"),
+        ("countTokens", "parameters"),
+        ("streamGenerateContent?alt=sse", "args"),
+    ],
+)
+def test_a_body_nested_too_deep_is_a_400(client, upstream, depth, method, where):
+    body: dict = {**GEN}
+    if where == "parameters":
+        body["tools"] = [{"functionDeclarations": [{"name": "f", "parameters": NESTED}]}]
+    elif where == "responseSchema":
+        body["generationConfig"] = {"responseSchema": NESTED}
+    else:
+        call = {"functionCall": {"name": "f", "args": NESTED}}
+        body = contents(
+            USER, {"role": "model", "parts": [call]}, {"role": "user", "parts": [ANSWER]}
+        )
+    raw = json.dumps(body).replace(json.dumps(NESTED), nested(depth))
+    response = client.post(
+        f"/v1beta/models/gpt-test:{method}", data=raw, content_type="application/json"
+    )
+    google_error(response, 400)
+    assert upstream.requests == []

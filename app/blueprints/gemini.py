@@ -36,7 +36,14 @@ from ..gemini_answers import (
     response_text,
     to_response,
 )
-from ..gemini_api import Translated, camel_case, estimate_input, to_chat, warning_header
+from ..gemini_api import (
+    Translated,
+    camel_case,
+    check_depth,
+    estimate_input,
+    to_chat,
+    warning_header,
+)
 from ..kinds import Surface
 from ..providers import CallContext
 from ..routing import Candidate, Resolution
@@ -158,6 +165,7 @@ class CountTokens(Endpoint):
         return camel_case(body)
 
     def read(self, body: dict, size: int) -> Call:
+        check_depth(body)
         return Call(body, self.model, size, prompt={"messages": []})
 
     def candidates(self, resolution: Resolution) -> Resolution:
