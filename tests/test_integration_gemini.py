@@ -246,6 +246,11 @@ def test_the_model_list(client):
     assert "generateContent" in model.supported_actions
 
 
+def test_the_sdk_pages_through_the_list(client):
+    names = [model.name for model in client.models.list(config={"page_size": 2})]
+    assert len(names) == len(set(names)) == len(BACKENDS) + 1
+
+
 def test_the_v1beta_list_pages(http, proxy):
     seen, token = [], None
     while True:
