@@ -5,11 +5,13 @@ shape, model ids with slashes route, and the key may come in the URL."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
+from app import create_app
 from tests.conftest import LOOPBACK, TOKEN, openai_model
-from tests.stub_upstream import Reply, chat_chunks, chat_completion
+from tests.stub_upstream import Reply, StubUpstream, chat_chunks, chat_completion
 
 USER = {"role": "user", "parts": [{"text": "hi"}]}
 GEN = {"contents": [USER]}
@@ -29,10 +31,32 @@ STATUS = {
 }
 
 
-@pytest.fixture
-def app(make_app, upstream):
-    return make_app(
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[StubUpstream]:
+    # One stub and one app for the module (hundreds of cases); each test starts them clean.
+    stub = StubUpstream()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_stub(upstream) -> Iterator[None]:
+    default = upstream.default
+    yield
+    upstream.default = default
+    upstream.handler = None
+    upstream.requests.clear()
+    while not upstream.replies.empty():
+        upstream.replies.get_nowait()
+
+
+@pytest.fixture(scope="module")
+def app(upstream):
+    return create_app(
         {
+            "env": {},
+            "config_path": None,
+            "default_model": None,
             "auth": {
                 "tokens": [
                     {"name": "team-a", "token": TOKEN},
@@ -53,6 +77,8 @@ def app(make_app, upstream):
             ],
             "server": {"max_body_bytes": 20_000},
             "retry": {"max_retries": 0},
+            # A failure a test provokes must not cool a deployment down for the next test.
+            "routing": {"cooldown_seconds": 0},
         }
     )
 
