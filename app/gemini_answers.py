@@ -79,14 +79,26 @@ def response_id(completion_id: object) -> str:
     return text.removeprefix("chatcmpl-") or uuid.uuid4().hex
 
 
+def reasoning(source: dict) -> str | None:
+    """An upstream's reasoning text in a message or delta (`reasoning_content`, `reasoning`)."""
+    for key in ("reasoning_content", "reasoning"):
+        if isinstance(source.get(key), str) and source[key]:
+            return source[key]
+    return None
+
+
 @upstream_shape
-def to_response(completion: dict, model: str, prompt_estimate: int) -> dict:
-    """The GenerateContentResponse for a whole canonical chat completion."""
+def to_response(completion: dict, model: str, prompt_estimate: int, thoughts: bool = False) -> dict:
+    """The GenerateContentResponse for a whole canonical chat completion; with `thoughts`,
+    the upstream's reasoning comes first as a thought part."""
     candidates = []
     texts: list[str] = []
     for position, choice in enumerate(completion.get("choices") or []):
         message = choice.get("message") or {}
         parts: list[dict] = []
+        thought = reasoning(message) if thoughts else None
+        if thought:
+            parts.append({"text": thought, "thought": True})
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -153,8 +165,9 @@ class ChunkWriter:
     it, so usageMetadata rides on the last response as Gemini sends it.
     """
 
-    def __init__(self, model: str, prompt_estimate: int) -> None:
+    def __init__(self, model: str, prompt_estimate: int, thoughts: bool = False) -> None:
         self.model = model
+        self.thoughts = thoughts  # the upstream's reasoning sent as thought parts
         self.prompt_estimate = prompt_estimate
         self.id = ""
         self.calls: dict[int, dict[int, _Call]] = {}  # choice -> tool call index -> call
@@ -184,6 +197,10 @@ class ChunkWriter:
     def _choice(self, choice: dict) -> Iterator[dict]:
         index = choice.get("index", 0)
         delta = choice.get("delta") or {}
+        thought = reasoning(delta) if self.thoughts else None
+        if thought:
+            yield from self._release()
+            yield self._response([_candidate(index, [{"text": thought, "thought": True}])])
         text = delta.get("content")
         if isinstance(text, str) and text:
             yield from self._release()

@@ -41,6 +41,8 @@ class Translated:
     warnings: tuple[str, ...]  # what a translated call drops, for `x-ai-proxy-warning`
     input_estimate: int  # the prompt's tokens, estimated
     max_output: int | None  # generationConfig.maxOutputTokens
+    # thinkingConfig.includeThoughts: an upstream's reasoning comes back as thought parts.
+    include_thoughts: bool = False
 
 
 def warning_header(warnings: tuple[str, ...], limit: int = 1000) -> str:
@@ -222,10 +224,14 @@ def _generation(config: dict, request: dict, warnings: list[str]) -> None:
     elif config.get("responseMimeType") == "application/json":
         request["response_format"] = {"type": "json_object"}
     handled = {*RENAMED, "stopSequences", "responseJsonSchema", "responseSchema"}
-    handled.add("responseMimeType")
+    handled.update(("responseMimeType", "thinkingConfig"))
     for key, value in config.items():
         if key not in handled and value is not None:
             warnings.append(f"generationConfig.{key} dropped")
+    thinking = config.get("thinkingConfig")
+    for key in thinking if isinstance(thinking, dict) else ():
+        if key != "includeThoughts":
+            warnings.append(f"generationConfig.thinkingConfig.{key} dropped")
 
 
 def _tools(body: dict, request: dict, warnings: list[str]) -> None:
@@ -358,8 +364,13 @@ def to_chat(body: dict, model: str, stream: bool = False) -> Translated:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
     limit = request.get("max_tokens")
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig")
     return Translated(
-        request, tuple(dict.fromkeys(warnings)), estimate_input(body), limit if limit else None
+        request,
+        tuple(dict.fromkeys(warnings)),
+        estimate_input(body),
+        limit if limit else None,
+        isinstance(thinking, dict) and thinking.get("includeThoughts") is True,
     )
 
 

@@ -578,3 +578,34 @@ def test_a_body_nested_too_deep_is_a_400(client, upstream, depth, method, where)
     )
     google_error(response, 400)
     assert upstream.requests == []
+
+
+THINKING = {**GEN, "generationConfig": {"thinkingConfig": {"includeThoughts": True}}}
+
+
+def reasoning_chunks() -> list[str]:
+    base = {"id": "chatcmpl-r", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+    deltas = [{"role": "assistant"}, {"reasoning_content": "Let me think."}, {"content": "42"}]
+    chunks = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return [f"data: {json.dumps(c)}" for c in chunks] + ["data: [DONE]"]
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_reasoning_comes_back_as_thoughts_when_asked_for(client, upstream, include):
+    body = THINKING if include else GEN
+    message = {"role": "assistant", "content": "42", "reasoning_content": "Let me think."}
+    whole = chat_completion()
+    whole["choices"][0]["message"] = message
+    upstream.queue(Reply(body=whole), Reply(events=reasoning_chunks()))
+    answer = client.post(PATH, json=body).get_json()
+    thought = {"text": "Let me think.", "thought": True}
+    parts = answer["candidates"][0]["content"]["parts"]
+    assert parts == ([thought, {"text": "42"}] if include else [{"text": "42"}])
+    streamed = client.post(PATH.replace("generateContent", "streamGenerateContent"), json=body)
+    parts = [
+        p for r in json.loads(streamed.get_data()) for p in r["candidates"][0]["content"]["parts"]
+    ]
+    assert (thought in parts) == include
+    assert "".join(p["text"] for p in parts if not p.get("thought")) == "42"
+    assert "thinkingConfig" not in (streamed.headers.get("x-ai-proxy-warning") or "")

@@ -113,7 +113,9 @@ class GenerateContent(Endpoint):
         result = provider.chat(candidate.ask(translated.canonical), ctx)
         if provider.model.strip_think:
             result = strip_answer(result)
-        answer = to_response(result, self.model, translated.input_estimate)
+        answer = to_response(
+            result, self.model, translated.input_estimate, translated.include_thoughts
+        )
         return Answer(answer, result.get("usage"), response_text(answer), _warned(translated))
 
     def open(self, call: Call, candidate: Candidate, ctx: CallContext) -> Opened:
@@ -136,7 +138,7 @@ class GenerateContent(Endpoint):
         def write(items, tally: Tally) -> Iterator[bytes]:
             chunks = strip_stream(items) if strip else items
             prompt = stream.prompt_tokens or translated.input_estimate
-            writer = ChunkWriter(self.model, prompt)
+            writer = ChunkWriter(self.model, prompt, translated.include_thoughts)
             return encoding.write(canonical_responses(chunks, writer, tally))
 
         return Opened(
