@@ -207,6 +207,44 @@ class ModelList(_Answer):
     data = fields.List(fields.Nested(Model), required=True)
 
 
+class GeminiErrorDetail(_Answer):
+    code = fields.Integer(required=True)
+    message = fields.String(required=True)
+    status = fields.String(required=True)
+
+
+class GeminiError(_Answer):
+    error = fields.Nested(GeminiErrorDetail, required=True)
+
+
+class GeminiCandidate(_Answer):
+    content = fields.Dict(metadata={"description": "`role: model` and its `parts`."})
+    finishReason = fields.String()
+    index = fields.Integer()
+
+
+class GenerateContentResponse(_Answer):
+    candidates = fields.List(fields.Nested(GeminiCandidate))
+    usageMetadata = fields.Dict()
+    modelVersion = fields.String()
+    responseId = fields.String()
+
+
+class GeminiTokenCount(_Answer):
+    totalTokens = fields.Integer(required=True)
+
+
+class GeminiModel(_Answer):
+    name = fields.String(required=True, metadata={"description": "`models/<id>`."})
+    displayName = fields.String()
+    supportedGenerationMethods = fields.List(fields.String())
+
+
+class GeminiModelList(_Answer):
+    models = fields.List(fields.Nested(GeminiModel), required=True)
+    nextPageToken = fields.String()
+
+
 class Health(_Answer):
     status = _const("ok")
 
@@ -304,6 +342,17 @@ def _anthropic_events() -> dict:
     return {"text/event-stream": {"schema": event}}
 
 
+def _gemini_stream() -> dict:
+    """streamGenerateContent: SSE events with `?alt=sse`, else one JSON array; an in-band error
+    is the last event or element."""
+    element = {"anyOf": [ref("GenerateContentResponse"), ref("GeminiError")]}
+    event = {"type": "object", "required": ["data"], "properties": {"data": _json_text(element)}}
+    return {
+        "application/json": {"schema": {"type": "array", "items": element}},
+        "text/event-stream": {"schema": event},
+    }
+
+
 ERROR_DESCRIPTIONS = {
     400: "Invalid JSON (`invalid_json`) or a failed validation (`param` names the field).",
     401: "No or wrong token (`invalid_api_key`).",
@@ -359,6 +408,11 @@ RESPONSE_EVENTS = "The Response, or its events (response.created ... response.co
 RESPONSE = {"200": _routed(RESPONSE_EVENTS, {**json_content("Response"), **_anthropic_events()})}
 STORED_RESPONSE = {"200": _answer("The stored Response.", json_content("Response"))}
 DELETED_RESPONSE = {"200": _answer("It is deleted.", json_content("ResponseDeleted"))}
+GENERATED = {"200": _routed("The answer.", json_content("GenerateContentResponse"))}
+GENERATED_STREAM = {"200": _routed("The answer's responses as they come.", _gemini_stream())}
+GEMINI_COUNT = {"200": _answer("The count.", json_content("GeminiTokenCount"))}
+GEMINI_MODELS = {"200": _answer("The model list.", json_content("GeminiModelList"))}
+GEMINI_MODEL = {"200": _answer("The model.", json_content("GeminiModel"))}
 METRICS = {
     "200": _answer("Prometheus text format.", {"text/plain": {"schema": {"type": "string"}}})
 }

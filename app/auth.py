@@ -148,14 +148,22 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
-    def authenticate(self, headers: Mapping[str, str], remote_addr: str | None) -> TokenConfig:
-        """The token the request carries, or AuthenticationError."""
+    def authenticate(
+        self, headers: Mapping[str, str], remote_addr: str | None, query_key: str | None = None
+    ) -> TokenConfig:
+        """The token the request carries, or AuthenticationError.
+
+        `query_key` is the Gemini API's `?key=`, taken only where a header carries none; it is
+        checked exactly like a header's token.
+        """
         if not self._tokens:
             # With no token configured the proxy only serves this machine (see CONTRACT 1).
             if remote_addr and is_loopback_host(remote_addr):
                 return ANONYMOUS
             raise AuthenticationError("No client token is configured; only local clients may call.")
         presented = extract_token(headers)
+        if presented is None and query_key and query_key.strip(HTTP_SPACE):
+            presented = query_key.strip(HTTP_SPACE)
         if presented is None:
             raise AuthenticationError(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key'."

@@ -16,7 +16,24 @@ from .redact import REDACTOR
 
 logger = logging.getLogger(__name__)
 
-OPENAI, ANTHROPIC = Surface.OPENAI, Surface.ANTHROPIC
+OPENAI, ANTHROPIC, GEMINI = Surface.OPENAI, Surface.ANTHROPIC, Surface.GEMINI
+# Google's status names (google.rpc.Code) for the HTTP statuses the proxy answers.
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 
 class ProxyError(Exception):
@@ -68,7 +85,20 @@ class ProxyError(Exception):
     def anthropic_body(self) -> dict:
         return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
 
+    def gemini_body(self) -> dict:
+        """Google's error shape; the proxy's own code rides in an ErrorInfo `reason`."""
+        status = GOOGLE_STATUS.get(self.status) or (
+            "INTERNAL" if self.status >= 500 else "INVALID_ARGUMENT"
+        )
+        error: dict = {"code": self.status, "message": self.message, "status": status}
+        if self.code:
+            info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": self.code}
+            error["details"] = [{**info, "domain": "ai-proxy"}]
+        return {"error": error}
+
     def body(self, surface: Surface) -> dict:
+        if surface == GEMINI:
+            return self.gemini_body()
         return self.anthropic_body() if surface == ANTHROPIC else self.openai_body()
 
 

@@ -14,10 +14,12 @@ from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
 from .auth import check_local_request
-from .blueprints import anthropic, docs, go, health, openai, ops, responses
+from .blueprints import anthropic, docs, gemini, go, health, openai, ops, responses
+from .blueprints.listing import wants_gemini
 from .config import Config, load_config
 from .errors import (
     ANTHROPIC,
+    GEMINI,
     OPENAI,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -35,7 +37,7 @@ access_logger = logging.getLogger("ai_proxy.access")
 QUIET_PATHS = ("/ping", "/healthz", "/readyz", "/metrics")
 CORS_ALLOW_HEADERS = (
     "Authorization, Content-Type, X-API-Key, API-Key, X-Goog-API-Key, X-Request-ID, "
-    "anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
+    "X-Goog-API-Client, anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
 )
 CORS_EXPOSE = (
     "x-request-id, x-ai-proxy-model, x-ai-proxy-attempts, x-ratelimit-limit-requests, "
@@ -49,6 +51,7 @@ API_SURFACES = (
     ops.bp,
     openai.bp,
     anthropic.bp,
+    gemini.bp,
     go.bp,
     docs.bp,
     responses.bp,
@@ -108,6 +111,10 @@ def _ours() -> bool:
 
 def _surface() -> str:
     path = request.path[len(_state().url_prefix) :]
+    if gemini.is_gemini_path(path, request.method):
+        return GEMINI
+    if path.startswith("/v1/models") and wants_gemini(request.headers):
+        return GEMINI  # the google-genai SDK's model list and lookups
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 
 

@@ -11,6 +11,7 @@ class Surface(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     RESPONSES = "responses"  # OpenAI's Responses API: OpenAI's error shape, its own stream events
+    GEMINI = "gemini"
 
 
 class Kind(StrEnum):

@@ -16,13 +16,18 @@ from typing import NamedTuple
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from . import answers, schemas
+from . import answers, gemini_schemas, schemas
 from .answers import (
     CHAT,
     COUNT,
     DELETED_RESPONSE,
     DOCUMENT,
     EMBEDDINGS,
+    GEMINI_COUNT,
+    GEMINI_MODEL,
+    GEMINI_MODELS,
+    GENERATED,
+    GENERATED_STREAM,
     HEALTH,
     IMAGES,
     MESSAGE,
@@ -41,7 +46,7 @@ from .answers import (
 from .version import __version__
 
 OPENAPI_VERSION = "3.1.0"
-OPENAI, ANTHROPIC = "OpenAI", "Anthropic"
+OPENAI, ANTHROPIC, GEMINI = "OpenAI", "Anthropic", "Gemini"
 # Every client-token scheme; any one of them is enough (the official SDKs each use one).
 TOKEN_SECURITY = [{"bearer": []}, {"x-api-key": []}, {"api-key": []}, {"x-goog-api-key": []}]
 SDKS = {"x-api-key": "Anthropic", "api-key": "Azure OpenAI", "x-goog-api-key": "Google GenAI"}
@@ -69,6 +74,16 @@ TAGS = {
     "go": "Go ai-proxy compatibility.",
     "health": "Probes and this document; no token.",
     "ops": "Operator endpoints.",
+    "gemini": "The Gemini API surface (also under `/v1`, the google-genai SDK's default).",
+}
+# Gemini's clients may also send the token as `?key=`.
+GEMINI_SECURITY = [*TOKEN_SECURITY, {"key": []}]
+ALT = {
+    "name": "alt",
+    "in": "query",
+    "required": False,
+    "description": "`sse`: server-sent events; otherwise one JSON array written as it grows.",
+    "schema": {"type": "string"},
 }
 ROUTED_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
 # Unversioned paths (Go ai-proxy and OpenAI-style base URLs) -> their operationIds' suffix.
@@ -87,6 +102,16 @@ REQUESTS = {
     "MessagesRequest": schemas.MessagesSchema,
     "CountTokensRequest": schemas.CountTokensSchema,
     "ResponsesRequest": schemas.ResponsesSchema,
+    "GeminiContent": gemini_schemas.ContentSchema,
+    "GeminiSystemInstruction": gemini_schemas.SystemInstructionSchema,
+    "GeminiGenerationConfig": gemini_schemas.GenerationConfigSchema,
+    "GeminiFunctionDeclaration": gemini_schemas.FunctionDeclarationSchema,
+    "GeminiTool": gemini_schemas.ToolSchema,
+    "GeminiFunctionCallingConfig": gemini_schemas.FunctionCallingConfigSchema,
+    "GeminiToolConfig": gemini_schemas.ToolConfigSchema,
+    "GeminiInnerRequest": gemini_schemas.NamedGenerateContentSchema,
+    "GenerateContentRequest": gemini_schemas.GenerateContentSchema,
+    "GeminiCountTokensRequest": gemini_schemas.GeminiCountTokensSchema,
 }
 # What marshmallow cannot say of a whole body: `/image` needs `prompt` or `inputs`.
 EXTRA = {
@@ -95,7 +120,8 @@ EXTRA = {
             {"required": [name], "properties": {name: {"type": "string"}}}
             for name in ("prompt", "inputs")
         ]
-    }
+    },
+    "GeminiCountTokensRequest": gemini_schemas.COUNT_EXTRA,
 }
 
 
@@ -169,6 +195,29 @@ ROUTES = {
             method="delete",
         ),
     ],
+    "gemini": [
+        Route("/v1beta/models", "listGeminiModels", GEMINI_MODELS, errors=(401,)),
+        Route("/v1beta/models/{model_id}", "getGeminiModel", GEMINI_MODEL, errors=(401, 404)),
+        Route(
+            "/v1beta/models/{model_id}:generateContent",
+            "generateContent",
+            GENERATED,
+            "GenerateContentRequest",
+        ),
+        Route(
+            "/v1beta/models/{model_id}:streamGenerateContent",
+            "streamGenerateContent",
+            GENERATED_STREAM,
+            "GenerateContentRequest",
+        ),
+        Route(
+            "/v1beta/models/{model_id}:countTokens",
+            "countGeminiTokens",
+            GEMINI_COUNT,
+            "GeminiCountTokensRequest",
+            errors=(400, 401, 403, 404, 413),
+        ),
+    ],
     "ops": [
         Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
@@ -194,13 +243,18 @@ SUMMARIES = {
     "createResponse": "OpenAI Responses API, streamed or not, from any provider.",
     "retrieveResponse": "A stored response (only to the token that made it).",
     "deleteResponse": "Delete a stored response (only the token that made it may).",
+    "listGeminiModels": "Every model the token may use, as Gemini lists them.",
+    "getGeminiModel": "One model, as Gemini's Model resource.",
+    "generateContent": "Gemini generateContent, from any provider.",
+    "streamGenerateContent": "Gemini streamGenerateContent (`?alt=sse`, or a JSON array).",
+    "countGeminiTokens": "Gemini token count (the provider's own, else an estimate).",
     "getMetrics": "Prometheus metrics; with `server.metrics_token` set, it is wanted as a token.",
     "getStatus": "Each deployment's state, quota left and requests in flight (`admin_token`).",
 }
 
 
 def _operation(tag: str, route: Route) -> dict:
-    surface = ANTHROPIC if tag == "anthropic" else OPENAI
+    surface = {"anthropic": ANTHROPIC, "gemini": GEMINI}.get(tag, OPENAI)
     # A routed call can fail every way section 6 of the contract lists.
     errors = route.errors or (ROUTED_ERRORS if route.body else ())
     operation = {
@@ -218,6 +272,10 @@ def _operation(tag: str, route: Route) -> dict:
         operation["parameters"] = [MODEL_ID]
     if "{response_id}" in route.path:
         operation["parameters"] = [RESPONSE_ID]
+    if tag == "gemini":
+        operation["security"] = GEMINI_SECURITY
+        if route.operation_id == "streamGenerateContent":
+            operation["parameters"] = [MODEL_ID, ALT]
     return operation
 
 
@@ -231,6 +289,11 @@ def _paths() -> dict[str, dict]:
     for twin, suffix in TWINS.items():
         ((method, operation),) = paths["/v1" + twin].items()
         paths[twin] = {method: {**operation, "operationId": operation["operationId"] + suffix}}
+    for path in [p for p in paths if p.startswith("/v1beta/models/{model_id}:")]:
+        # The google-genai SDK's default API version: the same views under /v1.
+        ((method, operation),) = paths[path].items()
+        twin = {**operation, "operationId": operation["operationId"] + "V1"}
+        paths[path.replace("/v1beta/", "/v1/", 1)] = {method: twin}
     return paths
 
 
@@ -254,7 +317,10 @@ def _spec() -> APISpec:
         # A nested answer is registered, under its class name too, with the first that holds it.
         if schema.__name__ not in spec.components.schemas:
             spec.components.schema(schema.__name__, schema=schema)
-    for surface in (OPENAI, ANTHROPIC):
+    spec.components.security_scheme(
+        "key", {"type": "apiKey", "in": "query", "name": "key", "description": "Gemini's `?key=`."}
+    )
+    for surface in (OPENAI, ANTHROPIC, GEMINI):
         for status, response in answers.error_responses(surface).items():
             spec.components.response(f"{surface}{status}", response)
     for path, operations in _paths().items():

@@ -6,6 +6,8 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from .config import flatten_errors
 from .errors import InvalidRequestError
+from .gemini_schemas import GEMINI_COUNT_TOKENS as GEMINI_COUNT_TOKENS
+from .gemini_schemas import GENERATE_CONTENT as GENERATE_CONTENT
 
 MAX_MODEL_NAME = 256
 MAX_MESSAGES = 100_000

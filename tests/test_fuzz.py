@@ -48,6 +48,8 @@ GUNICORN = bool(os.environ.get("AI_PROXY_FUZZ_GUNICORN"))
 # leaves them to the long one.
 TWINS = ("/models", "/models/{model_id}", "/chat/completions", "/completions", "/embeddings")
 TWINS += ("/images/generations",)
+TWINS += tuple(f"/v1/models/{{model_id}}:{m}" for m in ("generateContent", "countTokens"))
+TWINS += ("/v1/models/{model_id}:streamGenerateContent",)
 
 # 1x1 transparent PNG: what the stub image upstream draws.
 PNG = base64.b64decode(
@@ -108,6 +110,61 @@ MESSAGES_HINTS = {
         "additionalProperties": False,
     },
 }
+
+
+def _part(kind: str, value: dict) -> dict:
+    """A Gemini part of one kind (the document's `oneOf` is slow to generate from)."""
+    return {
+        "type": "object",
+        "required": [kind],
+        "properties": {kind: value},
+        "additionalProperties": False,
+    }
+
+
+NAME = {"type": "string", "pattern": "^[a-z_]{1,8}$"}
+PARTS_HINT = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 3,
+    "items": {
+        "anyOf": [
+            _part("text", {"type": "string"}),
+            _part(
+                "functionCall",
+                {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": NAME, "args": {"type": "object"}},
+                    "additionalProperties": False,
+                },
+            ),
+            _part(
+                "functionResponse",
+                {
+                    "type": "object",
+                    "required": ["name", "response"],
+                    "properties": {"name": NAME, "response": {"type": "object"}},
+                    "additionalProperties": False,
+                },
+            ),
+            _part(
+                "inlineData",
+                {
+                    "type": "object",
+                    "required": ["mimeType", "data"],
+                    "properties": {
+                        "mimeType": {"enum": ["image/png", "audio/wav", "application/pdf", "x/y"]},
+                        "data": {"type": "string"},
+                    },
+                    "additionalProperties": False,
+                },
+            ),
+        ]
+    },
+}
+
+
 # 502/503/504 are the documented answers to upstream failures; anything else 5xx is a bug.
 ALLOWED_STATUSES = ["2xx", "3xx", "4xx", "502", "503", "504"]
 
@@ -180,6 +237,20 @@ def fuzz_document(document: dict) -> dict:
             properties.update(MESSAGES_HINTS)
             schemas[name]["additionalProperties"] = False
     schemas["AnthropicTurn"]["properties"]["content"]["items"] = BLOCKS
+    # Gemini bodies: simpler parts, and no random extra fields (they would only pass through).
+    schemas["GeminiContent"]["properties"]["parts"] = PARTS_HINT
+    for name in ("GenerateContentRequest", "GeminiInnerRequest"):
+        schemas[name]["additionalProperties"] = False
+    count = schemas["GeminiCountTokensRequest"]
+    count.pop("oneOf")
+    count.update(required=["contents"], additionalProperties=False)
+    count["properties"] = {"contents": count["properties"]["contents"]}
+    for path, item in document["paths"].items():
+        if re.search(r"\{model_id\}:\w+$", path):
+            # Gemini's model is in the path: generated cases name models that can answer.
+            for parameter in item["post"]["parameters"]:
+                if parameter["name"] == "model_id":
+                    parameter["schema"] = {"enum": CHAT_MODELS}
     return document
 
 
@@ -254,7 +325,12 @@ def json_errors_in_the_contract_shape(ctx, response, case):
     media = (response.headers.get("content-type") or [""])[0]
     assert media.startswith("application/json"), f"error with Content-Type {media!r}"
     body = json.loads(response.content)
-    if case.path.startswith("/v1/messages"):
+    if case.path.startswith("/v1beta/") or re.search(r"\}:\w+$", case.path):
+        # The Gemini surface: Google's shape.
+        error = body["error"]
+        assert isinstance(error.get("code"), int) and isinstance(error.get("message"), str)
+        assert isinstance(error.get("status"), str), error
+    elif case.path.startswith("/v1/messages"):
         assert body.get("type") == "error", body
         error = body["error"]
         assert isinstance(error.get("type"), str) and isinstance(error.get("message"), str)
@@ -300,7 +376,10 @@ def test_document_is_valid_openapi_and_covers_every_route(fuzz_app):
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     documented = {
-        (method.upper(), path) for path, item in document["paths"].items() for method in item
+        # Gemini's `models/{model_id}:method` paths are one route each: the view splits them.
+        (method.upper(), re.sub(r"\{model_id\}:\w+$", "{model_id}", path))
+        for path, item in document["paths"].items()
+        for method in item
     }
     assert documented == served
 

@@ -253,6 +253,69 @@ CASES = {
         {"input": "hi", "reasoning": {"effort": "low"}},
     ],
 }
+GEN = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+CALL = {"functionCall": {"name": "f", "args": {"a": 1}}}
+ANSWERED = {"functionResponse": {"name": "f", "response": {"r": 1}}}
+CASES["GenerateContentRequest"] = [
+    GEN,
+    {"contents": [{"parts": [{"text": "hi"}]}]},
+    {},
+    {"contents": []},
+    {"contents": "hi"},
+    {"contents": [{"role": "system", "parts": [{"text": "hi"}]}]},
+    {"contents": [{"role": "user", "parts": []}]},
+    {"contents": [{"role": "user"}]},
+    {"contents": [{"role": "user", "parts": [{}]}]},
+    {"contents": [{"role": "user", "parts": ["hi"]}]},
+    {"contents": [{"role": "user", "parts": [{"text": 5}]}]},
+    {"contents": [{"role": "user", "parts": [{"text": "a", "inlineData": {}}]}]},
+    {"contents": [{"role": "user", "parts": [{"video": "x"}]}]},
+    {"contents": [{"role": "user", "parts": [{"text": "a", "thought": True}]}]},
+    {"contents": [{"role": "user", "parts": [{"text": "a", "thought": "yes"}]}]},
+    {"contents": [{"role": "model", "parts": [CALL]}]},
+    {"contents": [{"role": "model", "parts": [{"functionCall": {"args": {}}}]}]},
+    {"contents": [{"role": "model", "parts": [{"functionCall": {"name": "f", "args": []}}]}]},
+    {"contents": [{"role": "user", "parts": [ANSWERED]}]},
+    {"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "f"}}]}]},
+    {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "AA=="}}]}]},
+    {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png"}}]}]},
+    {**GEN, "systemInstruction": {"parts": [{"text": "be brief"}]}},
+    {**GEN, "systemInstruction": {"parts": []}},
+    {**GEN, "systemInstruction": "be brief"},
+    {**GEN, "generationConfig": {"temperature": 2, "topP": 1, "topK": 40}},
+    {**GEN, "generationConfig": {"temperature": 2.5}},
+    {**GEN, "generationConfig": {"temperature": "1"}},
+    {**GEN, "generationConfig": {"topP": 1.5}},
+    {**GEN, "generationConfig": {"topK": 0}},
+    {**GEN, "generationConfig": {"maxOutputTokens": 1}},
+    {**GEN, "generationConfig": {"maxOutputTokens": 0}},
+    {**GEN, "generationConfig": {"maxOutputTokens": 1.5}},
+    {**GEN, "generationConfig": {"candidateCount": 9}},
+    {**GEN, "generationConfig": {"stopSequences": ["x"]}},
+    {**GEN, "generationConfig": {"stopSequences": [1]}},
+    {**GEN, "generationConfig": {"responseMimeType": "application/json"}},
+    {**GEN, "generationConfig": {"responseSchema": "x"}},
+    {**GEN, "generationConfig": "x"},
+    {**GEN, "tools": [{"functionDeclarations": [{"name": "get_weather"}]}]},
+    {**GEN, "tools": [{"functionDeclarations": [{"name": "1bad"}]}]},
+    {**GEN, "tools": [{"functionDeclarations": [{"name": "a b"}]}]},
+    {**GEN, "tools": [{"functionDeclarations": [{}]}]},
+    {**GEN, "tools": [{"googleSearch": {}}]},
+    {**GEN, "tools": {"functionDeclarations": []}},
+    {**GEN, "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}},
+    {**GEN, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}},
+    {**GEN, "toolConfig": {"functionCallingConfig": {"allowedFunctionNames": ["f"]}}},
+    {**GEN, "toolConfig": {"functionCallingConfig": {"allowedFunctionNames": "f"}}},
+    {**GEN, "unnamed": {"passes": "through"}},
+]
+CASES["GeminiCountTokensRequest"] = [
+    GEN,
+    {"generateContentRequest": {**GEN, "model": "models/m"}},
+    {},
+    {**GEN, "generateContentRequest": GEN},
+    {"generateContentRequest": {}},
+    {"contents": []},
+]
 VALIDATES = {name: REQUESTS[name]() for name in CASES}
 
 
@@ -314,15 +377,17 @@ def operations():
 def test_each_surface_documents_its_own_error_shape():
     for path, _method, operation in operations():
         surface = "Anthropic" if path.startswith("/v1/messages") else "OpenAI"
+        if path.startswith("/v1beta/") or path.endswith(("Content", ":countTokens")):
+            surface = "Gemini"
         for status, response in operation["responses"].items():
             reference = response.get("$ref", "")
             if reference:
                 assert reference == f"#/components/responses/{surface}{status}", (path, status)
-        if "requestBody" in operation and path != "/v1/messages/count_tokens":
+        if "requestBody" in operation and not path.endswith(("count_tokens", ":countTokens")):
             # A routed call: every failure section 6 of the contract lists.
             assert {str(s) for s in ROUTED_ERRORS} <= set(operation["responses"]), path
     responses = COMPONENTS["responses"]
-    for surface in ("OpenAI", "Anthropic"):
+    for surface in ("OpenAI", "Anthropic", "Gemini"):
         assert responses[f"{surface}401"]["headers"]["WWW-Authenticate"]["required"] is True
         for status in (429, 503):
             assert "Retry-After" in responses[f"{surface}{status}"]["headers"]

@@ -132,3 +132,32 @@ def test_claude_code_example_uses_the_variables_claude_code_reads():
     assert "export ANTHROPIC_AUTH_TOKEN=" in shell
     # ANTHROPIC_SMALL_FAST_MODEL is what old versions read; current ones read the DEFAULT_* names.
     assert "ANTHROPIC_SMALL_FAST_MODEL" not in shell
+
+
+def test_the_gemini_example_runs_as_written(tmp_path):
+    config = tmp_path / "config.yaml"
+    models = [
+        {"name": "echo", "provider": "echo", "model_size": "SMALL"},
+        {"name": "echo-large", "provider": "echo", "model_size": "BIG"},
+    ]
+    token = "sk-readme-gemini"
+    config.write_text(
+        yaml.safe_dump({"models": models, "auth": {"tokens": [{"name": "readme", "token": token}]}})
+    )
+    proxy = ProxyServer(config, threads=4).start()
+    try:
+        code = code_block("python", "from google import genai")
+        assert 'base_url="http://127.0.0.1:8080"' in code
+        code = code.replace("http://127.0.0.1:8080", proxy.url).replace("<client token>", token)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README", "exec"), {})
+    finally:
+        proxy.stop()
+    assert out.getvalue() == "hi\none word at a time\n"
+
+
+def test_the_gemini_cli_example_sets_the_variables_the_cli_reads():
+    block = code_block("sh", "GOOGLE_GEMINI_BASE_URL")
+    assert "export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8080\n" in block
+    assert "export GEMINI_API_KEY=" in block

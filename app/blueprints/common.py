@@ -46,9 +46,12 @@ def request_state() -> RequestState:
     return g.ai_proxy
 
 
-def authenticate() -> TokenConfig:
-    """The caller's token, or a 401 (no token configured: loopback callers only)."""
-    token = proxy_state().authenticator.authenticate(request.headers, request.remote_addr)
+def authenticate(query_key: str | None = None) -> TokenConfig:
+    """The caller's token, or a 401 (no token configured: loopback callers only); `query_key`
+    is a token from the URL, for the surfaces that take one (Gemini's `?key=`)."""
+    token = proxy_state().authenticator.authenticate(
+        request.headers, request.remote_addr, query_key
+    )
     request_state().token = token
     note(token=token.name)
     return token

@@ -6,16 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from ..auth import model_allowed
-from ..blueprints.common import (
-    api_blueprint,
-    authorise_model,
-    json_response,
-    proxy_state,
-    request_state,
+from flask import request
+
+from ..blueprints.common import api_blueprint, json_response, proxy_state, request_state
+from ..blueprints.listing import (
+    find_model,
+    gemini_model,
+    gemini_model_list,
+    usable_models,
+    wants_gemini,
 )
 from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
-from ..errors import ModelNotFoundError
 from ..kinds import Kind
 from ..providers import CallContext
 from ..routing import Candidate
@@ -24,8 +25,6 @@ from ..streaming import DONE, encode_chunk
 from ..think import strip_answer, strip_stream
 
 bp = api_blueprint("ai_proxy_openai", __name__)
-
-GLOB_CHARS = "*?["
 
 
 class ChatCompletions(Endpoint):
@@ -160,38 +159,20 @@ def _model_object(model_id: str, owned_by: str, created: int) -> dict:
 @bp.get("/v1/models")
 @bp.get("/models")
 def list_models():
-    """Every name, alias and category the token may use, and the ids its allow-list names that
-    a wildcard deployment serves (`openrouter/deepseek/deepseek-chat` through `openrouter/*`).
-
-    A glob in the allow-list (`openrouter/meta-llama/*`) names no model, so it adds nothing.
-    """
-    state = proxy_state()
-    token = request_state().token
-    created = int(state.started)
-    listed: dict[str, dict] = {}
-    for model_id, owned_by, is_category in state.router.public_models():
-        if model_allowed(token, model_id, is_category):
-            listed.setdefault(model_id, _model_object(model_id, owned_by, created))
-    for pattern in token.models:
-        if pattern in listed or any(ch in pattern for ch in GLOB_CHARS):
-            continue
-        owner = state.router.wildcard_owner(pattern)
-        if owner is not None:
-            listed[pattern] = _model_object(pattern, owner, created)
-    return json_response({"object": "list", "data": list(listed.values())})
+    """Every name, alias and category the token may use (see `listing.usable_models`); in
+    Gemini's shape for a Gemini client, whose SDK asks this path."""
+    models = usable_models(request_state().token)
+    if wants_gemini(request.headers):
+        return json_response(gemini_model_list(models, request.args))
+    created = int(proxy_state().started)
+    data = [_model_object(m.id, m.owned_by, created) for m in models]
+    return json_response({"object": "list", "data": data})
 
 
 @bp.get("/v1/models/<path:model_id>")
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
-    state = proxy_state()
-    # The allow-list first: a model outside it is refused whether or not it exists.
-    authorise_model(request_state().token, model_id)
-    for public_id, owned_by, is_category in state.router.public_models():
-        matches = public_id.upper() == model_id.upper() if is_category else public_id == model_id
-        if matches:
-            return json_response(_model_object(public_id, owned_by, int(state.started)))
-    owner = state.router.wildcard_owner(model_id)
-    if owner is not None:
-        return json_response(_model_object(model_id, owner, int(state.started)))
-    raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+    model = find_model(request_state().token, model_id)
+    if wants_gemini(request.headers):
+        return json_response(gemini_model(model))
+    return json_response(_model_object(model.id, model.owned_by, int(proxy_state().started)))

@@ -91,6 +91,10 @@ class Opened:
     # Surface events for the stream's items; it notes usage and text in the tally.
     write: Callable[[Iterable, Tally], Iterator[bytes]]
     headers: dict[str, str] = field(default_factory=dict)
+    # How the surface ends its stream in-band when it fails (None: `sse_error_event`), and
+    # the stream's media type (Gemini's JSON array is not an event stream).
+    error_event: Callable[[ProxyError], bytes] | None = None
+    mimetype: str = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -240,9 +244,10 @@ def stream_reply(
     tally = Tally()
     events = opened.write(bounded(opened.stream, time.monotonic() + limit), tally)
     settle = settle_usage(admission.token, outcome.candidate, call.prompt)
+    failed = opened.error_event or functools.partial(sse_error_event, surface=endpoint.surface)
     return Response(
-        relay(outcome, opened.stream, events, tally, endpoint.surface, settle),
-        mimetype="text/event-stream",
+        relay(outcome, opened.stream, events, tally, failed, settle),
+        mimetype=opened.mimetype,
         headers={**SSE_HEADERS, **routing_headers(outcome), **admission.headers, **opened.headers},
     )
 
@@ -260,7 +265,7 @@ def relay(
     stream: PrimedStream,
     events: Iterator[bytes],
     tally: Tally,
-    surface: Surface,
+    failed: Callable[[ProxyError], bytes],
     settle: Callable[[object, str], object],
 ) -> Iterator[bytes]:
     """Send a stream's events as they come; a failure after the first byte ends in-band.
@@ -275,11 +280,11 @@ def relay(
     except ProxyError as err:
         error = err
         logger.warning("stream ended early: %s", scrub(err.message))
-        yield sse_error_event(err, surface)
+        yield failed(err)
     except Exception:  # noqa: BLE001 - headers are sent; the client still gets an in-band error.
         error = ProxyError()
         logger.exception("stream failed inside the proxy")
-        yield sse_error_event(error, surface)
+        yield failed(error)
     finally:
         metrics.STREAMS_IN_FLIGHT.dec()
         stream.close()

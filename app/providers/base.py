@@ -332,6 +332,21 @@ class Provider:
         """A native Anthropic event stream: iterate for (event name, payload) pairs."""
         raise NotImplementedError
 
+    # Providers that speak the Gemini API natively take its requests as they are.
+    native_gemini: ClassVar[bool] = False
+
+    def generate_content(self, model: str, body: dict, ctx: CallContext) -> dict:
+        """A Gemini GenerateContentRequest answered natively (only if `native_gemini`)."""
+        raise NotImplementedError
+
+    def open_generate_stream(self, model: str, body: dict, ctx: CallContext) -> ChatStream:
+        """A native Gemini stream: iterate for its responses (only if `native_gemini`)."""
+        raise NotImplementedError
+
+    def count_gemini_tokens(self, model: str, body: dict, ctx: CallContext) -> int:
+        """The provider's own count for a Gemini countTokens body (only if `native_gemini`)."""
+        raise NotImplementedError
+
     def count_tokens(self, body: dict, ctx: CallContext) -> int | None:
         """The provider's own input-token count for an Anthropic Messages body, if it has one."""
         return None

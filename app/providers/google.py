@@ -13,6 +13,7 @@ import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import requests
 
@@ -92,8 +93,13 @@ class GoogleProvider(Provider):
 
     def _send(self, body: dict, ctx: CallContext, stream: bool) -> requests.Response:
         model = str(body.get("model") or self.model.upstream_model())
-        method = "streamGenerateContent" if stream else "generateContent"
-        payload = to_gemini(body)
+        return self._call(model, to_gemini(body), ctx, stream)
+
+    def _call(
+        self, model: str, payload: dict, ctx: CallContext, stream: bool, method: str | None = None
+    ) -> requests.Response:
+        """POST a Gemini request for `model` (generateContent, its SSE stream, or `method`)."""
+        method = method or ("streamGenerateContent" if stream else "generateContent")
         params = {"alt": "sse"} if stream else None
         try:
             return self.post(
@@ -117,6 +123,29 @@ class GoogleProvider(Provider):
     def open_chat_stream(self, body: dict, ctx: CallContext) -> ChatStream:
         response = self._send(body, ctx, stream=True)
         return GeminiStream(response, self.label, str(body.get("model") or ""))
+
+    # The Gemini surface's requests, passed through as the client wrote them.
+    native_gemini: ClassVar[bool] = True
+
+    def generate_content(self, model: str, body: dict, ctx: CallContext) -> dict:
+        """A GenerateContentRequest answered by this deployment, untranslated."""
+        return _check_answer(read_json(self._call(model, body, ctx, False), self.label), self.label)
+
+    def open_generate_stream(self, model: str, body: dict, ctx: CallContext) -> ChatStream:
+        """streamGenerateContent?alt=sse: iterate for each GenerateContentResponse as it comes."""
+        return NativeGeminiStream(self._call(model, body, ctx, True), self.label, model)
+
+    def count_gemini_tokens(self, model: str, body: dict, ctx: CallContext) -> int:
+        """The deployment's own countTokens for a Gemini countTokens body."""
+        inner = body.get("generateContentRequest")
+        if isinstance(inner, dict):
+            # The inner request names the model it is counted for: this deployment's.
+            body = {**body, "generateContentRequest": {**inner, "model": self.model_path(model)}}
+        answer = read_json(self._call(model, body, ctx, False, "countTokens"), self.label)
+        tokens = answer.get("totalTokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, int):
+            raise UpstreamError(f"{self.label}: the upstream token count is not a number")
+        return tokens
 
     def embed(self, body: dict, ctx: CallContext) -> dict:
         """OpenAI embeddings through `batchEmbedContents`, one request per input."""
@@ -380,6 +409,52 @@ class GeminiStream(ChatStream):
         if index not in self.choices:
             self.choices[index] = _Choice()
             yield self._chunk(index, {"role": "assistant", "content": ""})
+
+
+class NativeGeminiStream(ChatStream):
+    """A google deployment's own stream events (GenerateContentResponses), relayed as they are.
+
+    Each is wrapped in a `Native`, so a primed stream takes the first one as the answer's
+    start; an in-band error is a retryable failure; a stream that ends before a candidate
+    finished was cut.
+    """
+
+    @upstream_shape
+    def __iter__(self) -> Iterator[Native]:
+        if self.answered_whole():
+            answer = self.whole_answer()
+            events = answer if isinstance(answer, list) else [answer]
+        else:
+            events = (
+                e.data for e in self.events(lambda e: _error_of(e.data), done=None, lists=True)
+            )
+        finished = False
+        for payload in events:
+            if not isinstance(payload, dict):
+                raise UpstreamError(f"{self.label}: the stream sent an unexpected event")
+            message = _error_of(payload)
+            if message is not None:
+                raise UpstreamError(f"{self.label}: the stream failed: {safe_text(message)}")
+            candidates = payload.get("candidates")
+            if isinstance(candidates, list) and any(
+                isinstance(c, dict) and c.get("finishReason") for c in candidates
+            ):
+                finished = True
+            finished = finished or bool(_block_reason(payload))
+            meta = payload.get("usageMetadata")
+            if isinstance(meta, dict) and isinstance(meta.get("promptTokenCount"), int):
+                self.prompt_tokens = meta["promptTokenCount"]
+            yield Native(payload)
+        if not finished:
+            raise UpstreamError(f"{self.label}: the stream ended before the answer was complete")
+        self.completed = True
+
+
+@dataclass(frozen=True)
+class Native:
+    """One event of a provider's own stream, relayed untranslated."""
+
+    data: dict
 
 
 def encode_floats(values: list) -> str:
