@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from . import redact
 from .auth import Authenticator
+from .cache import ResponseCache
 from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from .providers import build_providers
@@ -27,6 +28,7 @@ class ProxyState:
     quotas: Quotas
     url_prefix: str = ""
     started: float = field(default_factory=time.time)
+    cache: ResponseCache | None = None  # the response cache, when `cache.enabled`
 
 
 @dataclass
@@ -65,4 +67,9 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
         pool=pool,
         quotas=quotas,
         url_prefix=url_prefix,
+        cache=(
+            ResponseCache.from_config(config.cache, config.routing.request_timeout_seconds)
+            if config.cache.enabled
+            else None
+        ),
     )

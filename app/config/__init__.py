@@ -44,6 +44,7 @@ from ..config.load import (
     resolve_config_path,
 )
 from ..config.models import (
+    CacheConfig,
     Config,
     ModelConfig,
     RateLimitConfig,
@@ -71,6 +72,7 @@ from ..config.schema import (
     STORAGE_SCHEMES,
     AliasMembers,
     AuthSchema,
+    CacheSchema,
     ConfigSchema,
     Duration,
     HttpClientSchema,
@@ -115,6 +117,8 @@ __all__ = [
     "STORAGE_SCHEMES",
     "AliasMembers",
     "AuthSchema",
+    "CacheConfig",
+    "CacheSchema",
     "Config",
     "ConfigError",
     "ConfigSchema",

@@ -162,6 +162,7 @@ def load_config(
         routing=loaded["routing"],
         retry=retry,
         rate_limits=loaded["rate_limits"],
+        cache=loaded["cache"],
         runtime=runtime,
         source=source,
         left_out=tuple(left_out),

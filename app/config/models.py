@@ -76,6 +76,7 @@ class ModelConfig:
     auth_url: str | None
     scope: str | None
     ca_bundle: str | None
+    cache: bool
     # Its place in `models:`, set by load_config: not a setting.
     index: int = 0
 
@@ -152,6 +153,15 @@ class RateLimitConfig:
     on_storage_error: str
 
 
+@declared_by(s.CacheSchema)
+class CacheConfig:
+    enabled: bool
+    storage: str
+    ttl_seconds: int
+    max_memory_bytes: int
+    scope: str
+
+
 @declared_by(s.RuntimeSchema)
 class RuntimeConfig:
     """Process settings that come only from the environment."""
@@ -178,6 +188,7 @@ class Config:
     routing: RoutingConfig
     retry: RetryConfig
     rate_limits: RateLimitConfig
+    cache: CacheConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = "<built-in>"
     left_out: tuple[str, ...] = ()
@@ -197,4 +208,5 @@ class Config:
             for url in (model.base_url, model.url, model.auth_url):
                 found += url_secrets(url)
         found += url_secrets(self.rate_limits.storage)
+        found += url_secrets(self.cache.storage)
         return [secret for secret in found if secret]

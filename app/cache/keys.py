@@ -1,0 +1,67 @@
+"""Cache keys: which requests are the same request, as a SHA-256 digest.
+
+The key is made of the surface, the public model name the client asked for, the scope (the
+client token's name, or one shared scope), the request headers a surface names as changing the
+answer, and the body in canonical form: keys sorted, integral floats written as integers
+(`1.0` and `1` are one number), and the fields that do not change the answer left out
+(`stream`, `stream_options`, the client's `user` and `metadata`). A client token is never part
+of a key: only its configured name is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Top-level body fields that never change an answer: how it is delivered, and who asks.
+IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata"})
+SHARED_SCOPE = "*"
+# Longest header value that is part of a key; longer ones are hashed like the rest anyway.
+MAX_HEADER_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """A request's cache identity: its digest, and the public model name it was asked for."""
+
+    digest: str  # sha256 hex of everything that identifies the answer
+    model: str  # the public model name the client sent (for deleting one model's entries)
+
+
+def canonical(value: object) -> object:
+    """A JSON value with integral floats as ints, so equal numbers make equal keys."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def key_body(body: Mapping) -> dict:
+    """The part of a request body that identifies its answer."""
+    return {key: value for key, value in body.items() if key not in IGNORED_FIELDS}
+
+
+def make_key(
+    surface: str,
+    model: str,
+    scope: str,
+    body: Mapping,
+    headers: Mapping[str, str] | None = None,
+) -> CacheKey:
+    """The key of one request; `body` is the part `key_body` keeps (or a surface's own)."""
+    identity = {
+        "surface": surface,
+        "model": model,
+        "scope": scope,
+        "headers": {
+            name.lower(): value[:MAX_HEADER_CHARS] for name, value in (headers or {}).items()
+        },
+        "body": canonical(body),
+    }
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return CacheKey(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), model)
