@@ -13,9 +13,9 @@ import pytest
 import app.config as config_package
 from app.config import (
     CONFIG_ENV,
+    RUNTIME_ENV,
     CacheConfig,
     CacheSchema,
-    RUNTIME_ENV,
     Config,
     ConfigError,
     ConfigSchema,

@@ -73,7 +73,11 @@ def _noted(lookup: Lookup) -> Lookup:
         # On every answer to the request, errors included; the lead ends when it is sent.
         response.headers[HEADER] = lookup.result.value
         if lookup.ticket is not None:
-            response.call_on_close(lookup.ticket.release)
+            if response.is_streamed:
+                response.call_on_close(lookup.ticket.release)
+            else:
+                # An error (or an answer already stored): the waiting requests go on now.
+                lookup.ticket.release()
         return response
 
     return lookup

@@ -9,8 +9,8 @@ from flask import Blueprint, Response, request
 
 from .. import metrics
 from ..auth import extract_token, token_bytes
-from ..cache import StorageFailure
 from ..blueprints.common import json_response, proxy_state
+from ..cache import StorageFailure
 from ..errors import (
     AuthenticationError,
     InvalidRequestError,

@@ -41,7 +41,8 @@ class MessageAssembler(SSEAssembler):
             self.message["usage"] = {**(self.message.get("usage") or {}), **usage}
         elif kind == "message_stop":
             return self.message is not None
-        elif kind == "error":
+        elif kind not in ("ping", "content_block_stop"):
+            # An error, or an event this proxy does not know: never stored.
             self.failed = True
         return False
 

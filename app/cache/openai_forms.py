@@ -163,8 +163,8 @@ class ChatForm(CacheForm):
             others = {k: v for k, v in message.items() if v is not None and not isinstance(v, str)}
             if others:
                 yield chunk(index, others)
-            for position, call in enumerate(calls):
-                yield from _call_chunks(chunk, index, position, call)
+            for position, tool_call in enumerate(calls):
+                yield from _call_chunks(chunk, index, position, tool_call)
             yield chunk(index, {}, choice.get("finish_reason"), choice.get("logprobs"))
         if call.include_usage and answer.get("usage"):
             yield encode_chunk({**head, "choices": [], "usage": answer["usage"]})
