@@ -459,3 +459,21 @@ def test_an_in_band_error_is_never_stored(form, error):
 def test_pieces_join_back(value):
     assert "".join(pieces(value)) == value
     assert len(pieces(value)) <= 24
+
+
+def test_a_delete_asked_of_one_worker_reaches_the_others(tmp_path):
+    """Workers of one server share a folder: each reads the deletes the others were asked for."""
+    first, second = (MemoryStore(100_000, shared_folder=str(tmp_path)) for _ in range(2))
+    a, b = make_key("openai", "a", "s", {}), make_key("openai", "b", "s", {})
+    for store in (first, second):
+        store.write(a.digest, "a", b"1", ttl=60)
+        store.write(b.digest, "b", b"2", ttl=60)
+    first.delete("a")
+    assert second.read(a).data is None and second.read(b).data == b"2"
+    first.write(a.digest, "a", b"3", ttl=60)
+    assert first.read(a).data == b"3"  # its own delete is not applied twice
+    second.delete()
+    assert first.read(b).data is None and first.read(a).data is None
+    late = MemoryStore(100_000, shared_folder=str(tmp_path))  # a worker started afterwards
+    late.write(a.digest, "a", b"4", ttl=60)
+    assert late.read(a).data == b"4"

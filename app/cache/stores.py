@@ -10,6 +10,8 @@ Redis also holds the single-flight locks that let processes and hosts share one 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -18,8 +20,10 @@ from dataclasses import dataclass
 from .. import metrics
 from .keys import CacheKey
 
-# What one memory entry costs besides its bytes: the slot name, the node, the dict's share.
-ENTRY_OVERHEAD_BYTES = 256
+# What one memory entry costs besides its answer's bytes, measured on CPython 3.11: the slot name
+# (a 64-character str, 113 bytes), the bytes object's header (33), the node (72), the ordered
+# dict's share (about 100), and room for the allocator's rounding.
+ENTRY_OVERHEAD_BYTES = 400
 # A dead or slow Redis must never stall a request: short socket timeouts, no client retries.
 REDIS_TIMEOUT_SECONDS = 0.25
 PREFIX = "ai-proxy:cache"
@@ -37,7 +41,7 @@ class Found:
     data: bytes | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     data: bytes
     model: str
@@ -45,25 +49,91 @@ class _Node:
     size: int
 
 
+class DeleteLog:
+    """Deletes one worker was asked for, told to the others of its server: a file in a folder
+    the server's workers share, each delete one line appended. A worker reads what is new in it
+    before it uses its cache (one `stat` when nothing is)."""
+
+    NAME = "ai-proxy-cache-deletes"
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, self.NAME)
+        self.seen = self._size()  # what came before this worker had nothing of its to delete
+
+    def _size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except OSError:
+            return 0
+
+    def tell(self, model: str | None) -> None:
+        line = (json.dumps({"model": model}) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        if size == self.seen + len(line):
+            self.seen = size  # nobody else wrote meanwhile: this line is applied already
+
+    def news(self) -> list[str | None]:
+        """The deletes the other workers were asked for since the last call."""
+        size = self._size()
+        if size <= self.seen:
+            return []
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.seen)
+                text = handle.read(size - self.seen)
+        except OSError:
+            return []
+        lines = text.split(b"\n")
+        self.seen += len(text) - len(lines[-1])  # a line being written is read next time
+        models = []
+        for line in lines[:-1]:
+            try:
+                models.append(json.loads(line)["model"])
+            except (ValueError, KeyError, TypeError):
+                models.append(None)  # unreadable: forgetting everything is the safe side
+        return models
+
+
 class MemoryStore:
-    """This process's cache: least recently used entries go first past `max_bytes`."""
+    """This process's cache: least recently used entries go first past `max_bytes`.
+
+    With `shared_folder` (the folder a server's workers share), a delete asked of one worker
+    empties the others' caches too.
+    """
 
     shared = False
     scheme = "memory"
 
-    def __init__(self, max_bytes: int, clock=time.monotonic) -> None:
+    def __init__(
+        self, max_bytes: int, clock=time.monotonic, shared_folder: str | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.clock = clock
         self.size = 0  # bytes held, by the same count as max_bytes
         self._nodes: OrderedDict[str, _Node] = OrderedDict()
         self._lock = threading.Lock()
+        self._deletes = DeleteLog(shared_folder) if shared_folder else None
 
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def _catch_up(self) -> None:
+        if self._deletes is not None:
+            for model in self._deletes.news():
+                self._forget(model)
+
     def read(self, key: CacheKey, fetch: bool = True) -> Found:
         if not fetch:
             return Found(key.digest)
+        self._catch_up()
         with self._lock:
             node = self._nodes.get(key.digest)
             if node is None:
@@ -96,6 +166,12 @@ class MemoryStore:
         return True
 
     def delete(self, model: str | None = None) -> int:
+        count = self._forget(model)
+        if self._deletes is not None:
+            self._deletes.tell(model)
+        return count
+
+    def _forget(self, model: str | None) -> int:
         with self._lock:
             if model is None:
                 count = len(self._nodes)
@@ -225,5 +301,6 @@ class RedisStore:
 
 def make_store(uri: str, max_bytes: int) -> MemoryStore | RedisStore:
     if uri.startswith("memory"):
-        return MemoryStore(max_bytes)
+        # Under gunicorn (conf/gunicorn.conf.py) every server's workers share this folder.
+        return MemoryStore(max_bytes, shared_folder=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     return RedisStore(uri)
