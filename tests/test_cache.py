@@ -399,3 +399,20 @@ def test_anthropic_answers_keep_the_same_text_whole_and_streamed(cached, upstrea
     text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
     assert text == whole.json["content"][0]["text"] == "hi there"
     assert events[-1]["type"] == "message_stop"
+
+
+@pytest.mark.parametrize("depth", [300, 600, 900])
+def test_a_deeply_nested_body_is_answered_cached_or_not(cached, upstream, depth):
+    """What the JSON reader accepted, the key accepts too."""
+    deep: dict = {}
+    inner = deep
+    for _ in range(depth):
+        inner["a"] = inner = {}
+    body = json.dumps({**CHAT, "response_format": deep})
+    client = cached()
+    answers = [
+        client.post("/v1/chat/completions", data=body, content_type="application/json")
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[1].headers["x-ai-proxy-cache"] == "hit"

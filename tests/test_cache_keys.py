@@ -24,6 +24,7 @@ from app.cache import (
     make_key,
     pieces,
 )
+from app.cache.stores import ENTRY_OVERHEAD_BYTES
 
 
 def metric(name: str) -> float:
@@ -183,7 +184,8 @@ def test_an_entry_under_another_key_is_corrupt():
 
 
 def test_memory_store_keeps_within_its_bytes_least_recently_used_first():
-    store = MemoryStore(max_bytes=10_000)  # seven entries of 1,000 bytes (with their overhead)
+    # Room for seven entries of 1,000 bytes, with their slot names and overhead.
+    store = MemoryStore(max_bytes=7 * (1000 + 64 + ENTRY_OVERHEAD_BYTES) + 100)
     keys = [make_key("openai", "m", "s", {"i": i}) for i in range(40)]
     evictions = metric("ai_proxy_cache_evictions_total")
     for key in keys[:7]:

@@ -57,7 +57,11 @@ def look_up(endpoint, call, admission) -> Lookup:
         return _noted(Lookup(Result.BYPASS, form))
     scope = SHARED_SCOPE if cache.shared_scope else admission.token.name
     varies = {name: request.headers[name] for name in form.key_headers if name in request.headers}
-    key = make_key(endpoint.surface, admission.resolution.identifier, scope, body, varies)
+    try:
+        key = make_key(endpoint.surface, admission.resolution.identifier, scope, body, varies)
+    except (RecursionError, ValueError):
+        # A body too deeply nested to write out again is answered, just not cached.
+        return _noted(Lookup(Result.BYPASS, form))
     entry, ticket = cache.look_up(key, read="no-cache" not in wanted)
     if entry is not None:
         return _noted(Lookup(Result.HIT, form, entry=entry))

@@ -31,14 +31,24 @@ class CacheKey:
 
 
 def canonical(value: object) -> object:
-    """A JSON value with integral floats as ints, so equal numbers make equal keys."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {key: canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [canonical(item) for item in value]
-    return value
+    """A JSON value with integral floats as ints, so equal numbers make equal keys.
+
+    Iterative, so a body nested as deep as the JSON reader accepts needs no recursion here.
+    """
+    root = [value]
+    pending: list[tuple[list | dict, int | str]] = [(root, 0)]
+    while pending:
+        container, slot = pending.pop()
+        item = container[slot]
+        if isinstance(item, float) and item.is_integer() and abs(item) < 2**53:
+            container[slot] = int(item)
+        elif isinstance(item, dict):
+            container[slot] = copied = dict(item)
+            pending.extend((copied, key) for key in copied)
+        elif isinstance(item, list):
+            container[slot] = copied = list(item)
+            pending.extend((copied, index) for index in range(len(copied)))
+    return root[0]
 
 
 def key_body(body: Mapping) -> dict:
