@@ -91,6 +91,8 @@ DIFFERENT = {
     "no tools": {k: v for k, v in CHAT.items() if k != "tools"},
     "content as parts": changed(("messages", 1, "content"), [{"type": "text", "text": "Hello"}]),
     "number type in text": changed(("messages", 1, "content"), "1"),
+    "float-like text": changed(("messages", 1, "content"), "[1.0]"),
+    "a number, not text": changed(("messages", 1, "content"), 1),
     "unicode": changed(("messages", 1, "content"), "Hëllo"),
 }
 # Each of these is the same request: how it is delivered, who asks, how it is spelled.
@@ -102,6 +104,7 @@ SAME = {
     "metadata": {**CHAT, "metadata": {"user_id": "u1"}},
     "key order": dict(reversed(list(CHAT.items()))),
     "integral float": changed(("temperature",), 0.5) | {"seed": 1.0},
+    "integral floats nested": {**CHAT, "seed": 1, "logit_bias": {"5": 1.0, "6": [2.0, -3.0]}},
 }
 
 
@@ -112,7 +115,10 @@ def test_a_parameter_that_changes_the_answer_changes_the_key(name):
 
 @pytest.mark.parametrize("name", sorted(SAME))
 def test_delivery_and_caller_fields_leave_the_key_alone(name):
-    base = {**CHAT, "seed": 1} if name == "integral float" else CHAT
+    base = {
+        "integral float": {**CHAT, "seed": 1},
+        "integral floats nested": {**CHAT, "seed": 1, "logit_bias": {"5": 1, "6": [2, -3]}},
+    }.get(name, CHAT)
     assert key_of(SAME[name]) == key_of(base)
 
 
@@ -479,3 +485,12 @@ def test_a_delete_asked_of_one_worker_reaches_the_others(tmp_path):
     late = MemoryStore(100_000, shared_folder=str(tmp_path))  # a worker started afterwards
     late.write(a.digest, "a", b"4", ttl=60)
     assert late.read(a).data == b"4"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"), [("1.0,", "1,"), ("[1.0]", "[1]"), ('{"a":2.0}', '{"a":2}')]
+)
+def test_text_that_looks_like_a_float_is_text(one, other):
+    assert key_of(changed(("messages", 1, "content"), one)) != key_of(
+        changed(("messages", 1, "content"), other)
+    )

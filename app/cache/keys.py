@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -71,7 +72,19 @@ def make_key(
         "headers": {
             name.lower(): value[:MAX_HEADER_CHARS] for name, value in (headers or {}).items()
         },
-        "body": canonical(body),
+        "body": body,
     }
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _dumps(identity)
+    if _INTEGRAL_FLOAT.search(text):
+        # Rare: a float written `1.0` somewhere (or text that looks like one); write it as `1`.
+        text = _dumps({**identity, "body": canonical(body)})
     return CacheKey(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), model)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# How json writes an integral float (`1.0`, `-3.0`) before the next item or the end of its
+# container; JSON text without it holds no float that `canonical` would change.
+_INTEGRAL_FLOAT = re.compile(r"\.0[,}\]]")
