@@ -82,6 +82,16 @@ def measure(url: str, master, args, workdir: Path, children) -> dict:
     }
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """Each figure's median over the rounds (requests and errors summed)."""
+    merged = {}
+    for name in rounds[0]:
+        values = sorted(r[name] for r in rounds)
+        summed = name in ("requests", "errors")
+        merged[name] = sum(values) if summed else values[len(values) // 2]
+    return merged
+
+
 def fill(base: str, count: int, threads: int) -> tuple[int, int]:
     """`count` distinct chat requests (each one a new answer to store), on keep-alive
     connections from `threads` threads: (answered, failed)."""
@@ -156,9 +166,13 @@ def run(args, children) -> dict:
     upstream, _ = processes.start_upstream(children, workdir, "cache-upstream", 1, 0.0)
     bare, bare_proc = processes.start_server(children, workdir, "bare", upstream, "bare", env)
     proxy, proxy_proc = start_proxy(children, workdir, upstream, "cache-proxy", 64 * MIB, env)
-    log(f"hits vs forwarded: {args.duration:.0f} s at concurrency {args.concurrency}")
-    hits = measure(proxy + CHAT_PATH, proxy_proc, args, workdir, children)
-    forwarded = measure(bare + CHAT_PATH, bare_proc, args, workdir, children)
+    log(f"hits vs forwarded: {args.rounds} interleaved rounds of {args.duration:.0f} s")
+    rounds: dict[str, list[dict]] = {"hits": [], "bare": []}
+    for _ in range(args.rounds):
+        # Interleaved, so that other work on a shared machine disturbs both alike.
+        rounds["hits"].append(measure(proxy + CHAT_PATH, proxy_proc, args, workdir, children))
+        rounds["bare"].append(measure(bare + CHAT_PATH, bare_proc, args, workdir, children))
+    hits, forwarded = median_round(rounds["hits"]), median_round(rounds["bare"])
     children.stop_all()
     upstream, _ = processes.start_upstream(children, workdir, "fill-upstream", 1, 0.0)
     results = {"hits": hits, "bare": forwarded}
@@ -178,7 +192,7 @@ def run(args, children) -> dict:
 def render(results: dict) -> str:
     hits, bare = results["hits"], results["bare"]
     lines = [
-        "| server | requests | rps | p50 ms | server CPU µs/request |",
+        "| server (medians of the rounds) | requests | rps | p50 ms | server CPU µs/request |",
         "| --- | --- | --- | --- | --- |",
         f"| proxy, cache hits | {hits['requests']} | {hits['rps']} | {hits['p50_ms']} | "
         f"{hits['cpu_us_per_request']} |",
@@ -203,6 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark the response cache.")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
     parser.add_argument("--concurrency", type=int, default=16, help="connections")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians kept")
     parser.add_argument("--threads", type=int, default=None, help="THREADS for both servers")
     parser.add_argument("--fill", type=int, default=100_000, help="distinct answers (0: skip)")
     parser.add_argument(
