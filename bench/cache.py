@@ -10,9 +10,10 @@ one gunicorn worker each (so one process's CPU time is the server's), and measur
     answered): the proxy answering every request from its cache, the bare forwarder forwarding
     every one upstream;
   * requests per second at --concurrency (16) for both;
-  * a second proxy with `max_memory_bytes` of --max-memory-bytes: its worker's RSS at rest (after
-    a warm-up), then while --fill distinct requests (each a miss, stored) pass through; the goal
-    is growth within max_memory_bytes plus 10%.
+  * a second proxy with `max_memory_bytes` of --max-memory-bytes (and no quotas, whose moving
+    windows would hold a minute of requests): its worker's RSS at rest (after a warm-up), then
+    while --fill distinct requests (each a miss, stored) pass through; the goal is growth within
+    max_memory_bytes plus 10%.
 Every child process is stopped at the end, on Ctrl-C and on errors too.
 """
 
@@ -39,17 +40,25 @@ from streams import rss_mb  # noqa: E402
 MIB = 1024 * 1024
 
 
-def cached_config(upstream: str, max_memory_bytes: int) -> str:
+def cached_config(upstream: str, max_memory_bytes: int, quotas: bool = True) -> str:
+    """The benchmark's proxy config with the cache on; without `quotas`, no limits: a
+    moving-window limit holds an entry per request for a minute, which is not the cache's."""
     config = json.loads(processes.proxy_config(upstream))
+    if not quotas:
+        for owner in (*config["auth"]["tokens"], *config["models"]):
+            for limit in ("requests_per_minute", "tokens_per_minute"):
+                owner.pop(limit, None)
     config["cache"] = {"enabled": True, "max_memory_bytes": max_memory_bytes, "ttl_seconds": 3600}
     return json.dumps(config, indent=2)
 
 
-def start_proxy(children, workdir: Path, upstream: str, name: str, max_memory_bytes: int, env):
+def start_proxy(
+    children, workdir: Path, upstream: str, name: str, max_memory_bytes: int, env, quotas=True
+):
     """The proxy under gunicorn with the cache on: its base URL and master process."""
     port = processes.free_port()
     config = workdir / f"{name}.yaml"
-    config.write_text(cached_config(upstream, max_memory_bytes))
+    config.write_text(cached_config(upstream, max_memory_bytes, quotas))
     cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
     extra = {"HOST": "127.0.0.1", "PORT": str(port), "AI_PROXY_CONFIG": str(config), **env}
     log_path = workdir / f"{name}.log"
@@ -92,9 +101,9 @@ def median_round(rounds: list[dict]) -> dict:
     return merged
 
 
-def fill(base: str, count: int, threads: int) -> tuple[int, int]:
-    """`count` distinct chat requests (each one a new answer to store), on keep-alive
-    connections from `threads` threads: (answered, failed)."""
+def fill(base: str, start: int, count: int, threads: int) -> tuple[int, int]:
+    """`count` distinct chat requests (numbered from `start`: each one a new answer to store),
+    on keep-alive connections from `threads` threads: (answered, failed)."""
     parts = urlsplit(base)
     counts = {"ok": 0, "failed": 0}
     lock = threading.Lock()
@@ -104,7 +113,7 @@ def fill(base: str, count: int, threads: int) -> tuple[int, int]:
     def worker(offset: int) -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         ok = failed = 0
-        for index in range(offset, count, threads):
+        for index in range(start + offset, start + count, threads):
             template["messages"][1]["content"] = f"Distinct question number {index}."
             try:
                 conn.request("POST", CHAT_PATH, json.dumps(template), headers)
@@ -129,23 +138,48 @@ def fill(base: str, count: int, threads: int) -> tuple[int, int]:
     return counts["ok"], counts["failed"]
 
 
+def scrape(base: str) -> dict[str, float]:
+    """The proxy's cache metrics now (one worker: no labels to add up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http_get(base + "/metrics")
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("ai_proxy_cache_")
+    }
+
+
+def http_get(url: str) -> str:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", parts.path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def memory(args, children, workdir: Path, upstream: str, env: dict) -> dict:
     """Worker RSS at rest and after each tenth of --fill distinct answers."""
     bound = args.max_memory_bytes
-    base, master = start_proxy(children, workdir, upstream, "cache-fill", bound, env)
+    base, master = start_proxy(children, workdir, upstream, "cache-fill", bound, env, quotas=False)
     (worker,) = processes.worker_pids(master.pid)
-    fill(base, 2000, 4)  # warm-up: imports, pools, allocator arenas
+    warm = 2000
+    fill(base, 0, warm, 4)  # warm-up: imports, pools, allocator arenas
     rest = rss_mb(worker)
     samples, step = [], max(1, args.fill // 10)
     done, failed, started = 0, 0, time.monotonic()
     log(f"memory: {args.fill} distinct answers, max_memory_bytes {args.max_memory_bytes}")
     while done < args.fill:
         batch = min(step, args.fill - done)
-        ok, bad = fill(base, batch, 8)
+        ok, bad = fill(base, warm + done, batch, 8)
         done, failed = done + batch, failed + bad
         samples.append({"requests": done, "rss_mb": round(rss_mb(worker), 1)})
         log(f"  {done} answers: RSS {samples[-1]['rss_mb']} MB")
     peak = max(s["rss_mb"] for s in samples)
+    held = scrape(base)
     allowed = args.max_memory_bytes * 1.1 / MIB
     return {
         "answers": done,
@@ -156,6 +190,8 @@ def memory(args, children, workdir: Path, upstream: str, env: dict) -> dict:
         "growth_mb": round(peak - rest, 1),
         "allowed_growth_mb": round(allowed, 1),
         "within": peak - rest <= allowed,
+        "cache_bytes": held.get("ai_proxy_cache_memory_bytes"),
+        "evictions": held.get("ai_proxy_cache_evictions_total"),
         "samples": samples,
     }
 
@@ -206,7 +242,9 @@ def render(results: dict) -> str:
             f"Memory: {memory['answers']} distinct answers ({memory['failed']} failed) in "
             f"{memory['seconds']} s; worker RSS {memory['rest_mb']} MB at rest, peak "
             f"{memory['peak_mb']} MB: growth {memory['growth_mb']} MB against "
-            f"{memory['allowed_growth_mb']} MB allowed (max_memory_bytes + 10%)."
+            f"{memory['allowed_growth_mb']} MB allowed (max_memory_bytes + 10%); the cache "
+            f"held {(memory['cache_bytes'] or 0) / MIB:.1f} MiB by its count after "
+            f"{memory['evictions']:.0f} evictions."
         )
     lines.append("")
     lines += [f"- {'met' if ok else 'MISSED'}: {goal}" for goal, ok in results["goals"].items()]
