@@ -416,3 +416,24 @@ def test_a_deeply_nested_body_is_answered_cached_or_not(cached, upstream, depth)
     ]
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[1].headers["x-ai-proxy-cache"] == "hit"
+
+
+def test_a_form_that_rewrites_makes_each_hit_the_requests_own(cached, upstream, monkeypatch):
+    """The hook the Responses API uses: a hit gets its own id, whole and streamed."""
+    from app.blueprints.openai import ChatCompletions
+    from app.cache import ChatForm
+
+    class Stamped(ChatForm):
+        rewrites = True
+
+        def for_request(self, answer, call):
+            return {**answer, "id": f"chatcmpl-{call.body['messages'][0]['content']}"}
+
+    monkeypatch.setattr(ChatCompletions, "cache_form", Stamped())
+    client = cached()
+    assert post(client).json["id"] == "chatcmpl-stub"
+    hit = post(client)
+    assert hit.headers["x-ai-proxy-cache"] == "hit" and hit.json["id"] == "chatcmpl-Hello"
+    streamed = post(client, STREAM)
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    assert b'"id":"chatcmpl-Hello"' in streamed.get_data()

@@ -18,6 +18,7 @@ from app.cache import (
     Entry,
     MemoryStore,
     MessageForm,
+    ResponsesForm,
     decode,
     encode,
     key_body,
@@ -494,3 +495,83 @@ def test_text_that_looks_like_a_float_is_text(one, other):
     assert key_of(changed(("messages", 1, "content"), one)) != key_of(
         changed(("messages", 1, "content"), other)
     )
+
+
+# --- the Responses API's form ----------------------------------------------------------------
+
+
+def responses_events(response: dict) -> list[bytes]:
+    def event(kind: str, **fields) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    return [
+        event("response.created", response={**response, "status": "in_progress", "output": []}),
+        event("response.output_text.delta", item_id="msg_1", delta="Hel"),
+        event("response.output_text.delta", item_id="msg_1", delta="lo"),
+        event(f"response.{response['status']}", response=response),
+    ]
+
+
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "status": "completed",
+    "metadata": {"a": "1"},
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello"}],
+        }
+    ],
+    "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
+}
+
+
+def test_a_completed_responses_stream_is_its_last_events_response():
+    assert assemble(ResponsesForm(), responses_events(RESPONSE)) == RESPONSE
+    assert ResponsesForm().storable(RESPONSE)
+
+
+@pytest.mark.parametrize("status", ["incomplete", "failed"])
+def test_an_unfinished_response_is_never_stored(status):
+    response = {**RESPONSE, "status": status}
+    assembler = ResponsesForm().assembler()
+    for piece in responses_events(response):
+        assembler.feed(piece)
+    assert assembler.whole() is None and not ResponsesForm().storable(response)
+
+
+def test_a_cut_responses_stream_is_not_stored():
+    assembler = ResponsesForm().assembler()
+    for piece in responses_events(RESPONSE)[:-1]:
+        assembler.feed(piece)
+    assert assembler.whole() is None
+
+
+def test_a_continued_conversation_is_never_cached():
+    form = ResponsesForm()
+    assert form.key_body({"model": "m", "input": "hi", "previous_response_id": "resp_0"}) is None
+    assert form.key_body({"model": "m", "input": "hi", "stream": True}) == {
+        "model": "m",
+        "input": "hi",
+    }
+
+
+def test_a_responses_hit_is_made_the_requests_own():
+    kept = []
+
+    class Prepared:
+        response_id = "resp_new"
+        keep = kept.append
+
+    class ResponsesCall:
+        body = {"model": "m", "input": "hi", "metadata": {"b": "2"}}
+        prepared = Prepared()
+
+    answer = ResponsesForm().for_request(RESPONSE, ResponsesCall())
+    assert answer["id"] == "resp_new" and answer["metadata"] == {"b": "2"}
+    assert answer["output"] == RESPONSE["output"] and kept == [answer]
+    replayed = ResponsesForm(replay=responses_events).replay(answer, ResponsesCall())
+    assert assemble(ResponsesForm(), replayed) == answer

@@ -102,9 +102,17 @@ def hit_reply(call, admission, lookup: Lookup) -> Response:
         "x-ai-proxy-attempts": "0",
         "Age": str(entry.age()),
     }
-    if call.stream:
-        events = lookup.form.replay(entry.answer(), call)
-        return Response(events, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
+    form = lookup.form
+    if call.stream or form.rewrites:
+        answer = entry.answer()
+        if form.rewrites:
+            answer = form.for_request(answer, call)
+        if call.stream:
+            events = form.replay(answer, call)
+            return Response(
+                events, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers}
+            )
+        return Response(json.dumps(answer), mimetype="application/json", headers=headers)
     return Response(entry.body, mimetype="application/json", headers=headers)
 
 

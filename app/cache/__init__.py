@@ -9,6 +9,7 @@ from .entries import CorruptEntry, Entry, decode, encode
 from .forms import Assembler, CacheForm, SSEAssembler, pieces
 from .keys import SHARED_SCOPE, CacheKey, key_body, make_key
 from .openai_forms import ChatForm, CompletionForm, EmbeddingForm
+from .responses_forms import ResponsesAssembler, ResponsesForm
 from .stores import MemoryStore, RedisStore, StorageFailure, make_store
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "MemoryStore",
     "MessageForm",
     "RedisStore",
+    "ResponsesAssembler",
+    "ResponsesForm",
     "ResponseCache",
     "Result",
     "SSEAssembler",

@@ -3,17 +3,18 @@
 One stored form serves both kinds of request: the whole answer, as a non-streaming request gets
 it. A stream is assembled into that form as its events are relayed (`Assembler`), and a stored
 whole answer is replayed as a stream in the surface's own format (`CacheForm.replay`), in several
-chunks. A new surface (the Responses API, say) subclasses `CacheForm` and `SSEAssembler`:
+chunks. A new surface subclasses `CacheForm` (and `SSEAssembler` for its streams); the hooks:
 
-    class ResponsesForm(CacheForm):
-        def key_body(self, body):        # None: this request is never cached
-            return None if body.get("previous_response_id") else super().key_body(body)
-        def storable(self, answer):      # a complete answer only
-            return answer.get("status") == "completed"
-        def assembler(self):             # `response.completed` carries the whole answer
-            return ResponsesAssembler()
-        def replay(self, answer, call):  # the typed events, in OpenAI's order
-            ...
+    key_body(body)            the part of the body that identifies the answer; None: never cached
+    key_headers               request headers that change the answer (part of the key)
+    storable(answer)          whether a whole answer is complete (not truncated, filtered, failed)
+    assembler()               a fresh Assembler that collects a relayed stream into the whole
+                              answer; None: streams are not stored
+    replay(answer, call)      the stored whole answer as the surface's stream, in several events
+    rewrites, for_request()   a hit's answer made the request's own before it is sent (a fresh
+                              id, kept where the surface keeps its answers)
+
+app/cache/responses_forms.py is the Responses API's, built on these.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class CacheForm:
     def replay(self, answer: object, call) -> Iterator[bytes]:
         """A stored whole answer as this surface's stream (`call`: the request's Call)."""
         raise NotImplementedError
+
+    # Whether a hit's answer goes through `for_request` (else its stored bytes are sent as
+    # they are, which is the cheapest hit).
+    rewrites: bool = False
+
+    def for_request(self, answer: object, call) -> object:
+        """A stored answer made this request's own (a fresh id, say); only when `rewrites`."""
+        return answer
 
 
 class SSEAssembler(Assembler):
