@@ -18,6 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import answers, schemas
 from .answers import (
+    CACHE_DELETED,
     CHAT,
     COUNT,
     DOCUMENT,
@@ -113,6 +114,7 @@ class Route(NamedTuple):
     # Statuses of the surface's reusable error responses (`OpenAI401` ...).
     errors: tuple[int, ...] = ()
     security: list | None = None
+    method: str | None = None  # another method than the POST or GET above (`delete`)
 
 
 # Per tag (the Anthropic tag answers errors in Anthropic's shape, health needs no token).
@@ -146,6 +148,7 @@ ROUTES = {
     "ops": [
         Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
+        Route("/admin/cache", "deleteCache", CACHE_DELETED, errors=(401,), method="delete"),
     ],
 }
 SUMMARIES = {
@@ -167,6 +170,7 @@ SUMMARIES = {
     "countMessageTokens": "Anthropic token count (an estimate where the provider has none).",
     "getMetrics": "Prometheus metrics; with `server.metrics_token` set, it is wanted as a token.",
     "getStatus": "Each deployment's state, quota left and requests in flight (`admin_token`).",
+    "deleteCache": "Empty the response cache, or one model's entries (`?model=`; `admin_token`).",
 }
 
 
@@ -192,11 +196,11 @@ def _operation(tag: str, route: Route) -> dict:
 
 def _paths() -> dict[str, dict]:
     """Every path the proxy serves; an unversioned twin runs the same view as its `/v1` path."""
-    paths = {
-        route.path: {"post" if route.body else "get": _operation(tag, route)}
-        for tag, routes in ROUTES.items()
-        for route in routes
-    }
+    paths: dict[str, dict] = {}
+    for tag, routes in ROUTES.items():
+        for route in routes:
+            method = route.method or ("post" if route.body else "get")
+            paths.setdefault(route.path, {})[method] = _operation(tag, route)
     for twin, suffix in TWINS.items():
         ((method, operation),) = paths["/v1" + twin].items()
         paths[twin] = {method: {**operation, "operationId": operation["operationId"] + suffix}}
