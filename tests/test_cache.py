@@ -437,3 +437,36 @@ def test_a_form_that_rewrites_makes_each_hit_the_requests_own(cached, upstream, 
     streamed = post(client, STREAM)
     assert streamed.headers["x-ai-proxy-cache"] == "hit"
     assert b'"id":"chatcmpl-Hello"' in streamed.get_data()
+
+
+def test_a_redis_that_never_answers_is_a_miss_within_its_timeouts(cached, upstream):
+    """A storage that takes the connection and then says nothing: bounded, then left alone."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        client = cached({"storage": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"})
+        started = time.monotonic()
+        answers = [post(client) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert {a.headers["x-ai-proxy-cache"] for a in answers} == {"miss"}
+        # One read waits for its socket timeout; the storage is then left alone for a second.
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()

@@ -52,6 +52,8 @@ def config(upstream, **cache) -> dict:
             {"name": "echo", "provider": "echo"},
         ],
         "retry": {"max_retries": 0},
+        # A failure in one test must not keep the deployment out of the next.
+        "routing": {"cooldown_seconds": 0},
         "cache": {"enabled": True, **cache},
     }
 
@@ -292,6 +294,21 @@ def test_eight_identical_requests_make_one_upstream_call(proxy, upstream):
     assert len(upstream.requests) == 1
     assert sorted(a.headers["x-ai-proxy-cache"] for a in answers) == ["hit"] * 7 + ["miss"]
     assert len({a.content for a in answers}) == 1
+
+
+def test_waiters_make_their_own_call_when_the_first_request_fails(proxy, upstream):
+    calls = []
+
+    def handle(record):
+        calls.append(record)
+        if len(calls) == 1:
+            return Reply(status=500, body={"error": {"message": "down"}}, hang=0.5)
+        return Reply(body=chat_completion("second try"))
+
+    upstream.handler = handle
+    answers = post_together([proxy.url] * 4, unique(CHAT))
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 502]
+    assert len(calls) >= 2  # the first failed: the waiters asked for themselves
 
 
 @pytest.fixture(scope="module")
