@@ -161,6 +161,14 @@ class ResponseCache:
             return None, ticket
         if not self.store.shared:
             return None, ticket
+        try:
+            return self._lead_elsewhere(ticket, deadline)
+        except BaseException:
+            ticket.release()  # whatever went wrong, this process's waiters must not hang
+            raise
+
+    def _lead_elsewhere(self, ticket: Ticket, deadline: float) -> tuple[Entry | None, Ticket]:
+        """Take the storage's lock for the key, or wait for the process that holds it."""
         owner = uuid.uuid4().hex
         try:
             if self.store.lock(ticket.slot, owner, self.flight_seconds):
