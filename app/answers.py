@@ -279,6 +279,12 @@ class AdminStatus(_Answer):
     )
 
 
+class CacheDeleted(_Answer):
+    deleted = fields.Boolean(required=True)
+    model = fields.String(allow_none=True, required=True)
+    storage = fields.String(required=True)
+
+
 def documented() -> list[type[Schema]]:
     """Every answer body, in the order declared (the `_` bases describe none on their own)."""
     return [
@@ -422,4 +428,16 @@ STATUS = {
         "A client token, not the admin one (`admin_only`).", json_content("OpenAIError")
     ),
     "404": _answer("No `admin_token` is configured.", json_content("OpenAIError")),
+}
+CACHE_DELETED = {
+    "200": _answer("The cache (or one model's entries) is emptied.", json_content("CacheDeleted")),
+    "400": _answer("`model` is not a model name.", json_content("OpenAIError")),
+    "403": _answer(
+        "A client token, not the admin one (`admin_only`).", json_content("OpenAIError")
+    ),
+    "404": _answer(
+        "No `admin_token` is configured, or the cache is off (`cache_disabled`).",
+        json_content("OpenAIError"),
+    ),
+    "503": _answer("The cache storage is unavailable.", json_content("OpenAIError")),
 }

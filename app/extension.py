@@ -40,7 +40,8 @@ CORS_ALLOW_HEADERS = (
     "X-Goog-API-Client, anthropic-version, anthropic-beta, OpenAI-Organization, OpenAI-Project"
 )
 CORS_EXPOSE = (
-    "x-request-id, x-ai-proxy-model, x-ai-proxy-attempts, x-ratelimit-limit-requests, "
+    "x-request-id, x-ai-proxy-model, x-ai-proxy-attempts, x-ai-proxy-cache, Age, "
+    "x-ratelimit-limit-requests, "
     "x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, "
     "x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, Retry-After"
 )

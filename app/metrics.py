@@ -88,6 +88,29 @@ STREAMS_IN_FLIGHT = Gauge(
     "Streams open to clients now.",
     multiprocess_mode="livesum",
 )
+CACHE_REQUESTS = Counter(
+    "ai_proxy_cache_requests_total",
+    "Requests by what the response cache did: hit, miss or bypass.",
+    ["result"],
+)
+CACHE_STORED_BYTES = Counter(
+    "ai_proxy_cache_stored_bytes_total",
+    "Bytes of answers written to the response cache.",
+)
+CACHE_EVICTIONS = Counter(
+    "ai_proxy_cache_evictions_total",
+    "Answers dropped from a memory cache to stay within max_memory_bytes.",
+)
+CACHE_MEMORY_BYTES = Gauge(
+    "ai_proxy_cache_memory_bytes",
+    "Bytes the memory caches hold now (all workers).",
+    multiprocess_mode="livesum",
+)
+CACHE_ERRORS = Counter(
+    "ai_proxy_cache_errors_total",
+    "Response cache storage faults, by operation (read, write, lock, corrupt, delete).",
+    ["op"],
+)
 
 
 def exposition() -> tuple[bytes, str]:

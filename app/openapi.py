@@ -18,6 +18,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from . import answers, gemini_schemas, schemas
 from .answers import (
+    CACHE_DELETED,
     CHAT,
     COUNT,
     DELETED_RESPONSE,
@@ -221,6 +222,7 @@ ROUTES = {
     "ops": [
         Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
+        Route("/admin/cache", "deleteCache", CACHE_DELETED, errors=(401,), method="delete"),
     ],
 }
 SUMMARIES = {
@@ -250,6 +252,7 @@ SUMMARIES = {
     "countGeminiTokens": "Gemini token count (the provider's own, else an estimate).",
     "getMetrics": "Prometheus metrics; with `server.metrics_token` set, it is wanted as a token.",
     "getStatus": "Each deployment's state, quota left and requests in flight (`admin_token`).",
+    "deleteCache": "Empty the response cache, or one model's entries (`?model=`; `admin_token`).",
 }
 
 

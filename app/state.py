@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from . import redact
 from .activity import Activity, make_board
 from .auth import Authenticator
+from .cache import ResponseCache
 from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from .providers import build_providers
@@ -32,6 +33,7 @@ class ProxyState:
     started: float = field(default_factory=time.time)
     responses: ResponseStore | None = None  # stored Responses (/v1/responses)
     activity: Activity = field(default_factory=Activity)  # the status page's shared numbers
+    cache: ResponseCache | None = None  # the response cache, when `cache.enabled`
 
 
 @dataclass
@@ -74,6 +76,11 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
             storage_uri(config), config.responses.ttl_seconds, config.responses.max_memory_bytes
         ),
         activity=Activity(make_board(client)),
+        cache=(
+            ResponseCache.from_config(config.cache, config.routing.request_timeout_seconds)
+            if config.cache.enabled
+            else None
+        ),
     )
     state.activity.live = lambda: live_numbers(state)
     state.router.activity = state.activity

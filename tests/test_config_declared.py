@@ -14,6 +14,8 @@ import app.config as config_package
 from app.config import (
     CONFIG_ENV,
     RUNTIME_ENV,
+    CacheConfig,
+    CacheSchema,
     Config,
     ConfigError,
     ConfigSchema,
@@ -56,6 +58,7 @@ BOUND = [
     (RetryConfig, RetrySchema, {}, {}),
     (RateLimitConfig, RateLimitSchema, {}, {}),
     (RuntimeConfig, RuntimeSchema, {}, {}),
+    (CacheConfig, CacheSchema, {}, {}),
 ]
 # Fields a schema reads that the dataclass holds in another form (nested, or only as a digest).
 CONSUMED = {

@@ -10,6 +10,7 @@ from flask import request
 
 from ..blueprints.common import api_blueprint, header_safe
 from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..cache import MessageForm
 from ..errors import UpstreamError
 from ..kinds import Surface
 from ..messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
@@ -36,6 +37,7 @@ class Messages(Endpoint):
     paths = ("/v1/messages",)
     surface = Surface.ANTHROPIC
     schema = MESSAGES
+    cache_form = MessageForm()
 
     def read(self, body: dict, size: int) -> Call:
         warnings: list[str] = []

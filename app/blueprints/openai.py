@@ -17,6 +17,7 @@ from ..blueprints.listing import (
     wants_gemini,
 )
 from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..cache import ChatForm, CompletionForm, EmbeddingForm
 from ..kinds import Kind
 from ..providers import CallContext
 from ..routing import Candidate
@@ -31,6 +32,7 @@ class ChatCompletions(Endpoint):
     name = "create_chat_completion"
     paths = ("/v1/chat/completions", "/chat/completions")
     schema = CHAT_COMPLETION
+    cache_form = ChatForm()
 
     def read(self, body: dict, size: int) -> Call:
         return Call(
@@ -65,6 +67,7 @@ class Completions(Endpoint):
     name = "create_completion"
     paths = ("/v1/completions", "/completions")
     schema = COMPLETIONS
+    cache_form = CompletionForm()
 
     def read(self, body: dict, size: int) -> Call:
         prompt = body["prompt"] if isinstance(body["prompt"], str) else ""
@@ -95,6 +98,7 @@ class Embeddings(Endpoint):
     paths = ("/v1/embeddings", "/embeddings")
     schema = EMBEDDINGS
     kind = Kind.EMBEDDING
+    cache_form = EmbeddingForm()
 
     def read(self, body: dict, size: int) -> Call:
         return Call(body, body["model"], size, prompt={"messages": []})

@@ -1,4 +1,4 @@
-"""Operator endpoints: Prometheus `/metrics` and `/admin/status`."""
+"""Operator endpoints: Prometheus `/metrics`, `/admin/status` and `DELETE /admin/cache`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from flask import Blueprint, Response, request
 from .. import metrics
 from ..auth import extract_token, token_bytes
 from ..blueprints.common import json_response, proxy_state
-from ..errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from ..cache import StorageFailure
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageUnavailableError,
+)
 from ..ratelimit import Owner
 from ..statuspage.session import signed_in
 from ..statuspage.shared import add_shared
@@ -40,6 +47,27 @@ def get_metrics():
 def get_status():
     require_admin()
     return json_response(status_report())
+
+
+@bp.delete("/admin/cache")
+def delete_cache():
+    """Empty the response cache, or (`?model=NAME`) the entries asked for under one model name."""
+    require_admin()
+    cache = proxy_state().cache
+    if cache is None:
+        raise NotFoundError("The response cache is not enabled.", code="cache_disabled")
+    model = request.args.get("model")
+    if model is not None and not 0 < len(model) <= 256:
+        raise InvalidRequestError("'model' must be a model name.", param="model")
+    try:
+        cache.delete(model)
+    except StorageFailure:
+        raise StorageUnavailableError(
+            "The cache storage is unavailable; try again shortly.",
+            code="cache_storage_unavailable",
+            retry_after=5,
+        ) from None
+    return json_response({"deleted": True, "model": model, "storage": cache.store.scheme})
 
 
 def require_admin() -> None:

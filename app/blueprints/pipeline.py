@@ -19,6 +19,7 @@ from marshmallow import Schema
 
 from .. import metrics, watchdog
 from ..auth import model_allowed
+from ..blueprints import caching
 from ..blueprints.common import (
     authorise_model,
     json_response,
@@ -27,6 +28,7 @@ from ..blueprints.common import (
     read_json_body,
     request_state,
 )
+from ..cache import CacheForm
 from ..config import TokenConfig
 from ..errors import (
     NoAvailableModelError,
@@ -116,6 +118,9 @@ class Endpoint:
     schema: ClassVar[Schema]
     # Whether answers are charged against token and budget quotas (images and counts are not).
     charged: ClassVar[bool] = True
+    # How answers are cached (app.cache.forms: the key's body, which answers are complete, how a
+    # stream is assembled and a stored answer replayed); None: never cached.
+    cache_form: ClassVar[CacheForm | None] = None
 
     def normalise(self, body: object) -> object:
         """The body as the schema is to see it (a surface's own spellings made standard)."""
@@ -159,12 +164,16 @@ def dispatch(endpoint: Endpoint) -> Response:
     body, size = read_json_body()
     call = endpoint.read(validate_body(endpoint.schema, endpoint.normalise(body)), size)
     admission = admit(call.model, size, endpoint.kind)
+    lookup = caching.look_up(endpoint, call, admission)
+    if lookup.entry is not None:
+        settle_hit(admission)
+        return caching.hit_reply(call, admission, lookup)
     ctx = endpoint.context(call_context(admission.resolution.identifier))
     resolution = endpoint.candidates(admission.resolution)
     router = proxy_state().router
     if call.stream:
         outcome = router.run(resolution, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
-        return stream_reply(endpoint, call, admission, outcome)
+        return stream_reply(endpoint, call, admission, outcome, lookup)
     try:
         outcome = router.run(resolution, lambda c: endpoint.answer(call, c, ctx), ctx.deadline)
     except (UpstreamError, NoAvailableModelError):
@@ -173,6 +182,7 @@ def dispatch(endpoint: Endpoint) -> Response:
             raise
         return reply(fallback, admission.headers)
     outcome.finish()
+    caching.store_whole(lookup, outcome)
     return whole_reply(endpoint, call, admission, outcome)
 
 
@@ -235,7 +245,11 @@ def reply(answer: Answer, headers: dict[str, str]) -> Response:
 
 
 def stream_reply(
-    endpoint: Endpoint, call: Call, admission: Admission, outcome: Outcome[Opened]
+    endpoint: Endpoint,
+    call: Call,
+    admission: Admission,
+    outcome: Outcome[Opened],
+    lookup: caching.Lookup = caching.OFF,
 ) -> Response:
     """An opened stream relayed to the client as its events come."""
     note_outcome(outcome, endpoint.surface, stream=True)
@@ -243,6 +257,7 @@ def stream_reply(
     limit = proxy_state().config.routing.stream_timeout_seconds
     tally = Tally()
     events = opened.write(bounded(opened.stream, time.monotonic() + limit), tally)
+    events = caching.stored_stream(lookup, events, tally, outcome, opened.headers)
     settle = settle_usage(admission.token, outcome.candidate, call.prompt)
     failed = opened.error_event or functools.partial(sse_error_event, surface=endpoint.surface)
     return Response(
@@ -316,6 +331,16 @@ def routing_headers(outcome: Outcome) -> dict[str, str]:
         "x-ai-proxy-model": outcome.candidate.name,
         "x-ai-proxy-attempts": str(outcome.attempts),
     }
+
+
+def settle_hit(admission: Admission) -> None:
+    """A cache hit costs no tokens and no budget: nothing is charged for it.
+
+    It was counted against the request-rate limits at admission, like any request. This is the
+    one place where a hit gives back whatever else admission took (a token or budget
+    reservation, when admission makes one).
+    """
+    return None
 
 
 def settle_usage(token: TokenConfig, candidate: Candidate, prompt: dict):

@@ -21,6 +21,7 @@ from ..blueprints.common import (
     request_state,
 )
 from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..cache import ResponsesForm
 from ..errors import InvalidRequestError
 from ..kinds import Surface
 from ..providers import CallContext
@@ -35,7 +36,7 @@ from ..responses_api import (
     to_chat_request,
 )
 from ..responses_output import new_id, output_text, skeleton, to_response
-from ..responses_stream import EventWriter, Relay, canonical_events, failing
+from ..responses_stream import EventWriter, Relay, canonical_events, failing, response_events
 from ..routing import Candidate
 from ..schemas import RESPONSES
 from ..think import strip_answer, strip_stream
@@ -81,6 +82,8 @@ class CreateResponse(Endpoint):
     paths = ("/v1/responses",)
     surface = Surface.RESPONSES
     schema = RESPONSES
+    # A hit is replayed with this surface's own events and made the request's own Response.
+    cache_form = ResponsesForm(replay=response_events)
 
     def read(self, body: dict, size: int) -> Call:
         token = request_state().token

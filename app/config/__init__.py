@@ -44,6 +44,7 @@ from ..config.load import (
     resolve_config_path,
 )
 from ..config.models import (
+    CacheConfig,
     Config,
     ModelConfig,
     RateLimitConfig,
@@ -72,6 +73,7 @@ from ..config.schema import (
     STORAGE_SCHEMES,
     AliasMembers,
     AuthSchema,
+    CacheSchema,
     ConfigSchema,
     Duration,
     HttpClientSchema,
@@ -117,6 +119,8 @@ __all__ = [
     "STORAGE_SCHEMES",
     "AliasMembers",
     "AuthSchema",
+    "CacheConfig",
+    "CacheSchema",
     "Config",
     "ConfigError",
     "ConfigSchema",

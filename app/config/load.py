@@ -163,6 +163,7 @@ def load_config(
         retry=retry,
         rate_limits=loaded["rate_limits"],
         responses=loaded["responses"],
+        cache=loaded["cache"],
         runtime=runtime,
         source=source,
         left_out=tuple(left_out),

@@ -77,6 +77,7 @@ class ModelConfig:
     auth_url: str | None
     scope: str | None
     ca_bundle: str | None
+    cache: bool
     # Its place in `models:`, set by load_config: not a setting.
     index: int = 0
 
@@ -162,6 +163,15 @@ class ResponsesConfig:
     max_memory_bytes: int
 
 
+@declared_by(s.CacheSchema)
+class CacheConfig:
+    enabled: bool
+    storage: str
+    ttl_seconds: int
+    max_memory_bytes: int
+    scope: str
+
+
 @declared_by(s.RuntimeSchema)
 class RuntimeConfig:
     """Process settings that come only from the environment."""
@@ -189,6 +199,7 @@ class Config:
     retry: RetryConfig
     rate_limits: RateLimitConfig
     responses: ResponsesConfig
+    cache: CacheConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     source: str = "<built-in>"
     left_out: tuple[str, ...] = ()
@@ -209,4 +220,5 @@ class Config:
                 found += url_secrets(url)
         found += url_secrets(self.rate_limits.storage)
         found += url_secrets(self.responses.storage)
+        found += url_secrets(self.cache.storage)
         return [secret for secret in found if secret]

@@ -45,6 +45,10 @@ RATE_LIMIT_STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counte
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "text")
+CACHE_SCHEMES = ("memory", "redis", "rediss")
+CACHE_SCOPES = ("token", "shared")
+DEFAULT_CACHE_TTL_SECONDS = 3600
+DEFAULT_CACHE_MAX_MEMORY_BYTES = 64 * 1024 * 1024
 
 
 def hash_token(token: str) -> str:
@@ -237,6 +241,8 @@ class ModelSchema(QuotaSchema):
     auth_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
     scope = OptionalString(load_default=None, allow_none=True)
     ca_bundle = OptionalString(load_default=None, allow_none=True)
+    # false: this deployment's answers are never stored in the response cache.
+    cache = fields.Boolean(load_default=True)
 
     def normalise(self, data: dict) -> dict:
         # The timeouts sit under http_client_config in the file, flat on the deployment.
@@ -326,6 +332,27 @@ class ResponsesSchema(Declared):
     )
 
 
+def _cache_uri(value: str) -> None:
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in CACHE_SCHEMES:
+        raise ValidationError(f"scheme must be one of {', '.join(CACHE_SCHEMES)}")
+
+
+class CacheSchema(Declared):
+    """The response cache (off by default)."""
+
+    enabled = fields.Boolean(load_default=False)
+    storage = fields.String(load_default="memory://", validate=_cache_uri)
+    ttl_seconds = fields.Integer(
+        load_default=DEFAULT_CACHE_TTL_SECONDS, validate=validate.Range(min=1, max=366 * 86400)
+    )
+    # memory:// only: answers are dropped, least recently used first, past this many bytes.
+    max_memory_bytes = fields.Integer(
+        load_default=DEFAULT_CACHE_MAX_MEMORY_BYTES, validate=validate.Range(min=1024)
+    )
+    scope = Choice(CACHE_SCOPES, load_default="token")
+
+
 class RuntimeSchema(Declared):
     """Process settings; they come only from the environment (app.config.env.RUNTIME_ENV)."""
 
@@ -352,3 +379,4 @@ class ConfigSchema(Declared):
     retry = _section(RetrySchema)
     rate_limits = _section(RateLimitSchema)
     responses = _section(ResponsesSchema)
+    cache = _section(CacheSchema)

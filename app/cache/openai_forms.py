@@ -1,0 +1,263 @@
+"""Caching for the OpenAI surface: chat completions, legacy completions and embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..streaming import DONE, encode_chunk
+from .forms import CacheForm, SSEAssembler, cut, loads_object, pieces
+
+# Finish reasons of a complete answer; `length` (truncated) and `content_filter` are not.
+COMPLETE_FINISHES = frozenset({"stop", "tool_calls", "function_call"})
+# Chunk fields copied to the whole answer and back.
+ANSWER_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
+def _choices(answer: object, part: str) -> list[dict] | None:
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or not choices:
+        return None
+    if not all(isinstance(c, dict) and part in c for c in choices):
+        return None
+    return choices
+
+
+def complete_choices(answer: object, part: str) -> bool:
+    choices = _choices(answer, part)
+    return choices is not None and all(c.get("finish_reason") in COMPLETE_FINISHES for c in choices)
+
+
+@dataclass
+class _Choice:
+    """One choice of a chat stream, as its deltas add up."""
+
+    role: str | None = None
+    texts: dict[str, list[str]] = field(default_factory=dict)  # content, reasoning, refusal
+    others: dict[str, object] = field(default_factory=dict)  # lists extended, the rest kept
+    calls: dict[int, dict] = field(default_factory=dict)
+    logprobs: list = field(default_factory=list)
+    finish: str | None = None
+
+    def add(self, delta: dict) -> None:
+        for name, value in delta.items():
+            if name == "role":
+                self.role = value or self.role
+            elif name == "tool_calls":
+                for call in value or ():
+                    self.add_call(call)
+            elif isinstance(value, str):
+                self.texts.setdefault(name, []).append(value)
+            elif isinstance(value, list):
+                self.others.setdefault(name, [])
+                self.others[name].extend(value)
+            elif value is not None:
+                self.others[name] = value
+
+    def add_call(self, call: dict) -> None:
+        held = self.calls.setdefault(
+            call.get("index", len(self.calls)),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if call.get("id"):
+            held["id"] = call["id"]
+        if call.get("type"):
+            held["type"] = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            held["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            held["function"]["arguments"] += function["arguments"]
+
+    def message(self) -> dict:
+        message: dict = {"role": self.role or "assistant"}
+        message["content"] = "".join(self.texts["content"]) if "content" in self.texts else None
+        for name, parts in self.texts.items():
+            message.setdefault(name, "".join(parts))
+        message.update(self.others)
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        return message
+
+
+class ChatAssembler(SSEAssembler):
+    """OpenAI chat chunks into a `chat.completion`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: dict = {}
+        self.choices: dict[int, _Choice] = {}
+        self.usage: object = None
+
+    def event(self, name: str | None, data: str) -> bool:
+        if data.strip() == "[DONE]":
+            return True
+        chunk = loads_object(data)
+        if "error" in chunk and not chunk.get("choices"):
+            self.failed = True
+            return False
+        for key in ANSWER_FIELDS:
+            if key in chunk and key not in self.head:
+                self.head[key] = chunk[key]
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            held = self.choices.setdefault(choice.get("index", 0), _Choice())
+            held.add(choice.get("delta") or {})
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+                held.logprobs.extend(logprobs["content"])
+            if choice.get("finish_reason"):
+                held.finish = choice["finish_reason"]
+        return False
+
+    def whole(self, usage: object = None) -> dict | None:
+        if not self.ended or self.failed or not self.choices:
+            return None
+        answer = {**self.head, "object": "chat.completion"}
+        answer["choices"] = [
+            {
+                "index": index,
+                "message": held.message(),
+                "logprobs": {"content": held.logprobs} if held.logprobs else None,
+                "finish_reason": held.finish,
+            }
+            for index, held in sorted(self.choices.items())
+        ]
+        if self.usage or usage:
+            answer["usage"] = self.usage or usage
+        return answer
+
+
+class ChatForm(CacheForm):
+    def storable(self, answer: object) -> bool:
+        return complete_choices(answer, "message")
+
+    def assembler(self) -> ChatAssembler:
+        return ChatAssembler()
+
+    def replay(self, answer: dict, call) -> Iterator[bytes]:
+        head = {key: answer[key] for key in ANSWER_FIELDS if key in answer}
+        head["object"] = "chat.completion.chunk"
+
+        def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None) -> bytes:
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return encode_chunk({**head, "choices": [choice]})
+
+        for choice in answer["choices"]:
+            index, message = choice.get("index", 0), dict(choice["message"])
+            role = message.pop("role", "assistant")
+            content = message.pop("content", None)
+            calls = message.pop("tool_calls", None) or []
+            yield chunk(index, {"role": role, "content": None if content is None else ""})
+            for name, value in message.items():
+                # Reasoning (`reasoning_content`, `reasoning`) comes before the text, as it did.
+                if isinstance(value, str) and name != "refusal":
+                    for piece in pieces(value):
+                        yield chunk(index, {name: piece})
+            for piece in pieces(content or ""):
+                yield chunk(index, {"content": piece})
+            if isinstance(message.get("refusal"), str):
+                for piece in pieces(message["refusal"]):
+                    yield chunk(index, {"refusal": piece})
+            others = {k: v for k, v in message.items() if v is not None and not isinstance(v, str)}
+            if others:
+                yield chunk(index, others)
+            for position, tool_call in enumerate(calls):
+                yield from _call_chunks(chunk, index, position, tool_call)
+            yield chunk(index, {}, choice.get("finish_reason"), choice.get("logprobs"))
+        if call.include_usage and answer.get("usage"):
+            yield encode_chunk({**head, "choices": [], "usage": answer["usage"]})
+        yield DONE
+
+
+def _call_chunks(chunk, index: int, position: int, call: dict) -> Iterator[bytes]:
+    """A tool call as OpenAI streams it: its id and name first, then its arguments in pieces."""
+    function = call.get("function") or {}
+    opening = {
+        "index": position,
+        "id": call.get("id"),
+        "type": call.get("type", "function"),
+        "function": {"name": function.get("name", ""), "arguments": ""},
+    }
+    yield chunk(index, {"tool_calls": [opening]})
+    for piece in cut(function.get("arguments") or ""):
+        yield chunk(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
+
+
+class CompletionAssembler(SSEAssembler):
+    """Legacy completion chunks into a `text_completion`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: dict = {}
+        self.texts: dict[int, list[str]] = {}
+        self.finishes: dict[int, str | None] = {}
+        self.usage: object = None
+
+    def event(self, name: str | None, data: str) -> bool:
+        if data.strip() == "[DONE]":
+            return True
+        chunk = loads_object(data)
+        if "error" in chunk and not chunk.get("choices"):
+            self.failed = True
+            return False
+        for key in ANSWER_FIELDS:
+            if key in chunk and key not in self.head:
+                self.head[key] = chunk[key]
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            self.texts.setdefault(index, []).append(str(choice.get("text") or ""))
+            if choice.get("finish_reason"):
+                self.finishes[index] = choice["finish_reason"]
+        return False
+
+    def whole(self, usage: object = None) -> dict | None:
+        if not self.ended or self.failed or not self.texts:
+            return None
+        answer = {**self.head, "object": "text_completion"}
+        answer["choices"] = [
+            {
+                "index": index,
+                "text": "".join(parts),
+                "logprobs": None,
+                "finish_reason": self.finishes.get(index),
+            }
+            for index, parts in sorted(self.texts.items())
+        ]
+        if self.usage or usage:
+            answer["usage"] = self.usage or usage
+        return answer
+
+
+class CompletionForm(CacheForm):
+    def storable(self, answer: object) -> bool:
+        return complete_choices(answer, "text")
+
+    def assembler(self) -> CompletionAssembler:
+        return CompletionAssembler()
+
+    def replay(self, answer: dict, call) -> Iterator[bytes]:
+        head = {key: answer[key] for key in ANSWER_FIELDS if key in answer}
+        head["object"] = "text_completion"
+        for choice in answer["choices"]:
+            index = choice.get("index", 0)
+            for piece in pieces(choice.get("text") or ""):
+                part = {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+                yield encode_chunk({**head, "choices": [part]})
+            ending = {"index": index, "text": "", "logprobs": None}
+            finish = choice.get("finish_reason") or "stop"
+            yield encode_chunk({**head, "choices": [{**ending, "finish_reason": finish}]})
+        if call.include_usage and answer.get("usage"):
+            yield encode_chunk({**head, "choices": [], "usage": answer["usage"]})
+        yield DONE
+
+
+class EmbeddingForm(CacheForm):
+    """Embeddings are never streamed: only whole answers are stored."""
+
+    def storable(self, answer: object) -> bool:
+        data = answer.get("data") if isinstance(answer, dict) else None
+        return isinstance(data, list) and bool(data)

@@ -1,0 +1,531 @@
+"""The response cache in the app: hits, misses and bypasses, what is stored and what is not,
+headers, quotas, Cache-Control, scopes, corrupt or unreachable storage, and the admin delete."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+
+from app.blueprints.common import proxy_state
+from app.cache import decode, encode
+from tests.conftest import LOOPBACK, TOKEN, openai_model
+from tests.servers import free_port
+from tests.stub_upstream import Reply, chat_chunks, chat_completion
+
+OTHER = "sk-other-client-token"
+ADMIN = "admin-secret-token"
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello"}]}
+MESSAGE = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def cached(make_app, upstream):
+    """A factory of test clients for an app with the cache on (`cache` and `extra` add)."""
+
+    def make(cache: dict | None = None, models: list | None = None, token: str = TOKEN, **extra):
+        config = {
+            "auth": {
+                "tokens": [
+                    {"name": "team-a", "token": TOKEN, **extra.pop("limits", {})},
+                    {"name": "team-b", "token": OTHER},
+                ],
+                "admin_token": ADMIN,
+            },
+            "models": models or [openai_model(upstream)],
+            "retry": {"max_retries": 0},
+            "cache": {"enabled": True, **(cache or {})},
+            **extra,
+        }
+        app = make_app(config)
+        client = app.test_client()
+        client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {token}", **LOOPBACK})
+        return client
+
+    return make
+
+
+def post(client, body=CHAT, path="/v1/chat/completions", **headers):
+    return client.post(path, json=body, headers=headers)
+
+
+def store_of(client):
+    with client.application.app_context():
+        return proxy_state().cache.store
+
+
+def test_a_repeated_request_is_a_hit_with_age_and_the_producing_deployment(cached, upstream):
+    client = cached()
+    first = post(client)
+    second = post(client)
+    assert first.headers["x-ai-proxy-cache"] == "miss" and "Age" not in first.headers
+    assert second.headers["x-ai-proxy-cache"] == "hit"
+    assert second.headers["Age"] == "0"
+    assert second.headers["x-ai-proxy-model"] == "gpt-test"
+    assert second.json == first.json
+    assert len(upstream.requests) == 1
+
+
+def test_a_hit_names_the_deployment_that_answered_not_the_alias(cached, upstream):
+    models = [
+        openai_model(upstream, name="broken", base_url="http://127.0.0.1:9/v1"),
+        openai_model(upstream, name="working"),
+    ]
+    client = cached(models=models, aliases={"fast": ["broken", "working"]})
+    body = {**CHAT, "model": "fast"}
+    assert post(client, body).headers["x-ai-proxy-model"] == "working"
+    hit = post(client, body)
+    assert hit.headers["x-ai-proxy-cache"] == "hit"
+    assert hit.headers["x-ai-proxy-model"] == "working"
+
+
+def test_no_header_when_the_cache_is_off(make_app, config):
+    client = make_app(config).test_client()
+    client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}", **LOOPBACK})
+    assert "x-ai-proxy-cache" not in post(client).headers
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", {"model": "gpt-test", "prompt": "Say hi"}),
+        ("/v1/messages", MESSAGE),
+    ],
+)
+def test_each_cached_surface_hits(cached, upstream, path, body):
+    upstream.handler = lambda record: Reply(
+        body={
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "up-model",
+            "choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        if record.path.endswith("/v1/completions")
+        else chat_completion()
+    )
+    client = cached()
+    assert post(client, body, path).headers["x-ai-proxy-cache"] == "miss"
+    assert post(client, body, path).headers["x-ai-proxy-cache"] == "hit"
+    assert len(upstream.requests) == 1
+
+
+def test_embeddings_hit(cached, upstream):
+    upstream.default = Reply(
+        body={
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}],
+            "model": "e",
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
+    )
+    client = cached(models=[openai_model(upstream, name="emb", kind="embedding")])
+    body = {"model": "emb", "input": "text"}
+    assert post(client, body, "/v1/embeddings").headers["x-ai-proxy-cache"] == "miss"
+    hit = post(client, body, "/v1/embeddings")
+    assert hit.headers["x-ai-proxy-cache"] == "hit" and hit.json["data"][0]["embedding"] == [0.5]
+
+
+def test_images_and_token_counts_bypass(cached, upstream):
+    upstream.default = Reply(body={"created": 1, "data": [{"url": "https://img.test/a.png"}]})
+    images = cached(models=[openai_model(upstream, name="img", kind="image")])
+    for _ in range(2):
+        answer = post(images, {"model": "img", "prompt": "cat"}, "/v1/images/generations")
+        assert answer.headers["x-ai-proxy-cache"] == "bypass"
+    counts = cached()
+    for _ in range(2):
+        answer = post(counts, MESSAGE, "/v1/messages/count_tokens")
+        assert answer.headers["x-ai-proxy-cache"] == "bypass"
+    assert len(store_of(images)) == 0 and len(store_of(counts)) == 0
+
+
+def test_a_model_with_cache_false_bypasses(cached, upstream):
+    client = cached(models=[openai_model(upstream, cache=False)])
+    assert [post(client).headers["x-ai-proxy-cache"] for _ in range(2)] == ["bypass", "bypass"]
+    assert len(upstream.requests) == 2 and len(store_of(client)) == 0
+
+
+def test_an_uncacheable_deployment_answering_for_an_alias_stores_nothing(cached, upstream):
+    models = [openai_model(upstream, name="private", cache=False), openai_model(upstream)]
+    client = cached(models=models, aliases={"both": ["private", "gpt-test"]})
+    body = {**CHAT, "model": "both"}
+    assert post(client, body).headers["x-ai-proxy-cache"] == "miss"
+    assert post(client, body).headers["x-ai-proxy-cache"] == "miss"
+    assert len(store_of(client)) == 0
+
+
+def test_no_store_neither_reads_nor_writes_and_leaves_no_trace(cached, upstream):
+    client = cached()
+    post(client)
+    fresh = post(client, **{"Cache-Control": "no-store"})
+    assert fresh.headers["x-ai-proxy-cache"] == "bypass" and len(upstream.requests) == 2
+    other = {**CHAT, "messages": [{"role": "user", "content": "secret"}]}
+    post(client, other, **{"Cache-Control": "max-age=0, No-Store"})
+    with client.application.app_context():
+        cache = proxy_state().cache
+        assert len(cache.store) == 1 and not cache._flights
+    assert post(client, other).headers["x-ai-proxy-cache"] == "miss"
+
+
+def test_no_cache_skips_the_lookup_and_stores_the_fresh_answer(cached, upstream):
+    client = cached()
+    post(client)
+    upstream.default = Reply(body=chat_completion("newer"))
+    fresh = post(client, **{"Cache-Control": "no-cache"})
+    assert fresh.headers["x-ai-proxy-cache"] == "miss"
+    assert fresh.json["choices"][0]["message"]["content"] == "newer"
+    hit = post(client)
+    assert hit.headers["x-ai-proxy-cache"] == "hit"
+    assert hit.json["choices"][0]["message"]["content"] == "newer"
+
+
+def test_scope_token_keeps_tokens_apart_and_shared_does_not(cached, upstream):
+    apart = cached()
+    post(apart)
+    other = {"HTTP_AUTHORIZATION": f"Bearer {OTHER}"}
+    answer = apart.post("/v1/chat/completions", json=CHAT, environ_base={**LOOPBACK, **other})
+    assert answer.headers["x-ai-proxy-cache"] == "miss"
+    shared = cached({"scope": "shared"})
+    post(shared)
+    answer = shared.post("/v1/chat/completions", json=CHAT, environ_base={**LOOPBACK, **other})
+    assert answer.headers["x-ai-proxy-cache"] == "hit"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(
+            body={
+                **chat_completion(),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "cut"},
+                        "finish_reason": "length",
+                    }
+                ],
+            }
+        ),
+        Reply(
+            body={
+                **chat_completion(),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": ""},
+                        "finish_reason": "content_filter",
+                    }
+                ],
+            }
+        ),
+        Reply(status=400, body={"error": {"message": "bad", "type": "invalid_request_error"}}),
+        Reply(status=500, body={"error": {"message": "down"}}),
+        Reply(body={"error": {"message": "in band"}}),
+    ],
+    ids=["length", "content_filter", "400", "500", "in-band error"],
+)
+def test_incomplete_or_failed_whole_answers_are_not_stored(cached, upstream, reply):
+    upstream.default = reply
+    client = cached()
+    post(client)
+    assert post(client).headers["x-ai-proxy-cache"] == "miss"
+    assert len(store_of(client)) == 0
+
+
+STREAM = {**CHAT, "stream": True}
+
+
+def cut_stream() -> list[str]:
+    return chat_chunks(["one", "two"], usage=False)[:-2]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(events=chat_chunks(["one", "two"]), cut_after=3),
+        Reply(events=cut_stream()),
+        Reply(events=[*chat_chunks(["one"])[:2], 'data: {"error": {"message": "overloaded"}}']),
+        Reply(events=[e.replace('"stop"', '"length"') for e in chat_chunks(["one", "two"])]),
+    ],
+    ids=["connection cut", "no finish", "in-band error", "length"],
+)
+def test_cut_failed_or_truncated_streams_are_not_stored(cached, upstream, reply):
+    upstream.default = reply
+    client = cached()
+    post(client, STREAM).get_data()
+    assert len(store_of(client)) == 0
+    assert post(client, STREAM).headers["x-ai-proxy-cache"] == "miss"
+
+
+def test_a_stream_is_stored_before_its_last_byte_and_serves_a_whole_answer(cached, upstream):
+    upstream.default = Reply(events=chat_chunks(["one", "two", "three"]))
+    client = cached()
+    streamed = post(client, STREAM)
+    assert streamed.headers["x-ai-proxy-cache"] == "miss"
+    assert streamed.get_data().endswith(b"data: [DONE]\n\n")
+    whole = post(client, {**CHAT, "stream": False})
+    assert whole.headers["x-ai-proxy-cache"] == "hit"
+    assert whole.json["choices"][0]["message"]["content"] == "one two three"
+    assert whole.json["usage"]["completion_tokens"] == 3  # kept though the client left it out
+    assert len(upstream.requests) == 1
+
+
+def test_a_hit_costs_no_tokens_but_counts_as_a_request(cached, upstream):
+    client = cached(limits={"requests_per_minute": 3, "tokens_per_minute": 100000})
+    post(client)
+    with client.application.app_context():
+        quotas = proxy_state().quotas
+        spent = quotas.report("token:team-a")["tokens_per_minute"]["remaining"]
+        assert post(client).headers["x-ai-proxy-cache"] == "hit"
+        assert quotas.report("token:team-a")["tokens_per_minute"]["remaining"] == spent
+    assert post(client).headers["x-ai-proxy-cache"] == "hit"
+    assert post(client).status_code == 429
+
+
+def test_a_hit_is_logged_and_counted(cached, caplog):
+    client = cached()
+    hits = metric("ai_proxy_cache_requests_total", result="hit")
+    post(client)
+    with caplog.at_level(logging.INFO, logger="ai_proxy.access"):
+        post(client).close()  # the line is written when the answer has been sent
+    (record,) = [r for r in caplog.records if r.name == "ai_proxy.access"]
+    assert record.cache == "hit" and record.model == "gpt-test"
+    assert not getattr(record, "prompt_tokens", None)
+    assert metric("ai_proxy_cache_requests_total", result="hit") == hits + 1
+
+
+def test_a_corrupt_entry_is_a_miss_counted_and_replaced(cached, upstream):
+    client = cached()
+    post(client)
+    store = store_of(client)
+    (slot,) = list(store._nodes)
+    good = store._nodes[slot].data
+    errors = metric("ai_proxy_cache_errors_total", op="corrupt")
+    for damaged in (
+        b"garbage",
+        good[:-3],
+        good.replace(b"hi there", b"hi thera"),
+        encode("another-key", decode(slot, good)),
+    ):
+        store.write(slot, "gpt-test", damaged, ttl=60)
+        answer = post(client)
+        assert answer.status_code == 200 and answer.headers["x-ai-proxy-cache"] == "miss"
+        assert answer.json["choices"][0]["message"]["content"] == "hi there"
+    assert metric("ai_proxy_cache_errors_total", op="corrupt") == errors + 4
+    assert post(client).headers["x-ai-proxy-cache"] == "hit"
+
+
+def test_an_unreachable_redis_is_a_miss_never_an_error(cached, upstream, caplog):
+    client = cached({"storage": f"redis://127.0.0.1:{free_port()}/0"})
+    errors = metric("ai_proxy_cache_errors_total", op="read")
+    with caplog.at_level(logging.WARNING):
+        answers = [post(client) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert {a.headers["x-ai-proxy-cache"] for a in answers} == {"miss"}
+    assert metric("ai_proxy_cache_errors_total", op="read") > errors
+    assert any("cache storage" in r.getMessage() for r in caplog.records)
+
+
+def test_admin_delete_empties_the_cache_or_one_model(cached, upstream):
+    models = [openai_model(upstream), openai_model(upstream, name="other")]
+    client = cached(models=models)
+    other = {**CHAT, "model": "other"}
+    post(client), post(client, other)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    assert client.delete("/admin/cache", headers={"Authorization": ""}).status_code == 401
+    assert client.delete("/admin/cache").status_code == 403  # a client token
+    deleted = client.delete("/admin/cache?model=gpt-test", headers=admin)
+    assert deleted.status_code == 200 and deleted.json["model"] == "gpt-test"
+    assert post(client).headers["x-ai-proxy-cache"] == "miss"
+    assert post(client, other).headers["x-ai-proxy-cache"] == "hit"
+    assert client.delete("/admin/cache", headers=admin).status_code == 200
+    assert post(client, other).headers["x-ai-proxy-cache"] == "miss"
+
+
+def test_admin_delete_without_a_cache_or_admin_token_is_404(make_app, config):
+    config["auth"]["admin_token"] = ADMIN
+    client = make_app(config).test_client()
+    answer = client.delete("/admin/cache", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert answer.status_code == 404 and answer.json["error"]["code"] == "cache_disabled"
+    config["auth"].pop("admin_token")
+    config["cache"] = {"enabled": True}
+    client = make_app(config).test_client()
+    assert client.delete("/admin/cache").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ({"storage": "mysql://x"}, "cache.storage"),
+        ({"scope": "user"}, "cache.scope"),
+        ({"ttl_seconds": 0}, "cache.ttl_seconds"),
+        ({"max_memory_bytes": 10}, "cache.max_memory_bytes"),
+        ({"enabled": "perhaps"}, "cache.enabled"),
+        ({"size": 1}, "cache.size"),
+    ],
+)
+def test_bad_cache_settings_name_their_path(make_app, section, path):
+    from app.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_app({"cache": section})
+    assert any(problem.startswith(path) for problem in info.value.problems), info.value.problems
+
+
+def test_a_redis_uri_password_is_a_secret(make_app):
+    app = make_app({"cache": {"enabled": True, "storage": "redis://:hunter22@127.0.0.1:9/0"}})
+    with app.app_context():
+        assert "hunter22" in proxy_state().config.secret_values()
+
+
+def test_anthropic_answers_keep_the_same_text_whole_and_streamed(cached, upstream):
+    client = cached()
+    whole = post(client, MESSAGE, "/v1/messages")
+    streamed = post(client, {**MESSAGE, "stream": True}, "/v1/messages")
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    events = [
+        json.loads(line[6:])
+        for line in streamed.get_data(as_text=True).splitlines()
+        if line.startswith("data: ")
+    ]
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert text == whole.json["content"][0]["text"] == "hi there"
+    assert events[-1]["type"] == "message_stop"
+
+
+@pytest.mark.parametrize("depth", [300, 600, 900])
+def test_a_deeply_nested_body_is_answered_cached_or_not(cached, upstream, depth):
+    """What the JSON reader accepted, the key accepts too."""
+    deep: dict = {}
+    inner = deep
+    for _ in range(depth):
+        inner["a"] = inner = {}
+    body = json.dumps({**CHAT, "response_format": deep})
+    client = cached()
+    answers = [
+        client.post("/v1/chat/completions", data=body, content_type="application/json")
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[1].headers["x-ai-proxy-cache"] == "hit"
+
+
+def test_a_form_that_rewrites_makes_each_hit_the_requests_own(cached, upstream, monkeypatch):
+    """The hook the Responses API uses: a hit gets its own id, whole and streamed."""
+    from app.blueprints.openai import ChatCompletions
+    from app.cache import ChatForm
+
+    class Stamped(ChatForm):
+        rewrites = True
+
+        def for_request(self, answer, call):
+            return {**answer, "id": f"chatcmpl-{call.body['messages'][0]['content']}"}
+
+    monkeypatch.setattr(ChatCompletions, "cache_form", Stamped())
+    client = cached()
+    assert post(client).json["id"] == "chatcmpl-stub"
+    hit = post(client)
+    assert hit.headers["x-ai-proxy-cache"] == "hit" and hit.json["id"] == "chatcmpl-Hello"
+    streamed = post(client, STREAM)
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    assert b'"id":"chatcmpl-Hello"' in streamed.get_data()
+
+
+def test_a_redis_that_never_answers_is_a_miss_within_its_timeouts(cached, upstream):
+    """A storage that takes the connection and then says nothing: bounded, then left alone."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        client = cached({"storage": f"redis://127.0.0.1:{listener.getsockname()[1]}/0"})
+        started = time.monotonic()
+        answers = [post(client) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        assert {a.headers["x-ai-proxy-cache"] for a in answers} == {"miss"}
+        # One read waits for its socket timeout; the storage is then left alone for a second.
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+RESPONSE_BODY = {"model": "gpt-test", "input": "Hello"}
+
+
+def response_events(raw: bytes) -> list[dict]:
+    return [
+        json.loads(line[len(b"data: ") :])
+        for line in raw.splitlines()
+        if line.startswith(b"data: ") and line != b"data: [DONE]"
+    ]
+
+
+def test_a_responses_hit_is_the_requests_own_response_kept_for_its_token(cached, upstream):
+    client = cached()
+    first = post(client, RESPONSE_BODY, "/v1/responses")
+    second = post(client, RESPONSE_BODY, "/v1/responses")
+    assert first.headers["x-ai-proxy-cache"] == "miss"
+    assert second.headers["x-ai-proxy-cache"] == "hit"
+    assert len(upstream.requests) == 1
+    assert second.json["id"] != first.json["id"]
+    assert second.json["output"][0]["content"] == first.json["output"][0]["content"]
+    # The hit is stored as this request's own Response: it can be read and continued.
+    kept = client.get(f"/v1/responses/{second.json['id']}")
+    assert kept.status_code == 200 and kept.json["id"] == second.json["id"]
+
+
+def test_a_responses_stream_is_replayed_from_a_whole_answer_and_stored_from_a_stream(
+    cached, upstream
+):
+    client = cached()
+    whole = post(client, RESPONSE_BODY, "/v1/responses")
+    streamed = post(client, {**RESPONSE_BODY, "stream": True}, "/v1/responses")
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    events = response_events(streamed.data)
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == whole.json["output"][0]["content"][0]["text"]
+    assert events[-1]["response"]["id"] != whole.json["id"]
+    # Another body, streamed first: its completed Response is stored and serves a whole request.
+    other = {"model": "gpt-test", "input": "Another"}
+    fresh = post(client, {**other, "stream": True}, "/v1/responses")
+    assert fresh.headers["x-ai-proxy-cache"] == "miss"
+    completed = response_events(fresh.data)[-1]["response"]  # stored by its last event
+    again = post(client, other, "/v1/responses")
+    assert again.headers["x-ai-proxy-cache"] == "hit"
+    assert again.json["output"] == completed["output"]
+    assert len(upstream.requests) == 2
+
+
+def test_a_continued_conversation_is_never_cached(cached, upstream):
+    client = cached()
+    first = post(client, RESPONSE_BODY, "/v1/responses")
+    follow = {**RESPONSE_BODY, "previous_response_id": first.json["id"]}
+    answers = [post(client, follow, "/v1/responses") for _ in range(2)]
+    assert [a.headers["x-ai-proxy-cache"] for a in answers] == ["bypass", "bypass"]
+    assert len(upstream.requests) == 3
