@@ -36,14 +36,7 @@ SOAK_CONCURRENCY = 16
 SOAK_SAMPLES = 10
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+rss_mb = processes.rss_mb
 
 
 def worker_rss(master: int) -> list[float]:
