@@ -9,6 +9,9 @@ stream or an error, and the reader raises the watch's error (`Watch.check`).
 Watches are made where the socket is known, as urllib3 sends a request (`install`, through
 app.hooks.urllib3, the one place that reaches into urllib3's connection classes), for the
 request scope the blueprints open (`enter_scope`).
+
+The same thread runs the process's housekeeping (`every`): closing upstream connections idle
+past their limit (app.upstream), so no thread of its own wakes for it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -33,6 +37,9 @@ logger = logging.getLogger(__name__)
 # How often departed clients are looked for: a client that leaves frees its thread within
 # about this long (plus the reader's wake-up), even while the upstream sends nothing.
 POLL_SECONDS = 0.5
+# How often housekeeping runs (idle upstream connections are closed within about this long of
+# passing their limit).
+HOUSEKEEPING_SECONDS = 1.0
 _GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
@@ -160,6 +167,31 @@ class Watchdog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # Bound methods held weakly: an app's services that are dropped stop being called.
+        self._chores: list[weakref.WeakMethod] = []
+        self._next_chores = 0.0
+
+    def every(self, chore: Callable[[], object]) -> None:
+        """Run the bound method `chore` about every HOUSEKEEPING_SECONDS in this thread, for as
+        long as its object lives."""
+        with self._lock:
+            self._chores.append(weakref.WeakMethod(chore))
+            self._ensure_thread()
+
+    def run_chores(self) -> None:
+        """Every live chore once; one that fails is logged and the others still run."""
+        with self._lock:
+            chores = [ref() for ref in self._chores]
+            self._chores = [
+                ref for ref, chore in zip(self._chores, chores, strict=True) if chore is not None
+            ]
+        for chore in chores:
+            if chore is None:
+                continue
+            try:
+                chore()
+            except Exception:  # noqa: BLE001 - named fail point: housekeeping must not stop.
+                logger.exception("watchdog housekeeping failed")
 
     def add(self, watch: Watch) -> None:
         with self._lock:
@@ -181,6 +213,7 @@ class Watchdog:
             # A forked child has the parent's watches but not its thread.
             self._pid, self._thread = os.getpid(), None
             self._watches.clear()
+            self._next_chores = 0.0
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="ai-proxy-watchdog", daemon=True)
             self._thread.start()
@@ -192,6 +225,10 @@ class Watchdog:
             except Exception:  # noqa: BLE001 - named fail point: the watcher must not die.
                 logger.exception("watchdog sweep failed")
                 wait = self.poll_seconds
+            now = time.monotonic()
+            if now >= self._next_chores:
+                self._next_chores = now + HOUSEKEEPING_SECONDS
+                self.run_chores()
             self._wake.wait(wait)
             self._wake.clear()
 
