@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -161,5 +162,8 @@ class ElasticThreadPool:
             if not self._ended or now - self._last_end < TRIM_AFTER_SECONDS:
                 return False
             self._ended = 0
+        # What the ended threads' requests left in reference cycles is freed first, so that
+        # whole pages of the heap are free to hand back.
+        gc.collect()
         trim_heap()
         return True

@@ -196,7 +196,7 @@ def cprofile_main(args) -> int:
             for handler in logging.getLogger("ai_proxy.access").handlers:
                 handler.setStream(devnull)
             app = create_app()
-        body = request_body(False)
+        body = request_body(args.stream)
         environ = {
             "REQUEST_METHOD": "POST",
             "SCRIPT_NAME": "",
@@ -233,7 +233,8 @@ def cprofile_main(args) -> int:
             wsgi_request(app, environ, body)
         profiler.disable()
         print(
-            f"{args.target} in process, every feature on: {plain * 1e6:.0f} us CPU per request "
+            f"{args.target} in process, every feature on, "
+            f"{'streamed' if args.stream else 'whole'} answers: {plain * 1e6:.0f} us CPU per request "
             f"without the profiler ({args.requests} requests; gunicorn's part not included)\n"
         )
         dump = workdir / f"{args.target}.prof"
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cprofile", action="store_true", help="the app in this process under cProfile"
     )
     parser.add_argument("--requests", type=int, default=3000, help="requests for --cprofile")
+    parser.add_argument(
+        "--stream", action="store_true", help="--cprofile: streamed requests (set-up and relay)"
+    )
     args = parser.parse_args(argv)
     if args.cprofile:
         return cprofile_main(args)
