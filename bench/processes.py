@@ -216,6 +216,10 @@ def server_env(workers: int, log_level: str, threads: int | None = None) -> dict
     return env
 
 
+# The quota strategy of the generated configs (bench/run.py --quota-strategy); None: the default.
+QUOTA_STRATEGY: str | None = None
+
+
 def proxy_config(upstream_url: str, storage: str = "memory://") -> str:
     """One OpenAI-compatible model on the fake upstream, one client token; quotas on both (set
     too high to refuse anything, but checked and counted on every request like real ones)."""
@@ -242,7 +246,10 @@ def proxy_config(upstream_url: str, storage: str = "memory://") -> str:
                     "requests_per_minute": QUOTA,
                 }
             ],
-            "rate_limits": {"storage": storage},
+            "rate_limits": {
+                "storage": storage,
+                **({"strategy": QUOTA_STRATEGY} if QUOTA_STRATEGY else {}),
+            },
             "routing": {"stream_timeout_seconds": 600},
         },
         indent=2,

@@ -234,7 +234,8 @@ def cprofile_main(args) -> int:
         profiler.disable()
         print(
             f"{args.target} in process, every feature on, "
-            f"{'streamed' if args.stream else 'whole'} answers: {plain * 1e6:.0f} us CPU per request "
+            f"{'streamed' if args.stream else 'whole'} answers: "
+            f"{plain * 1e6:.0f} us CPU per request "
             f"without the profiler ({args.requests} requests; gunicorn's part not included)\n"
         )
         dump = workdir / f"{args.target}.prof"

@@ -103,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "redis-server; portkey, litellm: the peers, see --peers)",
     )
     parser.add_argument(
+        "--quota-strategy",
+        choices=("fixed-window", "moving-window", "sliding-window-counter"),
+        help="rate_limits.strategy of the proxy's config (default: the proxy's default)",
+    )
+    parser.add_argument(
         "--peers",
         action="store_true",
         help=f"also run the peers (LiteLLM {peers.LITELLM_VERSION}, Portkey gateway "
@@ -294,6 +299,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    processes.QUOTA_STRATEGY = args.quota_strategy
     processes.raise_fd_limit()
     given = sys.argv[1:] if argv is None else argv
     command = " ".join([".venv/bin/python bench/run.py", *([shlex.join(given)] if given else [])])
