@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
@@ -28,7 +28,7 @@ from .errors import (
     RequestTooLargeError,
     error_response,
 )
-from .state import EXTENSION_KEY, ProxyState, RequestState, build_state
+from .state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState, build_state
 from .statuspage import views as status_page
 
 logger = logging.getLogger(__name__)
@@ -91,16 +91,16 @@ class AIProxy:
             app.register_blueprint(blueprint, url_prefix=prefix or None)
         app.before_request(_begin_request)
         app.after_request(_finish_response)
-        # The thread's upstream watch scope ends with its request (threads serve many).
-        app.teardown_request(lambda _err: watchdog.enter_scope(None))
+        app.teardown_request(_end_request)
         app.register_error_handler(ProxyError, _handle_proxy_error)
         app.register_error_handler(HTTPException, _handle_http_exception)
         app.register_error_handler(Exception, _handle_unexpected)
 
 
 def _state() -> ProxyState:
-    from flask import current_app
-
+    current = CURRENT_REQUEST.get()
+    if current is not None and current.proxy is not None:
+        return current.proxy
     return current_app.extensions[EXTENSION_KEY]
 
 
@@ -120,55 +120,72 @@ def _surface() -> str:
 
 
 def _begin_request():
-    if not _ours():
-        return None
-    incoming = request.headers.get("X-Request-ID", "")
+    # The request object behind werkzeug's proxy, looked up once instead of at every use.
+    req = request._get_current_object()
+    state: ProxyState = current_app.extensions[EXTENSION_KEY]
+    path = req.path
+    prefix = state.url_prefix
+    if prefix and path != prefix and not path.startswith(prefix + "/"):
+        return None  # not the proxy's (see _ours)
+    headers = req.headers
+    method = req.method
+    incoming = headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-    counted = not request.path.endswith(QUIET_PATHS)  # probes and scrapes are not load
-    g.ai_proxy = RequestState(
+    counted = not path.endswith(QUIET_PATHS)  # probes and scrapes are not load
+    current = RequestState(
         request_id=request_id,
         started=time.perf_counter(),
-        record={"request_id": request_id, "method": request.method, "path": request.path},
+        record={"request_id": request_id, "method": method, "path": path},
         counted=counted,
+        proxy=state,
     )
+    g.ai_proxy = current
+    CURRENT_REQUEST.set(current)
     if counted:
         metrics.IN_FLIGHT.inc()
-        g.ai_proxy.span = tracing.start_request_span(
-            f"{request.method} {request.path}",
-            request.headers,
+        current.span = tracing.start_request_span(
+            f"{method} {path}",
+            headers,
             {
-                "http.request.method": request.method,
-                "url.path": request.path,
+                "http.request.method": method,
+                "url.path": path,
                 "ai_proxy.request_id": request_id,
             },
         )
-    state = _state()
-    request.max_content_length = state.config.server.max_body_bytes
+    server = state.config.server
+    req.max_content_length = server.max_body_bytes
     if not state.authenticator.enabled:
         # No client token: the proxy answers this machine's own clients only (CONTRACT 1).
         check_local_request(
-            request.headers,
-            request.method,
-            request.scheme,
-            state.config.server.cors_origins,
-            form=status_page.takes_form(request.path[len(state.url_prefix) :]),
+            headers,
+            method,
+            req.scheme,
+            server.cors_origins,
+            form=status_page.takes_form(req.path[len(state.url_prefix) :]),
         )
-    origin = request.headers.get("Origin")
-    if (
-        request.method == "OPTIONS"
-        and origin
-        and request.headers.get("Access-Control-Request-Method")
-        and origin in state.config.server.cors_origins
-    ):
-        return Response(status=204)
+    if method == "OPTIONS":
+        origin = headers.get("Origin")
+        if (
+            origin
+            and headers.get("Access-Control-Request-Method")
+            and origin in server.cors_origins
+        ):
+            return Response(status=204)
     return None
 
 
+def _end_request(_err) -> None:
+    """The thread's upstream watch scope and current request end with its request (threads
+    serve many)."""
+    watchdog.enter_scope(None)
+    CURRENT_REQUEST.set(None)
+
+
 def _finish_response(response: Response) -> Response:
-    if not _ours():
+    current = CURRENT_REQUEST.get()
+    if current is None and not _ours():
         return response
     headers = response.headers
-    current: RequestState | None = g.pop("ai_proxy", None)
     headers["x-request-id"] = current.request_id if current else uuid.uuid4().hex
     headers["X-Content-Type-Options"] = "nosniff"
     headers.setdefault("Cache-Control", "no-store")
@@ -187,8 +204,11 @@ def _finish_response(response: Response) -> Response:
 
 
 def _cors(response: Response) -> None:
+    allowed = _state().config.server.cors_origins
+    if not allowed:
+        return
     origin = request.headers.get("Origin")
-    if not origin or origin not in _state().config.server.cors_origins:
+    if not origin or origin not in allowed:
         return
     headers = response.headers
     headers["Access-Control-Allow-Origin"] = origin
@@ -225,17 +245,18 @@ def _request_done(
     """One log line, the request metrics and the request span, once the answer is delivered."""
     if counted:
         metrics.IN_FLIGHT.dec()
-    tracing.end_request_span(
-        span,
-        record["status"],
-        {
-            "gen_ai.request.model": record.get("model_requested"),
-            "ai_proxy.model": record.get("model"),
-            "ai_proxy.attempts": record.get("attempts"),
-            "gen_ai.usage.input_tokens": record.get("prompt_tokens"),
-            "gen_ai.usage.output_tokens": record.get("completion_tokens"),
-        },
-    )
+    if span is not None:
+        tracing.end_request_span(
+            span,
+            record["status"],
+            {
+                "gen_ai.request.model": record.get("model_requested"),
+                "ai_proxy.model": record.get("model"),
+                "ai_proxy.attempts": record.get("attempts"),
+                "gen_ai.usage.input_tokens": record.get("prompt_tokens"),
+                "gen_ai.usage.output_tokens": record.get("completion_tokens"),
+            },
+        )
     seconds = time.perf_counter() - started
     record["latency_ms"] = round(seconds * 1000, 2)
     if counted:
@@ -246,8 +267,11 @@ def _request_done(
     if record.get("model"):
         metrics.REQUEST_SECONDS.labels(surface, model).observe(seconds)
     quiet = record["path"].endswith(QUIET_PATHS) and record["status"] < 400
+    level = logging.DEBUG if quiet else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
     access_logger.log(
-        logging.DEBUG if quiet else logging.INFO,
+        level,
         "%s %s %s %.1fms",
         record["method"],
         record["path"],

@@ -35,10 +35,20 @@ _ACCESS_FIELDS = {
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message and any `extra=` fields."""
 
+    # The formatted second of the last record (the same for hundreds of records in a row).
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
         }
@@ -66,6 +76,11 @@ def make_formatter(fmt: str) -> logging.Formatter:
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """The proxy's log records to stderr, its one line per request to stdout, in one format."""
+    # No format of the proxy shows a record's source line or process name: finding the caller's
+    # frame and the multiprocessing name for every record (the access log writes one a request)
+    # is work for nothing (the logging module's own advice for speed).
+    logging._srcfile = None
+    logging.logMultiprocessing = False
     formatter = make_formatter(fmt)
     root = logging.getLogger()
     for old in list(root.handlers):

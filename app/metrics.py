@@ -113,6 +113,48 @@ CACHE_ERRORS = Counter(
 )
 
 
+# Label sets remembered per metric (beyond this, children are looked up each time).
+MAX_CACHED_CHILDREN = 4096
+
+
+def _remember_children(metric) -> None:
+    """Make `metric.labels(...)` remember the child of each label set it has handed out.
+
+    prometheus_client checks and converts the values and takes a lock on every call; a request
+    asks for about ten labelled children, mostly the same few, so each is looked up once.
+    """
+    lookup = metric.labels
+    children: dict[tuple, object] = {}
+
+    def labels(*values, **named):
+        if named:
+            return lookup(*values, **named)
+        child = children.get(values)
+        if child is None:
+            child = lookup(*values)
+            if len(children) < MAX_CACHED_CHILDREN:
+                children[values] = child
+        return child
+
+    metric.labels = labels
+
+
+for _metric in (
+    REQUESTS,
+    REQUEST_SECONDS,
+    FIRST_BYTE_SECONDS,
+    UPSTREAM_SECONDS,
+    ATTEMPTS,
+    FALLBACKS,
+    COOLDOWNS,
+    TOKENS,
+    COST,
+    QUOTA_REFUSALS,
+    STORAGE_ERRORS,
+):
+    _remember_children(_metric)
+
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text for every worker (multiprocess) or for this process."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ class RequestState:
     counted: bool  # whether it counts in the in-flight gauge (probes and scrapes do not)
     span: object = None  # its tracing span, if tracing is on
     token: TokenConfig | None = None  # the client token, once authenticated
+    proxy: ProxyState | None = None  # the app's state, for lookups without `current_app`
+
+
+# The request this thread serves (set as it begins, cleared at its teardown): one context
+# variable read instead of werkzeug's `g` / `current_app` proxies, a few times per request.
+CURRENT_REQUEST: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar(
+    "ai_proxy_request", default=None
+)
 
 
 def build_state(config: Config, url_prefix: str = "") -> ProxyState:

@@ -22,7 +22,7 @@ from . import tracing, watchdog
 from .config import RetryConfig
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks.requests import PreparedTemplates, pool_managers
-from .hooks.urllib3 import drain, pool_counts
+from .hooks.urllib3 import close_idle, drain, pool_counts
 from .redact import REDACTED, REDACTOR
 from .version import __version__
 
@@ -196,28 +196,54 @@ class UpstreamPool:
         self.retry = retry
         self.pool_size = max(1, pool_size)
         self._sessions: dict[str, requests.Session] = {}
-        self._last_used: dict[str, float] = {}
+        # The shortest idle limit any deployment on an origin asked for (None: no limit).
+        self._idle_limits: dict[str, float] = {}
+        # Origins by URL: splitting the same few URLs again on every request costs.
+        self._keys: dict[str, str] = {}
         self._templates = PreparedTemplates(MAX_TEMPLATES)
         self._lock = threading.Lock()
+        # The watchdog thread closes idle connections (`close_idle`) while traffic flows.
+        watchdog.WATCHDOG.every(self.close_idle)
 
     def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
-        """The endpoint's session; its idle connections are dropped after `idle_timeout`."""
-        parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.netloc}"
-        now = time.monotonic()
+        """The endpoint's session; its pooled connections are closed once idle `idle_timeout`."""
+        key = self._keys.get(url)
+        if key is None:
+            parts = urlsplit(url)
+            key = f"{parts.scheme}://{parts.netloc}"
+            if len(self._keys) < MAX_TEMPLATES:
+                self._keys[url] = key
         session = self._sessions.get(key)
-        if session is None:
+        limit = self._idle_limits.get(key)
+        if session is None or (idle_timeout and (limit is None or idle_timeout < limit)):
             with self._lock:
                 session = self._sessions.get(key)
                 if session is None:
                     session = self._new_session()
                     self._sessions[key] = session
-        elif idle_timeout and now - self._last_used.get(key, now) > idle_timeout:
-            # Pooled connections unused this long may have been dropped by the other side;
-            # closing the pools closes only idle connections, never ones in use.
-            session.close()
-        self._last_used[key] = now
+                limit = self._idle_limits.get(key)
+                if idle_timeout and (limit is None or idle_timeout < limit):
+                    self._idle_limits[key] = idle_timeout
         return session
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close every pooled connection idle past its origin's limit; how many were closed.
+
+        Run by the watchdog thread about once a second: a pool reuses its most recently used
+        connection first, so under steady traffic the others would otherwise idle for ever
+        (holding a socket each, and possibly dropped by the upstream meanwhile).
+        """
+        with self._lock:
+            sessions = [
+                (session, self._idle_limits[key])
+                for key, session in self._sessions.items()
+                if key in self._idle_limits
+            ]
+        closed = 0
+        for session, limit in sessions:
+            for manager in pool_managers(session):
+                closed += close_idle(manager, limit, now)
+        return closed
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()

@@ -9,6 +9,9 @@ stream or an error, and the reader raises the watch's error (`Watch.check`).
 Watches are made where the socket is known, as urllib3 sends a request (`install`, through
 app.hooks.urllib3, the one place that reaches into urllib3's connection classes), for the
 request scope the blueprints open (`enter_scope`).
+
+The same thread runs the process's housekeeping (`every`): closing upstream connections idle
+past their limit (app.upstream), so no thread of its own wakes for it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -33,6 +37,9 @@ logger = logging.getLogger(__name__)
 # How often departed clients are looked for: a client that leaves frees its thread within
 # about this long (plus the reader's wake-up), even while the upstream sends nothing.
 POLL_SECONDS = 0.5
+# How often housekeeping runs (idle upstream connections are closed within about this long of
+# passing their limit).
+HOUSEKEEPING_SECONDS = 1.0
 _GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 
@@ -130,24 +137,46 @@ def install(poolmanager) -> None:
 
 def client_gone(sock: socket.socket) -> bool:
     """Whether the peer of a client connection has closed it (without reading from it)."""
+    return bool(clients_gone([sock]))
+
+
+def clients_gone(socks: list[socket.socket]) -> set[socket.socket]:
+    """The client connections among `socks` whose peers have closed them: one poll for all
+    (a sweep over hundreds of open streams makes one system call, not one each)."""
+    poller = select.poll()
+    by_fd: dict[int, socket.socket] = {}
+    gone = set()
+    for sock in socks:
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            fd = -1
+        if fd < 0:
+            gone.add(sock)  # closed on our side already
+            continue
+        if fd not in by_fd:
+            by_fd[fd] = sock
+            poller.register(fd, select.POLLIN | _GONE_EVENTS)
     try:
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | _GONE_EVENTS)
-        events = poller.poll(0)
-    except (OSError, ValueError):
-        return True  # closed on our side already
-    if not events:
-        return False
-    flags = events[0][1]
-    if flags & _GONE_EVENTS:
-        return True
-    try:
-        # Readable: either the peer's end of stream or bytes of a next (pipelined) request.
-        return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        events = poller.poll(0) if by_fd else []
     except OSError:
-        return True
+        return gone | set(by_fd.values())
+    for fd, flags in events:
+        sock = by_fd.get(fd)
+        if sock is None:
+            continue
+        if flags & (_GONE_EVENTS | select.POLLNVAL):
+            gone.add(sock)
+            continue
+        try:
+            # Readable: either the peer's end of stream or bytes of a next (pipelined) request.
+            if socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                gone.add(sock)
+        except BlockingIOError:
+            pass
+        except OSError:
+            gone.add(sock)
+    return gone
 
 
 class Watchdog:
@@ -160,6 +189,31 @@ class Watchdog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # Bound methods held weakly: an app's services that are dropped stop being called.
+        self._chores: list[weakref.WeakMethod] = []
+        self._next_chores = 0.0
+
+    def every(self, chore: Callable[[], object]) -> None:
+        """Run the bound method `chore` about every HOUSEKEEPING_SECONDS in this thread, for as
+        long as its object lives."""
+        with self._lock:
+            self._chores.append(weakref.WeakMethod(chore))
+            self._ensure_thread()
+
+    def run_chores(self) -> None:
+        """Every live chore once; one that fails is logged and the others still run."""
+        with self._lock:
+            chores = [ref() for ref in self._chores]
+            self._chores = [
+                ref for ref, chore in zip(self._chores, chores, strict=True) if chore is not None
+            ]
+        for chore in chores:
+            if chore is None:
+                continue
+            try:
+                chore()
+            except Exception:  # noqa: BLE001 - named fail point: housekeeping must not stop.
+                logger.exception("watchdog housekeeping failed")
 
     def add(self, watch: Watch) -> None:
         with self._lock:
@@ -181,6 +235,7 @@ class Watchdog:
             # A forked child has the parent's watches but not its thread.
             self._pid, self._thread = os.getpid(), None
             self._watches.clear()
+            self._next_chores = 0.0
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="ai-proxy-watchdog", daemon=True)
             self._thread.start()
@@ -192,6 +247,10 @@ class Watchdog:
             except Exception:  # noqa: BLE001 - named fail point: the watcher must not die.
                 logger.exception("watchdog sweep failed")
                 wait = self.poll_seconds
+            now = time.monotonic()
+            if now >= self._next_chores:
+                self._next_chores = now + HOUSEKEEPING_SECONDS
+                self.run_chores()
             self._wake.wait(wait)
             self._wake.clear()
 
@@ -201,15 +260,20 @@ class Watchdog:
         with self._lock:
             watches = list(self._watches)
         wait = self.poll_seconds
+        live = []
         for watch in watches:
             if released(watch.raw):
                 # urllib3 gave the connection back (the answer was read to its end): it may
                 # already serve another request, so it is never touched from here.
                 self.discard(watch)
-                continue
-            if now >= watch.deadline:
+            elif now >= watch.deadline:
                 self._cut(watch, Reason.DEADLINE)
-            elif watch.scope.client is not None and client_gone(watch.scope.client):
+            else:
+                live.append(watch)
+        clients = [watch.scope.client for watch in live if watch.scope.client is not None]
+        gone = clients_gone(clients) if clients else set()
+        for watch in live:
+            if watch.scope.client is not None and watch.scope.client in gone:
                 self._cut(watch, Reason.CLIENT_GONE)
             else:
                 wait = min(wait, watch.deadline - now)

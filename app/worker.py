@@ -16,6 +16,8 @@ import uuid
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
+from .threads import ElasticThreadPool, limit_arenas
+
 # gunicorn's own warning quotes the offending request text, which may hold a client's token.
 _GUNICORN_WARNING = "Invalid request from ip="
 _MESSAGES = {
@@ -82,4 +84,9 @@ class ProxyWorker(ThreadWorker):
     def init_process(self) -> None:
         util.write_error = write_json_error
         logging.getLogger("gunicorn.error").addFilter(_QuoteFilter())
+        limit_arenas()
         super().init_process()
+
+    def get_thread_pool(self) -> ElasticThreadPool:
+        # Threads beyond the load's need end once idle: memory returns after a burst.
+        return ElasticThreadPool(self.cfg.threads)

@@ -46,7 +46,10 @@ def chat():
 
 def main() -> None:
     """Serve `app` under exactly the gunicorn options `conf/gunicorn.conf.py` gives the proxy."""
-    from app.server import ProxyApplication, gunicorn_options
+    try:
+        from app.server import ProxyApplication, gunicorn_options
+    except ImportError:  # bench/ is sys.path[0]: the installed package
+        from ai_proxy.server import ProxyApplication, gunicorn_options
 
     options = gunicorn_options(os.environ)
     # on_starting validates the proxy's config file: not this app's business. The other hooks

@@ -19,7 +19,10 @@ UPSTREAM_KEY = "sk-bench-upstream-key-0123456789"
 MODEL = "bench-model"
 # Limits no benchmark reaches, so quotas are checked and counted but never refuse.
 QUOTA = 10**9
-TARGETS = ("direct", "bare", "proxy", "proxy-redis")
+TARGETS = ("direct", "bare", "proxy", "proxy-redis", "portkey", "litellm")
+# What a run measures unless told: the peers join with --peers (bench/peers.py).
+DEFAULT_TARGETS = TARGETS[:4]
+PEER_TARGETS = ("portkey", "litellm")
 PARTS = ("load", "chunks", "open", "soak", "quotas")
 
 

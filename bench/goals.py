@@ -3,12 +3,17 @@ table (passed, missed, or shown for comparison only)."""
 
 from __future__ import annotations
 
-GOAL_THROUGHPUT_RATIO = 0.60
-GOAL_ADDED_LATENCY_MS = 0.5
+GOAL_THROUGHPUT_RATIO = 0.90
+GOAL_CPU_RATIO = 1.15
+GOAL_ADDED_LATENCY_MS = 0.15
 GOAL_CHUNK_DELAY_MS = 5.0
 GOAL_OPEN_ADDED_TTFB_MS = 50.0
-GOAL_WORKER_RSS_MB = 80.0
+GOAL_BURST_TTFB_RATIO = 1.2
+GOAL_WORKER_RSS_MB = 60.0
+GOAL_SETTLE_SECONDS = 60.0
 GOAL_RSS_NOISE_MB = 2.0
+# Against the peers in the same run: the proxy's c=16 throughput over each one's.
+GOAL_PEER_THROUGHPUT = {"portkey": 1.3, "litellm": 8.0}
 
 
 def find(load: list[dict], target: str, conc: int) -> dict | None:
@@ -33,6 +38,14 @@ def evaluate(results: dict) -> list[dict]:
             f"({workers} workers)",
             f"{ratio:.0%} ({proxy16['rps']:.0f} vs {bare16['rps']:.0f} req/s)",
             ratio >= GOAL_THROUGHPUT_RATIO,
+        )
+    if bare16 and proxy16 and bare16.get("server_cpu_ms_per_req"):
+        ratio = (proxy16["server_cpu_ms_per_req"] or 0) / bare16["server_cpu_ms_per_req"]
+        goal(
+            f"proxy server CPU per request at concurrency 16 <= {GOAL_CPU_RATIO:.2f}x bare's",
+            f"{ratio:.2f}x ({proxy16['server_cpu_ms_per_req']:.2f} vs "
+            f"{bare16['server_cpu_ms_per_req']:.2f} ms)",
+            ratio <= GOAL_CPU_RATIO,
         )
     bare1, proxy1 = find(load, "bare", 1), find(load, "proxy", 1)
     if bare1 and proxy1:
@@ -79,13 +92,26 @@ def evaluate(results: dict) -> list[dict]:
     if opened and "burst" in opened["runs"]:
         burst = opened["runs"]["burst"]
         direct, bare, proxy = burst["direct"], burst["bare"], burst["proxy"]
+        added = proxy["ttfb_p99_ms"] - direct["ttfb_p99_ms"]
+        bare_added = bare["ttfb_p99_ms"] - direct["ttfb_p99_ms"]
+        complete = proxy["failed"] == 0
         goal(
-            f"(for comparison, not a goal) the same {opened['streams']} streams opened within "
-            f"{opened['spreads']['burst']:g} s",
-            f"added TTFB p99: proxy {proxy['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms, "
-            f"bare forwarder {bare['ttfb_p99_ms'] - direct['ttfb_p99_ms']:+.1f} ms; "
-            f"{proxy['streams'] - proxy['failed']}/{proxy['streams']} completed",
-            None,
+            f"the same {opened['streams']} streams opened within "
+            f"{opened['spreads']['burst']:g} s: added TTFB p99 at most "
+            f"{GOAL_BURST_TTFB_RATIO:g}x the bare forwarder's",
+            f"proxy {added:+.1f} ms, bare forwarder {bare_added:+.1f} ms"
+            + (f" ({added / bare_added:.2f}x)" if bare_added > 0 else "")
+            + f"; {proxy['streams'] - proxy['failed']}/{proxy['streams']} completed",
+            complete and added <= GOAL_BURST_TTFB_RATIO * max(bare_added, 0.0),
+        )
+    settled = (opened or {}).get("memory", {}).get("proxy", {}).get("settled_burst")
+    if settled:
+        goal(
+            f"RSS per worker back under {GOAL_WORKER_RSS_MB:.0f} MB within "
+            f"{GOAL_SETTLE_SECONDS:.0f} s after the burst",
+            f"{', '.join(f'{v:.1f}' for v in settled['rss'])} MB after {settled['seconds']:.0f} s "
+            f"(peak {', '.join(f'{v:.1f}' for v in opened['memory']['proxy']['peak_burst'])} MB)",
+            max(settled["rss"]) < GOAL_WORKER_RSS_MB and settled["seconds"] <= GOAL_SETTLE_SECONDS,
         )
     soaked = results.get("soak")
     if soaked:
@@ -103,4 +129,35 @@ def evaluate(results: dict) -> list[dict]:
             f"{middle['requests']} to the end; {soaked['errors']} errors",
             max(last) < GOAL_WORKER_RSS_MB and growth < GOAL_RSS_NOISE_MB and soaked["errors"] == 0,
         )
+    _peer_goals(results, goal)
     return goals
+
+
+def _peer_goals(results: dict, goal) -> None:
+    """The proxy against each peer that ran: throughput at 16, p50 at 1, memory."""
+    load, rss = results["load"], results.get("rss_mb") or {}
+    proxy16, proxy1 = find(load, "proxy", 16), find(load, "proxy", 1)
+    for peer, ratio_goal in GOAL_PEER_THROUGHPUT.items():
+        peer16 = find(load, peer, 16)
+        if proxy16 and peer16 and peer16["rps"]:
+            ratio = proxy16["rps"] / peer16["rps"]
+            goal(
+                f"proxy throughput at concurrency 16 >= {ratio_goal:g}x {peer}'s",
+                f"{ratio:.2f}x ({proxy16['rps']:.0f} vs {peer16['rps']:.0f} req/s)",
+                ratio >= ratio_goal,
+            )
+    portkey1 = find(load, "portkey", 1)
+    if proxy1 and portkey1:
+        goal(
+            "proxy p50 at concurrency 1 no higher than portkey's",
+            f"{proxy1['p50_ms']:.3f} vs {portkey1['p50_ms']:.3f} ms",
+            proxy1["p50_ms"] <= portkey1["p50_ms"],
+        )
+    peers_rss = {peer: rss[peer] for peer in GOAL_PEER_THROUGHPUT if peer in rss}
+    if "proxy" in rss and peers_rss:
+        goal(
+            "proxy RSS (all its processes) lower than each peer's",
+            f"proxy {rss['proxy']:.0f} MB; "
+            + ", ".join(f"{peer} {value:.0f} MB" for peer, value in peers_rss.items()),
+            all(rss["proxy"] < value for value in peers_rss.values()),
+        )

@@ -73,6 +73,16 @@ end
 """
 
 
+def header_lines(token: str | None, headers: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The request's own headers: the client token as a Bearer one, then any a target needs
+    (a peer's routing headers; an `Authorization` among them replaces the token's)."""
+    extra = dict(headers or {})
+    lines = []
+    if token and "Authorization" not in extra:
+        lines.append(("Authorization", f"Bearer {token}"))
+    return lines + list(extra.items())
+
+
 def _lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
@@ -99,10 +109,12 @@ def run_wrk(
     workdir: Path,
     children=None,
     threads: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """One wrk run; `children.register(proc)` lets the caller end it on Ctrl-C."""
-    script = workdir / f"post-{abs(hash((url, token))) % 10**8}.lua"
-    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    lines = header_lines(token, headers)
+    script = workdir / f"post-{abs(hash((url, tuple(lines)))) % 10**8}.lua"
+    auth = "\n".join(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in lines)
     script.write_text(
         WRK_SCRIPT % {"body": _lua_string(body.decode()), "auth": auth, "mark": WRK_MARK}
     )
@@ -163,7 +175,13 @@ def run_wrk(
 # A minimal asyncio HTTP/1.1 client (keep-alive, Content-Length or chunked answers).
 
 
-def _request_bytes(url: str, body: bytes, token: str | None, close: bool = False) -> bytes:
+def _request_bytes(
+    url: str,
+    body: bytes,
+    token: str | None,
+    close: bool = False,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     parts = urlsplit(url)
     lines = [
         f"POST {parts.path or '/'} HTTP/1.1",
@@ -171,8 +189,7 @@ def _request_bytes(url: str, body: bytes, token: str | None, close: bool = False
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
     ]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
+    lines += [f"{name}: {value}" for name, value in header_lines(token, headers)]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -216,10 +233,15 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
 
 
 def run_python_load(
-    url: str, body: bytes, token: str | None, connections: int, duration: float
+    url: str,
+    body: bytes,
+    token: str | None,
+    connections: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """`connections` keep-alive clients sending back to back for `duration` seconds."""
-    request = _request_bytes(url, body, token)
+    request = _request_bytes(url, body, token, headers=headers)
     latencies: list[float] = []
     counters = {"errors": 0, "non_2xx": 0}
 
@@ -387,12 +409,17 @@ class _ChunkedSSE:
 
 
 async def _one_stream(
-    url: str, body: bytes, token: str | None, result: StreamResult, timeout: float
+    url: str,
+    body: bytes,
+    token: str | None,
+    result: StreamResult,
+    timeout: float,
+    extra_headers: dict[str, str] | None = None,
 ) -> None:
     reader, writer = await _open(url)
     try:
         start = time.time()
-        writer.write(_request_bytes(url, body, token, close=True))
+        writer.write(_request_bytes(url, body, token, close=True, headers=extra_headers))
         status, headers = await asyncio.wait_for(_read_head(reader), timeout)
         if status != 200:
             text = await _read_body(reader, headers)
@@ -444,6 +471,7 @@ def measure_streams(
     interval: float,
     timeout: float = 30.0,
     spread: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> StreamResult:
     """`rounds` times, `concurrent` streams at once, their starts spread evenly over `spread`
     seconds (default: one chunk interval)."""
@@ -454,7 +482,7 @@ def measure_streams(
         await asyncio.sleep(spread * index / concurrent)
         result.streams += 1
         try:
-            await _one_stream(url, body, token, result, timeout)
+            await _one_stream(url, body, token, result, timeout, headers)
         except (
             TimeoutError,
             OSError,

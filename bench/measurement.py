@@ -57,13 +57,21 @@ def load_once(
     workdir: Path,
     children: Children,
     use_wrk: bool | None = None,
+    headers: dict[str, str] | None = None,
 ) -> loadgen.LoadResult:
     """One load run with wrk (by default: if it is installed), else the Python load generator."""
     if use_wrk if use_wrk is not None else loadgen.wrk_path():
         return loadgen.run_wrk(
-            url, body, CLIENT_TOKEN, conc, max(1, round(seconds)), workdir, children
+            url,
+            body,
+            CLIENT_TOKEN,
+            conc,
+            max(1, round(seconds)),
+            workdir,
+            children,
+            headers=headers,
         )
-    return loadgen.run_python_load(url, body, CLIENT_TOKEN, conc, seconds)
+    return loadgen.run_python_load(url, body, CLIENT_TOKEN, conc, seconds, headers)
 
 
 def _git(*args: str) -> str:
@@ -231,12 +239,13 @@ def measure_point(
     workdir: Path,
     children: Children,
     groups: dict[str, int],
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """Warm up, then one measured load run, with the CPU every party used meanwhile; measured
     again (up to --retries times) when other processes took more than --quiet-threshold."""
 
     def once(seconds: float) -> loadgen.LoadResult:
-        return load_once(url, body, conc, seconds, workdir, children, use_wrk)
+        return load_once(url, body, conc, seconds, workdir, children, use_wrk, headers)
 
     def attempt(number: int) -> tuple[dict, float]:
         once(args.warmup)
@@ -268,14 +277,23 @@ def measure_point(
     return quietest(args, groups, attempt, cost, f"c={conc} {target}")[0]
 
 
-def measure_streams(args, target: str, url: str, groups: dict[str, int]) -> dict:
+def measure_streams(
+    args, target: str, url: str, groups: dict[str, int], headers: dict[str, str] | None = None
+) -> dict:
     """--stream-rounds rounds of --streams concurrent streams; a round during which other
     processes were busy is run again (up to --retries times)."""
 
     def attempt(_number: int) -> tuple[loadgen.StreamResult, float]:
         watch = CpuWatch(groups).start()
         result = loadgen.measure_streams(
-            url, request_body(True), CLIENT_TOKEN, args.streams, 1, args.chunks, args.interval
+            url,
+            request_body(True),
+            CLIENT_TOKEN,
+            args.streams,
+            1,
+            args.chunks,
+            args.interval,
+            headers=headers,
         )
         return result, watch.stop()["other_pct"]
 
@@ -300,6 +318,7 @@ def measure_load(
     use_wrk: bool,
     workdir: Path,
     children: Children,
+    headers: dict[str, dict[str, str]] | None = None,
 ) -> list[dict]:
     """The load part: every concurrency x target, --rounds times; one row (medians) a point."""
     body = request_body(False)
@@ -309,7 +328,16 @@ def measure_load(
         for round_no in range(args.rounds):
             for target in args.targets:
                 row = measure_point(
-                    args, target, conc, urls[target], body, use_wrk, workdir, children, groups
+                    args,
+                    target,
+                    conc,
+                    urls[target],
+                    body,
+                    use_wrk,
+                    workdir,
+                    children,
+                    groups,
+                    (headers or {}).get(target),
                 )
                 samples.setdefault((conc, target), []).append(row)
                 log(
@@ -323,11 +351,17 @@ def measure_load(
     return [combine(rows) for rows in samples.values()]
 
 
-def measure_chunks(args, urls: dict[str, str], groups: dict[str, int]) -> dict[str, dict]:
+def measure_chunks(
+    args,
+    urls: dict[str, str],
+    groups: dict[str, int],
+    headers: dict[str, dict[str, str]] | None = None,
+) -> dict[str, dict]:
     """The chunks part: stream time to first byte and chunk delays, per target."""
     streams = {}
     for target in args.targets:
-        streams[target] = s = measure_streams(args, target, urls[target], groups)
+        extra = (headers or {}).get(target)
+        streams[target] = s = measure_streams(args, target, urls[target], groups, extra)
         log(
             f"streams {target:<6} ttfb p50 {s['ttfb_p50_ms']:.2f} ms, chunk delay "
             f"p50 {s['delay_p50_ms']:.2f} / p99 {s['delay_p99_ms']:.2f} / "

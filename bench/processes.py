@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -22,6 +22,7 @@ from common import (
     CHAT_PATH,
     CLIENT_TOKEN,
     MODEL,
+    PEER_TARGETS,
     QUOTA,
     ROOT,
     UPSTREAM_KEY,
@@ -142,6 +143,23 @@ def process_cpu(pgid: int) -> dict[int, float]:
     return cpu
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (NaN once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def group_rss(pgid: int) -> float:
+    """Resident memory of a whole server in MB: every live process of its group summed."""
+    values = [rss_mb(pid) for pid in group_pids(pgid)]
+    return round(sum(v for v in values if v == v), 1)
+
+
 def worker_pids(master: int) -> list[int]:
     children = Path(f"/proc/{master}/task/{master}/children")
     return sorted(int(pid) for pid in children.read_text().split())
@@ -198,6 +216,10 @@ def server_env(workers: int, log_level: str, threads: int | None = None) -> dict
     return env
 
 
+# The quota strategy of the generated configs (bench/run.py --quota-strategy); None: the default.
+QUOTA_STRATEGY: str | None = None
+
+
 def proxy_config(upstream_url: str, storage: str = "memory://") -> str:
     """One OpenAI-compatible model on the fake upstream, one client token; quotas on both (set
     too high to refuse anything, but checked and counted on every request like real ones)."""
@@ -224,7 +246,10 @@ def proxy_config(upstream_url: str, storage: str = "memory://") -> str:
                     "requests_per_minute": QUOTA,
                 }
             ],
-            "rate_limits": {"storage": storage},
+            "rate_limits": {
+                "storage": storage,
+                **({"strategy": QUOTA_STRATEGY} if QUOTA_STRATEGY else {}),
+            },
             "routing": {"stream_timeout_seconds": 600},
         },
         indent=2,
@@ -316,6 +341,10 @@ class Targets:
     urls: dict[str, str]  # target -> its chat completions URL
     groups: dict[str, int]  # target -> process group, for the CPU it uses
     proxy_log: Path
+    # target -> headers its requests carry besides the client token (a peer's routing headers)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+    # peer -> why it is not in this run (it could not be installed or started here)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def start_targets(args, children: Children, workdir: Path) -> Targets:
@@ -341,22 +370,35 @@ def start_targets(args, children: Children, workdir: Path) -> Targets:
     urls.update({name: base + CHAT_PATH for name, (base, _) in servers.items()})
     groups = {"direct": upstream.pid}
     groups.update({name: proc.pid for name, (_, proc) in servers.items()})
-    sanity_check(urls)
+    import peers  # noqa: PLC0415 - peers imports this module
+
+    headers: dict[str, dict[str, str]] = {}
+    skipped: dict[str, str] = {}
+    for name in (t for t in PEER_TARGETS if t in args.targets):
+        try:
+            peer = peers.start(name, children, workdir, up_url, args.workers)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            skipped[name] = f"{type(err).__name__}: {str(err).strip()[:500]}"
+            log(f"{name} cannot run here, left out: {skipped[name]}")
+            continue
+        urls[name], groups[name], headers[name] = peer.url, peer.proc.pid, peer.headers
+    sanity_check(urls, headers)
     log(
         "all up: "
         + ", ".join(f"{name} :{url.split(':')[2].split('/')[0]}" for name, url in urls.items())
         + f" (WEB_CONCURRENCY={args.workers}, THREADS={args.threads or 'default'})"
     )
-    return Targets(urls, groups, workdir / "proxy.log")
+    return Targets(urls, groups, workdir / "proxy.log", headers, skipped)
 
 
-def sanity_check(urls: dict[str, str]) -> None:
+def sanity_check(urls: dict[str, str], extra: dict[str, dict[str, str]] | None = None) -> None:
     """Every target answers a chat completion; the proxies count quotas (x-ratelimit-* headers)
     and refuse a request without the token."""
     body = request_body(False)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_TOKEN}"}
     for name, url in urls.items():
-        response = requests.post(url, data=body, headers=headers, timeout=10)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_TOKEN}"}
+        headers.update((extra or {}).get(name, {}))
+        response = requests.post(url, data=body, headers=headers, timeout=30)
         if response.status_code != 200 or not response.json().get("choices"):
             raise RuntimeError(f"{name}: {response.status_code} {response.text[:300]}")
         if name.startswith("proxy") and "x-ratelimit-remaining-requests" not in response.headers:

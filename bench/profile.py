@@ -8,6 +8,14 @@ samples every gunicorn worker with `py-spy record --gil` (only the thread holdin
 Python doing work). Prints, per function, the sampled GIL time per request (inclusive and self),
 with the functions of app/ marked, plus a summary by area (gunicorn, Flask, requests, app, ...).
 py-spy slows the workers a little; compare functions, not the absolute total, with run.py.
+
+    .venv/bin/python bench/profile.py --cprofile [--requests 3000]
+
+runs the proxy's WSGI app in this process instead, with every feature on as bench/run.py
+configures it (client token, per-token and per-model `requests_per_minute` and
+`tokens_per_minute`, Prometheus multiprocess metrics, the JSON access log, written to /dev/null)
+against the same fake upstream, one request at a time, under cProfile: the CPU per request by
+area and the functions costing most (gunicorn's own HTTP work is not in it).
 """
 
 from __future__ import annotations
@@ -128,6 +136,131 @@ def analyse(raw: Path, rate: int, requests: int, top: int) -> str:
     return "\n".join(out)
 
 
+def wsgi_request(app, environ: dict, body: bytes) -> int:
+    """One request through the WSGI app, its answer read and closed: the status."""
+    import io
+
+    env = dict(environ)
+    env["wsgi.input"] = io.BytesIO(body)
+    status = []
+
+    def start_response(line, headers, exc_info=None):
+        status.append(int(line.split(" ", 1)[0]))
+
+    answer = app(env, start_response)
+    try:
+        for _ in answer:
+            pass
+    finally:
+        close = getattr(answer, "close", None)
+        if close:
+            close()
+    return status[0]
+
+
+def cprofile_main(args) -> int:
+    """The proxy's WSGI app in this process under cProfile (see the module docstring)."""
+    import logging
+    import tempfile
+
+    # This file is named like the standard library's `profile`, which cProfile imports.
+    bench_dir = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p not in (bench_dir, "")]
+    import cProfile
+    import pstats
+
+    sys.path.insert(0, bench_dir)
+
+    children = processes.Children()
+    workdir = loadgen.scratch_dir(RESULTS_DIR)
+    metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
+    try:
+        up_url, _ = processes.start_upstream(children, workdir, "upstream", 1, 0.0)
+        config = workdir / "proxy.yaml"
+        config.write_text(processes.proxy_config(up_url))
+        os.environ.update(
+            AI_PROXY_CONFIG=str(config), PROMETHEUS_MULTIPROC_DIR=metrics_dir, LOG_FORMAT="json"
+        )
+        sys.path.insert(0, str(ROOT))
+        if args.target == "bare":
+            os.environ["BARE_UPSTREAM"] = up_url
+            import bare
+
+            app = bare.app
+        else:
+            from app import create_app
+            from app.logs import configure_logging
+
+            configure_logging("INFO", "json")
+            devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+            for handler in logging.getLogger("ai_proxy.access").handlers:
+                handler.setStream(devnull)
+            app = create_app()
+        body = request_body(args.stream)
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "SCRIPT_NAME": "",
+            "PATH_INFO": CHAT_PATH,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8080",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "50000",
+            "HTTP_HOST": "127.0.0.1:8080",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {CLIENT_TOKEN}",
+            "HTTP_USER_AGENT": "bench",
+            "HTTP_ACCEPT": "*/*",
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        for _ in range(500):
+            assert wsgi_request(app, environ, body) == 200
+        started = time.process_time()
+        for _ in range(args.requests):
+            wsgi_request(app, environ, body)
+        plain = (time.process_time() - started) / args.requests
+        # CPU time, not wall time: waiting for the upstream is not the proxy's cost.
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        for _ in range(args.requests):
+            wsgi_request(app, environ, body)
+        profiler.disable()
+        print(
+            f"{args.target} in process, every feature on, "
+            f"{'streamed' if args.stream else 'whole'} answers: "
+            f"{plain * 1e6:.0f} us CPU per request "
+            f"without the profiler ({args.requests} requests; gunicorn's part not included)\n"
+        )
+        dump = workdir / f"{args.target}.prof"
+        profiler.dump_stats(dump)
+        print(f"raw profile (pstats): {dump.relative_to(ROOT)}")
+        stats = pstats.Stats(profiler)
+        print(cprofile_areas(stats, args.requests))
+        stats.sort_stats("tottime").print_stats(args.top)
+    finally:
+        children.stop_all()
+    return 0
+
+
+def cprofile_areas(stats, requests: int) -> str:
+    """Self time per request by area (the file each function is in), most first."""
+    totals: dict[str, float] = collections.Counter()
+    for (path, _line, _func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        totals[area_of(path)] += tottime
+    total = sum(totals.values()) or 1.0
+    lines = ["self time per request by area (under cProfile, which inflates it):"]
+    for area, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {seconds / requests * 1e6:8.1f} us  {100 * seconds / total:5.1f}%  {area}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--target", choices=("proxy", "bare"), default="proxy")
@@ -136,7 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument(
+        "--cprofile", action="store_true", help="the app in this process under cProfile"
+    )
+    parser.add_argument("--requests", type=int, default=3000, help="requests for --cprofile")
+    parser.add_argument(
+        "--stream", action="store_true", help="--cprofile: streamed requests (set-up and relay)"
+    )
     args = parser.parse_args(argv)
+    if args.cprofile:
+        return cprofile_main(args)
     if not shutil.which(args.py_spy) and not os.access(args.py_spy, os.X_OK):
         print(
             "py-spy not found: pip install -r bench/requirements.txt (or --py-spy PATH)",

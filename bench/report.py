@@ -18,6 +18,7 @@ def render(results: dict, goals: list[dict], command: str) -> str:
         *_setup(results, command),
         *_goals(results, goals),
         *_load(results),
+        *_side_by_side(results),
         *_added_latency(results["load"]),
         *_streaming(results),
         "",
@@ -119,6 +120,55 @@ def _load(results: dict) -> list[str]:
             f"{pct(row['upstream_cpu_pct'])} | "
             f"{pct(row['loadgen_cpu_pct'])} | {pct(row['other_cpu_pct'])} | {rel} |"
         )
+    return lines
+
+
+SIDE_BY_SIDE = ("bare", "proxy", "proxy-redis", "portkey", "litellm")
+SERVER_NAMES = {
+    "bare": "bare forwarder (Flask + requests)",
+    "proxy": "ai-proxy",
+    "proxy-redis": "ai-proxy, quotas in Redis",
+    "portkey": "Portkey gateway {portkey} (node {node}, 1 process)",
+    "litellm": "LiteLLM proxy {litellm} ({workers} uvicorn workers)",
+}
+
+
+def _side_by_side(results: dict) -> list[str]:
+    """One row a server: req/s, p50 and p99 at each concurrency, and its memory after the load
+    (every process of the server summed)."""
+    rss, load = results.get("rss_mb"), results["load"]
+    if not rss:
+        return []
+    concs = sorted({r["concurrency"] for r in load})
+    versions = {**results.get("peers", {}).get("versions", {}), **results["settings"]}
+    lines = [
+        "",
+        "## Side by side",
+        "",
+        "Each server as measured above (same request, same fake upstream, same run); RSS is the "
+        "resident memory of all of the server's processes after the load. The peers: the "
+        "Portkey gateway has no client tokens (each request carries the upstream key and "
+        "`x-portkey-*` routing headers); LiteLLM checks its master key; neither has quotas set.",
+        "",
+        "| server | "
+        + " | ".join(f"c={c} req/s | c={c} p50 ms | c={c} p99 ms" for c in concs)
+        + " | RSS MB |",
+        "| --- | " + " | ".join("---: | ---: | ---:" for _ in concs) + " | ---: |",
+    ]
+    for target in SIDE_BY_SIDE:
+        rows = [find(load, target, c) for c in concs]
+        if not any(rows):
+            continue
+        cells = []
+        for row in rows:
+            if row is None:
+                cells += ["–", "–", "–"]
+            else:
+                cells += [f"{row['rps']:.0f}", ms(row["p50_ms"], 3), ms(row["p99_ms"], 3)]
+        name = SERVER_NAMES[target].format(**versions)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rss.get(target, 0):.0f} |")
+    for peer, why in results.get("peers", {}).get("skipped", {}).items():
+        lines.append(f"\n{peer} could not run here: {why}")
     return lines
 
 

@@ -39,11 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import goals  # noqa: E402
 import loadgen  # noqa: E402
 import measurement  # noqa: E402
+import peers  # noqa: E402
 import processes  # noqa: E402
 import quotas  # noqa: E402
 import report  # noqa: E402
 import streams as open_streams  # noqa: E402
-from common import DEFAULT_OUTPUT, PARTS, RESULTS_DIR, ROOT, TARGETS, log  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_OUTPUT,
+    DEFAULT_TARGETS,
+    PARTS,
+    PEER_TARGETS,
+    RESULTS_DIR,
+    ROOT,
+    TARGETS,
+    log,
+)
 
 # Defaults that depend on --quick: (full run, --quick).
 SCALED_DEFAULTS = {
@@ -88,8 +98,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help="of direct,bare,proxy,proxy-redis (proxy-redis: quotas in a local redis-server)",
+        default=",".join(DEFAULT_TARGETS),
+        help="of direct,bare,proxy,proxy-redis,portkey,litellm (proxy-redis: quotas in a local "
+        "redis-server; portkey, litellm: the peers, see --peers)",
+    )
+    parser.add_argument(
+        "--quota-strategy",
+        choices=("fixed-window", "moving-window", "sliding-window-counter"),
+        help="rate_limits.strategy of the proxy's config (default: the proxy's default)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help=f"also run the peers (LiteLLM {peers.LITELLM_VERSION}, Portkey gateway "
+        f"{peers.PORTKEY_VERSION}), installed on first use into the git-ignored .peers/",
     )
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for both servers")
     parser.add_argument(
@@ -172,6 +194,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.parts = _names(parser, "parts", args.parts, PARTS)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.targets = _names(parser, "targets", args.targets, TARGETS)
+    if args.peers:
+        args.targets += [peer for peer in PEER_TARGETS if peer not in args.targets]
     if args.output is None:
         args.output = RESULTS_DIR / "quick.md" if args.quick else DEFAULT_OUTPUT
     return args
@@ -222,13 +246,17 @@ def run(args: argparse.Namespace, children: processes.Children) -> dict:
     load = []
     if "load" in args.parts:
         load = measurement.measure_load(
-            args, targets.urls, targets.groups, use_wrk, workdir, children
+            args, targets.urls, targets.groups, use_wrk, workdir, children, targets.headers
         )
     # The streams get a quiet budget of their own: they are short and the most easily disturbed.
     load_quiet_spent, args.quiet_spent = args.quiet_spent, 0.0
     streams = {}
     if "chunks" in args.parts:
-        streams = measurement.measure_chunks(args, targets.urls, targets.groups)
+        streams = measurement.measure_chunks(args, targets.urls, targets.groups, targets.headers)
+    # Each server's memory (all its processes) after the load it has served.
+    rss = {
+        name: processes.group_rss(pgid) for name, pgid in targets.groups.items() if name != "direct"
+    }
 
     # The proxy's log, to show what it wrote per request (its access line is an INFO record).
     proxy_requests = sum(r["requests"] for r in load if r["target"] == "proxy")
@@ -246,6 +274,12 @@ def run(args: argparse.Namespace, children: processes.Children) -> dict:
         "settings": settings(args, load_quiet_spent + args.quiet_spent),
         "load": load,
         "streams": streams,
+        "rss_mb": rss,
+        "peers": {
+            "versions": peers.versions(),
+            "ran": [t for t in PEER_TARGETS if t in targets.urls],
+            "skipped": targets.skipped,
+        },
     }
     if "open" in args.parts:
         results["open_streams"] = open_streams.open_streams(args, children, workdir)
@@ -265,6 +299,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    processes.QUOTA_STRATEGY = args.quota_strategy
     processes.raise_fd_limit()
     given = sys.argv[1:] if argv is None else argv
     command = " ".join([".venv/bin/python bench/run.py", *([shlex.join(given)] if given else [])])

@@ -32,18 +32,14 @@ from common import CHAT_PATH, CLIENT_TOKEN, MODEL, RESULTS_DIR, log, ms, request
 from measurement import load_once  # noqa: E402
 
 BURST_SPREAD_S = 1.0
+# After each pattern, worker memory is watched until under this, for at most this long.
+SETTLE_MB = 60.0
+SETTLE_SECONDS = 60.0
 SOAK_CONCURRENCY = 16
 SOAK_SAMPLES = 10
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+rss_mb = processes.rss_mb
 
 
 def worker_rss(master: int) -> list[float]:
@@ -74,6 +70,18 @@ class PeakRss:
 
     def values(self) -> list[float]:
         return [round(self.peak[pid], 1) for pid in self.pids]
+
+
+def settle(master: int, limit_mb: float = SETTLE_MB, seconds: float = SETTLE_SECONDS) -> dict:
+    """Each worker's RSS once all are under `limit_mb`, or after `seconds` (idle threads and
+    pooled connections are let go of after a while): the values and the seconds it took."""
+    started = time.monotonic()
+    while True:
+        rss = worker_rss(master)
+        waited = time.monotonic() - started
+        if max(rss) < limit_mb or waited >= seconds:
+            return {"rss": rss, "seconds": round(waited, 1)}
+        time.sleep(1.0)
 
 
 def stream_body() -> bytes:
@@ -120,6 +128,7 @@ def open_streams(args, children, workdir: Path) -> dict:
             if peak:
                 memory[target][f"peak_{pattern}"] = peak.values()
                 memory[target][f"after_{pattern}"] = worker_rss(proc.pid)
+                memory[target][f"settled_{pattern}"] = settle(proc.pid)
             log(
                 f"  completed {summary['streams'] - summary['failed']}/{summary['streams']}, "
                 f"peak open {summary['peak_open']}, TTFB p50 {summary['ttfb_p50_ms']:.1f} / p99 "
@@ -205,16 +214,31 @@ def render(open_result: dict | None, soak_result: dict | None) -> list[str]:
                 )
         lines += [
             "",
-            "RSS per worker (MB):",
+            f"RSS per worker (MB); *settled*: once every worker is under {SETTLE_MB:g} MB, or "
+            f"after {SETTLE_SECONDS:g} s (how long it took in brackets):",
             "",
-            "| target | at rest | peak, held | after held | peak, burst | after burst |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| target | at rest | peak, held | after held | settled after held | peak, burst | "
+            "after burst | settled after burst |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for target, mem in o["memory"].items():
-            cells = [
-                ", ".join(f"{v:.1f}" for v in mem.get(key, []))
-                for key in ("rest", "peak_held", "after_held", "peak_burst", "after_burst")
-            ]
+            cells = []
+            for key in (
+                "rest",
+                "peak_held",
+                "after_held",
+                "settled_held",
+                "peak_burst",
+                "after_burst",
+                "settled_burst",
+            ):
+                value = mem.get(key, [])
+                if isinstance(value, dict):  # settled: the values and how long it took
+                    cells.append(
+                        ", ".join(f"{v:.1f}" for v in value["rss"]) + f" ({value['seconds']:g} s)"
+                    )
+                else:
+                    cells.append(", ".join(f"{v:.1f}" for v in value))
             lines.append(f"| {target} | " + " | ".join(cells) + " |")
         lines.append("")
     if soak_result:

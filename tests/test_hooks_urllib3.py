@@ -7,13 +7,22 @@ its answer, how pools keep their connections, or when an answer gives its connec
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import urllib3
 import urllib3.connection
 from urllib3.connectionpool import HTTPConnectionPool
 
-from app.hooks.urllib3 import ConnectionCounts, drain, pool_counts, released, watch_connections
+from app.hooks.urllib3 import (
+    IDLE_SINCE,
+    ConnectionCounts,
+    close_idle,
+    drain,
+    pool_counts,
+    released,
+    watch_connections,
+)
 from tests.stub_upstream import Reply, StubUpstream
 
 EVENTS = ["data: one", "data: two", "data: three"]
@@ -136,3 +145,69 @@ def test_drain_stops_at_its_byte_limit(manager, upstream):
 def test_drain_and_released_take_anything(raw):
     drain(raw, seconds=0.05, max_bytes=10)
     assert released(raw) is (raw is not None)
+
+
+def pooled(manager: urllib3.PoolManager) -> list:
+    """The connection objects in the pools' queues (`None` for empty slots), bottom first."""
+    return [conn for key in manager.pools.keys() for conn in manager.pools.get(key).pool.queue]
+
+
+def test_watched_pools_stamp_a_connection_as_it_goes_back(manager, upstream):
+    watch_connections(manager, lambda sock: None)
+    before = time.monotonic()
+    first, second = stream(manager, upstream), stream(manager, upstream)
+    first.read()
+    second.read()
+    conns = [conn for conn in pooled(manager) if conn is not None]
+    assert len(conns) == 2
+    # `_put_conn` is where an answer read to its end gives its connection back.
+    assert all(before <= getattr(conn, IDLE_SINCE) <= time.monotonic() for conn in conns)
+
+
+def test_close_idle_closes_the_connections_left_idle_while_others_serve(manager, upstream):
+    watch_connections(manager, lambda sock: None)
+    first, second = stream(manager, upstream), stream(manager, upstream)
+    first.read()
+    second.read()
+    # Traffic goes on, one request at a time: the pool's LIFO queue hands out its top
+    # connection each time, and the one below it stays idle.
+    for _ in range(3):
+        assert manager.request("GET", upstream.url + "/a").status == 200
+    bottom, top = [conn for conn in pooled(manager) if conn is not None]
+    idle_for = getattr(top, IDLE_SINCE) - getattr(bottom, IDLE_SINCE)
+    assert idle_for > 0
+    # The limit lies between how long each has been idle at `now`.
+    now = getattr(top, IDLE_SINCE) + idle_for / 4
+    assert close_idle(manager, idle_for / 2, now) == 1
+    assert bottom.sock is None
+    assert top.sock is not None
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=1)
+    # Its slot is empty: urllib3 makes a new connection for it when two are needed again.
+    assert None in pooled(manager)
+    ports = len({r.headers["X-Client-Port"] for r in upstream.requests})
+    first, second = stream(manager, upstream), stream(manager, upstream)
+    first.read()
+    second.read()
+    assert len({r.headers["X-Client-Port"] for r in upstream.requests}) == ports + 1
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=2)
+
+
+def test_close_idle_never_touches_a_connection_in_use(manager, upstream):
+    watch_connections(manager, lambda sock: None)
+    first = stream(manager, upstream)
+    first.read()
+    busy = stream(manager, upstream)  # the same connection, checked out again
+    assert close_idle(manager, 0.0, time.monotonic() + 3600) == 0
+    assert busy.read().count(b"data:") == len(EVENTS)
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=1)
+    assert close_idle(manager, 0.0, time.monotonic() + 3600) == 1
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=0)
+
+
+def test_close_idle_leaves_unstamped_pools_and_closed_managers_alone(manager, upstream):
+    # A pool manager not made by watch_connections: its connections carry no stamp.
+    response = stream(manager, upstream)
+    response.read()
+    assert close_idle(manager, 0.0, time.monotonic() + 3600) == 0
+    manager.clear()
+    assert close_idle(manager, 0.0) == 0

@@ -270,6 +270,24 @@ def test_a_departed_client_is_seen_without_reading_from_it():
         client.close()
 
 
+def test_one_poll_finds_every_departed_client_among_many():
+    pairs = [socket.socketpair() for _ in range(6)]
+    closed_here = socket.socket()
+    closed_here.close()
+    try:
+        clients = [client for client, _ in pairs]
+        pairs[1][1].close()  # peer gone
+        pairs[3][1].sendall(b"POST /next HTTP/1.1\r\n")  # pipelined: still there
+        pairs[4][1].close()
+        gone = watchdog.clients_gone([*clients, clients[1], closed_here])
+        assert gone == {clients[1], clients[4], closed_here}
+        assert watchdog.clients_gone([]) == set()
+    finally:
+        for client, peer in pairs:
+            client.close()
+            peer.close()
+
+
 def test_installed_pools_report_to_the_watchdog(upstream):
     """Connections of an installed pool manager are watched under the thread's scope (what
     urllib3 must do for this is pinned in tests/test_hooks_urllib3.py)."""

@@ -16,7 +16,7 @@ from ..errors import (
     InvalidJSONError,
     RequestTooLargeError,
 )
-from ..state import EXTENSION_KEY, ProxyState, RequestState
+from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ CHUNK_BYTES = 65536
 
 
 def proxy_state() -> ProxyState:
+    current = CURRENT_REQUEST.get()
+    if current is not None and current.proxy is not None:
+        return current.proxy
     return current_app.extensions[EXTENSION_KEY]
 
 
@@ -43,7 +46,8 @@ def api_blueprint(name: str, import_name: str) -> Blueprint:
 
 def request_state() -> RequestState:
     """This request's state (made when it began)."""
-    return g.ai_proxy
+    current = CURRENT_REQUEST.get()
+    return current if current is not None else g.ai_proxy
 
 
 def authenticate(query_key: str | None = None) -> TokenConfig:
@@ -130,10 +134,9 @@ def json_response(payload: object, status: int = 200, headers: dict | None = Non
         body: object = _encoded(payload)
     else:
         body = json.dumps(payload)
-    response = Response(body, status=status, mimetype="application/json")
-    if headers:
-        response.headers.update(headers)
-    return response
+    # Headers given whole are added as they are; set one by one, each would be looked for
+    # among those already there first (werkzeug's Headers.set scans the list).
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def _holds_more_text(payload: object, limit: int) -> bool:
@@ -141,16 +144,31 @@ def _holds_more_text(payload: object, limit: int) -> bool:
     stack, total = [payload], 0
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is str:
             total += len(item)
             if total > limit:
                 return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
+        elif kind is dict:
             stack.extend(item)
+            # Numbers, booleans and nulls hold no text: they are not pushed at all.
+            stack.extend(value for value in item.values() if type(value) not in _SCALARS)
+        elif kind is list or kind is tuple:
+            stack.extend(value for value in item if type(value) not in _SCALARS)
+        elif isinstance(item, str | dict | list | tuple):
+            stack.append(_plain(item))
     return False
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _plain(item: object) -> object:
+    """A subclass of str, dict, list or tuple as its base type (for `_holds_more_text`)."""
+    for base in (str, dict, list, tuple):
+        if isinstance(item, base):
+            return base(item)
+    return item
 
 
 def _encoded(payload: object) -> Iterator[bytes]:

@@ -8,6 +8,10 @@
 - `drain`: read the last bytes of a framed answer so urllib3 gives its connection back to the
   pool (`HTTPResponse.connection.sock`, `chunked`, `length_remaining`, `read1`).
 - `released`: whether urllib3 has given an answer's connection back (`HTTPResponse.connection`).
+- `close_idle`: close pooled connections idle past a limit, however busy the pool is
+  (`HTTPConnectionPool._put_conn` stamps a connection as it is given back; the pool's `LifoQueue`
+  keeps the most recently used on top, so under steady traffic those at the bottom would idle
+  for ever; its `mutex` and `queue` list; `_get_conn` makes a new connection for a `None` slot).
 
 tests/test_hooks_urllib3.py pins each of these against a real local HTTP server.
 """
@@ -34,9 +38,19 @@ class ConnectionCounts(NamedTuple):
     idle: int  # pooled, with an open socket, ready for the next request
 
 
+# The monotonic time a pooled connection was last given back to its pool.
+IDLE_SINCE = "ai_proxy_idle_since"
+
+
+def _stamp(conn) -> None:
+    if conn is not None:
+        setattr(conn, IDLE_SINCE, time.monotonic())
+
+
 @functools.cache
 def _pool_classes(on_wait: OnWait) -> dict[str, type[HTTPConnectionPool]]:
-    """Pool classes whose connections call `on_wait(sock)` once a request is sent."""
+    """Pool classes whose connections call `on_wait(sock)` once a request is sent, and are
+    stamped with the time they go back to the pool (for `close_idle`)."""
 
     class WatchedHTTPConnection(HTTPConnection):
         def getresponse(self, *args, **kwargs):
@@ -52,8 +66,16 @@ def _pool_classes(on_wait: OnWait) -> dict[str, type[HTTPConnectionPool]]:
     class WatchedHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = WatchedHTTPConnection
 
+        def _put_conn(self, conn) -> None:
+            _stamp(conn)
+            super()._put_conn(conn)
+
     class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
         ConnectionCls = WatchedHTTPSConnection
+
+        def _put_conn(self, conn) -> None:
+            _stamp(conn)
+            super()._put_conn(conn)
 
     return {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
 
@@ -85,6 +107,35 @@ def pool_counts(poolmanager: PoolManager) -> ConnectionCounts:
             if conn is not None and getattr(conn, "sock", None) is not None
         )
     return ConnectionCounts(in_use, idle)
+
+
+def close_idle(poolmanager: PoolManager, max_idle: float, now: float | None = None) -> int:
+    """Close the pooled connections given back more than `max_idle` seconds ago; how many.
+
+    Safe beside threads using the pools: a connection is taken out of its pool's queue under
+    the queue's own lock (the one `_get_conn` takes), so no thread can check it out meanwhile;
+    its slot becomes `None`, for which urllib3 opens a new connection when it is needed again.
+    The sockets are closed after the lock is let go. Connections checked out are never seen
+    here: only the pool's queue is read.
+    """
+    now = time.monotonic() if now is None else now
+    closed = []
+    pools = poolmanager.pools
+    for key in pools.keys():
+        pool = pools.get(key)
+        queue = getattr(pool, "pool", None)
+        if queue is None:
+            continue
+        with queue.mutex:
+            slots = queue.queue
+            for index, conn in enumerate(slots):
+                since = getattr(conn, IDLE_SINCE, None)
+                if since is not None and now - since >= max_idle:
+                    slots[index] = None
+                    closed.append(conn)
+    for conn in closed:
+        conn.close()
+    return len(closed)
 
 
 def released(raw: BaseHTTPResponse | None) -> bool:

@@ -1,0 +1,206 @@
+"""The worker's elastic request-thread pool (app.threads): it runs everything submitted, starts
+threads up to its maximum as the load needs, and ends idle ones; and the idle-connection
+reaper the watchdog runs for the upstream pool."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError
+
+import pytest
+import requests
+
+from app import threads, watchdog
+from app.config import RetryConfig
+from app.threads import ElasticThreadPool
+from app.upstream import UpstreamPool
+from app.worker import ProxyWorker
+from tests.servers import wait_until
+from tests.stub_upstream import Reply
+
+
+@pytest.fixture
+def pool():
+    pool = ElasticThreadPool(4, idle_seconds=0.05)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def test_results_and_errors_reach_their_futures(pool):
+    assert pool.submit(lambda a, b=0: a + b, 2, b=3).result(timeout=5) == 5
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda: 1 / 0).result(timeout=5)
+
+
+def test_threads_grow_to_the_maximum_under_load_and_end_once_idle(pool):
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold() -> str:
+        started.release()
+        release.wait(10)
+        return threading.current_thread().name
+
+    futures = [pool.submit(hold) for _ in range(6)]
+    for _ in range(4):
+        assert started.acquire(timeout=5)
+    # Four run at once; the other two wait for a free thread, as gunicorn's pool does.
+    assert pool.threads == 4
+    assert not started.acquire(timeout=0.05)
+    release.set()
+    assert {f.result(timeout=5) for f in futures} <= {"ai-proxy-request"}
+    assert wait_until(lambda: pool.threads == 0, timeout=5)
+    # A pool that shrank to nothing serves again.
+    assert pool.submit(lambda: "again").result(timeout=5) == "again"
+
+
+def test_an_idle_thread_is_reused_before_a_new_one_starts():
+    pool = ElasticThreadPool(8, idle_seconds=30)
+    try:
+        for n in range(20):
+            assert pool.submit(lambda n=n: n).result(timeout=5) == n
+        # One request at a time needs one thread (two at most while one hands its permit back).
+        assert pool.threads <= 2
+    finally:
+        pool.shutdown(wait=True)
+    assert pool.threads == 0
+
+
+def test_many_submitters_lose_no_work():
+    pool = ElasticThreadPool(3, idle_seconds=0.001)
+    try:
+        done = []
+        lock = threading.Lock()
+
+        def work(i: int) -> None:
+            with lock:
+                done.append(i)
+
+        futures = []
+
+        def submitter(base: int) -> None:
+            futures.extend(pool.submit(work, base + i) for i in range(200))
+
+        submitters = [threading.Thread(target=submitter, args=(k * 1000,)) for k in range(4)]
+        for thread in submitters:
+            thread.start()
+        for thread in submitters:
+            thread.join()
+        for future in futures:
+            future.result(timeout=10)
+        assert sorted(done) == sorted(k * 1000 + i for k in range(4) for i in range(200))
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_shutdown_refuses_new_work_and_can_cancel_queued_work():
+    pool = ElasticThreadPool(1, idle_seconds=30)
+    release, started = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(10)
+
+    running = pool.submit(hold)
+    assert started.wait(5)
+    queued = pool.submit(lambda: "never")
+    pool.shutdown(wait=False, cancel_futures=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    with pytest.raises(CancelledError):
+        queued.result(timeout=5)
+    release.set()
+    assert running.result(timeout=5) is True
+    assert wait_until(lambda: pool.threads == 0, timeout=5)
+
+
+def test_the_heap_is_trimmed_once_ending_threads_settle(pool, monkeypatch):
+    trims = []
+    monkeypatch.setattr(threads, "trim_heap", lambda: trims.append(1))
+    pool.submit(lambda: None).result(timeout=5)
+    assert wait_until(lambda: pool.threads == 0, timeout=5)
+    ended = pool._last_end
+    assert not pool.trim_if_settled(ended)  # threads may still be ending
+    assert pool.trim_if_settled(ended + threads.TRIM_AFTER_SECONDS)
+    assert not pool.trim_if_settled(ended + 3600)  # nothing ended since
+    assert trims == [1]
+
+
+def test_trim_heap_and_limit_arenas_run_here():
+    # glibc on this machine; elsewhere both are no-ops that say so.
+    assert threads.trim_heap() in (True, False)
+    assert threads.limit_arenas() in (True, False)
+
+
+def test_the_gunicorn_worker_uses_the_elastic_pool():
+    worker = ProxyWorker.__new__(ProxyWorker)
+    worker.cfg = type("Cfg", (), {"threads": 7})()
+    pool = worker.get_thread_pool()
+    try:
+        assert isinstance(pool, ElasticThreadPool)
+        assert pool.max_workers == 7
+    finally:
+        pool.shutdown()
+
+
+def test_the_watchdog_closes_upstream_connections_idle_past_their_limit(upstream):
+    pool = UpstreamPool(
+        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=4
+    )
+    try:
+        for _ in range(2):
+            upstream.queue(Reply(body={"ok": True}))
+            response = pool.send(
+                "POST",
+                upstream.url + "/v1/chat/completions",
+                label="test",
+                headers={},
+                body=b"{}",
+                timeout=(5, 5),
+                idle_timeout=0.2,
+            )
+            response.content  # noqa: B018 - read to its end: the connection goes back
+        assert pool.connections() == {"in_use": 0, "idle": 1}
+        # The watchdog's housekeeping closes it about a second after it passes its limit.
+        assert wait_until(lambda: pool.connections()["idle"] == 0, timeout=5)
+        upstream.queue(Reply(body={"ok": True}))
+        again = pool.send(
+            "POST",
+            upstream.url + "/v1/chat/completions",
+            label="test",
+            headers={},
+            body=b"{}",
+            timeout=(5, 5),
+        )
+        assert again.json() == {"ok": True}
+    finally:
+        pool.close()
+
+
+def test_a_deployment_s_shorter_idle_limit_wins_for_its_origin():
+    pool = UpstreamPool(
+        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=2
+    )
+    pool.session("http://127.0.0.1:1/a", idle_timeout=90)
+    pool.session("http://127.0.0.1:1/b", idle_timeout=5)
+    pool.session("http://127.0.0.1:1/c", idle_timeout=60)
+    pool.session("http://127.0.0.1:1/d")
+    assert pool._idle_limits == {"http://127.0.0.1:1": 5}
+    assert isinstance(pool.session("http://127.0.0.1:1/e"), requests.Session)
+
+
+def test_housekeeping_forgets_services_that_are_gone():
+    dog = watchdog.Watchdog()
+    calls = []
+
+    class Service:
+        def chore(self) -> None:
+            calls.append(1)
+
+    service = Service()
+    dog.every(service.chore)
+    dog.run_chores()
+    del service
+    dog.run_chores()
+    assert calls[:1] == [1]
+    assert dog._chores == []
