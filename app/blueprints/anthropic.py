@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from flask import request
 
 from ..blueprints.common import api_blueprint
-from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, output_cap, primed, serve
 from ..errors import UpstreamError
 from ..kinds import Surface
 from ..messages import EventWriter, estimate_input_tokens, to_chat_request, to_message
@@ -50,6 +50,7 @@ class Messages(Endpoint):
             stream=bool(body.get("stream")),
             prompt=canonical,
             prepared=prepared,
+            max_output=output_cap(body, "max_tokens", copies=()),
         )
 
     def context(self, ctx: CallContext) -> CallContext:

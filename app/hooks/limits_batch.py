@@ -1,0 +1,530 @@
+"""Every quota window a request touches, checked and changed in one batch over limits' storage.
+
+`limits` checks one window per call; a request touches up to a dozen (its token's and its
+deployment's requests, tokens and budget, per minute, hour, day, month). This module reads and
+writes the same counters under the same keys limits uses, in one storage round trip: for Redis
+one Lua script registered through the storage's own client, for memory one lock over the
+storage's counters. Two counter layouts, both limits' own, whose cost does not grow with
+traffic: the fixed window (one counter) and the sliding-window counter (this window's and the
+last one's, the last weighted by how much of it the moving window still covers).
+tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage
+
+# A Redis key holding a moving-window list (the layout before this module) is dropped once.
+LUA = """
+local FIXED, SLIDING, MOVED = 0, 1, 2
+
+local function prepare(cur, prev, kind, exp)
+  if kind == MOVED and redis.call('type', cur).ok == 'list' then redis.call('del', cur) end
+  if kind ~= FIXED then
+    local ttl = redis.call('pttl', cur)
+    if ttl > 0 and ttl < exp then
+      -- limits' sliding counter: the current window ended, it becomes the previous one.
+      redis.call('rename', cur, prev)
+      redis.call('set', cur, 0, 'PX', ttl + exp)
+    end
+  end
+end
+
+local function usage(cur, prev, kind, exp)
+  local cc = tonumber(redis.call('get', cur)) or 0
+  local ct = redis.call('pttl', cur)
+  if kind == FIXED then
+    if ct < 0 then ct = exp end
+    return cc, ct
+  end
+  local pc = tonumber(redis.call('get', prev)) or 0
+  local pt = redis.call('pttl', prev)
+  if pt < 0 then pt = 0 end
+  if ct < 0 then ct = 0 end
+  local reset = exp
+  if pc > 0 then reset = math.min(reset, math.floor(pt % (exp / pc))) end
+  if cc > 0 then reset = math.min(reset, ct % exp) end
+  return math.floor(pc * pt / exp) + cc, reset
+end
+
+local function add(cur, kind, exp, amount)
+  if kind == FIXED then
+    redis.call('incrby', cur, amount)
+    if redis.call('pttl', cur) < 0 then redis.call('pexpire', cur, exp) end
+  elseif redis.call('exists', cur) == 1 then
+    redis.call('incrby', cur, amount)
+  else
+    redis.call('set', cur, amount, 'PX', exp * 2)
+  end
+  return redis.call('pexpiretime', cur)
+end
+
+local function adjust(cur, prev, kind, exp, delta, mark)
+  local target = nil
+  if mark > 0 and redis.call('pexpiretime', cur) == mark then
+    target = cur
+  elseif kind ~= FIXED and mark > 0 and redis.call('pexpiretime', prev) == mark then
+    target = prev
+  end
+  if target == nil then
+    -- The reserved window has passed: only more than was reserved still counts.
+    if delta > 0 then add(cur, kind, exp, delta) end
+    return
+  end
+  if redis.call('incrby', target, delta) < 0 then redis.call('set', target, 0, 'KEEPTTL') end
+end
+
+local op, n = ARGV[1], tonumber(ARGV[2])
+local out = {}
+if op == 'adjust' then
+  for i = 1, n do
+    local a = 3 + (i - 1) * 4
+    local kind, exp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]) * 1000
+    prepare(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
+    adjust(KEYS[2 * i - 1], KEYS[2 * i], kind, exp, tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+  end
+  return out
+end
+if op == 'read' then
+  for i = 1, n do
+    local a = 3 + (i - 1) * 2
+    local kind, exp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]) * 1000
+    prepare(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
+    local used, reset = usage(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
+    out[#out + 1] = used
+    out[#out + 1] = reset
+  end
+  return out
+end
+-- reserve: ARGV 3 required count, 4 choices, 5 now (ms), then per choice its window count and
+-- its cooldown key (0: none), then per window kind, limit, expiry, amount; after the windows'
+-- keys, the cooldown keys to read (open-until seconds, failures).
+local required, choices, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = 6
+local sizes, breakers = {}, {}
+for c = 1, choices do
+  sizes[c], breakers[c] = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+end
+local kind, limit, exp, amount, used, reset = {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  kind[i], limit[i] = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  exp[i], amount[i] = tonumber(ARGV[a + 2]) * 1000, tonumber(ARGV[a + 3])
+  a = a + 4
+  prepare(KEYS[2 * i - 1], KEYS[2 * i], kind[i], exp[i])
+  used[i], reset[i] = usage(KEYS[2 * i - 1], KEYS[2 * i], kind[i], exp[i])
+end
+local cooldowns = {}
+for k = 2 * n + 1, #KEYS do
+  local value = redis.call('get', KEYS[k])
+  cooldowns[#cooldowns + 1] = value or ''
+end
+local function refusing(first, last)
+  for i = first, last do
+    if used[i] + amount[i] > limit[i] then return i end
+  end
+  return 0
+end
+local refused, chosen, cooling = refusing(1, required), 0, 0
+local verdicts = {}
+if refused == 0 then
+  local first = required + 1
+  for c = 1, choices do
+    local verdict = 0
+    local b = breakers[c]
+    if b > 0 and (tonumber(cooldowns[b]) or 0) * 1000 > now then
+      -- Cooling down: routing skips it, so it is not reserved.
+      verdict = -1
+      cooling = cooling + 1
+    else
+      verdict = refusing(first, first + sizes[c] - 1)
+    end
+    verdicts[c] = verdict
+    if verdict == 0 then
+      chosen = c
+      break
+    end
+    first = first + sizes[c]
+  end
+end
+local marks = {}
+for i = 1, n do marks[i] = 0 end
+-- Every candidate cooling down: the token's windows are held all the same (routing answers).
+local apply = refused == 0 and (choices == 0 or chosen > 0 or cooling == choices)
+if apply then
+  local function take(from, to)
+    for i = from, to do
+      marks[i] = add(KEYS[2 * i - 1], kind[i], exp[i], amount[i])
+    end
+  end
+  take(1, required)
+  local start = required + 1
+  for c = 1, chosen - 1 do start = start + sizes[c] end
+  if chosen > 0 then take(start, start + sizes[chosen] - 1) end
+end
+out[1], out[2] = refused, chosen
+for c = 1, choices do out[#out + 1] = verdicts[c] or 0 end
+for i = 1, n do
+  out[#out + 1] = used[i]
+  out[#out + 1] = reset[i]
+  out[#out + 1] = marks[i]
+end
+for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
+return out
+"""
+
+
+class Layout(IntEnum):
+    """How a window's counters are laid out in the storage."""
+
+    FIXED = 0  # one counter that expires with its window
+    SLIDING = 1  # limits' sliding-window counter: this window's counter and the last one's
+    MOVED = 2  # SLIDING under a key that held limits' moving-window list before
+
+
+@dataclass(frozen=True)
+class Window:
+    """One limit's counters: limits' key for it (without the storage's prefix) and its size."""
+
+    key: str
+    layout: Layout
+    limit: int
+    expiry: int  # seconds
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A window as read in a batch: what is used of it and when it next frees some room."""
+
+    used: int
+    reset_in: float  # seconds
+
+
+@dataclass
+class Reserved:
+    """The result of one reservation batch.
+
+    `refused` is the index of the required window that refused (or None); `chosen` the index of
+    the choice taken (None when there were no choices or none fitted); `verdicts[c]` the index of
+    the window that refused choice c, -1 if its deployment was cooling down, None if it fitted.
+    `readings` and `marks` follow the flat window list (required first, then each choice's);
+    a mark names the counter a reserved amount went to, so that settling finds it.
+    """
+
+    refused: int | None
+    chosen: int | None
+    verdicts: list[int | None]
+    readings: list[Reading]
+    marks: list[object]
+    cooldowns: list[str | None] = field(default_factory=list)
+
+    @property
+    def admitted(self) -> bool:
+        return self.refused is None and (not self.verdicts or self.chosen is not None)
+
+
+@dataclass(frozen=True)
+class Change:
+    """An amount to add to (or, negative, take from) the counter a reservation went to."""
+
+    window: Window
+    delta: int
+    mark: object
+
+
+class RedisBatch:
+    """The batch as one Lua script through the limits Redis storage's own client."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.client = storage.get_connection()
+        self._script = self.client.register_script(LUA)
+
+    def script(self, keys: list, args: list) -> list:
+        """Run the script; the client's errors become limits' StorageError, as the storage's
+        own calls raise them."""
+        try:
+            return self._script(keys=keys, args=args)
+        except self.storage.base_exceptions as err:
+            raise StorageError(err) from err
+
+    def _keys(self, window: Window) -> tuple[str, str]:
+        storage = self.storage
+        if window.layout is Layout.FIXED:
+            key = storage.prefixed_key(window.key)
+            return key, key
+        return (
+            storage.prefixed_key(storage._current_window_key(window.key)),
+            storage.prefixed_key(storage._previous_window_key(window.key)),
+        )
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+    ) -> Reserved:
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        keys = [key for window, _ in flat for key in self._keys(window)] + list(breaker_keys)
+        args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
+        for c, choice in enumerate(choices):
+            args += [len(choice), choice_breakers[c] if choice_breakers else 0]
+        for window, amount in flat:
+            args += [int(window.layout), window.limit, window.expiry, int(amount)]
+        out = self.script(keys=keys, args=args)
+        refused, chosen = int(out[0]), int(out[1])
+        verdicts = [int(v) for v in out[2 : 2 + len(choices)]]
+        rest = out[2 + len(choices) :]
+        readings, marks = [], []
+        for i in range(len(flat)):
+            used, reset, mark = rest[3 * i : 3 * i + 3]
+            readings.append(Reading(int(used), int(reset) / 1000))
+            marks.append(int(mark))
+        cooldowns = [_text(v) for v in rest[3 * len(flat) :]]
+        return Reserved(
+            refused - 1 if refused else None,
+            chosen - 1 if chosen else None,
+            [None if v == 0 else (-1 if v < 0 else v - 1) for v in verdicts],
+            readings,
+            marks,
+            cooldowns,
+        )
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        keys = [key for change in changes for key in self._keys(change.window)]
+        args: list = ["adjust", len(changes)]
+        for change in changes:
+            window = change.window
+            args += [int(window.layout), window.expiry, int(change.delta), int(change.mark or 0)]
+        self.script(keys=keys, args=args)
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        if not windows:
+            return []
+        keys = [key for window in windows for key in self._keys(window)]
+        args: list = ["read", len(windows)]
+        for window in windows:
+            args += [int(window.layout), window.expiry]
+        out = self.script(keys=keys, args=args)
+        return [Reading(int(out[2 * i]), int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value or None
+
+
+# One lock per memory storage, also taken by its sweeper (see SweptMemoryStorage.sweep).
+_LOCKS: weakref.WeakKeyDictionary[MemoryStorage, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def batch_lock(storage: MemoryStorage) -> threading.Lock:
+    """The lock every batch over a memory storage holds."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(storage)
+        if lock is None:
+            lock = _LOCKS[storage] = threading.Lock()
+        return lock
+
+
+class MemoryBatch:
+    """The batch over limits' MemoryStorage counters, under one lock: the same algorithm as the
+    Lua script, so that memory and Redis answer alike."""
+
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
+        self.lock = batch_lock(storage)
+
+    def _usage(self, window: Window, now: float) -> tuple[int, float, str]:
+        """(used, seconds until room frees, the key an amount goes to now)."""
+        storage, expiry = self.storage, window.expiry
+        if window.layout is Layout.FIXED:
+            used = storage.get(window.key)
+            reset = storage.expirations.get(window.key, now + expiry) - now if used else expiry
+            return used, max(0.0, reset), window.key
+        previous_key, current_key = storage.sliding_window_keys(window.key, expiry, now)
+        previous, current = storage.get(previous_key), storage.get(current_key)
+        # As limits computes it: the part of the previous window the moving window still covers.
+        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        reset = float(expiry)
+        if previous:
+            reset = min(reset, previous_ttl % (expiry / previous))
+        if current:
+            reset = min(reset, current_ttl % expiry)
+        return math.floor(previous * previous_ttl / expiry + current), reset, current_key
+
+    def _add(self, window: Window, key: str, amount: int) -> None:
+        expiry = window.expiry if window.layout is Layout.FIXED else 2 * window.expiry
+        if amount >= 0:
+            self.storage.incr(key, expiry, amount)
+        else:
+            self.storage.decr(key, -amount)
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+    ) -> Reserved:
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        with self.lock:
+            now = time.time()
+            usages = [self._usage(window, now) for window, _ in flat]
+
+            def refusing(first: int, last: int) -> int | None:
+                for i in range(first, last):
+                    if usages[i][0] + flat[i][1] > flat[i][0].limit:
+                        return i
+                return None
+
+            refused = refusing(0, len(required))
+            chosen, verdicts = None, []
+            if refused is None:
+                first = len(required)
+                for c, choice in enumerate(choices):
+                    verdict = refusing(first, first + len(choice))
+                    verdicts.append(verdict)
+                    if verdict is None:
+                        chosen = c
+                        break
+                    first += len(choice)
+            marks: list[object] = [None] * len(flat)
+            if refused is None and (not choices or chosen is not None):
+                taken = list(range(len(required)))
+                if chosen is not None:
+                    start = len(required) + sum(len(choice) for choice in choices[:chosen])
+                    taken += range(start, start + len(choices[chosen]))
+                for i in taken:
+                    window, amount = flat[i]
+                    key = usages[i][2]
+                    self._add(window, key, amount)
+                    # A fixed window's key outlives its window: its expiry names the window.
+                    fixed = window.layout is Layout.FIXED
+                    marks[i] = self.storage.expirations.get(key) if fixed else key
+        verdicts += [None] * (len(choices) - len(verdicts))
+        readings = [Reading(used, reset) for used, reset, _ in usages]
+        return Reserved(refused, chosen, verdicts, readings, marks)
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        with self.lock:
+            now = time.time()
+            for change in changes:
+                window = change.window
+                if window.layout is Layout.FIXED:
+                    current = window.key
+                    self.storage.get(current)  # drops the counter if its window has passed
+                    same = self.storage.expirations.get(current) == change.mark
+                    target = current if same and change.mark is not None else None
+                else:
+                    previous, current = self.storage.sliding_window_keys(
+                        window.key, window.expiry, now
+                    )
+                    target = change.mark if change.mark in (previous, current) else None
+                if target is None:
+                    # The reserved window has passed: only more than was reserved still counts.
+                    if change.delta > 0:
+                        self._add(window, current, change.delta)
+                    continue
+                self._add(window, target, change.delta)
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        with self.lock:
+            now = time.time()
+            return [Reading(*self._usage(window, now)[:2]) for window in windows]
+
+
+class LimiterBatch:
+    """Storages with no atomic batch (memcached, a Redis cluster, whose keys of one request
+    live on different nodes): each window is checked and taken by limits' own atomic calls,
+    one after another. No window ever admits past its limit, but a refusal by a later window
+    does not give back what earlier ones took, and an unused reservation stays counted until
+    its window passes."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.sliding = hasattr(storage, "acquire_sliding_window_entry")
+
+    def _layout(self, window: Window) -> Layout:
+        return Layout.FIXED if window.layout is Layout.FIXED or not self.sliding else window.layout
+
+    def _read(self, window: Window) -> Reading:
+        if self._layout(window) is Layout.FIXED:
+            used = self.storage.get(window.key)
+            return Reading(used, max(0.0, self.storage.get_expiry(window.key) - time.time()))
+        previous, previous_ttl, current, current_ttl = self.storage.get_sliding_window(
+            window.key, window.expiry
+        )
+        used = math.floor(previous * previous_ttl / window.expiry + current)
+        return Reading(used, min(float(window.expiry), current_ttl % window.expiry))
+
+    def _take(self, window: Window, amount: int) -> bool:
+        if self._layout(window) is Layout.FIXED:
+            if self.storage.incr(window.key, window.expiry, amount) <= window.limit:
+                return True
+            self.storage.decr(window.key, amount)
+            return False
+        return self.storage.acquire_sliding_window_entry(
+            window.key, window.limit, window.expiry, amount
+        )
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+    ) -> Reserved:
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        readings = [self._read(window) for window, _ in flat]
+        marks: list[object] = [None] * len(flat)
+        for i, (window, amount) in enumerate(required):
+            if not self._take(window, amount):
+                return Reserved(i, None, [None] * len(choices), readings, marks)
+            marks[i] = 0
+        chosen, verdicts, first = None, [], len(required)
+        for c, choice in enumerate(choices):
+            verdict = None
+            for i in range(first, first + len(choice)):
+                window, amount = flat[i]
+                if not self._take(window, amount):
+                    verdict = i
+                    break
+                marks[i] = 0
+            verdicts.append(verdict)
+            if verdict is None:
+                chosen = c
+                break
+            first += len(choice)
+        verdicts += [None] * (len(choices) - len(verdicts))
+        return Reserved(None, chosen, verdicts, readings, marks)
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.delta > 0:
+                # Over its limit or not, real usage counts: the next request is refused.
+                if self._layout(change.window) is Layout.FIXED:
+                    self.storage.incr(change.window.key, change.window.expiry, change.delta)
+                else:
+                    window = change.window
+                    self.storage.acquire_sliding_window_entry(
+                        window.key, 2**62, window.expiry, change.delta
+                    )
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        return [self._read(window) for window in windows]
