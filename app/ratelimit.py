@@ -449,10 +449,13 @@ class Quotas:
                 self.adjust(changes)
                 return True
             except StorageError as err:
-                if attempt == 2:
-                    self.settle_failures += 1
-                    metrics.QUOTA_SETTLE_FAILURES.inc()
-                    self.storage_failed(err, raise_on_deny=False, what="settle")
+                if attempt == 1:
+                    self.storage_errors += 1
+                    metrics.STORAGE_ERRORS.labels("rate_limit").inc()
+                    continue
+                self.settle_failures += 1
+                metrics.QUOTA_SETTLE_FAILURES.inc()
+                self.storage_failed(err, raise_on_deny=False, what="settle")
         return False
 
     def storage_failed(
