@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.config import load_config
 from app.hooks.limits_batch import Change, Layout, MemoryBatch, Window
-from app.ratelimit import Demand, Quotas, make_storage
+from app.ratelimit import Demand, make_storage
 from app.reservations import reserve
 from tests.conftest import openai_model
 from tests.servers import wait_until
@@ -140,6 +140,7 @@ def test_concurrent_requests_across_two_proxies_sharing_redis(
     gate.open.set()
     statuses = [f.result()[0] for f in futures]
     pool.shutdown()
+    session.close()
     assert statuses.count(200) == 9 and statuses.count(429) == BURST - 9
 
 
@@ -335,7 +336,7 @@ def test_redis_down_at_settling_is_retried_counted_and_expires(make_app, upstrea
 
 def test_client_hanging_up_mid_stream_is_charged_what_was_delivered(proxy_factory, upstream):
     words = [f"w{i:03d}" for i in range(200)]
-    upstream.default = Reply(events=chat_chunks(words, usage=False), delay=0.02)
+    upstream.default = Reply(events=chat_chunks(words, usage=False), delay=0.01)
     config = quota_config("memory://", upstream, {"tokens_per_minute": 100_000})
     config["auth"]["admin_token"] = "admin-secret"
     server = proxy_factory(config, workers=1, threads=4)
@@ -361,6 +362,7 @@ def test_client_hanging_up_mid_stream_is_charged_what_was_delivered(proxy_factor
         return window if window["reserved"] == 0 else None
 
     window = wait_until(used, timeout=15)
+    session.close()
     # Charged the prompt and the words sent before the hang-up: far less than the reservation
     # (5001) or the whole answer (200 words of 5 characters, about 250 tokens).
     assert 1 < window["used"] < 200
