@@ -14,6 +14,7 @@ much of it the moving window still covers).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -123,7 +124,7 @@ class Limit:
         """What names the limit's counters in storage (with the window, added by `limits`)."""
         return (self.counts.value, self.scope, self.owner)
 
-    @property
+    @functools.cached_property
     def window(self) -> Window:
         return Window(
             self.item.key_for(*self.identifiers), self.layout, self.item.amount, self.expiry

@@ -12,6 +12,7 @@ tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -83,48 +84,50 @@ local function adjust(cur, prev, kind, exp, delta, mark)
   if redis.call('incrby', target, delta) < 0 then redis.call('set', target, 0, 'KEEPTTL') end
 end
 
-local op, n = ARGV[1], tonumber(ARGV[2])
+-- ARGS[1]: the arguments as one JSON array (one encoding, not one per number).
+local ARGS = cjson.decode(ARGV[1])
+local op, n = ARGS[1], tonumber(ARGS[2])
 local out = {}
 if op == 'adjust' then
   for i = 1, n do
     local a = 3 + (i - 1) * 4
-    local kind, exp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]) * 1000
-    prepare(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
-    adjust(KEYS[2 * i - 1], KEYS[2 * i], kind, exp, tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+    local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+    prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    adjust(KEYS[i], KEYS[i] .. '/-1', kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]))
   end
-  return out
+  return 0
 end
 if op == 'read' then
   for i = 1, n do
     local a = 3 + (i - 1) * 2
-    local kind, exp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]) * 1000
-    prepare(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
-    local used, reset = usage(KEYS[2 * i - 1], KEYS[2 * i], kind, exp)
+    local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+    prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    local used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp)
     out[#out + 1] = used
     out[#out + 1] = reset
   end
-  return out
+  return cjson.encode(out)
 end
 -- reserve: ARGV 3 required count, 4 choices, 5 now (ms), then per choice its window count and
 -- its cooldown key (0: none), then per window kind, limit, expiry, amount; after the windows'
 -- keys, the cooldown keys to read (open-until seconds, failures).
-local required, choices, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local required, choices, now = tonumber(ARGS[3]), tonumber(ARGS[4]), tonumber(ARGS[5])
 local a = 6
 local sizes, breakers = {}, {}
 for c = 1, choices do
-  sizes[c], breakers[c] = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  sizes[c], breakers[c] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   a = a + 2
 end
 local kind, limit, exp, amount, used, reset = {}, {}, {}, {}, {}, {}
 for i = 1, n do
-  kind[i], limit[i] = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  exp[i], amount[i] = tonumber(ARGV[a + 2]) * 1000, tonumber(ARGV[a + 3])
+  kind[i], limit[i] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
+  exp[i], amount[i] = tonumber(ARGS[a + 2]) * 1000, tonumber(ARGS[a + 3])
   a = a + 4
-  prepare(KEYS[2 * i - 1], KEYS[2 * i], kind[i], exp[i])
-  used[i], reset[i] = usage(KEYS[2 * i - 1], KEYS[2 * i], kind[i], exp[i])
+  prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
+  used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
 end
 local cooldowns = {}
-for k = 2 * n + 1, #KEYS do
+for k = n + 1, #KEYS do
   local value = redis.call('get', KEYS[k])
   cooldowns[#cooldowns + 1] = value or ''
 end
@@ -163,7 +166,7 @@ local apply = refused == 0 and (choices == 0 or chosen > 0 or cooling == choices
 if apply then
   local function take(from, to)
     for i = from, to do
-      marks[i] = add(KEYS[2 * i - 1], kind[i], exp[i], amount[i])
+      marks[i] = add(KEYS[i], kind[i], exp[i], amount[i])
     end
   end
   take(1, required)
@@ -179,8 +182,13 @@ for i = 1, n do
   out[#out + 1] = marks[i]
 end
 for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
-return out
+return cjson.encode(out)
 """
+
+
+# Lua numbers are doubles written with 14 significant digits: amounts stay below that. (More
+# than 10**14 tokens, or 10**8 dollars in millionths, is refused anyway.)
+MAX_AMOUNT = 10**14
 
 
 class Layout(IntEnum):
@@ -248,8 +256,9 @@ class RedisBatch:
         self.storage = storage
         self.client = storage.get_connection()
         self._script = self.client.register_script(LUA)
+        self._names: dict[Window, str] = {}
 
-    def script(self, keys: list, args: list) -> list:
+    def script(self, keys: list, args: list):
         """Run the script; the client's errors become limits' StorageError, as the storage's
         own calls raise them."""
         try:
@@ -257,15 +266,21 @@ class RedisBatch:
         except self.storage.base_exceptions as err:
             raise StorageError(err) from err
 
-    def _keys(self, window: Window) -> tuple[str, str]:
-        storage = self.storage
-        if window.layout is Layout.FIXED:
-            key = storage.prefixed_key(window.key)
-            return key, key
-        return (
-            storage.prefixed_key(storage._current_window_key(window.key)),
-            storage.prefixed_key(storage._previous_window_key(window.key)),
-        )
+    def _key(self, window: Window) -> str:
+        """The window's current counter as limits names it in Redis (the previous one, of a
+        sliding window, is that name plus `/-1`)."""
+        key = self._names.get(window)
+        if key is None:
+            storage = self.storage
+            name = window.key
+            if window.layout is not Layout.FIXED:
+                name = storage._current_window_key(name)
+                assert storage._previous_window_key(window.key) == name + "/-1"
+            key = self._names[window] = storage.prefixed_key(name)
+        return key
+
+    def _run(self, keys: list[str], args: list):
+        return self.script(keys, [json.dumps(args, separators=(",", ":"))])
 
     def reserve(
         self,
@@ -275,13 +290,14 @@ class RedisBatch:
         breaker_keys: Sequence[str] = (),
     ) -> Reserved:
         flat = [*required, *(pair for choice in choices for pair in choice)]
-        keys = [key for window, _ in flat for key in self._keys(window)] + list(breaker_keys)
+        keys = [self._key(window) for window, _ in flat] + list(breaker_keys)
         args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
         for c, choice in enumerate(choices):
             args += [len(choice), choice_breakers[c] if choice_breakers else 0]
         for window, amount in flat:
-            args += [int(window.layout), window.limit, window.expiry, int(amount)]
-        out = self.script(keys=keys, args=args)
+            amount = min(int(amount), MAX_AMOUNT)
+            args += [int(window.layout), min(window.limit, MAX_AMOUNT), window.expiry, amount]
+        out = json.loads(self._run(keys, args))
         refused, chosen = int(out[0]), int(out[1])
         verdicts = [int(v) for v in out[2 : 2 + len(choices)]]
         rest = out[2 + len(choices) :]
@@ -303,21 +319,22 @@ class RedisBatch:
     def adjust(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        keys = [key for change in changes for key in self._keys(change.window)]
+        keys = [self._key(change.window) for change in changes]
         args: list = ["adjust", len(changes)]
         for change in changes:
             window = change.window
-            args += [int(window.layout), window.expiry, int(change.delta), int(change.mark or 0)]
-        self.script(keys=keys, args=args)
+            delta = max(-MAX_AMOUNT, min(MAX_AMOUNT, int(change.delta)))
+            args += [int(window.layout), window.expiry, delta, int(change.mark or 0)]
+        self._run(keys, args)
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         if not windows:
             return []
-        keys = [key for window in windows for key in self._keys(window)]
+        keys = [self._key(window) for window in windows]
         args: list = ["read", len(windows)]
         for window in windows:
             args += [int(window.layout), window.expiry]
-        out = self.script(keys=keys, args=args)
+        out = json.loads(self._run(keys, args))
         return [Reading(int(out[2 * i]), int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
 
 
