@@ -126,9 +126,9 @@ class Limit:
 
     @functools.cached_property
     def window(self) -> Window:
-        return Window(
-            self.item.key_for(*self.identifiers), self.layout, self.item.amount, self.expiry
-        )
+        key = self.item.key_for(*self.identifiers)
+        client = self.owner.startswith(Owner.TOKEN.value + ":")
+        return Window(key, self.layout, self.item.amount, self.expiry, client)
 
     @property
     def expiry(self) -> int:

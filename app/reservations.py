@@ -26,7 +26,6 @@ from .ratelimit import (
     Counts,
     Demand,
     Limit,
-    Owner,
     Plan,
     Quotas,
     WindowState,
@@ -59,6 +58,8 @@ class Reservation:
         headers: dict[str, str] | None = None,
         states: list[BreakerState] | None = None,
         per_deployment: bool = False,
+        full: dict[str, float] | None = None,
+        note: str = "",
     ) -> None:
         self.quotas = quotas
         self.token = token
@@ -72,6 +73,10 @@ class Reservation:
         # Whether any candidate has windows of its own (or the token a budget) to hold.
         self.per_deployment = per_deployment
         self.entered: set[str] = set()  # deployments routing has tried
+        # Deployments admission found without room, and when they have some again; the first
+        # refusing window, named in the 503 when no deployment could take the request.
+        self.full = full or {}
+        self.note = note
         self._done = False
         self._lock = threading.Lock()
 
@@ -93,6 +98,8 @@ class Reservation:
         if self.deployment is not None and model.key == self.deployment.key:
             self.entered.add(model.key)
             return None
+        if model.key in self.full:
+            return self.full[model.key]
         quotas = self.quotas
         pairs = quotas.deployment_plan(self.token, model, self.demand)
         try:
@@ -165,6 +172,15 @@ class Reservation:
         changes += self._deployment_changes(keep_requests=self._entered_current())
         self.quotas.settle_changes(changes)
 
+    def cancel(self) -> None:
+        """No deployment could take the request (none was tried): everything goes back, as if
+        the request had been refused at admission."""
+        if not self._finish():
+            return
+        changes = [Change(h.limit.window, -h.amount, h.mark) for h in self.held if h.amount]
+        changes += self._deployment_changes(keep_requests=False)
+        self.quotas.settle_changes(changes)
+
     def release(self) -> None:
         """Answered without an upstream call (a cache hit): everything goes back but the client
         token's request count."""
@@ -209,13 +225,21 @@ def reserve(
     flat = plan.flat()
     if done.refused is not None:
         raise _refusal(quotas, flat, done.readings, done.refused)
+    full: dict[str, float] = {}
+    note = ""
     if per_deployment and done.chosen is None:
         refusing = [v for v in done.verdicts if v is not None and v >= 0]
-        if refusing:
-            # The client's own window first (a budget too small for every candidate).
-            own = [i for i in refusing if flat[i][0].owner.startswith(Owner.TOKEN.value)]
-            first = own[0] if own else min(refusing, key=lambda i: done.readings[i].reset_in)
-            raise _refusal(quotas, flat, done.readings, first)
+        if not done.deployments_full:
+            # A client window refused for every candidate (a budget too small for each).
+            own = [i for i in refusing if flat[i][0].window.client]
+            raise _refusal(quotas, flat, done.readings, own[0])
+        # Only the deployments' own windows (or cooldowns) stand in the way: routing answers
+        # 503 as for any deployment without room, naming the window here.
+        for c, verdict in enumerate(done.verdicts):
+            if verdict is not None and verdict >= 0:
+                reset = max(1.0, done.readings[verdict].reset_in)
+                full[models[c].key] = time.time() + reset
+                note = note or flat[verdict][0].describe()
     held = [
         Held(limit, amount, mark)
         for (limit, amount), mark in zip(required, done.marks[: len(required)], strict=True)
@@ -248,6 +272,8 @@ def reserve(
         rate_limit_headers(shown),
         _states(done.cooldowns, len(models)) if breakers else None,
         per_deployment,
+        full,
+        note,
     )
 
 

@@ -230,6 +230,15 @@ def run_reserved(admission: Admission, call: Callable[[Candidate], object], dead
             gate=lambda candidate: reservation.route(candidate.provider.model),
             states=reservation.states,
         )
+    except NoAvailableModelError as err:
+        if err.extra_headers.get("x-ai-proxy-attempts") != "0":
+            reservation.give_back()
+            raise
+        # No deployment was tried (all out of room or cooling down): the request took nothing.
+        reservation.cancel()
+        if reservation.note:
+            err.message = f"{err.message} Quota exceeded: {reservation.note}."
+        raise
     except BaseException:
         reservation.give_back()
         raise

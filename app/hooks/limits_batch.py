@@ -108,9 +108,11 @@ if op == 'read' then
   end
   return cjson.encode(out)
 end
--- reserve: ARGV 3 required count, 4 choices, 5 now (ms), then per choice its window count and
--- its cooldown key (0: none), then per window kind, limit, expiry, amount; after the windows'
--- keys, the cooldown keys to read (open-until seconds, failures).
+-- reserve: ARGS 3 required count, 4 choices, 5 now (ms), then per choice its window count and
+-- its cooldown key (0: none), then per window kind, limit, expiry, amount, whether it is the
+-- client's (1) or the deployment's (0). KEYS: each window's current counter (the previous one
+-- is limits' name for it plus '/-1'), then the cooldown keys to read (open-until seconds,
+-- failures).
 local required, choices, now = tonumber(ARGS[3]), tonumber(ARGS[4]), tonumber(ARGS[5])
 local a = 6
 local sizes, breakers = {}, {}
@@ -118,11 +120,12 @@ for c = 1, choices do
   sizes[c], breakers[c] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   a = a + 2
 end
-local kind, limit, exp, amount, used, reset = {}, {}, {}, {}, {}, {}
+local kind, limit, exp, amount, used, reset, client = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   kind[i], limit[i] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   exp[i], amount[i] = tonumber(ARGS[a + 2]) * 1000, tonumber(ARGS[a + 3])
-  a = a + 4
+  client[i] = tonumber(ARGS[a + 4])
+  a = a + 5
   prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
   used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
 end
@@ -161,8 +164,17 @@ if refused == 0 then
 end
 local marks = {}
 for i = 1, n do marks[i] = 0 end
--- Every candidate cooling down: the token's windows are held all the same (routing answers).
-local apply = refused == 0 and (choices == 0 or chosen > 0 or cooling == choices)
+-- No candidate fits, but only for its deployment's own windows or a cooldown: the client's
+-- windows are held all the same (routing then answers that no deployment has room).
+local full = 0
+if refused == 0 and choices > 0 and chosen == 0 then
+  full = 1
+  for c = 1, choices do
+    local v = verdicts[c]
+    if v > 0 and client[v] == 1 then full = 0 end
+  end
+end
+local apply = refused == 0 and (choices == 0 or chosen > 0 or full == 1)
 if apply then
   local function take(from, to)
     for i = from, to do
@@ -174,7 +186,7 @@ if apply then
   for c = 1, chosen - 1 do start = start + sizes[c] end
   if chosen > 0 then take(start, start + sizes[chosen] - 1) end
 end
-out[1], out[2] = refused, chosen
+out[1], out[2], out[3] = refused, chosen, full
 for c = 1, choices do out[#out + 1] = verdicts[c] or 0 end
 for i = 1, n do
   out[#out + 1] = used[i]
@@ -207,6 +219,7 @@ class Window:
     layout: Layout
     limit: int
     expiry: int  # seconds
+    client: bool = False  # a client token's window (not a deployment's)
 
 
 @dataclass(frozen=True)
@@ -234,10 +247,16 @@ class Reserved:
     readings: list[Reading]
     marks: list[object]
     cooldowns: list[str | None] = field(default_factory=list)
+    # No candidate had room, but only for its own windows or a cooldown: the required (client)
+    # windows were held all the same, for routing to answer that no deployment has room.
+    deployments_full: bool = False
 
     @property
     def admitted(self) -> bool:
-        return self.refused is None and (not self.verdicts or self.chosen is not None)
+        """Whether the reservation was taken (maybe without a deployment's part)."""
+        return self.refused is None and (
+            not self.verdicts or self.chosen is not None or self.deployments_full
+        )
 
 
 @dataclass(frozen=True)
@@ -296,11 +315,12 @@ class RedisBatch:
             args += [len(choice), choice_breakers[c] if choice_breakers else 0]
         for window, amount in flat:
             amount = min(int(amount), MAX_AMOUNT)
-            args += [int(window.layout), min(window.limit, MAX_AMOUNT), window.expiry, amount]
+            limit = min(window.limit, MAX_AMOUNT)
+            args += [int(window.layout), limit, window.expiry, amount, int(window.client)]
         out = json.loads(self._run(keys, args))
-        refused, chosen = int(out[0]), int(out[1])
-        verdicts = [int(v) for v in out[2 : 2 + len(choices)]]
-        rest = out[2 + len(choices) :]
+        refused, chosen, full = int(out[0]), int(out[1]), bool(out[2])
+        verdicts = [int(v) for v in out[3 : 3 + len(choices)]]
+        rest = out[3 + len(choices) :]
         readings, marks = [], []
         for i in range(len(flat)):
             used, reset, mark = rest[3 * i : 3 * i + 3]
@@ -314,6 +334,7 @@ class RedisBatch:
             readings,
             marks,
             cooldowns,
+            full,
         )
 
     def adjust(self, changes: Sequence[Change]) -> None:
@@ -422,7 +443,13 @@ class MemoryBatch:
                         break
                     first += len(choice)
             marks: list[object] = [None] * len(flat)
-            if refused is None and (not choices or chosen is not None):
+            full = (
+                refused is None
+                and bool(choices)
+                and chosen is None
+                and not any(v is not None and flat[v][0].client for v in verdicts)
+            )
+            if refused is None and (not choices or chosen is not None or full):
                 taken = list(range(len(required)))
                 if chosen is not None:
                     start = len(required) + sum(len(choice) for choice in choices[:chosen])
@@ -436,7 +463,7 @@ class MemoryBatch:
                     marks[i] = self.storage.expirations.get(key) if fixed else key
         verdicts += [None] * (len(choices) - len(verdicts))
         readings = [Reading(used, reset) for used, reset, _ in usages]
-        return Reserved(refused, chosen, verdicts, readings, marks)
+        return Reserved(refused, chosen, verdicts, readings, marks, [], full)
 
     def adjust(self, changes: Sequence[Change]) -> None:
         with self.lock:
@@ -529,7 +556,8 @@ class LimiterBatch:
                 break
             first += len(choice)
         verdicts += [None] * (len(choices) - len(verdicts))
-        return Reserved(None, chosen, verdicts, readings, marks)
+        full = chosen is None and not any(v is not None and flat[v][0].client for v in verdicts)
+        return Reserved(None, chosen, verdicts, readings, marks, [], bool(choices) and full)
 
     def adjust(self, changes: Sequence[Change]) -> None:
         for change in changes:
