@@ -335,7 +335,7 @@ def test_redis_down_at_settling_is_retried_counted_and_expires(make_app, upstrea
 
 
 def test_client_hanging_up_mid_stream_is_charged_what_was_delivered(proxy_factory, upstream):
-    words = [f"w{i:03d}" for i in range(200)]
+    words = [f"w{i:03d}" for i in range(100)]
     upstream.default = Reply(events=chat_chunks(words, usage=False), delay=0.01)
     config = quota_config("memory://", upstream, {"tokens_per_minute": 100_000})
     config["auth"]["admin_token"] = "admin-secret"
@@ -404,3 +404,56 @@ def test_demand_uses_the_default_reserve_when_no_cap_is_set(make_app):
     assert quotas.demand(10, 50).tokens == 60
     assert quotas.demand(10, 50, charged=False).tokens == 0
     assert load_config(env={}, overrides={}).rate_limits.default_reserve_tokens == 1024
+
+
+# What each surface reserves: the prompt's estimate plus its output cap (or the default).
+SURFACES = [
+    ("/v1/chat/completions", {"messages": [PROMPT], "max_tokens": 40}, 1 + 40),
+    ("/v1/chat/completions", {"messages": [PROMPT], "max_completion_tokens": 40}, 1 + 40),
+    (
+        "/v1/chat/completions",
+        {"messages": [PROMPT], "max_completion_tokens": 40, "max_tokens": 7},
+        1 + 40,
+    ),
+    ("/v1/chat/completions", {"messages": [PROMPT], "max_tokens": 40, "n": 3}, 1 + 120),
+    ("/v1/chat/completions", {"messages": [PROMPT]}, 1 + 300),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 40}, 1 + 40),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 40, "n": 2, "best_of": 4}, 1 + 160),
+    ("/v1/completions", {"prompt": "hi"}, 1 + 300),
+    ("/v1/messages", {"messages": [PROMPT], "max_tokens": 40}, 1 + 40),
+    ("/v1/embeddings", {"input": "hello world!"}, 3),
+    ("/v1/embeddings", {"input": ["hello", "world!!!"]}, 4),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "reserved"), SURFACES)
+def test_each_surface_reserves_its_prompt_and_output_cap(make_app, upstream, path, body, reserved):
+    config = quota_config("memory://", upstream, {"tokens_per_minute": 10_000})
+    config["rate_limits"]["default_reserve_tokens"] = 300
+    if path == "/v1/embeddings":
+        config["models"][0]["kind"] = "embedding"
+        upstream.default = Reply(
+            body={
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+                "model": "up-model",
+                "usage": {"prompt_tokens": 3, "total_tokens": 3},
+            }
+        )
+    if path == "/v1/completions":
+        upstream.default = Reply(
+            body={
+                "id": "cmpl-stub",
+                "object": "text_completion",
+                "created": 1,
+                "model": "up-model",
+                "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+    app = make_app(config)
+    response = app.test_client().post(
+        path, json={"model": "gpt", **body}, headers={"Authorization": "Bearer k-1"}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(10_000 - reserved)
