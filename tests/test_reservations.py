@@ -18,7 +18,7 @@ from app.hooks.limits_batch import Change, Layout, MemoryBatch, Window
 from app.ratelimit import Demand, make_storage
 from app.reservations import reserve
 from tests.conftest import openai_model
-from tests.servers import wait_until
+from tests.servers import SentCommands, wait_until
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
 
 PROMPT = {"role": "user", "content": "hi"}  # estimated at 1 token
@@ -457,3 +457,52 @@ def test_each_surface_reserves_its_prompt_and_output_cap(make_app, upstream, pat
     )
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["x-ratelimit-remaining-tokens"] == str(10_000 - reserved)
+
+
+@pytest.mark.parametrize(
+    ("reply", "stream", "status"),
+    [
+        (Reply(body=chat_completion()), False, 200),
+        (Reply(events=chat_chunks(["a", "b"])), True, 200),
+        (Reply(events=chat_chunks(["a", "b", "c"]), cut_after=2), True, 200),
+        (Reply(status=500, body={"error": {"message": "down"}}), False, 502),
+    ],
+    ids=["whole", "stream", "cut-stream", "failed"],
+)
+def test_two_redis_commands_per_request_whatever_it_touches(
+    make_app, upstream, redis_server, reply, stream, status
+):
+    """Every window of the token and the deployment (requests, tokens, budget; minute, hour,
+    day, month) and the cooldown states: one command to reserve, one to settle."""
+    app = make_app(quota_config(redis_server.url, upstream, ROOMY_TOKEN, **ROOMY_MODEL))
+    client = app.test_client()
+    upstream.queue(Reply(body=chat_completion()))
+    post(client, max_tokens=100)  # loads the script
+    upstream.queue(reply)
+    with SentCommands(redis_server.port) as sent:
+        response, _ = post(client, max_tokens=100, stream=stream)
+    assert response.status_code == status
+    quota = [name for name in sent.names if name == "EVALSHA"]
+    assert quota == ["EVALSHA", "EVALSHA"]
+    if request_id(reply) in ("whole", "stream"):
+        assert sent.names == quota
+    else:
+        # A deployment that failed is remembered for cooldowns: writes of their own.
+        assert set(sent.names) - {"EVALSHA"} <= {"MULTI", "INCRBY", "EXPIRE", "SET", "DEL", "EXEC"}
+
+
+def request_id(reply: Reply) -> str:
+    if reply.status != 200:
+        return "failed"
+    if reply.events is None:
+        return "whole"
+    return "cut-stream" if reply.cut_after is not None else "stream"
+
+
+def test_a_refused_request_costs_one_redis_command(make_app, upstream, redis_server):
+    app = make_app(quota_config(redis_server.url, upstream, ROOMY_TOKEN, **ROOMY_MODEL))
+    post(app.test_client(), max_tokens=100)
+    with SentCommands(redis_server.port) as sent:
+        response, _ = post(app.test_client(), max_tokens=10**7)
+    assert response.status_code == 429
+    assert sent.names == ["EVALSHA"]

@@ -27,29 +27,36 @@ from limits.storage import MemoryStorage, Storage
 # A Redis key holding a moving-window list (the layout before this module) is dropped once.
 LUA = """
 local FIXED, SLIDING, MOVED = 0, 1, 2
+-- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
+-- so a few ms of rounding between two readings never mistakes one for another.
+local SAME_MS = 5
+local clock = redis.call('time')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
+-- The current counter's ms to live (-2: none), its window moved on as limits' sliding counter
+-- does: once the current window has ended it becomes the previous one.
 local function prepare(cur, prev, kind, exp)
-  if kind == MOVED and redis.call('type', cur).ok == 'list' then redis.call('del', cur) end
-  if kind ~= FIXED then
-    local ttl = redis.call('pttl', cur)
-    if ttl > 0 and ttl < exp then
-      -- limits' sliding counter: the current window ended, it becomes the previous one.
-      redis.call('rename', cur, prev)
-      redis.call('set', cur, 0, 'PX', ttl + exp)
-    end
+  local ttl = redis.call('pttl', cur)
+  if kind ~= FIXED and ttl > 0 and ttl < exp then
+    redis.call('rename', cur, prev)
+    redis.call('set', cur, 0, 'PX', ttl + exp)
+    ttl = ttl + exp
   end
+  return ttl
 end
 
-local function usage(cur, prev, kind, exp)
-  local cc = tonumber(redis.call('get', cur)) or 0
-  local ct = redis.call('pttl', cur)
+-- What the window counts, and ms until some of it frees (as limits' get_window_stats).
+local function usage(cur, prev, kind, exp, ct)
   if kind == FIXED then
+    local cc = tonumber(redis.call('get', cur)) or 0
     if ct < 0 then ct = exp end
     return cc, ct
   end
-  local pc = tonumber(redis.call('get', prev)) or 0
-  local pt = redis.call('pttl', prev)
-  if pt < 0 then pt = 0 end
+  -- MGET reads a moving-window list left by an older version as nothing (GET would fail).
+  local counts = redis.call('mget', cur, prev)
+  local cc, pc = tonumber(counts[1]) or 0, tonumber(counts[2]) or 0
+  local pt = 0
+  if pc > 0 then pt = math.max(0, redis.call('pttl', prev)) end
   if ct < 0 then ct = 0 end
   local reset = exp
   if pc > 0 then reset = math.min(reset, math.floor(pt % (exp / pc))) end
@@ -57,31 +64,46 @@ local function usage(cur, prev, kind, exp)
   return math.floor(pc * pt / exp) + cc, reset
 end
 
-local function add(cur, kind, exp, amount)
-  if kind == FIXED then
-    redis.call('incrby', cur, amount)
-    if redis.call('pttl', cur) < 0 then redis.call('pexpire', cur, exp) end
-  elseif redis.call('exists', cur) == 1 then
-    redis.call('incrby', cur, amount)
-  else
-    redis.call('set', cur, amount, 'PX', exp * 2)
+local function incr(key, kind, amount)
+  if kind == MOVED then
+    local done = redis.pcall('incrby', key, amount)
+    if type(done) == 'table' and done.err then
+      -- A moving-window list left by an older version: the counter replaces it.
+      redis.call('del', key)
+      return nil
+    end
+    return done
   end
-  return redis.call('pexpiretime', cur)
+  return redis.call('incrby', key, amount)
 end
 
-local function adjust(cur, prev, kind, exp, delta, mark)
+-- Add to the current counter; returns its name (expiry time, ms).
+local function add(cur, kind, exp, amount, ct)
+  if ct > 0 and incr(cur, kind, amount) ~= nil then return now + ct end
+  if kind == FIXED then
+    redis.call('incrby', cur, amount)
+    redis.call('pexpire', cur, exp)
+    return now + exp
+  end
+  redis.call('set', cur, amount, 'PX', exp * 2)
+  return now + exp * 2
+end
+
+local function adjust(cur, prev, kind, exp, delta, mark, ct)
   local target = nil
-  if mark > 0 and redis.call('pexpiretime', cur) == mark then
+  if mark > 0 and ct > 0 and math.abs(now + ct - mark) <= SAME_MS then
     target = cur
-  elseif kind ~= FIXED and mark > 0 and redis.call('pexpiretime', prev) == mark then
-    target = prev
+  elseif kind ~= FIXED and mark > 0 then
+    local pt = redis.call('pttl', prev)
+    if pt > 0 and math.abs(now + pt - mark) <= SAME_MS then target = prev end
   end
   if target == nil then
     -- The reserved window has passed: only more than was reserved still counts.
-    if delta > 0 then add(cur, kind, exp, delta) end
+    if delta > 0 then add(cur, kind, exp, delta, ct) end
     return
   end
-  if redis.call('incrby', target, delta) < 0 then redis.call('set', target, 0, 'KEEPTTL') end
+  local left = incr(target, kind, delta)
+  if left ~= nil and left < 0 then redis.call('set', target, 0, 'KEEPTTL') end
 end
 
 -- ARGS[1]: the arguments as one JSON array (one encoding, not one per number).
@@ -92,8 +114,8 @@ if op == 'adjust' then
   for i = 1, n do
     local a = 3 + (i - 1) * 4
     local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
-    prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
-    adjust(KEYS[i], KEYS[i] .. '/-1', kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]))
+    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    adjust(KEYS[i], KEYS[i] .. '/-1', kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
   end
   return 0
 end
@@ -101,8 +123,8 @@ if op == 'read' then
   for i = 1, n do
     local a = 3 + (i - 1) * 2
     local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
-    prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
-    local used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    local used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp, ct)
     out[#out + 1] = used
     out[#out + 1] = reset
   end
@@ -113,21 +135,22 @@ end
 -- client's (1) or the deployment's (0). KEYS: each window's current counter (the previous one
 -- is limits' name for it plus '/-1'), then the cooldown keys to read (open-until seconds,
 -- failures).
-local required, choices, now = tonumber(ARGS[3]), tonumber(ARGS[4]), tonumber(ARGS[5])
+-- (ARGS 5 is the caller's clock, which cooldowns are written in.)
+local required, choices, wall = tonumber(ARGS[3]), tonumber(ARGS[4]), tonumber(ARGS[5])
 local a = 6
 local sizes, breakers = {}, {}
 for c = 1, choices do
   sizes[c], breakers[c] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   a = a + 2
 end
-local kind, limit, exp, amount, used, reset, client = {}, {}, {}, {}, {}, {}, {}
+local kind, limit, exp, amount, used, reset, client, ttl = {}, {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   kind[i], limit[i] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   exp[i], amount[i] = tonumber(ARGS[a + 2]) * 1000, tonumber(ARGS[a + 3])
   client[i] = tonumber(ARGS[a + 4])
   a = a + 5
-  prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
-  used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
+  ttl[i] = prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
+  used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i], ttl[i])
 end
 local cooldowns = {}
 for k = n + 1, #KEYS do
@@ -147,7 +170,7 @@ if refused == 0 then
   for c = 1, choices do
     local verdict = 0
     local b = breakers[c]
-    if b > 0 and (tonumber(cooldowns[b]) or 0) * 1000 > now then
+    if b > 0 and (tonumber(cooldowns[b]) or 0) * 1000 > wall then
       -- Cooling down: routing skips it, so it is not reserved.
       verdict = -1
       cooling = cooling + 1
@@ -178,7 +201,7 @@ local apply = refused == 0 and (choices == 0 or chosen > 0 or full == 1)
 if apply then
   local function take(from, to)
     for i = from, to do
-      marks[i] = add(KEYS[i], kind[i], exp[i], amount[i])
+      marks[i] = add(KEYS[i], kind[i], exp[i], amount[i], ttl[i])
     end
   end
   take(1, required)
