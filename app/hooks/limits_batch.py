@@ -12,7 +12,6 @@ tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -106,8 +105,10 @@ local function adjust(cur, prev, kind, exp, delta, mark, ct)
   if left ~= nil and left < 0 then redis.call('set', target, 0, 'KEEPTTL') end
 end
 
--- ARGS[1]: the arguments as one JSON array (one encoding, not one per number).
-local ARGS = cjson.decode(ARGV[1])
+-- ARGV[1]: the arguments as one string of words (decoded once, not one per number); the
+-- answer is one string of words as well.
+local ARGS = {}
+for word in string.gmatch(ARGV[1], '%S+') do ARGS[#ARGS + 1] = word end
 local op, n = ARGS[1], tonumber(ARGS[2])
 local out = {}
 if op == 'adjust' then
@@ -128,7 +129,7 @@ if op == 'read' then
     out[#out + 1] = used
     out[#out + 1] = reset
   end
-  return cjson.encode(out)
+  return table.concat(out, ' ')
 end
 -- reserve: ARGS 3 required count, 4 choices, 5 now (ms), then per choice its window count and
 -- its cooldown key (0: none), then per window kind, limit, expiry, amount, whether it is the
@@ -155,7 +156,7 @@ end
 local cooldowns = {}
 for k = n + 1, #KEYS do
   local value = redis.call('get', KEYS[k])
-  cooldowns[#cooldowns + 1] = value or ''
+  cooldowns[#cooldowns + 1] = value or '-'
 end
 local function refusing(first, last)
   for i = first, last do
@@ -217,7 +218,7 @@ for i = 1, n do
   out[#out + 1] = marks[i]
 end
 for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
-return cjson.encode(out)
+return table.concat(out, ' ')
 """
 
 
@@ -322,7 +323,7 @@ class RedisBatch:
         return key
 
     def _run(self, keys: list[str], args: list):
-        return self.script(keys, [json.dumps(args, separators=(",", ":"))])
+        return self.script(keys, [" ".join(map(str, args))])
 
     def reserve(
         self,
@@ -340,15 +341,15 @@ class RedisBatch:
             amount = min(int(amount), MAX_AMOUNT)
             limit = min(window.limit, MAX_AMOUNT)
             args += [int(window.layout), limit, window.expiry, amount, int(window.client)]
-        out = json.loads(self._run(keys, args))
-        refused, chosen, full = int(out[0]), int(out[1]), bool(out[2])
-        verdicts = [int(v) for v in out[3 : 3 + len(choices)]]
+        out = _words(self._run(keys, args))
+        refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
+        verdicts = [_int(v) for v in out[3 : 3 + len(choices)]]
         rest = out[3 + len(choices) :]
         readings, marks = [], []
         for i in range(len(flat)):
             used, reset, mark = rest[3 * i : 3 * i + 3]
-            readings.append(Reading(int(used), int(reset) / 1000))
-            marks.append(int(mark))
+            readings.append(Reading(_int(used), _int(reset) / 1000))
+            marks.append(_int(mark))
         cooldowns = [_text(v) for v in rest[3 * len(flat) :]]
         return Reserved(
             refused - 1 if refused else None,
@@ -378,14 +379,23 @@ class RedisBatch:
         args: list = ["read", len(windows)]
         for window in windows:
             args += [int(window.layout), window.expiry]
-        out = json.loads(self._run(keys, args))
-        return [Reading(int(out[2 * i]), int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
+        out = _words(self._run(keys, args))
+        return [Reading(_int(out[2 * i]), _int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
 
 
-def _text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value or None
+def _words(answer: object) -> list[str]:
+    if isinstance(answer, bytes):
+        answer = answer.decode()
+    return str(answer).split()
+
+
+def _int(word: str) -> int:
+    """A number the script wrote (Lua writes every number as a double: `12`, or `1.5e+14`)."""
+    return int(float(word))
+
+
+def _text(value: str) -> str | None:
+    return None if value == "-" else value
 
 
 # One lock per memory storage, also taken by its sweeper (see SweptMemoryStorage.sweep).
