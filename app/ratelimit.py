@@ -49,15 +49,8 @@ from .errors import (
     StorageUnavailableError,
 )
 from .hooks.limits import SweptMemoryStorage
-from .hooks.limits_batch import (
-    Change,
-    Layout,
-    LimiterBatch,
-    MemoryBatch,
-    RedisBatch,
-    Reserved,
-    Window,
-)
+from .hooks.limits_batch import Change, Layout, RedisBatch, Reserved, Window
+from .hooks.limits_memory import LimiterBatch, MemoryBatch
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.config import load_config
-from app.hooks.limits_batch import Change, Layout, MemoryBatch, Window
+from app.hooks.limits_batch import Change, Layout, Window
+from app.hooks.limits_memory import MemoryBatch
 from app.ratelimit import Demand, make_storage
 from app.reservations import reserve
 from tests.conftest import openai_model

@@ -17,7 +17,7 @@ import weakref
 
 from limits.storage import MemoryStorage
 
-from .limits_batch import batch_lock
+from .limits_memory import batch_lock
 
 logger = logging.getLogger(__name__)
 
