@@ -51,6 +51,7 @@ from .errors import (
 from .hooks.limits import SweptMemoryStorage
 from .hooks.limits_batch import Change, Layout, RedisBatch, Reserved, Window
 from .hooks.limits_memory import LimiterBatch, MemoryBatch
+from .settling import Settler
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class Quotas:
         # What requests in flight in this worker hold, per window key (for /admin/status).
         self.held: dict[str, int] = {}
         self._held_lock = threading.Lock()
+        self.settler = Settler(self.adjust, self._settle_failed)
 
     @property
     def shared(self) -> bool:
@@ -399,6 +401,7 @@ class Quotas:
             + self.tokens.get(owner, [])
             + self.token_usage.get(owner, [])
         )
+        self.settled()
         try:
             readings = self.batch.read([limit.window for limit in limits])
         except StorageError:
@@ -434,29 +437,33 @@ class Quotas:
         changes = [change for change in changes if change.delta > 0]
         self.settle_changes(changes)
 
-    def settle_changes(self, changes: list) -> bool:
-        """Apply a settling batch; retried once, then logged and counted. Never raises."""
-        if not changes:
-            return True
-        for attempt in (1, 2):
-            try:
-                self.adjust(changes)
-                return True
-            except StorageError as err:
-                if attempt == 1:
-                    self.storage_errors += 1
-                    metrics.STORAGE_ERRORS.labels("rate_limit").inc()
-                    continue
-                self.settle_failures += 1
-                metrics.QUOTA_SETTLE_FAILURES.inc()
-                self.storage_failed(err, raise_on_deny=False, what="settle")
-        return False
+    def settle_changes(self, changes: list) -> None:
+        """Queue a settling batch: sent off the request thread, retried once, then logged and
+        counted. Never raises."""
+        self.settler.put(changes)
 
-    def storage_failed(
-        self, err: StorageError, raise_on_deny: bool = True, what: str = "check"
-    ) -> None:
+    def settled(self) -> None:
+        """Wait until this process's queued settles have reached the storage."""
+        self.settler.wait()
+
+    def _settle_failed(self, err: Exception, final: bool) -> None:
         self.storage_errors += 1
         metrics.STORAGE_ERRORS.labels("rate_limit").inc()
+        if final:
+            self.settle_failures += 1
+            metrics.QUOTA_SETTLE_FAILURES.inc()
+            self.storage_failed(err, raise_on_deny=False, what="settle", counted=True)
+
+    def storage_failed(
+        self,
+        err: Exception,
+        raise_on_deny: bool = True,
+        what: str = "check",
+        counted: bool = False,
+    ) -> None:
+        if not counted:
+            self.storage_errors += 1
+            metrics.STORAGE_ERRORS.labels("rate_limit").inc()
         if self._throttle.ready():
             logger.warning(
                 "rate-limit storage failed in a %s (%s); %s",

@@ -215,6 +215,8 @@ def reserve(
         breakers = []
     if not required and not per_deployment:
         return Reservation(quotas, token, demand)
+    # Every answer this process has finished is counted before this request is judged.
+    quotas.settled()
     plan = Plan(required=required, choices=choices if per_deployment else [])
     choice_breakers = [2 * i + 1 for i in range(len(models))] if breakers else []
     try:

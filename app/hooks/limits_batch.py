@@ -3,10 +3,11 @@
 `limits` checks one window per call; a request touches up to a dozen (its token's and its
 deployment's requests, tokens and budget, per minute, hour, day, month). This module reads and
 writes the same counters under the same keys limits uses, in one storage round trip: for Redis
-one Lua script registered through the storage's own client (here), for memory one lock over the
-storage's counters (app.hooks.limits_memory). Two counter layouts, both limits' own, whose cost does not grow with
-traffic: the fixed window (one counter) and the sliding-window counter (this window's and the
-last one's, the last weighted by how much of it the moving window still covers).
+one Lua script registered through the storage's own client (here), for memory one lock over
+the storage's counters (app.hooks.limits_memory). Two counter layouts, both limits' own, whose
+cost does not grow with traffic: the fixed window (one counter) and the sliding-window counter
+(this window's and the last one's, the last weighted by how much of it the moving window still
+covers).
 tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 """
 
