@@ -346,8 +346,16 @@ class Quotas:
                 key = limit.window.key
                 self.held[key] = max(0, self.held.get(key, 0) + sign * amount)
 
-    def refusal(self, limit: Limit, demand: int, used: int, reset_in: float) -> Exception:
-        """The error for a request a window refused, naming the window."""
+    def refusal(
+        self,
+        limit: Limit,
+        demand: int,
+        used: int,
+        reset_in: float,
+        shown: Sequence[WindowState] = (),
+    ) -> Exception:
+        """The error for a request a window refused, naming the window; its x-ratelimit-*
+        headers show the client's windows (`shown`), the refusing one first."""
         scope = "client" if limit.owner.startswith(Owner.TOKEN.value) else "deployment"
         metrics.QUOTA_REFUSALS.labels(scope, limit.name).inc()
         wait = max(1.0, reset_in)
@@ -366,7 +374,9 @@ class Quotas:
             return NoAvailableModelError(message, retry_after=wait)
         state = WindowState(limit, max(0, limit.item.amount - used), time.time() + wait)
         cls = BudgetExceededError if limit.counts is Counts.BUDGET else RateLimitError
-        headers = rate_limit_headers([state]) if limit.counts is not Counts.BUDGET else {}
+        headers = rate_limit_headers(list(shown))
+        if limit.counts is not Counts.BUDGET:
+            headers.update(rate_limit_headers([state]))
         return cls(message, retry_after=wait, headers=headers)
 
     def adjust(self, changes: list) -> None:

@@ -226,7 +226,7 @@ def reserve(
         return Reservation.free(demand)
     flat = plan.flat()
     if done.refused is not None:
-        raise _refusal(quotas, flat, done.readings, done.refused)
+        raise _refusal(quotas, flat, done.readings, done.refused, len(required))
     full: dict[str, float] = {}
     note = ""
     if per_deployment and done.chosen is None:
@@ -234,7 +234,7 @@ def reserve(
         if not done.deployments_full:
             # A client window refused for every candidate (a budget too small for each).
             own = [i for i in refusing if flat[i][0].window.client]
-            raise _refusal(quotas, flat, done.readings, own[0])
+            raise _refusal(quotas, flat, done.readings, own[0], len(required))
         # Only the deployments' own windows (or cooldowns) stand in the way: routing answers
         # 503 as for any deployment without room, naming the window here.
         for c, verdict in enumerate(done.verdicts):
@@ -279,10 +279,19 @@ def reserve(
     )
 
 
-def _refusal(quotas: Quotas, flat, readings, index: int) -> Exception:
+def _refusal(quotas: Quotas, flat, readings, index: int, required: int) -> Exception:
     limit, amount = flat[index]
     reading = readings[index]
-    return quotas.refusal(limit, amount, reading.used, reading.reset_in)
+    # The client's request and token windows as they stand (this request took nothing).
+    shown = [
+        WindowState(
+            window_limit,
+            max(0, window_limit.item.amount - window_reading.used),
+            time.time() + (window_reading.reset_in or window_limit.expiry),
+        )
+        for (window_limit, _), window_reading in zip(flat[:required], readings, strict=False)
+    ]
+    return quotas.refusal(limit, amount, reading.used, reading.reset_in, shown)
 
 
 def _states(values: list[str | None], count: int) -> list[BreakerState] | None:

@@ -509,3 +509,22 @@ def test_a_refused_request_costs_one_redis_command(make_app, upstream, redis_ser
         response, _ = post(app.test_client(), max_tokens=10**7)
     assert response.status_code == 429
     assert sent.names == ["EVALSHA"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_budget_refusal_shows_the_token_windows(make_app, upstream, request, kind):
+    app = make_app(
+        quota_config(
+            storage_url(request, kind),
+            upstream,
+            {"budget_per_day": 0.0001, "tokens_per_minute": 5000, "requests_per_minute": 7},
+            input_cost_per_mtok=1000,
+            output_cost_per_mtok=1000,
+        )
+    )
+    refused, _ = post(app.test_client(), max_tokens=100)
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "budget_exceeded"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "5000"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "7"
+    assert int(refused.headers["Retry-After"]) >= 1
