@@ -159,6 +159,11 @@ class Reservation:
                 changes.append(Change(held.limit.window, used - held.amount, held.mark))
         self.quotas.settle_changes(changes)
 
+    def hung_up(self) -> None:
+        """The client left while its answer was awaited: charged its prompt (the deployment
+        was sent it) and no output."""
+        self.settle(self.demand.prompt_tokens, 0)
+
     def give_back(self) -> None:
         """A failed request: its tokens and budget go back; the requests it made still count
         (a deployment it never reached gets its request back too)."""

@@ -528,3 +528,33 @@ def test_a_budget_refusal_shows_the_token_windows(make_app, upstream, request, k
     assert refused.headers["x-ratelimit-remaining-tokens"] == "5000"
     assert refused.headers["x-ratelimit-remaining-requests"] == "7"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_client_hanging_up_before_the_answer_is_charged_its_prompt(proxy_factory, upstream):
+    upstream.default = Reply(body=chat_completion(), hang=3)
+    config = quota_config("memory://", upstream, {"tokens_per_minute": 100_000})
+    config["auth"]["admin_token"] = "admin-secret"
+    server = proxy_factory(config, workers=1, threads=4)
+    session = requests.Session()
+    session.trust_env = False
+    with pytest.raises(requests.exceptions.Timeout):
+        session.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "gpt", "messages": [PROMPT], "max_tokens": 5000},
+            headers={"Authorization": "Bearer k-1"},
+            timeout=0.5,
+        )
+    session.close()
+    admin = requests.Session()
+    admin.trust_env = False
+
+    def settled():
+        status = admin.get(
+            server.url + "/admin/status", headers={"Authorization": "Bearer admin-secret"}
+        ).json()
+        window = status["tokens"][0]["quota"]["tokens_per_minute"]
+        return window if window["reserved"] == 0 else None
+
+    window = wait_until(settled, timeout=15)
+    admin.close()
+    assert window["used"] == 1  # "hi": the prompt the deployment was sent, no output

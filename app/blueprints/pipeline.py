@@ -29,6 +29,7 @@ from ..blueprints.common import (
 )
 from ..config import TokenConfig
 from ..errors import (
+    ClientGoneError,
     NoAvailableModelError,
     ProxyError,
     UpstreamError,
@@ -238,6 +239,9 @@ def run_reserved(admission: Admission, call: Callable[[Candidate], object], dead
         reservation.cancel()
         if reservation.note:
             err.message = f"{err.message} Quota exceeded: {reservation.note}."
+        raise
+    except ClientGoneError:
+        reservation.hung_up()
         raise
     except BaseException:
         reservation.give_back()
