@@ -448,9 +448,20 @@ class Quotas:
         self.settle_changes(changes)
 
     def settle_changes(self, changes: list) -> None:
-        """Queue a settling batch: sent off the request thread, retried once, then logged and
-        counted. Never raises."""
-        self.settler.put(changes)
+        """Settle a batch, retried once, then logged and counted; never raises. A network
+        storage's is queued for the settler thread (off the request thread, shared under load);
+        memory's costs less than the hand-over and is applied at once."""
+        if not changes:
+            return
+        if isinstance(self.batch, RedisBatch):
+            self.settler.put(changes)
+            return
+        for attempt in (1, 2):
+            try:
+                self.adjust(changes)
+                return
+            except Exception as err:  # noqa: BLE001 - settling never fails a request.
+                self._settle_failed(err, final=attempt == 2)
 
     def settled(self) -> None:
         """Wait until this process's queued settles have reached the storage."""
