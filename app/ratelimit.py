@@ -332,12 +332,30 @@ class Quotas:
     # -- the two round trips ------------------------------------------------------------------
 
     def run_reserve(
-        self, plan: Plan, breaker_keys: Sequence[str] = (), choice_breakers: Sequence[int] = ()
+        self,
+        plan: Plan,
+        breaker_keys: Sequence[str] = (),
+        choice_breakers: Sequence[int] = (),
+        carry: bool = False,
     ) -> Reserved:
-        """One batch: reserve the required windows and the first candidate's that fits."""
+        """One batch: reserve the required windows and the first candidate's that fits. With
+        `carry`, the settles this process has queued go in the same round trip, first."""
         as_windows = [(limit.window, amount) for limit, amount in plan.required]
         choices = [[(limit.window, amount) for limit, amount in c] for c in plan.choices]
-        return self.batch.reserve(as_windows, choices, choice_breakers, breaker_keys)
+        carried, upto = [], 0
+        if carry and isinstance(self.batch, RedisBatch):
+            taken = self.settler.take()
+            if taken is None:
+                self.settler.wait()  # a batch is on its way: judged after it lands
+            else:
+                carried, upto = taken
+        try:
+            done = self.batch.reserve(as_windows, choices, choice_breakers, breaker_keys, carried)
+        except Exception:
+            self.settler.carried(carried, upto, ok=False)
+            raise
+        self.settler.carried(carried, upto, ok=True)
+        return done
 
     def hold(self, pairs: Iterable[tuple[Limit, int]], sign: int = 1) -> None:
         """Note what this worker's requests hold (a report figure, not a quota)."""

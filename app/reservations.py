@@ -220,12 +220,13 @@ def reserve(
         breakers = []
     if not required and not per_deployment:
         return Reservation(quotas, token, demand)
-    # Every answer this process has finished is counted before this request is judged.
-    quotas.settled()
     plan = Plan(required=required, choices=choices if per_deployment else [])
     choice_breakers = [2 * i + 1 for i in range(len(models))] if breakers else []
     try:
-        done = quotas.run_reserve(plan, breakers, choice_breakers if per_deployment else [])
+        # Every answer this process has finished is counted before this request is judged.
+        done = quotas.run_reserve(
+            plan, breakers, choice_breakers if per_deployment else [], carry=True
+        )
     except StorageError as err:
         quotas.storage_failed(err)  # raises under on_storage_error: deny
         return Reservation.free(demand)

@@ -7,10 +7,10 @@ bench/run.py runs the first table as part of the full benchmark; this command ru
 Two configurations: "typical" (requests_per_minute on the client token and on the deployment) and
 "full" (request, token and budget limits on the token; request and token limits on the
 deployment). "Admission" is the reservation made before the upstream call (every window, one
-storage round trip); "settling" replaces it by the real usage after the answer has been sent: it
-is queued, and the process's settler thread sends it (one more round trip, shared under load).
-In this one-thread loop an admission waits for the previous request's settle to land, so with
-Redis the admission column holds both round trips. Prints median and p99 per request.
+storage round trip); "settling" replaces it by the real usage after the answer has been sent:
+with Redis it is queued, and the next admission carries it in its own round trip (so here the
+admission column holds the previous request's settle too, and settling costs only the queueing).
+Prints median and p99 per request.
 
 The second table is the quota cost per request (reservation + settling, full limits) at a steady
 rate from 10 to 2,000 requests per second: flat, as windows are counters whatever the traffic;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from app import settling
 from app.settling import Settler
 from tests.servers import wait_until
 
@@ -61,3 +62,28 @@ def test_nothing_to_wait_for_returns_at_once():
     assert settler.wait(timeout=0)
     settler.put([])
     assert settler.wait(timeout=0)
+
+
+def test_a_reservation_carries_what_is_queued(monkeypatch):
+    monkeypatch.setattr(settling, "LINGER_SECONDS", 5.0)  # the thread waits for a carrier
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler.put([1])
+    settler.put([2])
+    taken = settler.take()
+    assert taken is not None
+    batch, upto = taken
+    assert batch == [1, 2] and upto == 2
+    settler.carried(batch, upto, ok=True)
+    assert settler.wait(timeout=0)
+    assert not sent  # carried, so the thread had nothing to send
+
+
+def test_what_a_failed_reservation_carried_is_sent_by_the_thread():
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler.put([1])
+    batch, upto = settler.take()
+    settler.carried(batch, upto, ok=False)
+    assert settler.wait()
+    assert sent == [[1]]

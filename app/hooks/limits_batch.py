@@ -150,6 +150,17 @@ for c = 1, choices do
   sizes[c], breakers[c] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
   a = a + 2
 end
+-- Settles this one carries (earlier answers of the same process), applied before anything is
+-- judged: their count, then each one's kind, expiry, delta, mark; their keys follow the windows'.
+local carried = tonumber(ARGS[a])
+a = a + 1
+for j = 1, carried do
+  local key = KEYS[n + j]
+  local ckind, cexp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+  local ct = prepare(key, key .. '/-1', ckind, cexp)
+  adjust(key, key .. '/-1', ckind, cexp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
+  a = a + 4
+end
 local kind, limit, exp, amount, used, reset, client, ttl = {}, {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   kind[i], limit[i] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
@@ -160,7 +171,7 @@ for i = 1, n do
   used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i], ttl[i])
 end
 local cooldowns = {}
-for k = n + 1, #KEYS do
+for k = n + carried + 1, #KEYS do
   local value = redis.call('get', KEYS[k])
   cooldowns[#cooldowns + 1] = value or '-'
 end
@@ -337,12 +348,16 @@ class RedisBatch:
         choices: Sequence[Sequence[tuple[Window, int]]],
         choice_breakers: Sequence[int] = (),
         breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
     ) -> Reserved:
         flat = [*required, *(pair for choice in choices for pair in choice)]
-        keys = [self._key(window) for window, _ in flat] + list(breaker_keys)
+        keys = [self._key(window) for window, _ in flat]
+        keys += [self._key(change.window) for change in carried]
+        keys += list(breaker_keys)
         args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
         for c, choice in enumerate(choices):
             args += [len(choice), choice_breakers[c] if choice_breakers else 0]
+        args += [len(carried), *self._change_args(carried)]
         for window, amount in flat:
             amount = min(int(amount), MAX_AMOUNT)
             limit = min(window.limit, MAX_AMOUNT)
@@ -371,12 +386,16 @@ class RedisBatch:
         if not changes:
             return
         keys = [self._key(change.window) for change in changes]
-        args: list = ["adjust", len(changes)]
+        self._run(keys, ["adjust", len(changes), *self._change_args(changes)])
+
+    @staticmethod
+    def _change_args(changes: Sequence[Change]) -> list:
+        args: list = []
         for change in changes:
             window = change.window
             delta = max(-MAX_AMOUNT, min(MAX_AMOUNT, int(change.delta)))
             args += [int(window.layout), window.expiry, delta, int(change.mark or 0)]
-        self._run(keys, args)
+        return args
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         if not windows:

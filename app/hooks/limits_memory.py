@@ -70,7 +70,10 @@ class MemoryBatch:
         choices: Sequence[Sequence[tuple[Window, int]]],
         choice_breakers: Sequence[int] = (),
         breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
     ) -> Reserved:
+        if carried:
+            self.adjust(carried)
         flat = [*required, *(pair for choice in choices for pair in choice)]
         with self.lock:
             now = time.time()
@@ -184,7 +187,10 @@ class LimiterBatch:
         choices: Sequence[Sequence[tuple[Window, int]]],
         choice_breakers: Sequence[int] = (),
         breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
     ) -> Reserved:
+        if carried:
+            self.adjust(carried)
         flat = [*required, *(pair for choice in choices for pair in choice)]
         readings = [self._read(window) for window, _ in flat]
         marks: list[object] = [None] * len(flat)
