@@ -111,6 +111,11 @@ class RedisBreakers:
         base = KEY_PREFIX + key
         return base + ":open", base + ":failures", base + ":probe"
 
+    @staticmethod
+    def state_keys(key: str) -> tuple[str, str]:
+        """The keys `states` reads for one deployment (the quota batch reads them as well)."""
+        return RedisBreakers._keys(key)[:2]
+
     def states(self, keys: Sequence[str]) -> list[BreakerState]:
         names = [name for key in keys for name in self._keys(key)[:2]]
         values = self.client.mget(names) if names else []

@@ -78,6 +78,10 @@ STORAGE_ERRORS = Counter(
     "Rate-limit or cooldown storage failures.",
     ["what"],
 )
+QUOTA_SETTLE_FAILURES = Counter(
+    "ai_proxy_quota_settle_failures_total",
+    "Quota settlements the storage refused twice (their reservations expire with their windows).",
+)
 IN_FLIGHT = Gauge(
     "ai_proxy_requests_in_flight",
     "Requests being served now (streams included).",

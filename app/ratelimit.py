@@ -1,17 +1,26 @@
-"""Quotas through `limits`, per deployment and per client token (its internals: app.hooks.limits).
+"""Quotas through `limits`, per deployment and per client token (its internals: app.hooks).
 
-Requests are counted on admission, atomically in the storage, so N concurrent requests against a
-limit of L admit exactly L across threads, workers and hosts sharing one Redis. Tokens and cost
-are charged when the answer is known; a window already spent refuses the next request.
+A request reserves what it may use in every window it touches, atomically and in one storage
+round trip (`Quotas.reserve`): one request in request windows, the prompt's estimated tokens
+plus its output cap in token windows, that priced at the deployment's costs in budget windows.
+It is admitted only if every reservation fits, so N concurrent requests against a window with
+room for K admit at most K, across threads, workers and hosts sharing one Redis. When the answer
+is known the reservation is replaced by the real usage in one more round trip
+(app.reservations). Windows are counted with limits' counters, whose cost does not grow with
+traffic: `fixed-window` with one counter per window, `sliding-window-counter` and
+`moving-window` with limits' sliding-window counter (the last window's count weighted by how
+much of it the moving window still covers).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from limits import (
@@ -22,7 +31,7 @@ from limits import (
     RateLimitItemPerMonth,
 )
 from limits.errors import StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisClusterStorage, Storage, storage_from_string
 from limits.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
@@ -31,13 +40,36 @@ from limits.strategies import (
 )
 
 from . import metrics
-from .config import Config, TokenConfig
+from .config import Config, ModelConfig, TokenConfig
 from .cooldown import LogThrottle
-from .errors import BudgetExceededError, RateLimitError, StorageUnavailableError
+from .errors import (
+    BudgetExceededError,
+    NoAvailableModelError,
+    RateLimitError,
+    StorageUnavailableError,
+)
 from .hooks.limits import SweptMemoryStorage
+from .hooks.limits_batch import Change, Layout, RedisBatch, Reserved, Window
+from .hooks.limits_memory import LimiterBatch, MemoryBatch
+from .settling import Settler
 
 logger = logging.getLogger(__name__)
 
+# How each configured strategy's request windows are laid out. A moving window would keep one
+# entry per request (and scan them); limits' sliding-window counter approximates it with two
+# counters, at a cost that does not grow with traffic.
+LAYOUTS: dict[str, Layout] = {
+    "fixed-window": Layout.FIXED,
+    "moving-window": Layout.MOVED,
+    "sliding-window-counter": Layout.SLIDING,
+}
+# limits' limiter that reads each layout (for tests and tools that read a window through it).
+READERS: dict[Layout, type[RateLimiter]] = {
+    Layout.FIXED: FixedWindowRateLimiter,
+    Layout.MOVED: SlidingWindowCounterRateLimiter,
+    Layout.SLIDING: SlidingWindowCounterRateLimiter,
+}
+# limits' own limiter for each strategy name (its meaning; tools and tests read through it).
 STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
     "moving-window": MovingWindowRateLimiter,
@@ -79,11 +111,27 @@ class Limit:
     name: str  # config field, e.g. requests_per_minute
 
     scope: str = ""  # the counting strategy: keys of different strategies never collide
+    layout: Layout = Layout.SLIDING
 
     @property
     def identifiers(self) -> tuple[str, str, str]:
         """What names the limit's counters in storage (with the window, added by `limits`)."""
         return (self.counts.value, self.scope, self.owner)
+
+    @functools.cached_property
+    def window(self) -> Window:
+        key = self.item.key_for(*self.identifiers)
+        client = self.owner.startswith(Owner.TOKEN.value + ":")
+        return Window(key, self.layout, self.item.amount, self.expiry, client)
+
+    @property
+    def expiry(self) -> int:
+        return self.item.get_expiry()
+
+    def describe(self) -> str:
+        """How a refusal names the window: `tokens_per_minute for token team-a`."""
+        kind, _, name = self.owner.partition(":")
+        return f"{self.name} for {kind} {name}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +139,28 @@ class WindowState:
     limit: Limit
     remaining: int
     reset_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one request may use: the prompt's estimated tokens and its output cap."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    charged: bool = True  # False: only request windows apply (images, token counts)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens if self.charged else 0
+
+    def micro_usd(self, model: ModelConfig) -> int:
+        return micro_usd(model, self.prompt_tokens, self.output_tokens) if self.charged else 0
+
+
+def micro_usd(model: ModelConfig, prompt: int, completion: int) -> int:
+    """An amount of tokens priced at a model's costs, in millionths of a dollar (rounded up)."""
+    cost = prompt * model.input_cost_per_mtok + completion * model.output_cost_per_mtok
+    return math.ceil(cost)  # per million tokens, in micro-USD: the same number
 
 
 def make_storage(uri: str) -> Storage:
@@ -116,11 +186,22 @@ def redis_client(storage: Storage):
     return getter() if getter is not None else None
 
 
+def make_batch(storage: Storage) -> MemoryBatch | RedisBatch | LimiterBatch:
+    """The batched check for a storage: memory under one lock, Redis as one Lua script; a Redis
+    cluster (a request's keys live on several nodes) and memcached window by window."""
+    if isinstance(storage, MemoryStorage):
+        return MemoryBatch(storage)
+    if redis_client(storage) is not None and not isinstance(storage, RedisClusterStorage):
+        return RedisBatch(storage)
+    return LimiterBatch(storage)
+
+
 def _items(
     owner: str,
     source,
     fields: Iterable[tuple[Counts, str, type[RateLimitItem]]],
     scope: str,
+    layout: Layout,
     scale: float = 1,
 ) -> list[Limit]:
     limits = []
@@ -128,7 +209,7 @@ def _items(
         amount = getattr(source, name, 0) or 0
         if amount > 0:
             item = item_cls(max(1, math.floor(amount * scale)))
-            limits.append(Limit(counts, item, owner, name, scope))
+            limits.append(Limit(counts, item, owner, name, scope, layout))
     return limits
 
 
@@ -161,33 +242,51 @@ def format_reset(seconds: float) -> str:
     return f"{secs}s"
 
 
+@dataclass
+class Plan:
+    """One reservation batch as asked: the windows and amounts, required and per candidate."""
+
+    required: list[tuple[Limit, int]] = field(default_factory=list)
+    choices: list[list[tuple[Limit, int]]] = field(default_factory=list)
+
+    def flat(self) -> list[tuple[Limit, int]]:
+        return [*self.required, *(pair for choice in self.choices for pair in choice)]
+
+
 class Quotas:
-    """Admission and charging against every configured limit."""
+    """Reservation, settling and reading of every configured limit."""
 
     def __init__(self, config: Config, storage: Storage | None = None) -> None:
         settings = config.rate_limits
         self.storage = storage or make_storage(settings.storage)
-        self.limiter = STRATEGIES[settings.strategy](self.storage)
-        # Tokens and budgets are counted in large amounts (a moving window would store one entry
-        # per token), so they always use the sliding-window counter: two counters per window.
+        self.batch = make_batch(self.storage)
+        layout = LAYOUTS[settings.strategy]
+        # limits' own reader of the request windows' layout (tests and tools read through it).
+        self.limiter = READERS[layout](self.storage)
         self.usage_limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self.default_reserve_tokens = settings.default_reserve_tokens
         self.deny_on_error = settings.on_storage_error == "deny"
         self.storage_errors = 0
+        self.settle_failures = 0
         self._throttle = LogThrottle()
         self.models: dict[str, list[Limit]] = {}
         self.model_tokens: dict[str, list[Limit]] = {}
         for model in config.models:
             key = Owner.DEPLOYMENT.key(model.key)
-            self.models[key] = _items(key, model, _REQUEST_FIELDS, settings.strategy)
-            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE)
+            self.models[key] = _items(key, model, _REQUEST_FIELDS, settings.strategy, layout)
+            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING)
         self.tokens: dict[str, list[Limit]] = {}
         self.token_usage: dict[str, list[Limit]] = {}
         for token in config.tokens:
             key = Owner.TOKEN.key(token.name)
-            self.tokens[key] = _items(key, token, _REQUEST_FIELDS, settings.strategy)
-            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE) + _items(
-                key, token, _BUDGET_FIELDS, USAGE_SCOPE, scale=MICRO_USD
-            )
+            self.tokens[key] = _items(key, token, _REQUEST_FIELDS, settings.strategy, layout)
+            self.token_usage[key] = _items(
+                key, token, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING
+            ) + _items(key, token, _BUDGET_FIELDS, USAGE_SCOPE, Layout.SLIDING, scale=MICRO_USD)
+        # What requests in flight in this worker hold, per window key (for /admin/status).
+        self.held: dict[str, int] = {}
+        self._held_lock = threading.Lock()
+        self.settler = Settler(self.adjust, self._settle_failed)
 
     @property
     def shared(self) -> bool:
@@ -199,159 +298,237 @@ class Quotas:
         except Exception:  # noqa: BLE001 - a health probe only reports.
             return False
 
-    def _limiter(self, limit: Limit) -> RateLimiter:
-        return self.limiter if limit.counts is Counts.REQUESTS else self.usage_limiter
+    # -- planning -----------------------------------------------------------------------------
 
-    def _window(self, limit: Limit) -> WindowState:
-        stats = self._limiter(limit).get_window_stats(limit.item, *limit.identifiers)
-        return WindowState(limit, max(0, stats.remaining), stats.reset_time)
+    def demand(self, prompt_tokens: int, max_output: int | None, charged: bool = True) -> Demand:
+        """A request's demand: its output cap, else `rate_limits.default_reserve_tokens`."""
+        output = self.default_reserve_tokens if max_output is None else max(0, max_output)
+        return Demand(max(0, prompt_tokens), output, charged)
 
-    def _first_spent(self, requests: list[Limit]) -> Limit | None:
-        """A spent request window among all but the first, checked before any is counted.
-
-        hit() checks and counts atomically, which makes admission exact; checking the later
-        windows first keeps a refusal from using up the earlier ones. The first needs no check
-        of its own: its hit comes before any other, so a refusal there counts nothing.
-        """
-        for limit in requests[1:]:
-            if not self.limiter.test(limit.item, *limit.identifiers):
-                return limit
-        return None
-
-    # -- client tokens ------------------------------------------------------------------------
-
-    def admit_client(self, token: TokenConfig) -> list[WindowState]:
-        """Count a request against the token's limits; 429 if any is spent.
-
-        Returns the windows shown in the x-ratelimit-* headers: the token's first request limit
-        and first token limit.
-        """
+    def token_plan(self, token: TokenConfig, demand: Demand) -> list[tuple[Limit, int]]:
+        """The token's request and token windows: they apply whichever deployment answers."""
         key = Owner.TOKEN.key(token.name)
-        requests = self.tokens.get(key, [])
-        usage = self.token_usage.get(key, [])
-        if not requests and not usage:
-            return []
+        plan = [(limit, 1) for limit in self.tokens.get(key, [])]
+        if demand.charged:
+            usage = self.token_usage.get(key, [])
+            plan += [(limit, demand.tokens) for limit in usage if limit.counts is Counts.TOKENS]
+        return plan
+
+    def deployment_plan(
+        self, token: TokenConfig, model: ModelConfig, demand: Demand
+    ) -> list[tuple[Limit, int]]:
+        """The windows that apply if `model` answers: its own, and the token's budgets (priced
+        at its costs)."""
+        key = Owner.DEPLOYMENT.key(model.key)
+        plan = [(limit, 1) for limit in self.models.get(key, [])]
+        if demand.charged:
+            plan += [(limit, demand.tokens) for limit in self.model_tokens.get(key, [])]
+            budget = demand.micro_usd(model)
+            for limit in self.token_usage.get(Owner.TOKEN.key(token.name), []):
+                if limit.counts is Counts.BUDGET:
+                    plan.append((limit, budget))
+        return plan
+
+    # -- the two round trips ------------------------------------------------------------------
+
+    def run_reserve(
+        self,
+        plan: Plan,
+        breaker_keys: Sequence[str] = (),
+        choice_breakers: Sequence[int] = (),
+        carry: bool = False,
+    ) -> Reserved:
+        """One batch: reserve the required windows and the first candidate's that fits. With
+        `carry`, the settles this process has queued go in the same round trip, first."""
+        as_windows = [(limit.window, amount) for limit, amount in plan.required]
+        choices = [[(limit.window, amount) for limit, amount in c] for c in plan.choices]
+        carried, upto = [], 0
+        if carry and isinstance(self.batch, RedisBatch):
+            taken = self.settler.take()
+            if taken is None:
+                self.settler.wait()  # a batch is on its way: judged after it lands
+            else:
+                carried, upto = taken
         try:
-            # Tokens and budgets are charged afterwards; a spent window refuses the next one.
-            # Its window read is the check (remaining >= 1 is exactly the limiter's test()), so
-            # the first one's also serves the x-ratelimit-*-tokens headers: one call less.
-            usage_windows = [self._window(limit) for limit in usage]
-            for window in usage_windows:
-                if window.remaining < 1:
-                    raise self._refusal(window.limit, window)
-            blocked = self._first_spent(requests)
-            if blocked is not None:
-                raise self._refusal(blocked)
-            for limit in requests:
-                if not self.limiter.hit(limit.item, *limit.identifiers):
-                    raise self._refusal(limit)
-            shown = [self._window(requests[0])] if requests else []
-            return shown + usage_windows[:1]
-        except StorageError as err:
-            self._storage_failed(err)
-            return []
+            done = self.batch.reserve(as_windows, choices, choice_breakers, breaker_keys, carried)
+        except Exception:
+            self.settler.carried(carried, upto, ok=False)
+            raise
+        self.settler.carried(carried, upto, ok=True)
+        return done
 
-    def _refusal(self, limit: Limit, state: WindowState | None = None) -> RateLimitError:
-        metrics.QUOTA_REFUSALS.labels("client", limit.name).inc()
-        state = state or self._window(limit)
-        wait = max(1.0, state.reset_at - time.time())
+    def hold(self, pairs: Iterable[tuple[Limit, int]], sign: int = 1) -> None:
+        """Note what this worker's requests hold (a report figure, not a quota)."""
+        with self._held_lock:
+            for limit, amount in pairs:
+                key = limit.window.key
+                self.held[key] = max(0, self.held.get(key, 0) + sign * amount)
+
+    def refusal(
+        self,
+        limit: Limit,
+        demand: int,
+        used: int,
+        reset_in: float,
+        shown: Sequence[WindowState] = (),
+    ) -> Exception:
+        """The error for a request a window refused, naming the window; its x-ratelimit-*
+        headers show the client's windows (`shown`), the refusing one first."""
+        scope = "client" if limit.owner.startswith(Owner.TOKEN.value) else "deployment"
+        metrics.QUOTA_REFUSALS.labels(scope, limit.name).inc()
+        wait = max(1.0, reset_in)
+        amount, shown_demand, shown_used = limit.item.amount, demand, used
         if limit.counts is Counts.BUDGET:
-            return BudgetExceededError(
-                f"The {limit.name.replace('_', ' ')} of this API key is spent.", retry_after=wait
+            amount, shown_demand, shown_used = (
+                f"${amount / MICRO_USD:g}",
+                f"${demand / MICRO_USD:g}",
+                f"${used / MICRO_USD:g}",
             )
-        return RateLimitError(
-            f"Rate limit reached: {limit.name.replace('_', ' ')} "
-            f"({limit.item.amount}) for this API key.",
-            retry_after=wait,
-            headers=rate_limit_headers([state]),
+        message = (
+            f"Quota exceeded: {limit.describe()} (limit {amount}, {shown_used} in use, "
+            f"this request reserves {shown_demand})."
         )
+        if scope == "deployment":
+            return NoAvailableModelError(message, retry_after=wait)
+        state = WindowState(limit, max(0, limit.item.amount - used), time.time() + wait)
+        cls = BudgetExceededError if limit.counts is Counts.BUDGET else RateLimitError
+        headers = rate_limit_headers(list(shown))
+        if limit.counts is not Counts.BUDGET:
+            headers.update(rate_limit_headers([state]))
+        return cls(message, retry_after=wait, headers=headers)
 
-    # -- deployments --------------------------------------------------------------------------
+    def adjust(self, changes: list) -> None:
+        """The settling batch (app.hooks.limits_batch.Change items): one round trip."""
+        self.batch.adjust(changes)
+
+    # -- deployments without a reservation (a Router run without one) -------------------------
 
     def admit_deployment(self, deployment: str) -> float | None:
         """Count a request on a deployment: None if admitted, else when it has room again."""
-        key = Owner.DEPLOYMENT.key(deployment)
-        requests = self.models.get(key, [])
-        tokens = self.model_tokens.get(key, [])
-        if not requests and not tokens:
+        limits = self.models.get(Owner.DEPLOYMENT.key(deployment), [])
+        if not limits:
             return None
         try:
-            for limit in tokens:
-                if not self.usage_limiter.test(limit.item, *limit.identifiers):
-                    return self._window(limit).reset_at
-            blocked = self._first_spent(requests)
-            if blocked is not None:
-                return self._window(blocked).reset_at
-            for limit in requests:
-                if not self.limiter.hit(limit.item, *limit.identifiers):
-                    return self._window(limit).reset_at
-            return None
+            done = self.run_reserve(Plan(required=[(limit, 1) for limit in limits]))
         except StorageError as err:
-            self._storage_failed(err)
+            self.storage_failed(err)
             return None
+        if done.refused is None:
+            return None
+        return time.time() + max(1.0, done.readings[done.refused].reset_in)
+
+    # -- reading ------------------------------------------------------------------------------
 
     def report(self, owner: str) -> dict[str, dict]:
-        """What is left of each of an owner's limits (`Owner.key(...)`), for /admin/status."""
+        """Each of an owner's limits (`Owner.key(...)`): used, reserved and left, for
+        /admin/status. `reserved` is what requests in flight in this worker hold; `used` is
+        the rest of what the window counts."""
         limits = (
             self.models.get(owner, [])
             + self.model_tokens.get(owner, [])
             + self.tokens.get(owner, [])
             + self.token_usage.get(owner, [])
         )
+        self.settled()
+        try:
+            readings = self.batch.read([limit.window for limit in limits])
+        except StorageError:
+            return {
+                limit.name: {"limit": _shown(limit, limit.item.amount), "remaining": None}
+                for limit in limits
+            }
         report = {}
-        for limit in limits:
-            try:
-                window = self._window(limit)
-            except StorageError:
-                report[limit.name] = {"limit": limit.item.amount, "remaining": None}
-                continue
-            amount, remaining = limit.item.amount, window.remaining
-            if limit.counts is Counts.BUDGET:
-                amount, remaining = amount / MICRO_USD, remaining / MICRO_USD
+        for limit, reading in zip(limits, readings, strict=True):
+            held = min(self.held.get(limit.window.key, 0), reading.used)
+            remaining = max(0, limit.item.amount - reading.used)
             report[limit.name] = {
-                "limit": amount,
-                "remaining": remaining,
-                "resets_in_seconds": round(max(0.0, window.reset_at - time.time()), 1),
+                "limit": _shown(limit, limit.item.amount),
+                "used": _shown(limit, reading.used - held),
+                "reserved": _shown(limit, held),
+                "remaining": _shown(limit, remaining),
+                "resets_in_seconds": round(max(0.0, reading.reset_in), 1),
             }
         return report
 
-    # -- charging -----------------------------------------------------------------------------
+    # -- charging without a reservation -------------------------------------------------------
 
     def charge(
         self, token: TokenConfig, deployment: str, total_tokens: int, cost_usd: float
     ) -> None:
-        """Charge an answer's tokens (and cost) to its deployment and its client token."""
+        """Charge usage that was never reserved (one round trip); never raises."""
         deployment_usage = self.model_tokens.get(Owner.DEPLOYMENT.key(deployment), [])
-        charges = [(limit, total_tokens) for limit in deployment_usage]
+        changes = [Change(limit.window, total_tokens, 0) for limit in deployment_usage]
         for limit in self.token_usage.get(Owner.TOKEN.key(token.name), []):
-            amount = (
-                math.ceil(cost_usd * MICRO_USD) if limit.counts is Counts.BUDGET else total_tokens
-            )
-            charges.append((limit, amount))
-        limiter = self.usage_limiter
-        try:
-            for limit, amount in charges:
-                if amount > 0 and not limiter.hit(limit.item, *limit.identifiers, cost=amount):
-                    # More than is left: fill the window so the next request is refused.
-                    remaining = limiter.get_window_stats(limit.item, *limit.identifiers).remaining
-                    if remaining > 0:
-                        limiter.hit(limit.item, *limit.identifiers, cost=remaining)
-        except StorageError as err:
-            self._storage_failed(err, raise_on_deny=False)
+            budget = limit.counts is Counts.BUDGET
+            amount = math.ceil(cost_usd * MICRO_USD) if budget else total_tokens
+            changes.append(Change(limit.window, amount, 0))
+        changes = [change for change in changes if change.delta > 0]
+        self.settle_changes(changes)
 
-    def _storage_failed(self, err: StorageError, raise_on_deny: bool = True) -> None:
+    def settle_changes(self, changes: list) -> None:
+        """Settle a batch, retried once, then logged and counted; never raises. A network
+        storage's is queued for the settler thread (off the request thread, shared under load);
+        memory's costs less than the hand-over and is applied at once."""
+        if not changes:
+            return
+        if isinstance(self.batch, RedisBatch):
+            self.settler.put(changes)
+            return
+        for attempt in (1, 2):
+            try:
+                self.adjust(changes)
+                return
+            except Exception as err:  # noqa: BLE001 - settling never fails a request.
+                self._settle_failed(err, final=attempt == 2)
+
+    def settled(self) -> None:
+        """Wait until this process's queued settles have reached the storage."""
+        self.settler.wait()
+
+    def _settle_failed(self, err: Exception, final: bool) -> None:
         self.storage_errors += 1
         metrics.STORAGE_ERRORS.labels("rate_limit").inc()
+        if final:
+            self.settle_failures += 1
+            metrics.QUOTA_SETTLE_FAILURES.inc()
+            self.storage_failed(err, raise_on_deny=False, what="settle", counted=True)
+
+    def storage_failed(
+        self,
+        err: Exception,
+        raise_on_deny: bool = True,
+        what: str = "check",
+        counted: bool = False,
+    ) -> None:
+        if not counted:
+            self.storage_errors += 1
+            metrics.STORAGE_ERRORS.labels("rate_limit").inc()
         if self._throttle.ready():
             logger.warning(
-                "rate-limit storage failed (%s); %s",
+                "rate-limit storage failed in a %s (%s); %s",
+                what,
                 type(getattr(err, "storage_error", err)).__name__,
-                "refusing requests" if self.deny_on_error else "serving without quotas",
+                "the reservation expires with its window"
+                if what == "settle"
+                else ("refusing requests" if self.deny_on_error else "serving without quotas"),
             )
         if self.deny_on_error and raise_on_deny:
             raise StorageUnavailableError(
                 "The rate-limit storage is unavailable; try again shortly.", retry_after=5
             ) from err
+
+
+def _shown(limit: Limit, amount: int) -> float | int:
+    return amount / MICRO_USD if limit.counts is Counts.BUDGET else amount
+
+
+def breaker_key_plan(
+    keys: Sequence[str], state_keys: Callable[[str], tuple[str, str]] | None
+) -> list[str]:
+    """The cooldown keys read in the reservation batch: open-until and failures per key."""
+    if state_keys is None:
+        return []
+    return [name for key in keys for name in state_keys(key)]
 
 
 def rate_limit_headers(windows: list[WindowState]) -> dict[str, str]:

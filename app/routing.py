@@ -103,6 +103,7 @@ class _Trial:
 
     resolution: Resolution
     state_list: list[BreakerState]
+    gate: Callable[[Candidate], float | None] | None = None
     queue: list[Candidate] = field(init=False)
     states: dict[str, BreakerState] = field(init=False)
     position: int = 0
@@ -296,14 +297,20 @@ class Router:
         resolution: Resolution,
         call: Callable[[Candidate], T],
         deadline: float | None = None,
+        gate: Callable[[Candidate], float | None] | None = None,
+        states: list[BreakerState] | None = None,
     ) -> Outcome[T]:
         """Call candidates in order until one answers; retryable failures move on.
 
         No new candidate is tried once `deadline` (monotonic seconds) has passed. Raises the last
         failure when every candidate failed, 503 when none could be tried (all cooling down or
-        out of quota), 504 when the deadline passed.
+        out of quota), 504 when the deadline passed. `gate` (a request's quota reservation)
+        says whether a deployment has room, in place of counting a request on it; `states` are
+        the candidates' cooldown states when they were read already.
         """
-        trial = _Trial(resolution, self.cooldowns.states([c.key for c in resolution.candidates]))
+        if states is None or len(states) != len(resolution.candidates):
+            states = self.cooldowns.states([c.key for c in resolution.candidates])
+        trial = _Trial(resolution, states, gate)
         while trial.position < len(trial.queue):
             candidate = trial.queue[trial.position]
             trial.position += 1
@@ -332,8 +339,9 @@ class Router:
         if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
             # Another request is probing this deployment; it stays out until that ends.
             return "being probed by another request"
-        if self.quotas is not None:
-            back = self.quotas.admit_deployment(candidate.key)
+        if trial.gate is not None or self.quotas is not None:
+            gate = trial.gate or (lambda c: self.quotas.admit_deployment(c.key))
+            back = gate(candidate)
             if back is not None:
                 metrics.QUOTA_REFUSALS.labels("deployment", candidate.name).inc()
                 trial.back_at(back)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,3 +191,41 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+class SentCommands:
+    """The commands clients send a redis-server while in the `with` block (MONITOR; the ones a
+    Lua script calls are left out): `.names` in order, e.g. ["EVALSHA", "EVALSHA"]."""
+
+    STOP = "ai-proxy-sent-commands-stop"
+
+    def __init__(self, port: int) -> None:
+        import redis
+
+        self.client = redis.Redis(port=port)
+        # Connected before watching starts, so that stopping sends no HELLO of its own.
+        self.stopper = redis.Redis(port=port)
+        self.stopper.ping()
+        self.names: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def __enter__(self) -> SentCommands:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def _watch(self) -> None:
+        with self.client.monitor() as monitor:
+            self._ready.set()
+            for command in monitor.listen():
+                if self.STOP in command["command"]:
+                    return
+                if command["client_type"] != "lua" and command["command"]:
+                    self.names.append(command["command"].split(" ", 1)[0].upper())
+
+    def __exit__(self, *exc) -> None:
+        self.stopper.echo(self.STOP)
+        if self._thread is not None:
+            self._thread.join(5)

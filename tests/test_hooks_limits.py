@@ -1,7 +1,9 @@
-"""Pins what app.hooks.limits relies on in `limits`' MemoryStorage.
+"""Pins what app.hooks relies on in `limits`: MemoryStorage's expiry hook and containers, and the
+counter layouts (keys, prefixes, Redis client) the quota batch reads and writes.
 
-Each test fails if a `limits` upgrade changes the hook's footing: the private method a hit
-calls to start its expiry timer, the timer it keeps, or the containers the sweeper empties.
+Each test fails if a `limits` upgrade changes the hooks' footing: the private method a hit
+calls to start its expiry timer, the timer it keeps, the containers the sweeper empties, or the
+keys and counters limits' own limiters read.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import os
 import threading
 
 import pytest
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from app.hooks.limits import SweptMemoryStorage
-from app.ratelimit import STRATEGIES, make_storage
+from app.hooks.limits_batch import Change, Layout, Window
+from app.ratelimit import STRATEGIES, make_batch, make_storage
 from tests.servers import wait_until
 
 HOOK = "_MemoryStorage__schedule_expiry"
@@ -116,3 +120,54 @@ def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
     assert STRATEGIES["fixed-window"](storage).hit(RateLimitItemPerSecond(5), "restart")
     assert SweptMemoryStorage._sweeper is not finished
     assert SweptMemoryStorage._sweeper.is_alive()
+
+
+# -- the quota batch reads and writes limits' own counters ------------------------------------
+
+BATCH_LAYOUTS = {
+    Layout.FIXED: FixedWindowRateLimiter,
+    Layout.SLIDING: SlidingWindowCounterRateLimiter,
+    Layout.MOVED: SlidingWindowCounterRateLimiter,
+}
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+@pytest.mark.parametrize("layout", list(BATCH_LAYOUTS))
+def test_the_batch_keeps_limits_own_layout(request, kind, layout):
+    """What the batch reserves, limits' own limiter reads under the same key, and the other
+    way round: a proxy upgrade keeps the counters a shared Redis already holds."""
+    url = request.getfixturevalue("redis_server").url if kind == "redis" else "memory://"
+    storage = make_storage(url)
+    batch = make_batch(storage)
+    item = RateLimitItemPerMinute(10)
+    window = Window(item.key_for("requests", "pin", "token:a"), layout, 10, item.get_expiry())
+    limiter = BATCH_LAYOUTS[layout](storage)
+    assert limiter.hit(item, "requests", "pin", "token:a", cost=2)
+    assert batch.read([window])[0].used == 2
+    done = batch.reserve([(window, 3)], [])
+    assert done.admitted
+    assert limiter.get_window_stats(item, "requests", "pin", "token:a").remaining == 5
+    batch.adjust([Change(window, -3, done.marks[0])])
+    assert limiter.get_window_stats(item, "requests", "pin", "token:a").remaining == 8
+
+
+def test_the_redis_storage_still_names_its_keys_as_the_batch_does(redis_server):
+    storage = make_storage(redis_server.url)
+    assert storage.prefixed_key("k") == "LIMITS:k"
+    assert storage._current_window_key("k") == "{k}"
+    assert storage._previous_window_key("k") == "{k}/-1"
+    assert callable(storage.get_connection().register_script)
+
+
+def test_a_moving_window_list_left_in_redis_is_replaced(redis_server):
+    """Before the batch, moving windows were Redis lists under the same key."""
+    import redis
+
+    storage = make_storage(redis_server.url)
+    item = RateLimitItemPerMinute(5)
+    key = item.key_for("requests", "moving-window", "token:a")
+    STRATEGIES["moving-window"](storage).hit(item, "requests", "moving-window", "token:a")
+    assert redis.Redis(port=redis_server.port).type(f"LIMITS:{key}") == b"list"
+    window = Window(key, Layout.MOVED, 5, item.get_expiry())
+    assert make_batch(storage).reserve([(window, 1)], []).admitted
+    assert make_batch(storage).read([window])[0].used == 1

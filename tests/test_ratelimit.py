@@ -9,7 +9,7 @@ import pytest
 
 from app.ratelimit import Owner, format_reset
 from tests.conftest import openai_model
-from tests.servers import free_port
+from tests.servers import SentCommands, free_port
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
@@ -142,21 +142,25 @@ def test_tokens_per_minute_charged_from_usage(make_app, frozen, upstream):
     client = make_client(
         make_app,
         {
-            "auth": {"tokens": [{"name": "a", "token": "k-1", "tokens_per_minute": 10}]},
+            "auth": {"tokens": [{"name": "a", "token": "k-1", "tokens_per_minute": 20}]},
             "models": [openai_model(upstream, name="gpt")],
         },
     )
     upstream.default = Reply(
         body=chat_completion(usage={"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7})
     )
-    first = post(client, "gpt")
-    assert first.headers["x-ratelimit-limit-tokens"] == "10"
-    assert first.headers["x-ratelimit-remaining-tokens"] == "10"
-    assert post(client, "gpt").status_code == 200  # 7 of 10 spent: still admitted
-    refused = post(client, "gpt")  # 14 charged: the window is spent
+    # Each request reserves "hello" (2 tokens) + max_tokens 3; the answer then counts 7.
+    first = post(client, "gpt", max_tokens=3)
+    assert first.headers["x-ratelimit-limit-tokens"] == "20"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "15"
+    second = post(client, "gpt", max_tokens=3)  # 7 spent + 5 reserved
+    assert second.headers["x-ratelimit-remaining-tokens"] == "8"
+    assert post(client, "gpt", max_tokens=3).status_code == 200  # 14 + 5 fits in 20
+    refused = post(client, "gpt", max_tokens=3)  # 21 charged: the window is spent
     assert refused.status_code == 429
-    frozen.advance(61)
-    assert post(client, "gpt").status_code == 200
+    assert "tokens_per_minute for token a" in refused.json["error"]["message"]
+    frozen.advance(120)
+    assert post(client, "gpt", max_tokens=3).status_code == 200
 
 
 def test_tokens_charged_from_a_streamed_answer(make_app, frozen, upstream):
@@ -169,9 +173,9 @@ def test_tokens_charged_from_a_streamed_answer(make_app, frozen, upstream):
     )
     # chat_chunks reports usage 3 + 5 = 8 tokens in its usage-only chunk.
     upstream.queue(Reply(events=chat_chunks(["a", "b", "c", "d", "e"])))
-    response = post(client, "gpt", stream=True)
+    response = post(client, "gpt", stream=True, max_tokens=5)
     assert response.status_code == 200 and "[DONE]" in response.get_data(as_text=True)
-    assert post(client, "gpt").status_code == 429
+    assert post(client, "gpt", max_tokens=5).status_code == 429
     quotas = client.application.extensions["ai_proxy"].quotas
     (limit,) = quotas.model_tokens["model:gpt#0"]
     assert quotas.usage_limiter.get_window_stats(limit.item, *limit.identifiers).remaining == 92
@@ -188,10 +192,10 @@ def test_usage_is_estimated_when_upstream_gives_none(make_app, frozen, upstream)
     answer = chat_completion("x" * 400)
     del answer["usage"]
     upstream.queue(Reply(body=answer))
-    post(client, "gpt")
-    remaining = post(client, "gpt").headers["x-ratelimit-remaining-tokens"]
-    # "hello" is 2 tokens, 400 characters about 100.
-    assert remaining == str(1000 - 102)
+    post(client, "gpt", max_tokens=100)
+    remaining = post(client, "gpt", max_tokens=100).headers["x-ratelimit-remaining-tokens"]
+    # "hello" is 2 tokens, 400 characters about 100; the second request reserves 2 + 100.
+    assert remaining == str(1000 - 102 - 102)
 
 
 def test_budget_from_model_prices(make_app, frozen, upstream):
@@ -206,12 +210,13 @@ def test_budget_from_model_prices(make_app, frozen, upstream):
             ],
         },
     )
-    # 5 prompt tokens * $1000/M + 2 completion * $2000/M = $0.009
-    assert post(client, "gpt").status_code == 200
-    assert post(client, "gpt").status_code == 200
-    refused = post(client, "gpt")
+    # Reserved: "hello" (2 tokens) * $1000/M + max_tokens 2 * $2000/M = $0.006; the answer
+    # then costs 5 prompt tokens * $1000/M + 2 completion * $2000/M = $0.009.
+    assert post(client, "gpt", max_tokens=2).status_code == 200
+    refused = post(client, "gpt", max_tokens=2)  # $0.009 + $0.006 > $0.01
     assert refused.status_code == 429
     assert refused.json["error"]["code"] == "budget_exceeded"
+    assert "budget_per_day for token a" in refused.json["error"]["message"]
     assert int(refused.headers["Retry-After"]) > 0
 
 
@@ -285,11 +290,8 @@ def test_memory_storage_starts_no_thread_per_request(make_app):
 
 
 def test_token_quota_round_trips_with_redis(make_app, redis_server):
-    """rpm + tpm on the token and rpm on the deployment: the token window read that checks the
-    token limit also gives the x-ratelimit-*-tokens headers, so a request costs five quota
-    scripts (token check, token hit, request window, deployment hit; the charge afterwards)."""
-    import redis
-
+    """rpm + tpm on the token and rpm on the deployment: a request costs two commands in all
+    (its reservation, with the cooldown states, and its settling), whatever it touches."""
     client = make_client(
         make_app,
         {
@@ -307,18 +309,14 @@ def test_token_quota_round_trips_with_redis(make_app, redis_server):
             "models": [{"name": "echo", "provider": "echo", "requests_per_minute": 100}],
         },
     )
-    stats = redis.Redis(port=redis_server.port)
-
-    def scripts() -> int:
-        return stats.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-
     post(client)  # loads the scripts
-    before = scripts()
-    response = post(client)
+    with SentCommands(redis_server.port) as sent:
+        response = post(client)
+        client.application.extensions["ai_proxy"].quotas.settled()
     assert response.status_code == 200
     assert response.headers["x-ratelimit-remaining-requests"] == "98"
     assert int(response.headers["x-ratelimit-remaining-tokens"]) < 10_000
-    assert scripts() - before == 5
+    assert sent.names == ["EVALSHA", "EVALSHA"]
 
 
 def test_storage_keys_name_owner_and_count_as_before(make_app):

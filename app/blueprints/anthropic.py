@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from flask import request
 
 from ..blueprints.common import api_blueprint, header_safe
-from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, output_cap, primed, serve
 from ..cache import MessageForm
 from ..errors import UpstreamError
 from ..kinds import Surface
@@ -51,6 +51,7 @@ class Messages(Endpoint):
             stream=bool(body.get("stream")),
             prompt=canonical,
             prepared=prepared,
+            max_output=output_cap(body, "max_tokens", copies=()),
         )
 
     def context(self, ctx: CallContext) -> CallContext:

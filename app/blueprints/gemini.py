@@ -24,7 +24,16 @@ from ..blueprints.listing import (
     gemini_model_list,
     usable_models,
 )
-from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, dispatch, primed
+from ..blueprints.pipeline import (
+    Answer,
+    Call,
+    Endpoint,
+    Opened,
+    Tally,
+    dispatch,
+    output_cap,
+    primed,
+)
 from ..errors import InvalidRequestError, MethodNotAllowedError, NotFoundError
 from ..gemini_answers import (
     ArrayEncoding,
@@ -91,9 +100,6 @@ class GenerateContent(Endpoint):
 
     def read(self, body: dict, size: int) -> Call:
         translated = to_chat(body, self.model, self.stream)
-        extra = {}
-        if "max_output" in Call.__dataclass_fields__:
-            extra["max_output"] = translated.max_output
         return Call(
             body,
             self.model,
@@ -101,7 +107,8 @@ class GenerateContent(Endpoint):
             stream=self.stream,
             prompt=translated.canonical,
             prepared=translated,
-            **extra,
+            # The reservation: maxOutputTokens times candidateCount, as the chat form has them.
+            max_output=output_cap(translated.canonical, "max_tokens"),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:

@@ -16,7 +16,16 @@ from ..blueprints.listing import (
     usable_models,
     wants_gemini,
 )
-from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..blueprints.pipeline import (
+    Answer,
+    Call,
+    Endpoint,
+    Opened,
+    Tally,
+    output_cap,
+    primed,
+    serve,
+)
 from ..cache import ChatForm, CompletionForm, EmbeddingForm
 from ..kinds import Kind
 from ..providers import CallContext
@@ -42,6 +51,7 @@ class ChatCompletions(Endpoint):
             stream=bool(body.get("stream")),
             include_usage=wants_usage(body),
             prompt=body,
+            max_output=output_cap(body, "max_completion_tokens", "max_tokens"),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
@@ -78,6 +88,7 @@ class Completions(Endpoint):
             stream=bool(body.get("stream")),
             include_usage=wants_usage(body),
             prompt={"messages": [{"role": "user", "content": prompt}]},
+            max_output=output_cap(body, "max_tokens", copies=("n", "best_of")),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
@@ -101,7 +112,12 @@ class Embeddings(Endpoint):
     cache_form = EmbeddingForm()
 
     def read(self, body: dict, size: int) -> Call:
-        return Call(body, body["model"], size, prompt={"messages": []})
+        # Embeddings answer no tokens: only the input is reserved.
+        text = body.get("input")
+        if isinstance(text, list):
+            text = " ".join(item for item in text if isinstance(item, str))
+        prompt = {"messages": [{"role": "user", "content": text if isinstance(text, str) else ""}]}
+        return Call(body, body["model"], size, prompt=prompt, max_output=0)
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
         answer = candidate.provider.embed(candidate.ask(call.body), ctx)

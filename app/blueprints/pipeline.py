@@ -31,6 +31,7 @@ from ..blueprints.common import (
 from ..cache import CacheForm
 from ..config import TokenConfig
 from ..errors import (
+    ClientGoneError,
     NoAvailableModelError,
     ProxyError,
     UpstreamError,
@@ -39,12 +40,12 @@ from ..errors import (
 )
 from ..kinds import Kind, Surface
 from ..providers import CallContext, PrimedStream
-from ..ratelimit import rate_limit_headers
 from ..redact import scrub
+from ..reservations import Reservation, reserve
 from ..routing import Candidate, Outcome, Resolution
 from ..schemas import validate_body
 from ..streaming import SSE_HEADERS
-from ..tokens import cost_usd, usage_numbers
+from ..tokens import cost_usd, prompt_estimate, usage_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,21 @@ class Call:
     # What the prompt's tokens are estimated from when an upstream reports no usage.
     prompt: dict = field(default_factory=dict)
     prepared: object = None  # the surface's own translation of the body, made once
+    # The most output tokens the request allows (max_tokens and its spellings), for reserving
+    # quota; None: rate_limits.default_reserve_tokens.
+    max_output: int | None = None
+
+
+def output_cap(body: dict, *names: str, copies: tuple[str, ...] = ("n",)) -> int | None:
+    """The most output tokens a request allows: the first of its `names` it sets, times the
+    answers it asks for (`n`, `best_of`); None when it sets none."""
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            times = [body.get(c) for c in copies]
+            count = max([t for t in times if isinstance(t, int) and not isinstance(t, bool)] or [1])
+            return max(0, value) * max(1, count)
+    return None
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,9 @@ class Admission:
     token: TokenConfig
     resolution: Resolution
     headers: dict[str, str]
+    # What the request holds in its quota windows: settled by the answer, given back when the
+    # request fails, released by an answer that needed no upstream call (a cache hit).
+    reservation: Reservation = field(default_factory=Reservation.free)
 
 
 class Endpoint:
@@ -163,19 +182,17 @@ def dispatch(endpoint: Endpoint) -> Response:
     """Run one request through `endpoint`: the only way a view calls a model."""
     body, size = read_json_body()
     call = endpoint.read(validate_body(endpoint.schema, endpoint.normalise(body)), size)
-    admission = admit(call.model, size, endpoint.kind)
+    admission = admit(call.model, size, endpoint.kind, endpoint=endpoint, call=call)
     lookup = caching.look_up(endpoint, call, admission)
     if lookup.entry is not None:
         settle_hit(admission)
         return caching.hit_reply(call, admission, lookup)
     ctx = endpoint.context(call_context(admission.resolution.identifier))
-    resolution = endpoint.candidates(admission.resolution)
-    router = proxy_state().router
     if call.stream:
-        outcome = router.run(resolution, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
+        outcome = run_reserved(admission, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
         return stream_reply(endpoint, call, admission, outcome, lookup)
     try:
-        outcome = router.run(resolution, lambda c: endpoint.answer(call, c, ctx), ctx.deadline)
+        outcome = run_reserved(admission, lambda c: endpoint.answer(call, c, ctx), ctx.deadline)
     except (UpstreamError, NoAvailableModelError):
         fallback = endpoint.unavailable(call)
         if fallback is None:
@@ -186,8 +203,14 @@ def dispatch(endpoint: Endpoint) -> Response:
     return whole_reply(endpoint, call, admission, outcome)
 
 
-def admit(identifier: str | None, size: int, kind: Kind = Kind.CHAT) -> Admission:
-    """Check the token may use the model, resolve it, count the request: the common start."""
+def admit(
+    identifier: str | None,
+    size: int,
+    kind: Kind = Kind.CHAT,
+    endpoint: Endpoint | None = None,
+    call: Call | None = None,
+) -> Admission:
+    """Check the token may use the model, resolve it, reserve its quota: the common start."""
     state = proxy_state()
     token = request_state().token
     if identifier is None and kind != Kind.CHAT:
@@ -199,8 +222,44 @@ def admit(identifier: str | None, size: int, kind: Kind = Kind.CHAT) -> Admissio
             authorise_model(token, wanted)
         resolution = state.router.resolve(identifier, size, kind=kind)
     note(model_requested=resolution.identifier)
-    headers = rate_limit_headers(state.quotas.admit_client(token))
-    return Admission(token, resolution, headers)
+    if endpoint is not None:
+        resolution = endpoint.candidates(resolution)
+    charged = endpoint.charged if endpoint is not None else False
+    prompt = prompt_estimate(call.prompt) if call is not None and charged else 0
+    demand = state.quotas.demand(prompt, call.max_output if call else None, charged)
+    breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
+    models = [candidate.provider.model for candidate in resolution.candidates]
+    reservation = reserve(state.quotas, token, models, demand, breakers)
+    return Admission(token, resolution, reservation.headers, reservation)
+
+
+def run_reserved(admission: Admission, call: Callable[[Candidate], object], deadline: float):
+    """router.run with the request's reservation deciding each deployment's quota; a request
+    that fails gives its reservation back."""
+    reservation = admission.reservation
+    try:
+        return proxy_state().router.run(
+            admission.resolution,
+            call,
+            deadline,
+            gate=lambda candidate: reservation.route(candidate.provider.model),
+            states=reservation.states,
+        )
+    except NoAvailableModelError as err:
+        if err.extra_headers.get("x-ai-proxy-attempts") != "0":
+            reservation.give_back()
+            raise
+        # No deployment was tried (all out of room or cooling down): the request took nothing.
+        reservation.cancel()
+        if reservation.note:
+            err.message = f"{err.message} Quota exceeded: {reservation.note}."
+        raise
+    except ClientGoneError:
+        reservation.hung_up()
+        raise
+    except BaseException:
+        reservation.give_back()
+        raise
 
 
 def call_context(requested_model: str | None) -> CallContext:
@@ -230,9 +289,11 @@ def whole_reply(endpoint: Endpoint, call: Call, admission: Admission, outcome: O
     answer: Answer = outcome.result
     response = reply(answer, {**routing_headers(outcome), **admission.headers})
     if endpoint.charged:
-        settle = settle_usage(admission.token, outcome.candidate, call.prompt)
+        settle = settle_usage(admission.token, outcome.candidate, call.prompt, admission)
         usage, text = answer.usage, answer.text
         response.call_on_close(lambda: settle(usage, text))
+    else:
+        response.call_on_close(lambda: admission.reservation.settle(0, 0))
     return response
 
 
@@ -258,13 +319,17 @@ def stream_reply(
     tally = Tally()
     events = opened.write(bounded(opened.stream, time.monotonic() + limit), tally)
     events = caching.stored_stream(lookup, events, tally, outcome, opened.headers)
-    settle = settle_usage(admission.token, outcome.candidate, call.prompt)
+    settle = settle_usage(admission.token, outcome.candidate, call.prompt, admission)
     failed = opened.error_event or functools.partial(sse_error_event, surface=endpoint.surface)
-    return Response(
+    response = Response(
         relay(outcome, opened.stream, events, tally, failed, settle),
         mimetype=opened.mimetype,
         headers={**SSE_HEADERS, **routing_headers(outcome), **admission.headers, **opened.headers},
     )
+    # A client gone before the body started: the relay never runs; the prompt is still charged
+    # (settling happens once, so after a relay that ran this does nothing).
+    response.call_on_close(lambda: settle(tally.usage, tally.text()))
+    return response
 
 
 def bounded(items: Iterable, ends_by: float) -> Iterator:
@@ -334,26 +399,35 @@ def routing_headers(outcome: Outcome) -> dict[str, str]:
 
 
 def settle_hit(admission: Admission) -> None:
-    """A cache hit costs no tokens and no budget: nothing is charged for it.
+    """A cache hit costs no tokens and no budget: its reservation is given back whole.
 
-    It was counted against the request-rate limits at admission, like any request. This is the
-    one place where a hit gives back whatever else admission took (a token or budget
-    reservation, when admission makes one).
+    It was counted against the request-rate limits at admission, like any request; that count
+    stays.
     """
-    return None
+    admission.reservation.release()
 
 
-def settle_usage(token: TokenConfig, candidate: Candidate, prompt: dict):
-    """A callback charging an answer's tokens and cost once its usage (or text) is known."""
+def settle_usage(
+    token: TokenConfig, candidate: Candidate, prompt: dict, admission: Admission | None = None
+):
+    """A callback replacing the request's reservation by its answer's tokens and cost once its
+    usage (or text) is known (without a reservation: charging them); it runs once."""
     quotas = proxy_state().quotas
     activity = proxy_state().activity
     model = candidate.provider.model
     record = note()
+    done: list[bool] = []
 
     def settle(usage: object, completion_text: str) -> tuple[int, int]:
         prompt_tokens, completion = usage_numbers(usage, prompt, completion_text)
+        if done:
+            return prompt_tokens, completion
+        done.append(True)
         cost = cost_usd(model, prompt_tokens, completion)
-        quotas.charge(token, model.key, prompt_tokens + completion, cost)
+        if admission is not None:
+            admission.reservation.settle(prompt_tokens, completion, model)
+        else:
+            quotas.charge(token, model.key, prompt_tokens + completion, cost)
         record.update(prompt_tokens=prompt_tokens, completion_tokens=completion, cost_usd=cost)
         metrics.TOKENS.labels(model.name, token.name, "prompt").inc(prompt_tokens)
         metrics.TOKENS.labels(model.name, token.name, "completion").inc(completion)

@@ -20,7 +20,7 @@ from ..blueprints.common import (
     proxy_state,
     request_state,
 )
-from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, primed, serve
+from ..blueprints.pipeline import Answer, Call, Endpoint, Opened, Tally, output_cap, primed, serve
 from ..cache import ResponsesForm
 from ..errors import InvalidRequestError
 from ..kinds import Surface
@@ -118,6 +118,7 @@ class CreateResponse(Endpoint):
             stream=stream,
             prompt=translated.canonical,
             prepared=prepared,
+            max_output=output_cap(body, "max_output_tokens", copies=()),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:

@@ -152,6 +152,7 @@ class RateLimitConfig:
     storage: str
     strategy: str
     on_storage_error: str
+    default_reserve_tokens: int
 
 
 @declared_by(s.ResponsesSchema)

@@ -319,6 +319,10 @@ class RateLimitSchema(Declared):
     on_storage_error = fields.String(
         load_default="allow", validate=validate.OneOf(("allow", "deny"))
     )
+    # Output tokens reserved for a request that sets no max_tokens (or its surface's spelling).
+    default_reserve_tokens = fields.Integer(
+        load_default=1024, strict=True, validate=validate.Range(min=1, max=10**9)
+    )
 
 
 class ResponsesSchema(Declared):

@@ -17,6 +17,8 @@ import weakref
 
 from limits.storage import MemoryStorage
 
+from .limits_memory import batch_lock
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SWEEP_SECONDS = 1.0
@@ -92,11 +94,13 @@ class SweptMemoryStorage(MemoryStorage):
                     self.events[key] = events[:kept]
                 if not self.events.get(key):
                     self.locks.pop(key, None)
-        for key in list(self.expirations):
-            if self.expirations.get(key, now) <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
-                self.locks.pop(key, None)
+        # Under the quota batch's lock: a batch may be renewing a counter this pass would drop.
+        with batch_lock(self):
+            for key in list(self.expirations):
+                if self.expirations.get(key, now) <= now:
+                    self.storage.pop(key, None)
+                    self.expirations.pop(key, None)
+                    self.locks.pop(key, None)
 
     @classmethod
     def _sweep_forever(cls) -> None:

@@ -1,0 +1,423 @@
+"""Every quota window a request touches, checked and changed in one batch over limits' storage.
+
+`limits` checks one window per call; a request touches up to a dozen (its token's and its
+deployment's requests, tokens and budget, per minute, hour, day, month). This module reads and
+writes the same counters under the same keys limits uses, in one storage round trip: for Redis
+one Lua script registered through the storage's own client (here), for memory one lock over
+the storage's counters (app.hooks.limits_memory). Two counter layouts, both limits' own, whose
+cost does not grow with traffic: the fixed window (one counter) and the sliding-window counter
+(this window's and the last one's, the last weighted by how much of it the moving window still
+covers).
+tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from limits.errors import StorageError
+from limits.storage import Storage
+
+# A Redis key holding a moving-window list (the layout before this module) is dropped once.
+LUA = """
+local FIXED, SLIDING, MOVED = 0, 1, 2
+-- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
+-- so a few ms of rounding between two readings never mistakes one for another.
+local SAME_MS = 5
+local clock = redis.call('time')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+
+-- The current counter's ms to live (-2: none), its window moved on as limits' sliding counter
+-- does: once the current window has ended it becomes the previous one.
+local function prepare(cur, prev, kind, exp)
+  local ttl = redis.call('pttl', cur)
+  if kind ~= FIXED and ttl > 0 and ttl < exp then
+    redis.call('rename', cur, prev)
+    redis.call('set', cur, 0, 'PX', ttl + exp)
+    ttl = ttl + exp
+  end
+  return ttl
+end
+
+-- A counter's value; a moving-window list left by an older version reads as nothing.
+local function count(key, kind)
+  if kind == MOVED then
+    local value = redis.pcall('get', key)
+    if type(value) == 'table' then return 0 end
+    return tonumber(value) or 0
+  end
+  return tonumber(redis.call('get', key)) or 0
+end
+
+-- What the window counts, and ms until some of it frees (as limits' get_window_stats).
+local function usage(cur, prev, kind, exp, ct)
+  if kind == FIXED then
+    local cc = tonumber(redis.call('get', cur)) or 0
+    if ct < 0 then ct = exp end
+    return cc, ct
+  end
+  local cc, pc = count(cur, kind), count(prev, kind)
+  local pt = 0
+  if pc > 0 then pt = math.max(0, redis.call('pttl', prev)) end
+  if ct < 0 then ct = 0 end
+  local reset = exp
+  if pc > 0 then reset = math.min(reset, math.floor(pt % (exp / pc))) end
+  if cc > 0 then reset = math.min(reset, ct % exp) end
+  return math.floor(pc * pt / exp) + cc, reset
+end
+
+local function incr(key, kind, amount)
+  if kind == MOVED then
+    local done = redis.pcall('incrby', key, amount)
+    if type(done) == 'table' and done.err then
+      -- A moving-window list left by an older version: the counter replaces it.
+      redis.call('del', key)
+      return nil
+    end
+    return done
+  end
+  return redis.call('incrby', key, amount)
+end
+
+-- Add to the current counter; returns its name (expiry time, ms).
+local function add(cur, kind, exp, amount, ct)
+  if ct > 0 and incr(cur, kind, amount) ~= nil then return now + ct end
+  if kind == FIXED then
+    redis.call('incrby', cur, amount)
+    redis.call('pexpire', cur, exp)
+    return now + exp
+  end
+  redis.call('set', cur, amount, 'PX', exp * 2)
+  return now + exp * 2
+end
+
+local function adjust(cur, prev, kind, exp, delta, mark, ct)
+  local target = nil
+  if mark > 0 and ct > 0 and math.abs(now + ct - mark) <= SAME_MS then
+    target = cur
+  elseif kind ~= FIXED and mark > 0 then
+    local pt = redis.call('pttl', prev)
+    if pt > 0 and math.abs(now + pt - mark) <= SAME_MS then target = prev end
+  end
+  if target == nil then
+    -- The reserved window has passed: only more than was reserved still counts.
+    if delta > 0 then add(cur, kind, exp, delta, ct) end
+    return
+  end
+  local left = incr(target, kind, delta)
+  if left ~= nil and left < 0 then redis.call('set', target, 0, 'KEEPTTL') end
+end
+
+-- ARGV[1]: the arguments as one string of words (decoded once, not one per number); the
+-- answer is one string of words as well.
+local ARGS = {}
+for word in string.gmatch(ARGV[1], '%S+') do ARGS[#ARGS + 1] = word end
+local op, n = ARGS[1], tonumber(ARGS[2])
+local out = {}
+if op == 'adjust' then
+  for i = 1, n do
+    local a = 3 + (i - 1) * 4
+    local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    adjust(KEYS[i], KEYS[i] .. '/-1', kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
+  end
+  return 0
+end
+if op == 'read' then
+  for i = 1, n do
+    local a = 3 + (i - 1) * 2
+    local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+    local used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp, ct)
+    out[#out + 1] = used
+    out[#out + 1] = reset
+  end
+  return table.concat(out, ' ')
+end
+-- reserve: ARGS 3 required count, 4 choices, 5 now (ms), then per choice its window count and
+-- its cooldown key (0: none), then per window kind, limit, expiry, amount, whether it is the
+-- client's (1) or the deployment's (0). KEYS: each window's current counter (the previous one
+-- is limits' name for it plus '/-1'), then the cooldown keys to read (open-until seconds,
+-- failures).
+-- (ARGS 5 is the caller's clock, which cooldowns are written in.)
+local required, choices, wall = tonumber(ARGS[3]), tonumber(ARGS[4]), tonumber(ARGS[5])
+local a = 6
+local sizes, breakers = {}, {}
+for c = 1, choices do
+  sizes[c], breakers[c] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
+  a = a + 2
+end
+-- Settles this one carries (earlier answers of the same process), applied before anything is
+-- judged: their count, then each one's kind, expiry, delta, mark; their keys follow the windows'.
+local carried = tonumber(ARGS[a])
+a = a + 1
+for j = 1, carried do
+  local key = KEYS[n + j]
+  local ckind, cexp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
+  local ct = prepare(key, key .. '/-1', ckind, cexp)
+  adjust(key, key .. '/-1', ckind, cexp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
+  a = a + 4
+end
+local kind, limit, exp, amount, used, reset, client, ttl = {}, {}, {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  kind[i], limit[i] = tonumber(ARGS[a]), tonumber(ARGS[a + 1])
+  exp[i], amount[i] = tonumber(ARGS[a + 2]) * 1000, tonumber(ARGS[a + 3])
+  client[i] = tonumber(ARGS[a + 4])
+  a = a + 5
+  ttl[i] = prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
+  used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i], ttl[i])
+end
+local cooldowns = {}
+for k = n + carried + 1, #KEYS do
+  local value = redis.call('get', KEYS[k])
+  cooldowns[#cooldowns + 1] = value or '-'
+end
+local function refusing(first, last)
+  for i = first, last do
+    if used[i] + amount[i] > limit[i] then return i end
+  end
+  return 0
+end
+local refused, chosen, cooling = refusing(1, required), 0, 0
+local verdicts = {}
+if refused == 0 then
+  local first = required + 1
+  for c = 1, choices do
+    local verdict = 0
+    local b = breakers[c]
+    if b > 0 and (tonumber(cooldowns[b]) or 0) * 1000 > wall then
+      -- Cooling down: routing skips it, so it is not reserved.
+      verdict = -1
+      cooling = cooling + 1
+    else
+      verdict = refusing(first, first + sizes[c] - 1)
+    end
+    verdicts[c] = verdict
+    if verdict == 0 then
+      chosen = c
+      break
+    end
+    first = first + sizes[c]
+  end
+end
+local marks = {}
+for i = 1, n do marks[i] = 0 end
+-- No candidate fits, but only for its deployment's own windows or a cooldown: the client's
+-- windows are held all the same (routing then answers that no deployment has room).
+local full = 0
+if refused == 0 and choices > 0 and chosen == 0 then
+  full = 1
+  for c = 1, choices do
+    local v = verdicts[c]
+    if v > 0 and client[v] == 1 then full = 0 end
+  end
+end
+local apply = refused == 0 and (choices == 0 or chosen > 0 or full == 1)
+if apply then
+  local function take(from, to)
+    for i = from, to do
+      marks[i] = add(KEYS[i], kind[i], exp[i], amount[i], ttl[i])
+    end
+  end
+  take(1, required)
+  local start = required + 1
+  for c = 1, chosen - 1 do start = start + sizes[c] end
+  if chosen > 0 then take(start, start + sizes[chosen] - 1) end
+end
+out[1], out[2], out[3] = refused, chosen, full
+for c = 1, choices do out[#out + 1] = verdicts[c] or 0 end
+for i = 1, n do
+  out[#out + 1] = used[i]
+  out[#out + 1] = reset[i]
+  out[#out + 1] = marks[i]
+end
+for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
+return table.concat(out, ' ')
+"""
+
+
+# Lua numbers are doubles written with 14 significant digits: amounts stay below that. (More
+# than 10**14 tokens, or 10**8 dollars in millionths, is refused anyway.)
+MAX_AMOUNT = 10**14
+
+
+class Layout(IntEnum):
+    """How a window's counters are laid out in the storage."""
+
+    FIXED = 0  # one counter that expires with its window
+    SLIDING = 1  # limits' sliding-window counter: this window's counter and the last one's
+    MOVED = 2  # SLIDING under a key that held limits' moving-window list before
+
+
+@dataclass(frozen=True)
+class Window:
+    """One limit's counters: limits' key for it (without the storage's prefix) and its size."""
+
+    key: str
+    layout: Layout
+    limit: int
+    expiry: int  # seconds
+    client: bool = False  # a client token's window (not a deployment's)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A window as read in a batch: what is used of it and when it next frees some room."""
+
+    used: int
+    reset_in: float  # seconds
+
+
+@dataclass
+class Reserved:
+    """The result of one reservation batch.
+
+    `refused` is the index of the required window that refused (or None); `chosen` the index of
+    the choice taken (None when there were no choices or none fitted); `verdicts[c]` the index of
+    the window that refused choice c, -1 if its deployment was cooling down, None if it fitted.
+    `readings` and `marks` follow the flat window list (required first, then each choice's);
+    a mark names the counter a reserved amount went to, so that settling finds it.
+    """
+
+    refused: int | None
+    chosen: int | None
+    verdicts: list[int | None]
+    readings: list[Reading]
+    marks: list[object]
+    cooldowns: list[str | None] = field(default_factory=list)
+    # No candidate had room, but only for its own windows or a cooldown: the required (client)
+    # windows were held all the same, for routing to answer that no deployment has room.
+    deployments_full: bool = False
+
+    @property
+    def admitted(self) -> bool:
+        """Whether the reservation was taken (maybe without a deployment's part)."""
+        return self.refused is None and (
+            not self.verdicts or self.chosen is not None or self.deployments_full
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """An amount to add to (or, negative, take from) the counter a reservation went to."""
+
+    window: Window
+    delta: int
+    mark: object
+
+
+class RedisBatch:
+    """The batch as one Lua script through the limits Redis storage's own client."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.client = storage.get_connection()
+        self._script = self.client.register_script(LUA)
+        self._names: dict[Window, str] = {}
+
+    def script(self, keys: list, args: list):
+        """Run the script; the client's errors become limits' StorageError, as the storage's
+        own calls raise them."""
+        try:
+            return self._script(keys=keys, args=args)
+        except self.storage.base_exceptions as err:
+            raise StorageError(err) from err
+
+    def _key(self, window: Window) -> str:
+        """The window's current counter as limits names it in Redis (the previous one, of a
+        sliding window, is that name plus `/-1`)."""
+        key = self._names.get(window)
+        if key is None:
+            storage = self.storage
+            name = window.key
+            if window.layout is not Layout.FIXED:
+                name = storage._current_window_key(name)
+                assert storage._previous_window_key(window.key) == name + "/-1"
+            key = self._names[window] = storage.prefixed_key(name)
+        return key
+
+    def _run(self, keys: list[str], args: list):
+        return self.script(keys, [" ".join(map(str, args))])
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
+    ) -> Reserved:
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        keys = [self._key(window) for window, _ in flat]
+        keys += [self._key(change.window) for change in carried]
+        keys += list(breaker_keys)
+        args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
+        for c, choice in enumerate(choices):
+            args += [len(choice), choice_breakers[c] if choice_breakers else 0]
+        args += [len(carried), *self._change_args(carried)]
+        for window, amount in flat:
+            amount = min(int(amount), MAX_AMOUNT)
+            limit = min(window.limit, MAX_AMOUNT)
+            args += [int(window.layout), limit, window.expiry, amount, int(window.client)]
+        out = _words(self._run(keys, args))
+        refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
+        verdicts = [_int(v) for v in out[3 : 3 + len(choices)]]
+        rest = out[3 + len(choices) :]
+        readings, marks = [], []
+        for i in range(len(flat)):
+            used, reset, mark = rest[3 * i : 3 * i + 3]
+            readings.append(Reading(_int(used), _int(reset) / 1000))
+            marks.append(_int(mark))
+        cooldowns = [_text(v) for v in rest[3 * len(flat) :]]
+        return Reserved(
+            refused - 1 if refused else None,
+            chosen - 1 if chosen else None,
+            [None if v == 0 else (-1 if v < 0 else v - 1) for v in verdicts],
+            readings,
+            marks,
+            cooldowns,
+            full,
+        )
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        keys = [self._key(change.window) for change in changes]
+        self._run(keys, ["adjust", len(changes), *self._change_args(changes)])
+
+    @staticmethod
+    def _change_args(changes: Sequence[Change]) -> list:
+        args: list = []
+        for change in changes:
+            window = change.window
+            delta = max(-MAX_AMOUNT, min(MAX_AMOUNT, int(change.delta)))
+            args += [int(window.layout), window.expiry, delta, int(change.mark or 0)]
+        return args
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        if not windows:
+            return []
+        keys = [self._key(window) for window in windows]
+        args: list = ["read", len(windows)]
+        for window in windows:
+            args += [int(window.layout), window.expiry]
+        out = _words(self._run(keys, args))
+        return [Reading(_int(out[2 * i]), _int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
+
+
+def _words(answer: object) -> list[str]:
+    if isinstance(answer, bytes):
+        answer = answer.decode()
+    return str(answer).split()
+
+
+def _int(word: str) -> int:
+    """A number the script wrote (Lua writes every number as a double: `12`, or `1.5e+14`)."""
+    return int(float(word))
+
+
+def _text(value: str) -> str | None:
+    return None if value == "-" else value

@@ -1,0 +1,232 @@
+"""The quota batch over limits' memory storage (one lock) and over storages with no batch at all.
+
+The same algorithm as the Redis script in app.hooks.limits_batch, so that memory and Redis
+answer alike; LimiterBatch is the window-by-window fallback for memcached and Redis clusters.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+
+from limits.storage import MemoryStorage, Storage
+
+from .limits_batch import Change, Layout, Reading, Reserved, Window
+
+# One lock per memory storage, also taken by its sweeper (see SweptMemoryStorage.sweep).
+_LOCKS: weakref.WeakKeyDictionary[MemoryStorage, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def batch_lock(storage: MemoryStorage) -> threading.Lock:
+    """The lock every batch over a memory storage holds."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.get(storage)
+        if lock is None:
+            lock = _LOCKS[storage] = threading.Lock()
+        return lock
+
+
+class MemoryBatch:
+    """The batch over limits' MemoryStorage counters, under one lock: the same algorithm as the
+    Lua script, so that memory and Redis answer alike."""
+
+    def __init__(self, storage: MemoryStorage) -> None:
+        self.storage = storage
+        self.lock = batch_lock(storage)
+
+    def _usage(self, window: Window, now: float) -> tuple[int, float, str]:
+        """(used, seconds until room frees, the key an amount goes to now)."""
+        storage, expiry = self.storage, window.expiry
+        if window.layout is Layout.FIXED:
+            used = storage.get(window.key)
+            reset = storage.expirations.get(window.key, now + expiry) - now if used else expiry
+            return used, max(0.0, reset), window.key
+        previous_key, current_key = storage.sliding_window_keys(window.key, expiry, now)
+        previous, current = storage.get(previous_key), storage.get(current_key)
+        # As limits computes it: the part of the previous window the moving window still covers.
+        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        reset = float(expiry)
+        if previous:
+            reset = min(reset, previous_ttl % (expiry / previous))
+        if current:
+            reset = min(reset, current_ttl % expiry)
+        return math.floor(previous * previous_ttl / expiry + current), reset, current_key
+
+    def _add(self, window: Window, key: str, amount: int) -> None:
+        expiry = window.expiry if window.layout is Layout.FIXED else 2 * window.expiry
+        if amount >= 0:
+            self.storage.incr(key, expiry, amount)
+        else:
+            self.storage.decr(key, -amount)
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
+    ) -> Reserved:
+        if carried:
+            self.adjust(carried)
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        with self.lock:
+            now = time.time()
+            usages = [self._usage(window, now) for window, _ in flat]
+
+            def refusing(first: int, last: int) -> int | None:
+                for i in range(first, last):
+                    if usages[i][0] + flat[i][1] > flat[i][0].limit:
+                        return i
+                return None
+
+            refused = refusing(0, len(required))
+            chosen, verdicts = None, []
+            if refused is None:
+                first = len(required)
+                for c, choice in enumerate(choices):
+                    verdict = refusing(first, first + len(choice))
+                    verdicts.append(verdict)
+                    if verdict is None:
+                        chosen = c
+                        break
+                    first += len(choice)
+            marks: list[object] = [None] * len(flat)
+            full = (
+                refused is None
+                and bool(choices)
+                and chosen is None
+                and not any(v is not None and flat[v][0].client for v in verdicts)
+            )
+            if refused is None and (not choices or chosen is not None or full):
+                taken = list(range(len(required)))
+                if chosen is not None:
+                    start = len(required) + sum(len(choice) for choice in choices[:chosen])
+                    taken += range(start, start + len(choices[chosen]))
+                for i in taken:
+                    window, amount = flat[i]
+                    key = usages[i][2]
+                    self._add(window, key, amount)
+                    # A fixed window's key outlives its window: its expiry names the window.
+                    fixed = window.layout is Layout.FIXED
+                    marks[i] = self.storage.expirations.get(key) if fixed else key
+        verdicts += [None] * (len(choices) - len(verdicts))
+        readings = [Reading(used, reset) for used, reset, _ in usages]
+        return Reserved(refused, chosen, verdicts, readings, marks, [], full)
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        with self.lock:
+            now = time.time()
+            for change in changes:
+                window = change.window
+                if window.layout is Layout.FIXED:
+                    current = window.key
+                    self.storage.get(current)  # drops the counter if its window has passed
+                    same = self.storage.expirations.get(current) == change.mark
+                    target = current if same and change.mark is not None else None
+                else:
+                    previous, current = self.storage.sliding_window_keys(
+                        window.key, window.expiry, now
+                    )
+                    target = change.mark if change.mark in (previous, current) else None
+                if target is None:
+                    # The reserved window has passed: only more than was reserved still counts.
+                    if change.delta > 0:
+                        self._add(window, current, change.delta)
+                    continue
+                self._add(window, target, change.delta)
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        with self.lock:
+            now = time.time()
+            return [Reading(*self._usage(window, now)[:2]) for window in windows]
+
+
+class LimiterBatch:
+    """Storages with no atomic batch (memcached, a Redis cluster, whose keys of one request
+    live on different nodes): each window is checked and taken by limits' own atomic calls,
+    one after another. No window ever admits past its limit, but a refusal by a later window
+    does not give back what earlier ones took, and an unused reservation stays counted until
+    its window passes."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.sliding = hasattr(storage, "acquire_sliding_window_entry")
+
+    def _layout(self, window: Window) -> Layout:
+        return Layout.FIXED if window.layout is Layout.FIXED or not self.sliding else window.layout
+
+    def _read(self, window: Window) -> Reading:
+        if self._layout(window) is Layout.FIXED:
+            used = self.storage.get(window.key)
+            return Reading(used, max(0.0, self.storage.get_expiry(window.key) - time.time()))
+        previous, previous_ttl, current, current_ttl = self.storage.get_sliding_window(
+            window.key, window.expiry
+        )
+        used = math.floor(previous * previous_ttl / window.expiry + current)
+        return Reading(used, min(float(window.expiry), current_ttl % window.expiry))
+
+    def _take(self, window: Window, amount: int) -> bool:
+        if self._layout(window) is Layout.FIXED:
+            if self.storage.incr(window.key, window.expiry, amount) <= window.limit:
+                return True
+            self.storage.decr(window.key, amount)
+            return False
+        return self.storage.acquire_sliding_window_entry(
+            window.key, window.limit, window.expiry, amount
+        )
+
+    def reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
+    ) -> Reserved:
+        if carried:
+            self.adjust(carried)
+        flat = [*required, *(pair for choice in choices for pair in choice)]
+        readings = [self._read(window) for window, _ in flat]
+        marks: list[object] = [None] * len(flat)
+        for i, (window, amount) in enumerate(required):
+            if not self._take(window, amount):
+                return Reserved(i, None, [None] * len(choices), readings, marks)
+            marks[i] = 0
+        chosen, verdicts, first = None, [], len(required)
+        for c, choice in enumerate(choices):
+            verdict = None
+            for i in range(first, first + len(choice)):
+                window, amount = flat[i]
+                if not self._take(window, amount):
+                    verdict = i
+                    break
+                marks[i] = 0
+            verdicts.append(verdict)
+            if verdict is None:
+                chosen = c
+                break
+            first += len(choice)
+        verdicts += [None] * (len(choices) - len(verdicts))
+        full = chosen is None and not any(v is not None and flat[v][0].client for v in verdicts)
+        return Reserved(None, chosen, verdicts, readings, marks, [], bool(choices) and full)
+
+    def adjust(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.delta > 0:
+                # Over its limit or not, real usage counts: the next request is refused.
+                if self._layout(change.window) is Layout.FIXED:
+                    self.storage.incr(change.window.key, change.window.expiry, change.delta)
+                else:
+                    window = change.window
+                    self.storage.acquire_sliding_window_entry(
+                        window.key, 2**62, window.expiry, change.delta
+                    )
+
+    def read(self, windows: Sequence[Window]) -> list[Reading]:
+        return [self._read(window) for window in windows]

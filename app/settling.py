@@ -1,0 +1,132 @@
+"""Settling quota reservations off the request thread, in batches, in order for this process.
+
+A finished request's settle (its reservation replaced by the real usage) is queued here. The next
+reservation this process makes carries everything queued in its own round trip, applied before
+it is judged; what no reservation takes within LINGER_SECONDS one thread sends in one round trip
+(under load many requests share it). Either way the request that ends does not wait, and within
+a process every admission sees every earlier answer's real usage, as if settling were
+synchronous.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+# How long an admission waits for earlier settles (a storage that hangs must not stall it).
+WAIT_SECONDS = 0.5
+# How long queued settles wait for an admission to carry them before the thread sends them.
+LINGER_SECONDS = 0.002
+
+
+class Settler:
+    """Queues settling batches and applies them from one thread: `apply(changes)` sends one
+    batch (it may raise); `failed(error, final)` is told of each failed attempt (a batch is
+    retried once)."""
+
+    def __init__(
+        self,
+        apply: Callable[[list], None],
+        failed: Callable[[Exception, bool], None],
+    ) -> None:
+        self._apply = apply
+        self._failed = failed
+        self._cond = threading.Condition()
+        self._pending: list = []
+        self._queued = 0  # batches queued so far
+        self._done = 0  # batches settled (or given up) so far
+        self._thread: threading.Thread | None = None
+        self._sending = False  # the thread has a batch on its way
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (settler := me()) and settler._after_fork())
+
+    def put(self, changes: Sequence) -> None:
+        """Queue one request's changes; they reach the storage in the next round trip."""
+        if not changes:
+            return
+        with self._cond:
+            self._pending.extend(changes)
+            self._queued += 1
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def wait(self, timeout: float = WAIT_SECONDS) -> bool:
+        """Until every batch queued before this call is settled (or `timeout` passes)."""
+        with self._cond:
+            target = self._queued
+            if self._done >= target:
+                return True
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+    def take(self) -> tuple[list, int] | None:
+        """Everything queued, for a reservation to carry (and the count it covers); None while
+        the thread has a batch on its way (then `wait` for it instead)."""
+        with self._cond:
+            if self._sending:
+                return None
+            batch, self._pending = self._pending, []
+            return batch, self._queued
+
+    def carried(self, batch: list, upto: int, ok: bool) -> None:
+        """A reservation carried `batch` (taken when `upto` batches were queued): settled, or
+        back to the queue when its round trip failed."""
+        if not batch:
+            return
+        with self._cond:
+            if ok:
+                self._done = max(self._done, upto)
+            else:
+                self._pending[:0] = batch
+                self._ensure_thread()
+            self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="ai-proxy-quota-settler", daemon=True
+            )
+            self._thread.start()
+
+    def _after_fork(self) -> None:
+        # A worker forked after the first settle (gunicorn --preload) has the queue but not the
+        # thread, and a lock that may have been held mid-copy: both start afresh.
+        self._cond = threading.Condition()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending))
+                # A reservation coming now carries them in its own round trip.
+                until = time.monotonic() + LINGER_SECONDS
+                while self._pending and (left := until - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if not self._pending:
+                    continue
+                batch, self._pending = self._pending, []
+                upto = self._queued
+                self._sending = True
+            try:
+                self._send(batch)
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._done = max(self._done, upto)
+                    self._cond.notify_all()
+
+    def _send(self, batch: list) -> None:
+        for attempt in (1, 2):
+            try:
+                self._apply(batch)
+                return
+            except Exception as err:  # noqa: BLE001 - named fail point: the settler never dies.
+                try:
+                    self._failed(err, attempt == 2)
+                except Exception:  # noqa: BLE001
+                    logger.exception("reporting a failed quota settle failed")

@@ -1,0 +1,89 @@
+"""The settler: queued settles reach the storage in order, in batches, retried once."""
+
+from __future__ import annotations
+
+import threading
+
+from app import settling
+from app.settling import Settler
+from tests.servers import wait_until
+
+
+def test_a_wait_sees_every_settle_queued_before_it():
+    sent: list[list] = []
+    release = threading.Event()
+
+    def apply(batch):
+        release.wait(5)
+        sent.append(list(batch))
+
+    settler = Settler(apply, lambda err, final: None)
+    settler.put([1])
+    settler.put([2, 3])
+    assert not settler.wait(timeout=0.05)  # the storage has not answered yet
+    release.set()
+    assert settler.wait()
+    assert [change for batch in sent for change in batch] == [1, 2, 3]
+    assert len(sent) <= 2  # queued while one was in flight: sent together
+
+
+def test_a_failed_batch_is_retried_once_then_reported():
+    attempts, reports = [], []
+
+    def apply(batch):
+        attempts.append(batch)
+        raise ConnectionError("down")
+
+    settler = Settler(apply, lambda err, final: reports.append(final))
+    settler.put(["a"])
+    assert settler.wait()
+    assert len(attempts) == 2 and reports == [False, True]
+    # The settler lives on for the next batch.
+    settler.put(["b"])
+    wait_until(lambda: len(attempts) == 4)
+
+
+def test_a_retry_that_succeeds_counts_no_failure():
+    attempts, reports = [], []
+
+    def apply(batch):
+        attempts.append(batch)
+        if len(attempts) == 1:
+            raise ConnectionError("blip")
+
+    settler = Settler(apply, lambda err, final: reports.append(final))
+    settler.put(["a"])
+    assert settler.wait()
+    assert reports == [False]
+
+
+def test_nothing_to_wait_for_returns_at_once():
+    settler = Settler(lambda batch: None, lambda err, final: None)
+    assert settler.wait(timeout=0)
+    settler.put([])
+    assert settler.wait(timeout=0)
+
+
+def test_a_reservation_carries_what_is_queued(monkeypatch):
+    monkeypatch.setattr(settling, "LINGER_SECONDS", 5.0)  # the thread waits for a carrier
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler.put([1])
+    settler.put([2])
+    taken = settler.take()
+    assert taken is not None
+    batch, upto = taken
+    assert batch == [1, 2] and upto == 2
+    settler.carried(batch, upto, ok=True)
+    assert settler.wait(timeout=0)
+    assert not sent  # carried, so the thread had nothing to send
+
+
+def test_what_a_failed_reservation_carried_is_sent_by_the_thread():
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler.put([1])
+    batch, upto = settler.take()
+    settler.carried(batch, upto, ok=False)
+    assert settler.wait()
+    assert sent == [[1]]
