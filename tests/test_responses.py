@@ -347,9 +347,10 @@ def test_streams_carry_the_warning_and_are_stored(client, upstream):
 
 
 def test_answers_are_charged_to_the_token(client, upstream):
-    # 7 tokens an answer against 20 a minute: the third request finds the window spent.
-    statuses = [post(client, {"model": "gpt", "input": "hi"}, "sk-small").status_code
-                for _ in range(4)]  # fmt: skip
+    # 7 tokens an answer against 20 a minute, each reserving its prompt and 2 output tokens
+    # first: settled at their real usage, the third request still fits, the fourth does not.
+    body = {"model": "gpt", "input": "hi", "max_output_tokens": 2}
+    statuses = [post(client, body, "sk-small").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
 
 

@@ -253,11 +253,19 @@ def test_two_workers_agree(tmp_path_factory, browser):
         assert wait_until(settled, timeout=30, interval=0.2)
         sign_in(browser, server)
         assert wait_until(lambda: text_of(browser, "deployments"), timeout=20)
-        seen = []
-        for _ in range(10):
-            browser.get(server.url + "/admin")
-            seen.append({name: text_of(browser, name) for name in SECTIONS})
-        assert all(view == seen[0] for view in seen), seen
+
+        def ten_reloads_agree() -> bool:
+            seen = []
+            for _ in range(10):
+                browser.get(server.url + "/admin")
+                seen.append({name: text_of(browser, name) for name in SECTIONS})
+            differing.append([n for n in SECTIONS if any(v[n] != seen[0][n] for v in seen)])
+            return not differing[-1]
+
+        # The page is a clock too (a minute's bar moves into the sparkline, a cooldown's time
+        # left shrinks): a round of ten that straddles such a moment may differ, two may not.
+        differing: list[list[str]] = []
+        assert ten_reloads_agree() or ten_reloads_agree(), differing
         assert "cooling down" in row_text(browser, "flaky#2")
         # Over fresh connections too (any worker may answer each).
         cookie = {"ai_proxy_admin": browser.get_cookie("ai_proxy_admin")["value"]}
