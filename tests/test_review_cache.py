@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tests.conftest import openai_model
 from tests.stub_upstream import Reply, chat_completion
 from tests.test_cache import cached, post  # noqa: F401 - the fixture
 
@@ -44,3 +47,73 @@ def test_one_body_on_two_endpoints_of_a_surface_is_two_entries(cached, upstream,
         assert hit.headers["x-ai-proxy-cache"] == "hit"
         assert hit.json["object"] == ANSWERS[path][0]
     assert len(upstream.requests) == 2
+
+
+REASONING = {
+    "id": "rs_1",
+    "type": "reasoning",
+    "summary": [{"type": "summary_text", "text": "thinking"}],
+}
+SEARCH = {"id": "ws_1", "type": "web_search_call", "status": "completed"}
+CITED = {
+    "id": "msg_1",
+    "type": "message",
+    "status": "completed",
+    "role": "assistant",
+    "content": [
+        {
+            "type": "output_text",
+            "text": "Hello world",
+            "annotations": [
+                {"type": "url_citation", "url": "https://x", "start_index": 0, "end_index": 5}
+            ],
+        }
+    ],
+}
+CALL = {
+    "id": "fc_1",
+    "type": "function_call",
+    "status": "completed",
+    "call_id": "call_1",
+    "name": "get_weather",
+    "arguments": '{"city":"Paris"}',
+}
+
+
+def response_with(output: list[dict]) -> dict:
+    return {
+        "id": "resp_up",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": "up-model",
+        "output": output,
+        "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+    }
+
+
+def sse_data(text: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [[REASONING, CITED], [SEARCH, CITED], [REASONING, CALL], [CITED, SEARCH, CALL], [REASONING]],
+    ids=["reasoning", "search", "reasoning-call", "mixed", "reasoning-only"],
+)
+def test_a_stored_response_replayed_as_a_stream_keeps_every_output_item(cached, upstream, output):  # noqa: F811
+    client = cached(models=[openai_model(upstream, responses=True)])
+    upstream.queue(Reply(body=response_with(output)))
+    body = {"model": "gpt-test", "input": "hi"}
+    whole = post(client, body, path="/v1/responses")
+    assert whole.json["output"] == output
+    streamed = post(client, {**body, "stream": True}, path="/v1/responses")
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    events = sse_data(streamed.get_data(as_text=True))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"] == output
+    done = [e for e in events if e["type"] == "response.output_item.done"]
+    assert [(e["output_index"], e["item"]) for e in done] == list(enumerate(output))
+    added = [e["output_index"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == list(range(len(output)))
