@@ -330,7 +330,7 @@ def test_the_readme_codex_and_config_examples_hold():
     assert provider["wire_api"] == "responses"
     assert provider["base_url"] == "http://127.0.0.1:8080/v1" and provider["env_key"]
     assert f"export {provider['env_key']}=" in readme_block("sh", "codex")
-    example = yaml.safe_load(readme_block("yaml", "ttl_seconds"))
+    example = yaml.safe_load(readme_block("yaml", "\nresponses:\n"))
     loaded = load_config(
         None, env={"OPENAI_API_KEY": "sk-x"}, overrides={**example, "default_model": None}
     )
