@@ -117,3 +117,27 @@ def test_a_stored_response_replayed_as_a_stream_keeps_every_output_item(cached, 
     assert [(e["output_index"], e["item"]) for e in done] == list(enumerate(output))
     added = [e["output_index"] for e in events if e["type"] == "response.output_item.added"]
     assert added == list(range(len(output)))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"conversation": "conv_1"},
+        {"conversation": {"id": "conv_1"}},
+        {"prompt": {"id": "pmpt_1"}},
+        {"prompt": {"id": "pmpt_1", "version": "2"}},
+    ],
+    ids=["conversation-id", "conversation-object", "prompt", "prompt-version"],
+)
+def test_a_response_that_depends_on_upstream_state_is_never_cached(cached, upstream, state):  # noqa: F811
+    client = cached(models=[openai_model(upstream, responses=True)])
+    body = {"model": "gpt-test", "input": "and then?", **state}
+    for turn in range(2):
+        upstream.queue(Reply(body=response_with([{**CITED, "id": f"msg_{turn}"}])))
+        answer = post(client, body, path="/v1/responses")
+        assert answer.status_code == 200, answer.json
+        assert answer.headers["x-ai-proxy-cache"] == "bypass"
+        assert answer.json["output"][0]["id"] == f"msg_{turn}"
+    # Both went upstream, with the state they name.
+    assert len(upstream.requests) == 2
+    assert all(all(r.json()[k] == v for k, v in state.items()) for r in upstream.requests)
