@@ -141,3 +141,38 @@ def test_a_response_that_depends_on_upstream_state_is_never_cached(cached, upstr
     # Both went upstream, with the state they name.
     assert len(upstream.requests) == 2
     assert all(all(r.json()[k] == v for k, v in state.items()) for r in upstream.requests)
+
+
+MESSAGE = {
+    "id": "msg_up",
+    "type": "message",
+    "role": "assistant",
+    "model": "up-model",
+    "content": [{"type": "text", "text": "done"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 3, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("container", ["container_1", {"id": "container_1"}])
+def test_a_message_in_a_reused_container_is_never_cached(cached, upstream, container):  # noqa: F811
+    model = {**openai_model(upstream), "provider": "anthropic", "base_url": upstream.url}
+    client = cached(models=[model])
+    body = {
+        "model": "gpt-test",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "run it again"}],
+        "container": container,
+    }
+    for _ in range(2):
+        upstream.queue(Reply(body=MESSAGE))
+        answer = post(client, body, path="/v1/messages")
+        assert answer.status_code == 200, answer.json
+        assert answer.headers["x-ai-proxy-cache"] == "bypass"
+    assert len(upstream.requests) == 2
+    # Without a container the same request is cached as usual.
+    plain = {key: value for key, value in body.items() if key != "container"}
+    upstream.queue(Reply(body=MESSAGE))
+    assert post(client, plain, path="/v1/messages").headers["x-ai-proxy-cache"] == "miss"
+    assert post(client, plain, path="/v1/messages").headers["x-ai-proxy-cache"] == "hit"
