@@ -43,6 +43,9 @@ class Item:
     delta_head: str = ""
     delta_middle: str = ""
     delta_tail: str = ""
+    # The item as it was stored, when replaying one: shown as it is when done (its
+    # annotations, several parts), not rebuilt from the pieces streamed.
+    final: dict | None = None
 
     @property
     def is_message(self) -> bool:
@@ -168,7 +171,20 @@ class EventWriter:
             item=self._final(item, status),
         )
 
+    def whole_item(self, item: dict) -> list[bytes]:
+        """An output item not streamed in pieces (reasoning, a hosted tool's call): added,
+        then done as it is; it ends the message before it."""
+        events = self.close_message()
+        index = len(self.items)
+        self.items.append(Item(item, index, done=True, final=item))
+        added = {**item, "status": "in_progress"} if "status" in item else item
+        events.append(self.event("response.output_item.added", output_index=index, item=added))
+        events.append(self.event("response.output_item.done", output_index=index, item=item))
+        return events
+
     def _final(self, item: Item, status: str) -> dict:
+        if item.final is not None:
+            return item.final
         text = "".join(item.pieces)
         if item.is_message:
             return message_item(text, status, item.item["id"])
@@ -335,6 +351,7 @@ def response_events(response: dict) -> Iterator[bytes]:
             )
             for piece in _pieces(text) or [""]:
                 yield from writer.text(piece, _str(item.get("id")))
+            writer.items[-1].final = item
             yield from writer.close_message()
         elif item.get("type") == "function_call":
             key = object()
@@ -347,6 +364,10 @@ def response_events(response: dict) -> Iterator[bytes]:
                     piece,
                     _str(item.get("id")),
                 )
+            writer.items[-1].final = item
+        else:
+            # Reasoning, a web search, any other item: as it was, never dropped.
+            yield from writer.whole_item(item)
     reason = (response.get("incomplete_details") or {}).get("reason")
     finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(reason)
     usage = response.get("usage") or response_usage(None, 0, writer.output_text())

@@ -62,7 +62,14 @@ def look_up(endpoint, call, admission) -> Lookup:
     scope = SHARED_SCOPE if cache.shared_scope else admission.token.name
     varies = {name: request.headers[name] for name in form.key_headers if name in request.headers}
     try:
-        key = make_key(endpoint.surface, admission.resolution.identifier, scope, body, varies)
+        key = make_key(
+            endpoint.surface,
+            admission.resolution.identifier,
+            scope,
+            body,
+            varies,
+            endpoint=endpoint.name,
+        )
     except (RecursionError, ValueError):
         # A body too deeply nested to write out again is answered, just not cached.
         return _noted(Lookup(Result.BYPASS, form))

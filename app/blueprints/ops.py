@@ -16,10 +16,11 @@ from ..errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitError,
     StorageUnavailableError,
 )
 from ..ratelimit import Owner
-from ..statuspage.session import signed_in
+from ..statuspage.session import blocked_for, count_wrong_token, signed_in
 from ..statuspage.shared import add_shared
 
 bp = Blueprint("ai_proxy_ops", __name__)
@@ -81,7 +82,16 @@ def require_admin() -> None:
         return  # the status page's session cookie: for reading only (forms carry CSRF tokens)
     if presented is None:
         raise AuthenticationError(f"{request.path} wants the admin token.")
+    # Wrong admin tokens count against the status page's sign-in limit, per address: without
+    # it every admin route would be an unlimited oracle for guessing the token.
+    wait = blocked_for()
+    if wait is not None:
+        raise RateLimitError(
+            "Too many wrong admin tokens from your address; try again later.",
+            retry_after=int(wait) + 1,
+        )
     if not _matches(presented, expected):
+        count_wrong_token()
         if state.authenticator.enabled and _is_client_token(presented):
             raise PermissionDeniedError(
                 f"A client token may not read {request.path}.", code="admin_only"

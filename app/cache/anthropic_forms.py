@@ -4,7 +4,7 @@ messages replayed as Anthropic's events in order, thinking and tool use included
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from ..streaming import encode_event
 from .forms import CacheForm, SSEAssembler, cut, loads_object, pieces
@@ -77,6 +77,13 @@ class MessageAssembler(SSEAssembler):
 class MessageForm(CacheForm):
     # Betas change what a model may do and answer.
     key_headers = ("anthropic-beta",)
+
+    def key_body(self, body: Mapping) -> dict | None:
+        # A reused code-execution `container` holds files earlier requests left: the answer
+        # depends on them, not on the body alone.
+        if body.get("container") is not None:
+            return None
+        return super().key_body(body)
 
     def storable(self, answer: object) -> bool:
         return (

@@ -1,11 +1,12 @@
 """Cache keys: which requests are the same request, as a SHA-256 digest.
 
-The key is made of the surface, the public model name the client asked for, the scope (the
-client token's name, or one shared scope), the request headers a surface names as changing the
-answer, and the body in canonical form: keys sorted, integral floats written as integers
-(`1.0` and `1` are one number), and the fields that do not change the answer left out
-(`stream`, `stream_options`, the client's `user` and `metadata`). A client token is never part
-of a key: only its configured name is.
+The key is made of the surface and the endpoint (a body valid for two endpoints of one surface,
+say chat and legacy completions, has a different answer on each), the public model name the
+client asked for, the scope (the client token's name, or one shared scope), the request headers
+a surface names as changing the answer, and the body in canonical form: keys sorted, integral
+floats written as integers (`1.0` and `1` are one number), and the fields that do not change
+the answer left out (`stream`, `stream_options`, the client's `user` and `metadata`). A client
+token is never part of a key: only its configured name is.
 """
 
 from __future__ import annotations
@@ -63,10 +64,13 @@ def make_key(
     scope: str,
     body: Mapping,
     headers: Mapping[str, str] | None = None,
+    endpoint: str = "",
 ) -> CacheKey:
-    """The key of one request; `body` is the part `key_body` keeps (or a surface's own)."""
+    """The key of one request; `body` is the part `key_body` keeps (or a surface's own);
+    `endpoint` names the operation (`create_chat_completion`), so no two share an entry."""
     identity = {
         "surface": surface,
+        "endpoint": endpoint,
         "model": model,
         "scope": scope,
         "headers": {

@@ -4,7 +4,8 @@ A stream is stored from its `response.completed` event, which carries the whole 
 is made the request's own Response (`for_request`): the id the request was given, its own
 `metadata` and `user`, and kept wherever the surface keeps its answers, so that a
 `previous_response_id` naming it continues the conversation. A request that continues one
-(`previous_response_id`) is never cached: its answer depends on a stored conversation.
+(`previous_response_id`, an upstream's `conversation`) or names a stored `prompt` is never
+cached: its answer depends on state kept elsewhere.
 
 The surface declares it with its own writer of a Response's events:
 
@@ -18,6 +19,10 @@ from collections.abc import Callable, Iterator, Mapping
 
 from .forms import CacheForm, SSEAssembler, loads_object
 
+# Fields naming state kept elsewhere that the answer depends on, not on the body alone: a stored
+# conversation (the proxy's `previous_response_id`, an upstream's `conversation`, which each
+# answer also extends) or an upstream's stored prompt (its latest version can change).
+STATEFUL = ("previous_response_id", "conversation", "prompt")
 # Events that end a Response without it being complete: never stored.
 UNFINISHED = frozenset({"response.failed", "response.incomplete", "error"})
 
@@ -55,7 +60,7 @@ class ResponsesForm(CacheForm):
         self._replay = replay
 
     def key_body(self, body: Mapping) -> dict | None:
-        if body.get("previous_response_id") is not None:
+        if any(body.get(name) is not None for name in STATEFUL):
             return None
         return super().key_body(body)
 

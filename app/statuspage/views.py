@@ -53,10 +53,25 @@ def show_status_page():
     current = session.current()
     if current is not None and current.signed_in:
         return status_page(current.csrf)
-    if _is_admin_token(extract_token(request.headers)):
-        # A script or curl with the admin token as Bearer gets the page without a session.
-        return status_page(None)
+    presented = extract_token(request.headers)
+    if presented is not None:
+        # A script or curl with the admin token as Bearer gets the page without a session;
+        # wrong ones count against the sign-in limit, or this would be an unlimited oracle.
+        wait = session.blocked_for()
+        if wait is not None:
+            return too_many(current, wait)
+        if _is_admin_token(presented):
+            return status_page(None)
+        session.count_wrong_token()
     return sign_in_form(current)
+
+
+def too_many(current: session.Session | None, wait: float) -> Response:
+    """The sign-in form with a 429, for an address that has used up its wrong tokens."""
+    message = f"Too many wrong tokens from your address; try again in {int(wait) + 1} s."
+    response = sign_in_form(current, message, status=429)
+    response.headers["Retry-After"] = str(int(wait) + 1)
+    return response
 
 
 def status_page(csrf: str | None) -> Response:
@@ -76,10 +91,7 @@ def sign_in():
     current = session.current()
     wait = session.blocked_for()
     if wait is not None:
-        message = f"Too many wrong tokens from your address; try again in {int(wait) + 1} s."
-        response = sign_in_form(current, message, status=429)
-        response.headers["Retry-After"] = str(int(wait) + 1)
-        return response
+        return too_many(current, wait)
     if not session.csrf_ok(current, request.form.get("csrf")):
         return sign_in_form(current, EXPIRED, 403)
     presented = request.form.get("token", "")
