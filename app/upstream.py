@@ -201,6 +201,9 @@ class UpstreamPool:
         # Origins by URL: splitting the same few URLs again on every request costs.
         self._keys: dict[str, str] = {}
         self._templates = PreparedTemplates(MAX_TEMPLATES)
+        # When each origin last handed out its session: one idle past its limit closes its
+        # pooled connections before reuse (the watchdog's sweep may be up to a second away).
+        self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
         # The watchdog thread closes idle connections (`close_idle`) while traffic flows.
         watchdog.WATCHDOG.every(self.close_idle)
@@ -224,6 +227,15 @@ class UpstreamPool:
                 limit = self._idle_limits.get(key)
                 if idle_timeout and (limit is None or idle_timeout < limit):
                     self._idle_limits[key] = idle_timeout
+                    limit = idle_timeout
+        if limit is not None:
+            now = time.monotonic()
+            last = self._last_used.get(key)
+            self._last_used[key] = now
+            if last is not None and now - last >= limit:
+                # The whole origin sat idle past its limit: no pooled connection may be reused.
+                for manager in pool_managers(session):
+                    close_idle(manager, limit, now)
         return session
 
     def close_idle(self, now: float | None = None) -> int:
