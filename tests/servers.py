@@ -132,8 +132,10 @@ class ProxyServer:
             return ""
 
     def stop(self) -> None:
+        """Stop gunicorn at once (SIGQUIT): a graceful stop waits out the keep-alive connections
+        the SDK clients hold, seconds per test; graceful stopping has tests of its own."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
