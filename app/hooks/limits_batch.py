@@ -13,6 +13,7 @@ tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from enum import IntEnum
 
 from limits.errors import StorageError
 from limits.storage import Storage
+from redis import ConnectionPool
+from redis.exceptions import NoScriptError, ResponseError
 
 # A Redis key holding a moving-window list (the layout before this module) is dropped once.
 LUA = """
@@ -310,19 +313,25 @@ class Change:
 
 
 class RedisBatch:
-    """The batch as one Lua script through the limits Redis storage's own client."""
+    """The batch as one Lua script through the limits Redis storage's own client.
+
+    The script runs as a raw EVALSHA packed here (its keys' wire form cached) on connections
+    borrowed once from the client's pool and kept: redis-py's generic path (argument encoding,
+    the pool's checks on every borrow, its retry wrapper) cost more than the round trip itself.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.client = storage.get_connection()
         self._script = self.client.register_script(LUA)
         self._names: dict[Window, str] = {}
+        self._wire = _Wire(self.client, self._script)
 
     def script(self, keys: list, args: list):
         """Run the script; the client's errors become limits' StorageError, as the storage's
         own calls raise them."""
         try:
-            return self._script(keys=keys, args=args)
+            return self._wire.evalsha(keys, args)
         except self.storage.base_exceptions as err:
             raise StorageError(err) from err
 
@@ -406,6 +415,95 @@ class RedisBatch:
             args += [int(window.layout), window.expiry]
         out = _words(self._run(keys, args))
         return [Reading(_int(out[2 * i]), _int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
+
+
+class _Wire:
+    """EVALSHA of one script, packed by hand (its keys' wire form cached), on the connections
+    of the client's own pool.
+
+    With redis-py's plain ConnectionPool a connection is taken from and put back into the
+    pool's lists directly: its get_connection probes the socket for stray data on every borrow
+    (a system call), which a connection this module used never has, since it is put back only
+    once its answer is read whole. Any other pool is used through its public calls. A
+    connection that fails is disconnected and released as the client would. The script is
+    loaded on NOSCRIPT, as redis-py's Script does.
+    """
+
+    def __init__(self, client, script) -> None:
+        self.pool = client.connection_pool
+        self.script = script
+        self.sha = script.sha.encode()
+        self._keys: dict[str, bytes] = {}  # a key in its wire form
+        self._direct = type(self.pool) is ConnectionPool and all(
+            hasattr(self.pool, name)
+            for name in ("_checkpid", "_lock", "_available_connections", "_in_use_connections")
+        )
+
+    def evalsha(self, keys: Sequence[str], args: Sequence[str]) -> object:
+        parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)), self._sha_part()]
+        count = b"%d" % len(keys)
+        parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
+        wire = self._keys
+        for key in keys:
+            part = wire.get(key)
+            if part is None:
+                data = key.encode()
+                part = wire[key] = b"$%d\r\n%s\r\n" % (len(data), data)
+            parts.append(part)
+        for arg in args:
+            data = arg.encode() if isinstance(arg, str) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        try:
+            return self._send(b"".join(parts))
+        except NoScriptError:
+            # Not loaded (a restarted or flushed server): load it and run it again.
+            self._send(_pack(b"SCRIPT", b"LOAD", self.script.script.encode()))
+            return self._send(b"".join(parts))
+
+    def _sha_part(self) -> bytes:
+        return b"$%d\r\n%s\r\n" % (len(self.sha), self.sha)
+
+    def _send(self, packed: bytes) -> object:
+        connection = self._borrow()
+        try:
+            connection.send_packed_command([packed], check_health=False)
+            answer = connection.read_response()
+        except ResponseError:
+            self._give_back(connection)  # the answer was read whole: the connection is fine
+            raise
+        except BaseException:
+            connection.disconnect()
+            self.pool.release(connection)
+            raise
+        self._give_back(connection)
+        return answer
+
+    def _borrow(self):
+        pool = self.pool
+        if self._direct:
+            pool._checkpid()  # a forked child starts afresh, as the pool's own calls do
+            with pool._lock:
+                if pool._available_connections:
+                    connection = pool._available_connections.pop()
+                    pool._in_use_connections.add(connection)
+                    return connection
+        return pool.get_connection()
+
+    def _give_back(self, connection) -> None:
+        pool = self.pool
+        if self._direct and getattr(connection, "pid", None) == pool.pid == os.getpid():
+            with pool._lock:
+                if connection in pool._in_use_connections:
+                    pool._in_use_connections.remove(connection)
+                    pool._available_connections.append(connection)
+                    return
+        pool.release(connection)
+
+
+def _pack(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    out += [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
+    return b"".join(out)
 
 
 def _words(answer: object) -> list[str]:
