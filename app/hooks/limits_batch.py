@@ -325,6 +325,8 @@ class RedisBatch:
         self.client = storage.get_connection()
         self._script = self.client.register_script(LUA)
         self._names: dict[Window, str] = {}
+        # id(window) -> the window, its key, its constant words (see _known)
+        self._windows: dict[int, tuple[Window, str, tuple[str, str]]] = {}
         self._wire = _Wire(self.client, self._script)
 
     def script(self, keys: list, args: list):
@@ -360,18 +362,19 @@ class RedisBatch:
         carried: Sequence[Change] = (),
     ) -> Reserved:
         flat = [*required, *(pair for choice in choices for pair in choice)]
-        keys = [self._key(window) for window, _ in flat]
-        keys += [self._key(change.window) for change in carried]
-        keys += list(breaker_keys)
-        args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
+        known = [self._known(window) for window, _ in flat]
+        keys = [key for key, _ in known]
+        keys += [self._known(change.window)[0] for change in carried]
+        keys += breaker_keys
+        words = ["reserve", str(len(flat)), str(len(required)), str(len(choices))]
+        words.append(str(int(time.time() * 1000)))
         for c, choice in enumerate(choices):
-            args += [len(choice), choice_breakers[c] if choice_breakers else 0]
-        args += [len(carried), *self._change_args(carried)]
-        for window, amount in flat:
-            amount = min(int(amount), MAX_AMOUNT)
-            limit = min(window.limit, MAX_AMOUNT)
-            args += [int(window.layout), limit, window.expiry, amount, int(window.client)]
-        out = _words(self._run(keys, args))
+            words.append(f"{len(choice)} {choice_breakers[c] if choice_breakers else 0}")
+        words.append(str(len(carried)))
+        words += self._change_words(carried)
+        for (_window, amount), (_, constant) in zip(flat, known, strict=True):
+            words.append(f"{constant[0]} {min(int(amount), MAX_AMOUNT)} {constant[1]}")
+        out = _words(self.script(keys, [" ".join(words)]))
         refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
         verdicts = [_int(v) for v in out[3 : 3 + len(choices)]]
         rest = out[3 + len(choices) :]
@@ -391,20 +394,37 @@ class RedisBatch:
             full,
         )
 
+    def _known(self, window: Window) -> tuple[str, tuple[str, str]]:
+        """A window's Redis key and its constant words in a reservation (layout, limit and
+        expiry; whether it is the client's), worked out once per Window object."""
+        entry = self._windows.get(id(window))
+        if entry is not None and entry[0] is window:  # held here: its id is not reused
+            return entry[1], entry[2]
+        if len(self._windows) > 10_000:  # windows made per call (tools, tests): bounded
+            self._windows.clear()
+        constant = (
+            f"{int(window.layout)} {min(window.limit, MAX_AMOUNT)} {window.expiry}",
+            "1" if window.client else "0",
+        )
+        key = self._key(window)
+        self._windows[id(window)] = (window, key, constant)
+        return key, constant
+
     def adjust(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        keys = [self._key(change.window) for change in changes]
-        self._run(keys, ["adjust", len(changes), *self._change_args(changes)])
+        keys = [self._known(change.window)[0] for change in changes]
+        words = ["adjust", str(len(changes)), *self._change_words(changes)]
+        self.script(keys, [" ".join(words)])
 
     @staticmethod
-    def _change_args(changes: Sequence[Change]) -> list:
-        args: list = []
+    def _change_words(changes: Sequence[Change]) -> list[str]:
+        words = []
         for change in changes:
             window = change.window
             delta = max(-MAX_AMOUNT, min(MAX_AMOUNT, int(change.delta)))
-            args += [int(window.layout), window.expiry, delta, int(change.mark or 0)]
-        return args
+            words.append(f"{int(window.layout)} {window.expiry} {delta} {int(change.mark or 0)}")
+        return words
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         if not windows:
@@ -514,7 +534,10 @@ def _words(answer: object) -> list[str]:
 
 def _int(word: str) -> int:
     """A number the script wrote (Lua writes every number as a double: `12`, or `1.5e+14`)."""
-    return int(float(word))
+    try:
+        return int(word)
+    except ValueError:
+        return int(float(word))
 
 
 def _text(value: str) -> str | None:
