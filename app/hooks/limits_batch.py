@@ -511,7 +511,12 @@ class _Wire:
 
     def _give_back(self, connection) -> None:
         pool = self.pool
-        if self._direct and getattr(connection, "pid", None) == pool.pid == os.getpid():
+        reconnect = getattr(connection, "should_reconnect", None)
+        if (
+            self._direct
+            and getattr(connection, "pid", None) == pool.pid == os.getpid()
+            and not (reconnect is not None and reconnect())
+        ):
             with pool._lock:
                 if connection in pool._in_use_connections:
                     pool._in_use_connections.remove(connection)
