@@ -13,6 +13,7 @@ tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from enum import IntEnum
 
 from limits.errors import StorageError
 from limits.storage import Storage
+from redis import ConnectionPool
+from redis.exceptions import NoScriptError, ResponseError
 
 # A Redis key holding a moving-window list (the layout before this module) is dropped once.
 LUA = """
@@ -310,19 +313,27 @@ class Change:
 
 
 class RedisBatch:
-    """The batch as one Lua script through the limits Redis storage's own client."""
+    """The batch as one Lua script through the limits Redis storage's own client.
+
+    The script runs as a raw EVALSHA packed here (its keys' wire form cached) on connections
+    borrowed once from the client's pool and kept: redis-py's generic path (argument encoding,
+    the pool's checks on every borrow, its retry wrapper) cost more than the round trip itself.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.client = storage.get_connection()
         self._script = self.client.register_script(LUA)
         self._names: dict[Window, str] = {}
+        # id(window) -> the window, its key, its constant words (see _known)
+        self._windows: dict[int, tuple[Window, str, tuple[str, str]]] = {}
+        self._wire = _Wire(self.client, self._script)
 
     def script(self, keys: list, args: list):
         """Run the script; the client's errors become limits' StorageError, as the storage's
         own calls raise them."""
         try:
-            return self._script(keys=keys, args=args)
+            return self._wire.evalsha(keys, args)
         except self.storage.base_exceptions as err:
             raise StorageError(err) from err
 
@@ -351,18 +362,19 @@ class RedisBatch:
         carried: Sequence[Change] = (),
     ) -> Reserved:
         flat = [*required, *(pair for choice in choices for pair in choice)]
-        keys = [self._key(window) for window, _ in flat]
-        keys += [self._key(change.window) for change in carried]
-        keys += list(breaker_keys)
-        args: list = ["reserve", len(flat), len(required), len(choices), int(time.time() * 1000)]
+        known = [self._known(window) for window, _ in flat]
+        keys = [key for key, _ in known]
+        keys += [self._known(change.window)[0] for change in carried]
+        keys += breaker_keys
+        words = ["reserve", str(len(flat)), str(len(required)), str(len(choices))]
+        words.append(str(int(time.time() * 1000)))
         for c, choice in enumerate(choices):
-            args += [len(choice), choice_breakers[c] if choice_breakers else 0]
-        args += [len(carried), *self._change_args(carried)]
-        for window, amount in flat:
-            amount = min(int(amount), MAX_AMOUNT)
-            limit = min(window.limit, MAX_AMOUNT)
-            args += [int(window.layout), limit, window.expiry, amount, int(window.client)]
-        out = _words(self._run(keys, args))
+            words.append(f"{len(choice)} {choice_breakers[c] if choice_breakers else 0}")
+        words.append(str(len(carried)))
+        words += self._change_words(carried)
+        for (_window, amount), (_, constant) in zip(flat, known, strict=True):
+            words.append(f"{constant[0]} {min(int(amount), MAX_AMOUNT)} {constant[1]}")
+        out = _words(self.script(keys, [" ".join(words)]))
         refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
         verdicts = [_int(v) for v in out[3 : 3 + len(choices)]]
         rest = out[3 + len(choices) :]
@@ -382,20 +394,37 @@ class RedisBatch:
             full,
         )
 
+    def _known(self, window: Window) -> tuple[str, tuple[str, str]]:
+        """A window's Redis key and its constant words in a reservation (layout, limit and
+        expiry; whether it is the client's), worked out once per Window object."""
+        entry = self._windows.get(id(window))
+        if entry is not None and entry[0] is window:  # held here: its id is not reused
+            return entry[1], entry[2]
+        if len(self._windows) > 10_000:  # windows made per call (tools, tests): bounded
+            self._windows.clear()
+        constant = (
+            f"{int(window.layout)} {min(window.limit, MAX_AMOUNT)} {window.expiry}",
+            "1" if window.client else "0",
+        )
+        key = self._key(window)
+        self._windows[id(window)] = (window, key, constant)
+        return key, constant
+
     def adjust(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        keys = [self._key(change.window) for change in changes]
-        self._run(keys, ["adjust", len(changes), *self._change_args(changes)])
+        keys = [self._known(change.window)[0] for change in changes]
+        words = ["adjust", str(len(changes)), *self._change_words(changes)]
+        self.script(keys, [" ".join(words)])
 
     @staticmethod
-    def _change_args(changes: Sequence[Change]) -> list:
-        args: list = []
+    def _change_words(changes: Sequence[Change]) -> list[str]:
+        words = []
         for change in changes:
             window = change.window
             delta = max(-MAX_AMOUNT, min(MAX_AMOUNT, int(change.delta)))
-            args += [int(window.layout), window.expiry, delta, int(change.mark or 0)]
-        return args
+            words.append(f"{int(window.layout)} {window.expiry} {delta} {int(change.mark or 0)}")
+        return words
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         if not windows:
@@ -408,6 +437,100 @@ class RedisBatch:
         return [Reading(_int(out[2 * i]), _int(out[2 * i + 1]) / 1000) for i in range(len(windows))]
 
 
+class _Wire:
+    """EVALSHA of one script, packed by hand (its keys' wire form cached), on the connections
+    of the client's own pool.
+
+    With redis-py's plain ConnectionPool a connection is taken from and put back into the
+    pool's lists directly: its get_connection probes the socket for stray data on every borrow
+    (a system call), which a connection this module used never has, since it is put back only
+    once its answer is read whole. Any other pool is used through its public calls. A
+    connection that fails is disconnected and released as the client would. The script is
+    loaded on NOSCRIPT, as redis-py's Script does.
+    """
+
+    def __init__(self, client, script) -> None:
+        self.pool = client.connection_pool
+        self.script = script
+        self.sha = script.sha.encode()
+        self._keys: dict[str, bytes] = {}  # a key in its wire form
+        self._direct = type(self.pool) is ConnectionPool and all(
+            hasattr(self.pool, name)
+            for name in ("_checkpid", "_lock", "_available_connections", "_in_use_connections")
+        )
+
+    def evalsha(self, keys: Sequence[str], args: Sequence[str]) -> object:
+        parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)), self._sha_part()]
+        count = b"%d" % len(keys)
+        parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
+        wire = self._keys
+        for key in keys:
+            part = wire.get(key)
+            if part is None:
+                data = key.encode()
+                part = wire[key] = b"$%d\r\n%s\r\n" % (len(data), data)
+            parts.append(part)
+        for arg in args:
+            data = arg.encode() if isinstance(arg, str) else str(arg).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        try:
+            return self._send(b"".join(parts))
+        except NoScriptError:
+            # Not loaded (a restarted or flushed server): load it and run it again.
+            self._send(_pack(b"SCRIPT", b"LOAD", self.script.script.encode()))
+            return self._send(b"".join(parts))
+
+    def _sha_part(self) -> bytes:
+        return b"$%d\r\n%s\r\n" % (len(self.sha), self.sha)
+
+    def _send(self, packed: bytes) -> object:
+        connection = self._borrow()
+        try:
+            connection.send_packed_command([packed], check_health=False)
+            answer = connection.read_response()
+        except ResponseError:
+            self._give_back(connection)  # the answer was read whole: the connection is fine
+            raise
+        except BaseException:
+            connection.disconnect()
+            self.pool.release(connection)
+            raise
+        self._give_back(connection)
+        return answer
+
+    def _borrow(self):
+        pool = self.pool
+        if self._direct:
+            pool._checkpid()  # a forked child starts afresh, as the pool's own calls do
+            with pool._lock:
+                if pool._available_connections:
+                    connection = pool._available_connections.pop()
+                    pool._in_use_connections.add(connection)
+                    return connection
+        return pool.get_connection()
+
+    def _give_back(self, connection) -> None:
+        pool = self.pool
+        reconnect = getattr(connection, "should_reconnect", None)
+        if (
+            self._direct
+            and getattr(connection, "pid", None) == pool.pid == os.getpid()
+            and not (reconnect is not None and reconnect())
+        ):
+            with pool._lock:
+                if connection in pool._in_use_connections:
+                    pool._in_use_connections.remove(connection)
+                    pool._available_connections.append(connection)
+                    return
+        pool.release(connection)
+
+
+def _pack(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    out += [b"$%d\r\n%s\r\n" % (len(part), part) for part in parts]
+    return b"".join(out)
+
+
 def _words(answer: object) -> list[str]:
     if isinstance(answer, bytes):
         answer = answer.decode()
@@ -416,7 +539,10 @@ def _words(answer: object) -> list[str]:
 
 def _int(word: str) -> int:
     """A number the script wrote (Lua writes every number as a double: `12`, or `1.5e+14`)."""
-    return int(float(word))
+    try:
+        return int(word)
+    except ValueError:
+        return int(float(word))
 
 
 def _text(value: str) -> str | None:
