@@ -26,15 +26,14 @@ def create_app(overrides: Mapping | None = None) -> Flask:
     config: `config_path` (the file to read), `env` (a mapping used instead of os.environ) and
     `url_prefix` (where to serve the API).
     """
-    from flask import Flask
-
     from .extension import AIProxy
+    from .flaskapp import ProxyFlask
 
     overrides = dict(overrides or {})
     config_path = overrides.pop("config_path", None)
     env = overrides.pop("env", None)
     url_prefix = overrides.pop("url_prefix", "")
-    app = Flask(__name__)
+    app = ProxyFlask(__name__)
     AIProxy(app, url_prefix=url_prefix, config_path=config_path, overrides=overrides, env=env)
     return app
 

@@ -28,6 +28,7 @@ from .errors import (
     RequestTooLargeError,
     error_response,
 )
+from .fastheaders import stamp_headers
 from .state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState, build_state
 from .statuspage import views as status_page
 
@@ -185,10 +186,7 @@ def _finish_response(response: Response) -> Response:
     current = CURRENT_REQUEST.get()
     if current is None and not _ours():
         return response
-    headers = response.headers
-    headers["x-request-id"] = current.request_id if current else uuid.uuid4().hex
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers.setdefault("Cache-Control", "no-store")
+    stamp_headers(response.headers, current.request_id if current else uuid.uuid4().hex)
     _cors(response)
     if current is not None:
         record = current.record

@@ -31,6 +31,9 @@ _ACCESS_FIELDS = {
     "{x-request-id}o": "request_id",
 }
 
+# json.dumps(entry, default=str) would build a new encoder for every record.
+_ENCODER = json.JSONEncoder(default=str)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message and any `extra=` fields."""
@@ -67,7 +70,7 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def make_formatter(fmt: str) -> logging.Formatter:

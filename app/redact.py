@@ -294,6 +294,12 @@ class Redactor:
 
     def scrub_value(self, value: object, shapes: bool = True, depth: int = 0) -> object:
         """`scrub` applied to the strings in a value, containers included (log `extra=` data)."""
+        kind = type(value)
+        if kind is str:
+            return self.scrub(value) if shapes else self.scrub_known(value)
+        # Most log fields are plain numbers or None: answered before the ABC checks below.
+        if kind is int or kind is float or kind is bool or value is None:
+            return value
         if isinstance(value, str):
             return self.scrub(value) if shapes else self.scrub_known(value)
         if depth > 4:

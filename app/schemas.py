@@ -6,6 +6,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from .config import flatten_errors
 from .errors import InvalidRequestError
+from .fastcheck import FastCheck, chat_checks
 from .gemini_schemas import GEMINI_COUNT_TOKENS as GEMINI_COUNT_TOKENS
 from .gemini_schemas import GENERATE_CONTENT as GENERATE_CONTENT
 
@@ -191,12 +192,23 @@ class ChatCompletionSchema(Schema):
 
 
 CHAT_COMPLETION = ChatCompletionSchema()
+# Plainly valid bodies skip marshmallow (app/fastcheck.py); anything else gets the schema's errors.
+FAST_CHECKS: dict[int, FastCheck] = {
+    id(CHAT_COMPLETION): FastCheck(
+        set(CHAT_COMPLETION.load_fields),
+        chat_checks(_messages, _tools, _tool_choice, MAX_MODEL_NAME),
+        {name for name, field in CHAT_COMPLETION.load_fields.items() if field.required},
+    )
+}
 
 
 def validate_body(schema: Schema, body: object) -> dict:
     """Check a parsed JSON body; raise a 400 naming the first bad field in `param`."""
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    fast = FAST_CHECKS.get(id(schema))
+    if fast is not None and fast.ok(body):
+        return body
     errors = schema.validate(body)
     if errors:
         first = flatten_errors(errors)[0]

@@ -142,19 +142,22 @@ def json_response(payload: object, status: int = 200, headers: dict | None = Non
 def _holds_more_text(payload: object, limit: int) -> bool:
     """Whether the strings in a JSON value add up to more than `limit` characters."""
     stack, total = [payload], 0
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
+        item = pop()
         kind = type(item)
         if kind is str:
             total += len(item)
             if total > limit:
                 return True
         elif kind is dict:
-            stack.extend(item)
-            # Numbers, booleans and nulls hold no text: they are not pushed at all.
-            stack.extend(value for value in item.values() if type(value) not in _SCALARS)
+            # Everything is pushed: popping a number costs less than filtering it out first.
+            extend(item)
+            extend(item.values())
         elif kind is list or kind is tuple:
-            stack.extend(value for value in item if type(value) not in _SCALARS)
+            extend(item)
+        elif kind in _SCALARS:
+            continue
         elif isinstance(item, str | dict | list | tuple):
             stack.append(_plain(item))
     return False
