@@ -74,7 +74,10 @@ class ElasticThreadPool:
     def __init__(self, max_workers: int, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
         self.max_workers = max(1, max_workers)
         self.idle_seconds = idle_seconds
-        self._lock = threading.Lock()
+        # Reentrant: gunicorn calls `shutdown` from its SIGQUIT handler, which runs in the main
+        # thread between any two bytecodes, also while that thread is inside `submit` holding
+        # the lock; a plain Lock would deadlock there and the worker would never exit.
+        self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
         self._work: collections.deque = collections.deque()
         self._threads = 0
@@ -92,6 +95,7 @@ class ElasticThreadPool:
 
     def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
         future: Future = Future()
+        start = False
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -101,7 +105,10 @@ class ElasticThreadPool:
                 self._ready.notify()
             elif self._threads < self.max_workers:
                 self._threads += 1
-                threading.Thread(target=self._run, name="ai-proxy-request", daemon=True).start()
+                start = True
+        if start:
+            # Started outside the lock: Thread.start waits for the new thread to run.
+            threading.Thread(target=self._run, name="ai-proxy-request", daemon=True).start()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -4,6 +4,8 @@ reaper the watchdog runs for the upstream pool."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import CancelledError
 
@@ -15,7 +17,7 @@ from app.config import RetryConfig
 from app.threads import ElasticThreadPool
 from app.upstream import UpstreamPool
 from app.worker import ProxyWorker
-from tests.servers import wait_until
+from tests.servers import ROOT, wait_until
 from tests.stub_upstream import Reply
 
 
@@ -112,6 +114,44 @@ def test_shutdown_refuses_new_work_and_can_cancel_queued_work():
     release.set()
     assert running.result(timeout=5) is True
     assert wait_until(lambda: pool.threads == 0, timeout=5)
+
+
+# gunicorn's SIGQUIT handler calls `shutdown(False)` in the worker's main thread, which may be
+# inside `submit` at that moment: with the pool's lock held, or in Thread.start.
+SHUTDOWN_FROM_A_SIGNAL = """
+import os, signal, threading
+from app.threads import ElasticThreadPool
+pool = ElasticThreadPool(4, idle_seconds=30)
+signal.signal(signal.SIGUSR1, lambda *_: pool.shutdown(False))
+with pool._lock:
+    os.kill(os.getpid(), signal.SIGUSR1)   # the handler runs here, the lock held
+    for _ in range(1000):
+        pass
+ran = threading.Event()
+signal.signal(signal.SIGUSR2, lambda *_: pool.shutdown(False))
+pool = ElasticThreadPool(4, idle_seconds=30)
+real_start = threading.Thread.start
+def start_with_a_signal(self):
+    os.kill(os.getpid(), signal.SIGUSR2)   # the handler runs while submit starts a thread
+    real_start(self)
+threading.Thread.start = start_with_a_signal
+pool.submit(ran.set)
+threading.Thread.start = real_start
+assert ran.wait(5)
+print("exited cleanly")
+"""
+
+
+def test_shutdown_from_a_signal_handler_in_the_submitting_thread_does_not_deadlock():
+    done = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_FROM_A_SIGNAL],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "exited cleanly" in done.stdout
 
 
 def test_the_heap_is_trimmed_once_ending_threads_settle(pool, monkeypatch):
