@@ -51,10 +51,28 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+# pytest-xdist runs the suite in several processes: each hands out only the ports of its own
+# residue class, so two of them never give the same free port to two servers started at once.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_SHARE = (
+    int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0,
+    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
+)
+_GIVEN: set[int] = set()
+_GIVEN_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, not handed out before by this process."""
+    index, count = _SHARE
+    with _GIVEN_LOCK:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port % count == index and port not in _GIVEN:
+                _GIVEN.add(port)
+                return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

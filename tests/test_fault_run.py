@@ -17,7 +17,7 @@ connections, each answer tied to its worker through /proc); the gauge read for t
     AI_PROXY_FAULT_SEED     seed of the fault sequence and of the clients' choices (default 8)
     AI_PROXY_FAULT_CLIENTS  concurrent client workers (default 10)
 
-Run alone with `pytest -m fault -s` to see the outcome table; `-m "not fault"` leaves it out.
+Run alone with `pytest -n 0 -m fault -s` to see the outcome table; `-m "not fault"` leaves it out.
 """
 
 from __future__ import annotations

@@ -269,15 +269,22 @@ def test_two_workers_agree(tmp_path_factory, browser):
         assert "cooling down" in row_text(browser, "flaky#2")
         # Over fresh connections too (any worker may answer each).
         cookie = {"ai_proxy_admin": browser.get_cookie("ai_proxy_admin")["value"]}
-        pages = [
-            sections(
-                requests.get(
-                    server.url + "/admin", cookies=cookie, headers={"Connection": "close"}
-                ).text
-            )
-            for _ in range(10)
-        ]
-        assert all(page == pages[0] for page in pages)
+
+        def ten_fetches_agree() -> list[dict]:
+            pages = [
+                sections(
+                    requests.get(
+                        server.url + "/admin", cookies=cookie, headers={"Connection": "close"}
+                    ).text
+                )
+                for _ in range(10)
+            ]
+            differing.append([n for n in pages[0] if any(p[n] != pages[0][n] for p in pages)])
+            return pages if not differing[-1] else []
+
+        # The same clock as above: of two rounds, one agrees.
+        pages = ten_fetches_agree() or ten_fetches_agree()
+        assert pages, differing
         assert ">12<" in pages[0]["deployments"]
 
     finally:
