@@ -7,9 +7,11 @@ import json
 import socket
 
 import pytest
+import yaml
 
 from app.auth import is_loopback_host_header
 from tests.conftest import LOOPBACK, TOKEN
+from tests.servers import ProxyServer
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "hello"}]}
 BODY = json.dumps(CHAT)
@@ -214,9 +216,14 @@ def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict, byt
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, payload
 
 
-@pytest.fixture
-def gunicorn_local(proxy_factory):
-    return proxy_factory({"models": [{"name": "echo", "provider": "echo"}]})
+@pytest.fixture(scope="module")
+def gunicorn_local(tmp_path_factory):
+    """One no-token gunicorn proxy for the module: each request below stands alone."""
+    path = tmp_path_factory.mktemp("local") / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"name": "echo", "provider": "echo"}]}))
+    server = ProxyServer(path).start()
+    yield server
+    server.stop()
 
 
 def chat_request(host_line: str, content_type: str = "application/json", extra: str = ""):
