@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from flask import request
+
 from ..blueprints.common import (
     api_blueprint,
     authorise_model,
@@ -25,6 +27,7 @@ from ..cache import ResponsesForm
 from ..errors import InvalidRequestError
 from ..kinds import Surface
 from ..providers import CallContext
+from ..response_items import list_page, read_page
 from ..response_store import ResponseStore, Stored
 from ..responses_api import (
     Translated,
@@ -208,3 +211,12 @@ def delete_response(response_id: str):
     """Delete a stored response of this token's."""
     store().delete(response_id, request_state().token.sha256)
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@bp.get("/v1/responses/<response_id>/input_items")
+def list_input_items(response_id: str):
+    """A stored response's input items, a page at a time, to the token that made it."""
+    includes = [*request.args.getlist("include"), *request.args.getlist("include[]")]
+    page = read_page(request.args, includes)
+    stored = store().find(response_id, request_state().token.sha256)
+    return json_response(list_page(response_id, stored.conversation, page))
