@@ -259,7 +259,7 @@ ROUTES = {
         ),
     ],
     "ops": [
-        Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
+        Route("/metrics", "getMetrics", METRICS, errors=(401, 429), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
         Route("/admin/cache", "deleteCache", CACHE_DELETED, errors=(401,), method="delete"),
     ],

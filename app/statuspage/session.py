@@ -35,6 +35,10 @@ MAX_COOKIE_CHARS = 1024
 SIGN_IN_ATTEMPTS_PER_MINUTE = 5
 SIGN_IN_LIMIT = RateLimitItemPerMinute(SIGN_IN_ATTEMPTS_PER_MINUTE)
 KEY_LABEL = b"ai-proxy status page session v1"
+# Whose wrong tokens an address has used up: the admin token's (sign-in and admin routes), or
+# the metrics token's, counted apart so a misconfigured scraper never locks an operator out.
+SIGN_IN_SCOPE = "admin-sign-in"
+METRICS_SCOPE = "metrics-token"
 
 
 @dataclass(frozen=True)
@@ -130,21 +134,22 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
-def blocked_for() -> float | None:
-    """Seconds until this address may try again, if it has used up its wrong tokens."""
+def blocked_for(scope: str = SIGN_IN_SCOPE) -> float | None:
+    """Seconds until this address may try again, if it has used up its wrong tokens (of the
+    admin token, or of the secret `scope` names)."""
     limiter = _limiter()
     try:
-        if limiter.test(SIGN_IN_LIMIT, "admin-sign-in", _address()):
+        if limiter.test(SIGN_IN_LIMIT, scope, _address()):
             return None
-        stats = limiter.get_window_stats(SIGN_IN_LIMIT, "admin-sign-in", _address())
+        stats = limiter.get_window_stats(SIGN_IN_LIMIT, scope, _address())
     except StorageError:
         logger.warning("sign-in limit not checked: the rate-limit storage failed")
         return None
     return max(1.0, stats.reset_time - time.time())
 
 
-def count_wrong_token() -> None:
+def count_wrong_token(scope: str = SIGN_IN_SCOPE) -> None:
     try:
-        _limiter().hit(SIGN_IN_LIMIT, "admin-sign-in", _address())
+        _limiter().hit(SIGN_IN_LIMIT, scope, _address())
     except StorageError:
         logger.warning("wrong sign-in not counted: the rate-limit storage failed")
