@@ -25,6 +25,7 @@ from limits.errors import StorageError
 from limits.strategies import FixedWindowRateLimiter
 
 from ..blueprints.common import proxy_state
+from .revoked import REVOKED
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Session:
 
     csrf: str
     signed_in: bool = False
+    # A random id, so that sign-out can revoke this session on every worker (app/statuspage/
+    # revoked.py); a signed-in cookie without one is not signed in.
+    sid: str = ""
 
 
 def _admin_token() -> str | None:
@@ -81,10 +85,14 @@ def current() -> Session | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
         return None
+    sid = data.get("s") if isinstance(data.get("s"), str) else ""
     signed_in = data.get("in") == 1 and hmac.compare_digest(
         str(data.get("fp", "")), _fingerprint(admin_token)
     )
-    return Session(csrf=data["c"], signed_in=signed_in)
+    if signed_in:
+        # A copy of a cookie that signed out is signed out too, whichever worker is asked.
+        signed_in = not REVOKED.is_revoked(proxy_state().activity.board, sid)
+    return Session(csrf=data["c"], signed_in=signed_in, sid=sid)
 
 
 def signed_in() -> bool:
@@ -94,13 +102,20 @@ def signed_in() -> bool:
 
 def fresh(signed_in: bool = False) -> Session:
     """A new session (new CSRF token): made on sign-in and sign-out, so none is ever reused."""
-    return Session(csrf=secrets.token_urlsafe(32), signed_in=signed_in)
+    return Session(
+        csrf=secrets.token_urlsafe(32), signed_in=signed_in, sid=secrets.token_urlsafe(24)
+    )
+
+
+def revoke(session: Session) -> None:
+    """Sign a session out for good: its cookie, and every copy of it, on every worker."""
+    REVOKED.revoke(proxy_state().activity.board, session.sid, SESSION_SECONDS)
 
 
 def store(response: Response, session: Session, path: str) -> Response:
     """Set the session cookie on a response."""
     admin_token = _admin_token() or ""
-    data = {"c": session.csrf, "in": 1 if session.signed_in else 0}
+    data = {"c": session.csrf, "in": 1 if session.signed_in else 0, "s": session.sid}
     if session.signed_in:
         data["fp"] = _fingerprint(admin_token)
     response.set_cookie(
