@@ -191,6 +191,16 @@ class ResponseDeleted(_Answer):
     deleted = fields.Boolean(required=True)
 
 
+class ResponseItemList(_Answer):
+    """A page of a stored response's input items."""
+
+    object = _const("list")
+    data = fields.List(fields.Dict(), required=True)
+    first_id = fields.String(required=True, allow_none=True)
+    last_id = fields.String(required=True, allow_none=True)
+    has_more = fields.Boolean(required=True)
+
+
 class TokenCount(_Answer):
     input_tokens = fields.Integer(required=True)
 
@@ -414,6 +424,7 @@ RESPONSE_EVENTS = "The Response, or its events (response.created ... response.co
 RESPONSE = {"200": _routed(RESPONSE_EVENTS, {**json_content("Response"), **_anthropic_events()})}
 STORED_RESPONSE = {"200": _answer("The stored Response.", json_content("Response"))}
 DELETED_RESPONSE = {"200": _answer("It is deleted.", json_content("ResponseDeleted"))}
+INPUT_ITEMS = {"200": _answer("A page of its input items.", json_content("ResponseItemList"))}
 GENERATED = {"200": _routed("The answer.", json_content("GenerateContentResponse"))}
 GENERATED_STREAM = {"200": _routed("The answer's responses as they come.", _gemini_stream())}
 GEMINI_COUNT = {"200": _answer("The count.", json_content("GeminiTokenCount"))}

@@ -96,6 +96,11 @@ class ProxyError(Exception):
             error["details"] = [{**info, "domain": "ai-proxy"}]
         return {"error": error}
 
+    def on(self, surface: Surface) -> ProxyError:
+        """The error as `surface` reports it: itself, unless that API names the condition with
+        another status (see UpstreamError)."""
+        return self
+
     def body(self, surface: Surface) -> dict:
         if surface == GEMINI:
             return self.gemini_body()
@@ -185,9 +190,24 @@ class UpstreamError(ProxyError):
     anthropic_type = "api_error"
     default_message = "The upstream provider failed."
 
+    # The upstream's own HTTP status and Retry-After, when it answered with one (an upstream
+    # 429 stays a 502 on the OpenAI and Anthropic surfaces, as the contract has it).
+    upstream_status: int | None = None
+    upstream_retry_after: float | None = None
+
     def __init__(self, message: str | None = None, *, retryable: bool = True, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.retryable = retryable
+
+    def on(self, surface: Surface) -> ProxyError:
+        # Google's API says an exhausted quota with 429 RESOURCE_EXHAUSTED (its clients back off
+        # on it): an upstream that rate-limited the last attempt is said so on that surface.
+        if surface != GEMINI or self.upstream_status != 429 or self.status != 502:
+            return self
+        wait = self.upstream_retry_after or self.retry_after or 1.0
+        limited = RateLimitError(self.message, code="upstream_rate_limited", retry_after=wait)
+        limited.extra_headers = dict(self.extra_headers)
+        return limited
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -249,6 +269,7 @@ class StorageUnavailableError(ProxyError):
 
 def error_response(err: ProxyError, surface: Surface = OPENAI) -> Response:
     """Render an error as the JSON response of the given surface, scrubbed of secrets."""
+    err = err.on(surface)
     response = Response(
         json.dumps(REDACTOR.scrub_value(err.body(surface))),
         status=err.status,

@@ -31,6 +31,7 @@ from .answers import (
     GENERATED_STREAM,
     HEALTH,
     IMAGES,
+    INPUT_ITEMS,
     MESSAGE,
     METRICS,
     MODEL,
@@ -141,6 +142,38 @@ RESPONSE_ID = {
     "schema": {"type": "string", "minLength": 1},
 }
 
+# The query of GET /v1/responses/{response_id}/input_items, as the openai SDK sends it.
+INPUT_ITEMS_QUERY = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "Items per page, 1 to 100 (default 20).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+    {
+        "name": "order",
+        "in": "query",
+        "required": False,
+        "description": "`asc` or `desc` (default: newest first).",
+        "schema": {"enum": ["asc", "desc"]},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The id of the item the page starts after.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+    {
+        "name": "include[]",
+        "in": "query",
+        "required": False,
+        "description": "Fields to include (accepted; items are listed as stored).",
+        "schema": {"type": "array", "items": {"type": "string"}},
+    },
+]
+
 
 class Route(NamedTuple):
     """One operation: a POST when it takes a body (a request component's name), else a GET."""
@@ -189,6 +222,12 @@ ROUTES = {
             "/v1/responses/{response_id}", "retrieveResponse", STORED_RESPONSE, errors=(401, 404)
         ),
         Route(
+            "/v1/responses/{response_id}/input_items",
+            "listInputItems",
+            INPUT_ITEMS,
+            errors=(400, 401, 404),
+        ),
+        Route(
             "/v1/responses/{response_id}",
             "deleteResponse",
             DELETED_RESPONSE,
@@ -220,7 +259,7 @@ ROUTES = {
         ),
     ],
     "ops": [
-        Route("/metrics", "getMetrics", METRICS, errors=(401,), security=[{}, *TOKEN_SECURITY]),
+        Route("/metrics", "getMetrics", METRICS, errors=(401, 429), security=[{}, *TOKEN_SECURITY]),
         Route("/admin/status", "getStatus", STATUS, errors=(401,)),
         Route("/admin/cache", "deleteCache", CACHE_DELETED, errors=(401,), method="delete"),
     ],
@@ -245,6 +284,7 @@ SUMMARIES = {
     "createResponse": "OpenAI Responses API, streamed or not, from any provider.",
     "retrieveResponse": "A stored response (only to the token that made it).",
     "deleteResponse": "Delete a stored response (only the token that made it may).",
+    "listInputItems": "A stored response's input items, a page at a time (`after`, `limit`).",
     "listGeminiModels": "Every model the token may use, as Gemini lists them.",
     "getGeminiModel": "One model, as Gemini's Model resource.",
     "generateContent": "Gemini generateContent, from any provider.",
@@ -275,6 +315,8 @@ def _operation(tag: str, route: Route) -> dict:
         operation["parameters"] = [MODEL_ID]
     if "{response_id}" in route.path:
         operation["parameters"] = [RESPONSE_ID]
+        if route.operation_id == "listInputItems":
+            operation["parameters"] = [RESPONSE_ID, *INPUT_ITEMS_QUERY]
     if tag == "gemini":
         operation["security"] = GEMINI_SECURITY
         if route.operation_id == "streamGenerateContent":

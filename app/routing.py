@@ -431,7 +431,11 @@ class Router:
         message = last.message
         if trial.attempts > 1:
             message = f"All {trial.attempts} deployments failed; the last: {message}"
-        return cls(message, headers={"x-ai-proxy-attempts": str(trial.attempts)})
+        error = cls(message, headers={"x-ai-proxy-attempts": str(trial.attempts)})
+        # What the last upstream answered, for a surface that names a rate limit as one.
+        error.upstream_status = getattr(last, "upstream_status", None)
+        error.upstream_retry_after = getattr(last, "upstream_retry_after", None)
+        return error
 
     @staticmethod
     def _larger_context(failed: Candidate, rest: list[Candidate]) -> list[Candidate]:

@@ -362,6 +362,7 @@ def status_error(
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     error = _status_error(status, message, code, retry_after, label)
     error.upstream_status = status
+    error.upstream_retry_after = retry_after
     return error
 
 

@@ -20,7 +20,7 @@ from ..errors import (
     StorageUnavailableError,
 )
 from ..ratelimit import Owner
-from ..statuspage.session import blocked_for, count_wrong_token, signed_in
+from ..statuspage.session import METRICS_SCOPE, blocked_for, count_wrong_token, signed_in
 from ..statuspage.shared import add_shared
 
 bp = Blueprint("ai_proxy_ops", __name__)
@@ -38,10 +38,28 @@ def _matches(presented: str | None, expected: str) -> bool:
 @bp.get("/metrics")
 def get_metrics():
     expected = proxy_state().config.server.metrics_token
-    if expected and not _matches(extract_token(request.headers), expected):
-        raise AuthenticationError("/metrics wants the metrics token as a Bearer token.")
+    if expected:
+        require_metrics_token(expected)
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
+
+
+def require_metrics_token(expected: str) -> None:
+    """401 without the metrics token; wrong ones count per address as wrong admin tokens do,
+    and an address that used them up gets 429 whatever it sends, so guessing is no oracle. A
+    right token never counts: a scraper that has it is never limited by its own scrapes."""
+    presented = extract_token(request.headers)
+    if presented is None:
+        raise AuthenticationError("/metrics wants the metrics token as a Bearer token.")
+    wait = blocked_for(METRICS_SCOPE)
+    if wait is not None:
+        raise RateLimitError(
+            "Too many wrong metrics tokens from your address; try again later.",
+            retry_after=int(wait) + 1,
+        )
+    if not _matches(presented, expected):
+        count_wrong_token(METRICS_SCOPE)
+        raise AuthenticationError("/metrics wants the metrics token as a Bearer token.")
 
 
 @bp.get("/admin/status")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from flask import request
+
 from ..blueprints.common import (
     api_blueprint,
     authorise_model,
@@ -25,6 +27,7 @@ from ..cache import ResponsesForm
 from ..errors import InvalidRequestError
 from ..kinds import Surface
 from ..providers import CallContext
+from ..response_items import list_page, read_page
 from ..response_store import ResponseStore, Stored
 from ..responses_api import (
     Translated,
@@ -40,6 +43,7 @@ from ..responses_stream import EventWriter, Relay, canonical_events, failing, re
 from ..routing import Candidate
 from ..schemas import RESPONSES
 from ..think import strip_answer, strip_stream
+from ..upstream_refs import check_responses
 
 bp = api_blueprint("ai_proxy_responses", __name__)
 
@@ -99,6 +103,7 @@ class CreateResponse(Endpoint):
             history = store().find(previous, owner, param="previous_response_id").history()
         items = input_items(body)
         check_items(items, "input", call_ids(history))
+        check_responses(body)
         if not items and not history:
             raise InvalidRequestError("Invalid request: input: give some input.", param="input")
         stream = bool(body.get("stream"))
@@ -206,3 +211,12 @@ def delete_response(response_id: str):
     """Delete a stored response of this token's."""
     store().delete(response_id, request_state().token.sha256)
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@bp.get("/v1/responses/<response_id>/input_items")
+def list_input_items(response_id: str):
+    """A stored response's input items, a page at a time, to the token that made it."""
+    includes = [*request.args.getlist("include"), *request.args.getlist("include[]")]
+    page = read_page(request.args, includes)
+    stored = store().find(response_id, request_state().token.sha256)
+    return json_response(list_page(response_id, stored.conversation, page))

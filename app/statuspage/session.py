@@ -25,6 +25,7 @@ from limits.errors import StorageError
 from limits.strategies import FixedWindowRateLimiter
 
 from ..blueprints.common import proxy_state
+from .revoked import REVOKED
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ MAX_COOKIE_CHARS = 1024
 SIGN_IN_ATTEMPTS_PER_MINUTE = 5
 SIGN_IN_LIMIT = RateLimitItemPerMinute(SIGN_IN_ATTEMPTS_PER_MINUTE)
 KEY_LABEL = b"ai-proxy status page session v1"
+# Whose wrong tokens an address has used up: the admin token's (sign-in and admin routes), or
+# the metrics token's, counted apart so a misconfigured scraper never locks an operator out.
+SIGN_IN_SCOPE = "admin-sign-in"
+METRICS_SCOPE = "metrics-token"
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Session:
 
     csrf: str
     signed_in: bool = False
+    # A random id, so that sign-out can revoke this session on every worker (app/statuspage/
+    # revoked.py); a signed-in cookie without one is not signed in.
+    sid: str = ""
 
 
 def _admin_token() -> str | None:
@@ -77,10 +85,14 @@ def current() -> Session | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("c"), str):
         return None
+    sid = data.get("s") if isinstance(data.get("s"), str) else ""
     signed_in = data.get("in") == 1 and hmac.compare_digest(
         str(data.get("fp", "")), _fingerprint(admin_token)
     )
-    return Session(csrf=data["c"], signed_in=signed_in)
+    if signed_in:
+        # A copy of a cookie that signed out is signed out too, whichever worker is asked.
+        signed_in = not REVOKED.is_revoked(proxy_state().activity.board, sid)
+    return Session(csrf=data["c"], signed_in=signed_in, sid=sid)
 
 
 def signed_in() -> bool:
@@ -90,13 +102,20 @@ def signed_in() -> bool:
 
 def fresh(signed_in: bool = False) -> Session:
     """A new session (new CSRF token): made on sign-in and sign-out, so none is ever reused."""
-    return Session(csrf=secrets.token_urlsafe(32), signed_in=signed_in)
+    return Session(
+        csrf=secrets.token_urlsafe(32), signed_in=signed_in, sid=secrets.token_urlsafe(24)
+    )
+
+
+def revoke(session: Session) -> None:
+    """Sign a session out for good: its cookie, and every copy of it, on every worker."""
+    REVOKED.revoke(proxy_state().activity.board, session.sid, SESSION_SECONDS)
 
 
 def store(response: Response, session: Session, path: str) -> Response:
     """Set the session cookie on a response."""
     admin_token = _admin_token() or ""
-    data = {"c": session.csrf, "in": 1 if session.signed_in else 0}
+    data = {"c": session.csrf, "in": 1 if session.signed_in else 0, "s": session.sid}
     if session.signed_in:
         data["fp"] = _fingerprint(admin_token)
     response.set_cookie(
@@ -130,21 +149,22 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
-def blocked_for() -> float | None:
-    """Seconds until this address may try again, if it has used up its wrong tokens."""
+def blocked_for(scope: str = SIGN_IN_SCOPE) -> float | None:
+    """Seconds until this address may try again, if it has used up its wrong tokens (of the
+    admin token, or of the secret `scope` names)."""
     limiter = _limiter()
     try:
-        if limiter.test(SIGN_IN_LIMIT, "admin-sign-in", _address()):
+        if limiter.test(SIGN_IN_LIMIT, scope, _address()):
             return None
-        stats = limiter.get_window_stats(SIGN_IN_LIMIT, "admin-sign-in", _address())
+        stats = limiter.get_window_stats(SIGN_IN_LIMIT, scope, _address())
     except StorageError:
         logger.warning("sign-in limit not checked: the rate-limit storage failed")
         return None
     return max(1.0, stats.reset_time - time.time())
 
 
-def count_wrong_token() -> None:
+def count_wrong_token(scope: str = SIGN_IN_SCOPE) -> None:
     try:
-        _limiter().hit(SIGN_IN_LIMIT, "admin-sign-in", _address())
+        _limiter().hit(SIGN_IN_LIMIT, scope, _address())
     except StorageError:
         logger.warning("wrong sign-in not counted: the rate-limit storage failed")

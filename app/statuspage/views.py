@@ -109,6 +109,8 @@ def sign_out():
     current = session.current()
     if not session.csrf_ok(current, request.form.get("csrf")):
         return sign_in_form(current, EXPIRED, 403)
+    if current.signed_in:
+        session.revoke(current)
     response = redirect(url_for(".show_status_page"), code=303)
     return session.store(response, session.fresh(), _cookie_path())
 
