@@ -361,17 +361,14 @@ def passthrough_body(body: dict, history: list[dict]) -> dict:
     a stored conversation put in front of its input (the proxy's store keeps conversations,
     so a conversation moves between translated and passed-through deployments)."""
     sent = {key: value for key, value in body.items() if key != "previous_response_id"}
-    if history or isinstance(body.get("input"), list):
-        # The client's items go as the stored ones do: an item's id would name an item stored
-        # upstream (under the proxy's shared key, perhaps another client's), so none is sent.
-        items = [*history, *input_items(body)]
-        sent["input"] = [*filter(None, map(_upstream_item, items))]
+    if history:
+        sent["input"] = [*filter(None, map(_upstream_item, history)), *input_items(body)]
     return sent
 
 
 def _upstream_item(item: dict) -> dict | None:
-    """An item as input to an upstream: without an id (an upstream would look it up in its own
-    store); reasoning only where it carries itself (its encrypted content, with its id)."""
+    """A stored item as input to an upstream that did not store it: without the ids it gave
+    its output (they name nothing there); reasoning only where it carries itself."""
     if item.get("type") == "reasoning":
         return item if item.get("encrypted_content") else None
     return {key: value for key, value in item.items() if key not in ("id", "status")}

@@ -11,14 +11,12 @@ upstream call, whether the chosen deployment would pass it through or translate 
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from .errors import InvalidRequestError
 
 # The host of Google's Gemini API: a URL there names a Files API object under the proxy's key.
 GOOGLE_API_HOST = "generativelanguage.googleapis.com"
-# Characters IDNA reads as a dot in a host name.
-DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
 def refused(where: str, what: str) -> InvalidRequestError:
@@ -30,8 +28,7 @@ def refused(where: str, what: str) -> InvalidRequestError:
 
 def is_upstream_uri(uri: object) -> bool:
     """Whether a media URI names an object stored at a provider: a resource name with no
-    scheme or no host (`files/abc`, `https:files/abc`), or any URL on Google's Gemini API host
-    however its host is spelled."""
+    scheme (`files/abc`), or any URL on Google's Gemini API host."""
     if not isinstance(uri, str):
         return False
     text = uri.strip()
@@ -39,10 +36,10 @@ def is_upstream_uri(uri: object) -> bool:
         return False
     try:
         parts = urlsplit(text.replace("\\", "/"))
-        host = unquote(parts.hostname or "").translate(DOTS).lower().rstrip(".")
+        host = (parts.hostname or "").rstrip(".")
     except ValueError:
         return True  # not a URL anyone can fetch; only a provider could make sense of it
-    if not parts.scheme or not host:
+    if not parts.scheme:
         return True
     return host == GOOGLE_API_HOST or host.endswith("." + GOOGLE_API_HOST)
 
@@ -179,20 +176,10 @@ def check_gemini(body: dict, where: str = "") -> None:
     if isinstance(system, dict):
         contents.append((f"{where}systemInstruction", system))
     for at, content in contents:
-        _gemini_parts(content.get("parts"), f"{at}.parts")
+        for j, part in _dicts(content.get("parts")):
+            data = part.get("fileData")
+            if isinstance(data, dict) and is_upstream_uri(data.get("fileUri")):
+                raise refused(f"{at}.parts[{j}].fileData.fileUri", "a Files API URI")
     for i, tool in _dicts(body.get("tools")):
         if _present(tool.get("fileSearch")):
             raise refused(f"{where}tools[{i}].fileSearch", "fileSearch (stored file stores)")
-
-
-def _gemini_parts(parts: object, where: str) -> None:
-    for j, part in _dicts(parts):
-        data = part.get("fileData") or part.get("file_data")
-        if isinstance(data, dict):
-            uri = data.get("fileUri", data.get("file_uri"))
-            if is_upstream_uri(uri):
-                raise refused(f"{where}[{j}].fileData.fileUri", "a Files API URI")
-        # A function's response may carry media parts of its own.
-        response = part.get("functionResponse") or part.get("function_response")
-        if isinstance(response, dict):
-            _gemini_parts(response.get("parts"), f"{where}[{j}].functionResponse.parts")
