@@ -225,13 +225,7 @@ def test_dropped_items_and_parts_are_named(client, upstream):
         "model": "gpt",
         "input": [
             {"type": "reasoning", "id": "rs_1", "summary": []},
-            message(
-                [
-                    {"type": "input_text", "text": "hi"},
-                    # A file by value is dropped; one by id is refused (test_upstream_refs.py).
-                    {"type": "input_file", "filename": "a.txt", "file_data": "aGk="},
-                ]
-            ),
+            message([{"type": "input_text", "text": "hi"}, {"type": "input_file", "file_id": "f"}]),
         ],
     }
     response = post(client, body)

@@ -19,7 +19,6 @@ from ..routing import Candidate, Resolution
 from ..schemas import COUNT_TOKENS, MESSAGES
 from ..streaming import encode_event
 from ..think import strip_answer, strip_stream
-from ..upstream_refs import check_messages
 
 bp = api_blueprint("ai_proxy_anthropic", __name__)
 
@@ -41,7 +40,6 @@ class Messages(Endpoint):
     cache_form = MessageForm()
 
     def read(self, body: dict, size: int) -> Call:
-        check_messages(body)
         warnings: list[str] = []
         canonical = to_chat_request(body, warnings)
         dropped = header_safe("; ".join(dict.fromkeys(warnings))) if warnings else None
@@ -99,10 +97,6 @@ class CountTokens(Endpoint):
     surface = Surface.ANTHROPIC
     schema = COUNT_TOKENS
     charged = False
-
-    def read(self, body: dict, size: int) -> Call:
-        check_messages(body)
-        return super().read(body, size)
 
     def candidates(self, resolution: Resolution) -> Resolution:
         counting = tuple(c for c in resolution.candidates if counts_upstream(c.provider))

@@ -58,7 +58,6 @@ from ..providers import CallContext
 from ..routing import Candidate, Resolution
 from ..schemas import GEMINI_COUNT_TOKENS, GENERATE_CONTENT
 from ..think import strip_answer, strip_stream
-from ..upstream_refs import check_gemini
 
 bp = Blueprint("ai_proxy_gemini", __name__)
 ROOTS = ("/v1beta", "/v1")
@@ -100,7 +99,6 @@ class GenerateContent(Endpoint):
         return camel_case(body)
 
     def read(self, body: dict, size: int) -> Call:
-        check_gemini(body)
         translated = to_chat(body, self.model, self.stream)
         return Call(
             body,
@@ -177,7 +175,6 @@ class CountTokens(Endpoint):
 
     def read(self, body: dict, size: int) -> Call:
         check_depth(body)
-        check_gemini(body)
         return Call(body, self.model, size, prompt={"messages": []})
 
     def candidates(self, resolution: Resolution) -> Resolution:

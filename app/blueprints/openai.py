@@ -33,7 +33,6 @@ from ..routing import Candidate
 from ..schemas import CHAT_COMPLETION, COMPLETIONS, EMBEDDINGS, IMAGES
 from ..streaming import DONE, encode_chunk
 from ..think import strip_answer, strip_stream
-from ..upstream_refs import check_chat
 
 bp = api_blueprint("ai_proxy_openai", __name__)
 
@@ -45,7 +44,6 @@ class ChatCompletions(Endpoint):
     cache_form = ChatForm()
 
     def read(self, body: dict, size: int) -> Call:
-        check_chat(body)
         return Call(
             body,
             body.get("model"),

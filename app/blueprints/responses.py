@@ -43,7 +43,6 @@ from ..responses_stream import EventWriter, Relay, canonical_events, failing, re
 from ..routing import Candidate
 from ..schemas import RESPONSES
 from ..think import strip_answer, strip_stream
-from ..upstream_refs import check_responses
 
 bp = api_blueprint("ai_proxy_responses", __name__)
 
@@ -103,7 +102,6 @@ class CreateResponse(Endpoint):
             history = store().find(previous, owner, param="previous_response_id").history()
         items = input_items(body)
         check_items(items, "input", call_ids(history))
-        check_responses(body)
         if not items and not history:
             raise InvalidRequestError("Invalid request: input: give some input.", param="input")
         stream = bool(body.get("stream"))
