@@ -3,6 +3,8 @@ body it declines gets the schema's own error."""
 
 from __future__ import annotations
 
+import os
+
 import math
 
 import pytest
@@ -60,7 +62,11 @@ def test_every_declared_field_has_a_check_and_no_renamed_key():
     assert all(field.data_key is None for field in CHAT_COMPLETION.load_fields.values())
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `AI_PROXY_FUZZ_EXAMPLES=2000` (say) for a longer run, as in the other property files.
+EXAMPLES = int(os.environ.get("AI_PROXY_FUZZ_EXAMPLES") or 200)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(BODY)
 def test_fast_accept_means_the_schema_accepts(body):
     if FAST.ok(body):
