@@ -3,9 +3,8 @@ body it declines gets the schema's own error."""
 
 from __future__ import annotations
 
-import os
-
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
