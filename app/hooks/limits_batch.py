@@ -21,8 +21,6 @@ from enum import IntEnum
 
 from limits.errors import StorageError
 from limits.storage import Storage
-from redis import ConnectionPool
-from redis.exceptions import NoScriptError, ResponseError
 
 # A Redis key holding a moving-window list (the layout before this module) is dropped once.
 LUA = """
@@ -450,6 +448,12 @@ class _Wire:
     """
 
     def __init__(self, client, script) -> None:
+        # redis is imported where a Redis storage is used: it costs a worker 8 MB and 0.1 s
+        # to start (more where it finds OpenTelemetry installed) that memory storage never needs.
+        from redis import ConnectionPool
+        from redis.exceptions import NoScriptError, ResponseError
+
+        self._no_script, self._response_error = NoScriptError, ResponseError
         self.pool = client.connection_pool
         self.script = script
         self.sha = script.sha.encode()
@@ -475,7 +479,7 @@ class _Wire:
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
         try:
             return self._send(b"".join(parts))
-        except NoScriptError:
+        except self._no_script:
             # Not loaded (a restarted or flushed server): load it and run it again.
             self._send(_pack(b"SCRIPT", b"LOAD", self.script.script.encode()))
             return self._send(b"".join(parts))
@@ -488,7 +492,7 @@ class _Wire:
         try:
             connection.send_packed_command([packed], check_health=False)
             answer = connection.read_response()
-        except ResponseError:
+        except self._response_error:
             self._give_back(connection)  # the answer was read whole: the connection is fine
             raise
         except BaseException:
