@@ -13,6 +13,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
+from .accesslog import log_access
 from .auth import check_local_request
 from .blueprints import anthropic, docs, gemini, go, health, openai, ops, responses
 from .blueprints.listing import wants_gemini
@@ -268,14 +269,12 @@ def _request_done(
     level = logging.DEBUG if quiet else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
-    access_logger.log(
+    log_access(
+        access_logger,
         level,
         "%s %s %s %.1fms",
-        record["method"],
-        record["path"],
-        record["status"],
-        record["latency_ms"],
-        extra={key: value for key, value in record.items() if value is not None},
+        (record["method"], record["path"], record["status"], record["latency_ms"]),
+        {key: value for key, value in record.items() if value is not None},
     )
 
 
