@@ -15,11 +15,15 @@ from types import FunctionType
 
 from flask import Flask
 
+from .fastresponse import ProxyResponse
+
 MAX_REMEMBERED = 1024
 
 
 class ProxyFlask(Flask):
-    """Flask with `ensure_sync` remembered for plain functions."""
+    """Flask with `ensure_sync` remembered for plain functions, answering with ProxyResponse."""
+
+    response_class = ProxyResponse
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

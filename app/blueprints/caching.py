@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flask import Response, after_this_request, request
+from flask import after_this_request, request
 
 from .. import metrics
 from ..blueprints.common import note, proxy_state
 from ..cache import SHARED_SCOPE, CacheForm, Entry, Result, Ticket, make_key
+from ..fastresponse import ProxyResponse as Response
 from ..streaming import SSE_HEADERS
 
 HEADER = "x-ai-proxy-cache"

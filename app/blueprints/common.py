@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, current_app, g, request
 
 from ..auth import require_model
 from ..config import TokenConfig
@@ -16,6 +16,7 @@ from ..errors import (
     InvalidJSONError,
     RequestTooLargeError,
 )
+from ..fastresponse import ProxyResponse as Response
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
 
 logger = logging.getLogger(__name__)

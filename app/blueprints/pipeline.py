@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, request
 from marshmallow import Schema
 
 from .. import metrics, watchdog
@@ -38,6 +38,7 @@ from ..errors import (
     UpstreamTimeoutError,
     sse_error_event,
 )
+from ..fastresponse import ProxyResponse as Response
 from ..kinds import Kind, Surface
 from ..providers import CallContext, PrimedStream
 from ..redact import scrub
