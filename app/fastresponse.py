@@ -15,7 +15,6 @@ from __future__ import annotations
 from flask import Response
 from werkzeug.datastructures import Headers
 
-
 # Headers get_wsgi_headers rewrites: an answer holding one takes werkzeug's path.
 _REWRITTEN = frozenset({"location", "content-location"})
 
