@@ -113,10 +113,12 @@ def _ours() -> bool:
 
 
 def _surface() -> str:
-    path = request.path[len(_state().url_prefix) :]
-    if gemini.is_gemini_path(path, request.method):
+    current = CURRENT_REQUEST.get()
+    req = current.request if current is not None and current.request is not None else request
+    path = req.path[len(_state().url_prefix) :]
+    if gemini.is_gemini_path(path, req.method):
         return GEMINI
-    if path.startswith("/v1/models") and wants_gemini(request.headers):
+    if path.startswith("/v1/models") and wants_gemini(req.headers):
         return GEMINI  # the google-genai SDK's model list and lookups
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 
@@ -140,6 +142,7 @@ def _begin_request():
         record={"request_id": request_id, "method": method, "path": path},
         counted=counted,
         proxy=state,
+        request=req,
     )
     g.ai_proxy = current
     CURRENT_REQUEST.set(current)
