@@ -65,8 +65,11 @@ def log_access(logger: logging.Logger, level: int, msg: str, args: tuple, fields
     line = _ENCODER.encode(entry) + handler.terminator
     handler.acquire()
     try:
-        handler.stream.write(line)
-        handler.flush()
+        stream = handler.stream
+        stream.write(line)
+        # StreamHandler.flush, without taking the lock held here a second time.
+        if stream and hasattr(stream, "flush"):
+            stream.flush()
     except RecursionError:
         raise
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: logging never fails a request.

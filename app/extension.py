@@ -148,6 +148,7 @@ def _begin_request():
     CURRENT_REQUEST.set(current)
     if counted:
         metrics.IN_FLIGHT.inc()
+    if counted and tracing.enabled():
         current.span = tracing.start_request_span(
             f"{method} {path}",
             headers,

@@ -177,7 +177,7 @@ def cprofile_main(args) -> int:
     try:
         up_url, _ = processes.start_upstream(children, workdir, "upstream", 1, 0.0)
         config = workdir / "proxy.yaml"
-        config_text = processes.proxy_config(up_url)
+        config_text = processes.proxy_config(up_url, args.storage)
         if args.cache:
             import json
 
@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="--cprofile: timed runs without the profiler"
+    )
+    parser.add_argument(
+        "--storage",
+        default="memory://",
+        help="--cprofile: the quotas' storage URI (redis://... for a running redis-server)",
     )
     args = parser.parse_args(argv)
     if args.cprofile:

@@ -49,32 +49,33 @@ class MemoryBatch:
         # A storage class of anyone else's keeps its own methods.
         kind = type(storage)
         self.direct = kind is MemoryStorage or bool(vars(kind).get("plain_counters"))
-        self.get = self._get if self.direct else storage.get
+        self.get = self._get if self.direct else lambda key, _now: storage.get(key)
 
-    def _get(self, key: str) -> int:
-        """MemoryStorage.get: the counter, dropped first if its window has passed."""
+    def _get(self, key: str, now: float) -> int:
+        """MemoryStorage.get: the counter, dropped first if its window has passed (by `now`,
+        the batch's time: one clock read per batch instead of one per counter)."""
         storage = self.storage
-        if storage.expirations.get(key, 0) <= time.time():
+        if storage.expirations.get(key, 0) <= now:
             storage.storage.pop(key, None)
             storage.expirations.pop(key, None)
             storage.locks.pop(key, None)
         return storage.storage.get(key, 0)
 
-    def _incr(self, key: str, expiry: float, amount: int) -> None:
+    def _incr(self, key: str, expiry: float, amount: int, now: float) -> None:
         """MemoryStorage.incr (its own expiry hook included)."""
         storage = self.storage
-        self._get(key)
+        self._get(key, now)
         storage._MemoryStorage__schedule_expiry()
         counters = storage.storage
         with storage.locks[key]:
             counters[key] += amount
             if counters[key] == amount:
-                storage.expirations[key] = time.time() + expiry
+                storage.expirations[key] = now + expiry
 
-    def _decr(self, key: str, amount: int) -> None:
+    def _decr(self, key: str, amount: int, now: float) -> None:
         """MemoryStorage.decr (its own expiry hook included)."""
         storage = self.storage
-        self._get(key)
+        self._get(key, now)
         storage._MemoryStorage__schedule_expiry()
         counters = storage.storage
         with storage.locks[key]:
@@ -84,11 +85,11 @@ class MemoryBatch:
         """(used, seconds until room frees, the key an amount goes to now)."""
         storage, expiry, get = self.storage, window.expiry, self.get
         if window.layout is Layout.FIXED:
-            used = get(window.key)
+            used = get(window.key, now)
             reset = storage.expirations.get(window.key, now + expiry) - now if used else expiry
             return used, max(0.0, reset), window.key
         previous_key, current_key = window_keys(window.key, expiry, now)
-        previous, current = get(previous_key), get(current_key)
+        previous, current = get(previous_key, now), get(current_key, now)
         # As limits computes it: the part of the previous window the moving window still covers.
         previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
@@ -99,13 +100,13 @@ class MemoryBatch:
             reset = min(reset, current_ttl % expiry)
         return math.floor(previous * previous_ttl / expiry + current), reset, current_key
 
-    def _add(self, window: Window, key: str, amount: int) -> None:
+    def _add(self, window: Window, key: str, amount: int, now: float) -> None:
         expiry = window.expiry if window.layout is Layout.FIXED else 2 * window.expiry
         if self.direct:
             if amount >= 0:
-                self._incr(key, expiry, amount)
+                self._incr(key, expiry, amount, now)
             else:
-                self._decr(key, -amount)
+                self._decr(key, -amount, now)
         elif amount >= 0:
             self.storage.incr(key, expiry, amount)
         else:
@@ -158,7 +159,7 @@ class MemoryBatch:
                 for i in taken:
                     window, amount = flat[i]
                     key = usages[i][2]
-                    self._add(window, key, amount)
+                    self._add(window, key, amount, now)
                     # A fixed window's key outlives its window: its expiry names the window.
                     fixed = window.layout is Layout.FIXED
                     marks[i] = self.storage.expirations.get(key) if fixed else key
@@ -173,7 +174,7 @@ class MemoryBatch:
                 window = change.window
                 if window.layout is Layout.FIXED:
                     current = window.key
-                    self.get(current)  # drops the counter if its window has passed
+                    self.get(current, now)  # drops the counter if its window has passed
                     same = self.storage.expirations.get(current) == change.mark
                     target = current if same and change.mark is not None else None
                 else:
@@ -182,9 +183,9 @@ class MemoryBatch:
                 if target is None:
                     # The reserved window has passed: only more than was reserved still counts.
                     if change.delta > 0:
-                        self._add(window, current, change.delta)
+                        self._add(window, current, change.delta, now)
                     continue
-                self._add(window, target, change.delta)
+                self._add(window, target, change.delta, now)
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         with self.lock:
