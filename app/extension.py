@@ -13,6 +13,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import metrics, tracing, watchdog
+from .accesslog import log_access
 from .auth import check_local_request
 from .blueprints import anthropic, docs, gemini, go, health, openai, ops, responses
 from .blueprints.listing import wants_gemini
@@ -112,10 +113,12 @@ def _ours() -> bool:
 
 
 def _surface() -> str:
-    path = request.path[len(_state().url_prefix) :]
-    if gemini.is_gemini_path(path, request.method):
+    current = CURRENT_REQUEST.get()
+    req = current.request if current is not None and current.request is not None else request
+    path = req.path[len(_state().url_prefix) :]
+    if gemini.is_gemini_path(path, req.method):
         return GEMINI
-    if path.startswith("/v1/models") and wants_gemini(request.headers):
+    if path.startswith("/v1/models") and wants_gemini(req.headers):
         return GEMINI  # the google-genai SDK's model list and lookups
     return ANTHROPIC if path.startswith("/v1/messages") else OPENAI
 
@@ -139,11 +142,13 @@ def _begin_request():
         record={"request_id": request_id, "method": method, "path": path},
         counted=counted,
         proxy=state,
+        request=req,
     )
     g.ai_proxy = current
     CURRENT_REQUEST.set(current)
     if counted:
         metrics.IN_FLIGHT.inc()
+    if counted and tracing.enabled():
         current.span = tracing.start_request_span(
             f"{method} {path}",
             headers,
@@ -268,14 +273,12 @@ def _request_done(
     level = logging.DEBUG if quiet else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
-    access_logger.log(
+    log_access(
+        access_logger,
         level,
         "%s %s %s %.1fms",
-        record["method"],
-        record["path"],
-        record["status"],
-        record["latency_ms"],
-        extra={key: value for key, value in record.items() if value is not None},
+        (record["method"], record["path"], record["status"], record["latency_ms"]),
+        {key: value for key, value in record.items() if value is not None},
     )
 
 

@@ -6,6 +6,7 @@ import contextvars
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import redact
 from .activity import Activity, make_board
@@ -19,6 +20,9 @@ from .response_store import ResponseStore, make_response_store, storage_uri
 from .routing import Router
 from .statuspage.shared import live_numbers
 from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from flask import Request
 
 EXTENSION_KEY = "ai_proxy"
 
@@ -48,6 +52,7 @@ class RequestState:
     span: object = None  # its tracing span, if tracing is on
     token: TokenConfig | None = None  # the client token, once authenticated
     proxy: ProxyState | None = None  # the app's state, for lookups without `current_app`
+    request: Request | None = None  # the request behind `flask.request`, without its proxy
 
 
 # The request this thread serves (set as it begins, cleared at its teardown): one context

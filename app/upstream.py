@@ -298,9 +298,7 @@ class UpstreamPool:
             try:
                 session = self.session(url, idle_timeout)
                 request = self._templates.prepare(session, method, url, params, all_headers, body)
-                response = session.send(
-                    request, timeout=timeout, stream=True, allow_redirects=False, verify=verify
-                )
+                response = send_prepared(session, request, timeout, verify)
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
                 for watch in watches:
                     # Cut by the watchdog: past the deadline, or nobody waiting any more.
@@ -330,6 +328,29 @@ class UpstreamPool:
             for session in self._sessions.values():
                 session.close()
             self._sessions.clear()
+
+
+def send_prepared(
+    session: requests.Session,
+    request: requests.PreparedRequest,
+    timeout: tuple[float, float],
+    verify: bool | str,
+) -> requests.Response:
+    """`session.send(request, stream=True, allow_redirects=False)` through the session's adapter.
+
+    For the proxy's sessions (no hooks, no proxies from the environment, cookies never kept,
+    redirects not followed), Session.send adds only work whose result is thrown away: the
+    proxies resolved from the URL, upstream cookies copied into a jar that refuses them, a
+    redirect target worked out and never followed, the elapsed time. A request with hooks, or
+    a session with a proxy, client certificate or the environment's settings, goes through
+    Session.send.
+    """
+    if session.trust_env or session.proxies or session.cert or any(request.hooks.values()):
+        return session.send(
+            request, timeout=timeout, stream=True, allow_redirects=False, verify=verify
+        )
+    adapter = session.get_adapter(url=request.url)
+    return adapter.send(request, stream=True, timeout=timeout, verify=verify, cert=None, proxies={})
 
 
 def _secrets(headers: Mapping[str, str]) -> tuple[str, ...]:

@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from flask import Response, after_this_request, request
+from flask import after_this_request
 
 from .. import metrics
-from ..blueprints.common import note, proxy_state
+from ..blueprints.common import current_request, note, proxy_state
 from ..cache import SHARED_SCOPE, CacheForm, Entry, Result, Ticket, make_key
+from ..fastresponse import ProxyResponse as Response
 from ..streaming import SSE_HEADERS
 
 HEADER = "x-ai-proxy-cache"
@@ -42,7 +43,7 @@ OFF = Lookup()
 
 def directives() -> set[str]:
     """The request's `Cache-Control` directives, lower-cased, without their arguments."""
-    header = request.headers.get("Cache-Control")
+    header = current_request().headers.get("Cache-Control")
     if not header:
         return set()
     return {part.split("=", 1)[0].strip().lower() for part in header[:1000].split(",")}
@@ -60,7 +61,8 @@ def look_up(endpoint, call, admission) -> Lookup:
     if body is None or "no-store" in wanted or not cacheable:
         return _noted(Lookup(Result.BYPASS, form))
     scope = SHARED_SCOPE if cache.shared_scope else admission.token.name
-    varies = {name: request.headers[name] for name in form.key_headers if name in request.headers}
+    headers = current_request().headers
+    varies = {name: headers[name] for name in form.key_headers if name in headers}
     try:
         key = make_key(
             endpoint.surface,

@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Request, current_app, g, request
 
 from ..auth import require_model
 from ..config import TokenConfig
@@ -16,6 +16,7 @@ from ..errors import (
     InvalidJSONError,
     RequestTooLargeError,
 )
+from ..fastresponse import ProxyResponse as Response
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,15 @@ def api_blueprint(name: str, import_name: str) -> Blueprint:
     return bp
 
 
+def current_request() -> Request:
+    """`flask.request` itself (the object behind werkzeug's proxy), kept since the request
+    began: one context-variable read instead of the proxy's look-up at every use."""
+    current = CURRENT_REQUEST.get()
+    if current is not None and current.request is not None:
+        return current.request
+    return request._get_current_object()
+
+
 def request_state() -> RequestState:
     """This request's state (made when it began)."""
     current = CURRENT_REQUEST.get()
@@ -53,9 +63,8 @@ def request_state() -> RequestState:
 def authenticate(query_key: str | None = None) -> TokenConfig:
     """The caller's token, or a 401 (no token configured: loopback callers only); `query_key`
     is a token from the URL, for the surfaces that take one (Gemini's `?key=`)."""
-    token = proxy_state().authenticator.authenticate(
-        request.headers, request.remote_addr, query_key
-    )
+    req = current_request()
+    token = proxy_state().authenticator.authenticate(req.headers, req.remote_addr, query_key)
     request_state().token = token
     note(token=token.name)
     return token
@@ -109,9 +118,10 @@ def _read_body(limit: int) -> bytes:
     chunked body (no length; gunicorn sets `wsgi.input_terminated`) it only cuts at the limit,
     silently: so such a body is read here up to one byte past the limit, and that byte refuses it.
     """
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=False)
-    stream = request.environ["wsgi.input"]
+    req = current_request()
+    if req.content_length is not None or not req.environ.get("wsgi.input_terminated"):
+        return req.get_data(cache=False)
+    stream = req.environ["wsgi.input"]
     chunks: list[bytes] = []
     size = 0
     while size <= limit:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from flask import Blueprint, Response, request
+from flask import Blueprint
 from marshmallow import Schema
 
 from .. import metrics, watchdog
@@ -22,6 +22,7 @@ from ..auth import model_allowed
 from ..blueprints import caching
 from ..blueprints.common import (
     authorise_model,
+    current_request,
     json_response,
     note,
     proxy_state,
@@ -38,6 +39,7 @@ from ..errors import (
     UpstreamTimeoutError,
     sse_error_event,
 )
+from ..fastresponse import ProxyResponse as Response
 from ..kinds import Kind, Surface
 from ..providers import CallContext, PrimedStream
 from ..redact import scrub
@@ -273,7 +275,7 @@ def call_context(requested_model: str | None) -> CallContext:
         watchdog.Scope(
             deadline=deadline,
             stream_deadline=now + routing.stream_timeout_seconds,
-            client=request.environ.get("gunicorn.socket"),
+            client=current_request().environ.get("gunicorn.socket"),
         )
     )
     return CallContext(

@@ -31,6 +31,11 @@ PAUSE_AFTER_FAULT_SECONDS = 1.0
 # Longest an identical request waits for the first one's answer, and the lock's deadline.
 MAX_FLIGHT_SECONDS = 120.0
 POLL_FIRST_SECONDS = 0.01
+# Entries decoded from the memory store's own bytes objects, kept so that a hit on the same
+# object is not checked again (its checksum and metadata cannot have changed: bytes are
+# immutable). Small answers only, and few, so that evicted answers are not kept alive in bulk.
+DECODED_ENTRIES = 32
+DECODED_MAX_BYTES = 16 * 1024
 POLL_MAX_SECONDS = 0.1
 
 
@@ -96,6 +101,8 @@ class ResponseCache:
         self._throttle = LogThrottle()
         self._flights: dict[str, threading.Event] = {}
         self._flights_lock = threading.Lock()
+        self._decoded: dict[str, tuple[bytes, Entry]] = {}  # slot: (its bytes, their entry)
+        self._decoded_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config, flight_seconds: float = MAX_FLIGHT_SECONDS) -> ResponseCache:
@@ -134,8 +141,11 @@ class ResponseCache:
     def _entry(self, key: CacheKey, slot: str, data: bytes | None) -> Entry | None:
         if data is None:
             return None
+        known = self._decoded.get(slot)
+        if known is not None and known[0] is data:
+            return known[1]
         try:
-            return decode(key.digest, data)
+            entry = decode(key.digest, data)
         except CorruptEntry as err:
             self._fault(Fault.CORRUPT, err)
             try:
@@ -143,6 +153,12 @@ class ResponseCache:
             except StorageFailure:
                 pass
             return None
+        if self.store.scheme == "memory" and len(data) <= DECODED_MAX_BYTES:
+            with self._decoded_lock:
+                if len(self._decoded) >= DECODED_ENTRIES:
+                    del self._decoded[next(iter(self._decoded))]
+                self._decoded[slot] = (data, entry)
+        return entry
 
     def _fly(self, ticket: Ticket) -> tuple[Entry | None, Ticket]:
         """Lead the identical requests, or wait for the one leading them."""

@@ -36,6 +36,9 @@ class SweptMemoryStorage(MemoryStorage):
     """
 
     sweep_seconds = DEFAULT_SWEEP_SECONDS
+    # Its counters are limits' own (get/incr/decr not overridden): the quota batch may work on
+    # them directly (app.hooks.limits_memory.MemoryBatch). A subclass does not inherit this.
+    plain_counters = True
     _live: weakref.WeakSet[SweptMemoryStorage] = weakref.WeakSet()
     _sweeper: threading.Thread | None = None
     _sweeper_lock = threading.Lock()
