@@ -290,6 +290,32 @@ def test_a_hit_costs_no_tokens_but_counts_as_a_request(cached, upstream):
     assert post(client).status_code == 429
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [{"tokens_per_minute": 150}, {"budget_per_day": 0.0015}],
+    ids=["tokens spent", "budget spent"],
+)
+def test_a_hit_is_served_when_the_tokens_or_budget_are_spent(cached, upstream, limits):
+    """A hit costs nothing, so a spent token or budget window does not refuse it (a new
+    question does); nor does a deployment out of requests, as no deployment answers it."""
+    model = {**openai_model(upstream), "requests_per_minute": 1}
+    model |= {"input_cost_per_mtok": 10, "output_cost_per_mtok": 10}
+    client = cached(limits=limits, models=[model])
+    body = {**CHAT, "max_tokens": 100}
+    usage = {"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140}
+    upstream.queue(Reply(body=chat_completion("long answer", usage=usage)))
+    assert post(client, body).headers["x-ai-proxy-cache"] == "miss"
+    for _ in range(3):
+        again = post(client, body)
+        assert again.status_code == 200, again.json
+        assert again.headers["x-ai-proxy-cache"] == "hit"
+        assert again.json["choices"][0]["message"]["content"] == "long answer"
+    # A new question is refused: the spent window, or the deployment out of requests.
+    other = post(client, {**body, "messages": [{"role": "user", "content": "Something new"}]})
+    assert other.status_code in (429, 503), other.json
+    assert len(upstream.requests) == 1
+
+
 def test_a_hit_is_logged_and_counted(cached, caplog):
     client = cached()
     hits = metric("ai_proxy_cache_requests_total", result="hit")

@@ -49,7 +49,7 @@ def directives() -> set[str]:
     return {part.split("=", 1)[0].strip().lower() for part in header[:1000].split(",")}
 
 
-def look_up(endpoint, call, admission) -> Lookup:
+def look_up(endpoint, call, token, resolution) -> Lookup:
     """The cache's answer for this request, or how a fresh one is to be stored."""
     cache = proxy_state().cache
     if cache is None:
@@ -57,16 +57,16 @@ def look_up(endpoint, call, admission) -> Lookup:
     form: CacheForm | None = endpoint.cache_form
     wanted = directives()
     body = form.key_body(call.body) if form is not None else None
-    cacheable = any(c.provider.model.cache for c in admission.resolution.candidates)
+    cacheable = any(c.provider.model.cache for c in resolution.candidates)
     if body is None or "no-store" in wanted or not cacheable:
         return _noted(Lookup(Result.BYPASS, form))
-    scope = SHARED_SCOPE if cache.shared_scope else admission.token.name
+    scope = SHARED_SCOPE if cache.shared_scope else token.name
     headers = current_request().headers
     varies = {name: headers[name] for name in form.key_headers if name in headers}
     try:
         key = make_key(
             endpoint.surface,
-            admission.resolution.identifier,
+            resolution.identifier,
             scope,
             body,
             varies,

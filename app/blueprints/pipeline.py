@@ -184,11 +184,14 @@ def dispatch(endpoint: Endpoint) -> Response:
     """Run one request through `endpoint`: the only way a view calls a model."""
     body, size = read_json_body()
     call = endpoint.read(validate_body(endpoint.schema, endpoint.normalise(body)), size)
-    admission = admit(call.model, size, endpoint.kind, endpoint=endpoint, call=call)
-    lookup = caching.look_up(endpoint, call, admission)
+    token, resolution = resolve(call.model, size, endpoint.kind, endpoint)
+    # The cache first: a hit costs no tokens, so only the token's request windows judge it.
+    lookup = caching.look_up(endpoint, call, token, resolution)
     if lookup.entry is not None:
+        admission = reserve_for(token, resolution, endpoint, call, hit=True)
         settle_hit(admission)
         return caching.hit_reply(call, admission, lookup)
+    admission = reserve_for(token, resolution, endpoint, call)
     ctx = endpoint.context(call_context(admission.resolution.identifier))
     if call.stream:
         outcome = run_reserved(admission, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
@@ -213,6 +216,14 @@ def admit(
     call: Call | None = None,
 ) -> Admission:
     """Check the token may use the model, resolve it, reserve its quota: the common start."""
+    token, resolution = resolve(identifier, size, kind, endpoint)
+    return reserve_for(token, resolution, endpoint, call)
+
+
+def resolve(
+    identifier: str | None, size: int, kind: Kind = Kind.CHAT, endpoint: Endpoint | None = None
+) -> tuple[TokenConfig, Resolution]:
+    """Check the token may use the model and resolve it to the deployments that may answer."""
     state = proxy_state()
     token = request_state().token
     if identifier is None and kind != Kind.CHAT:
@@ -226,11 +237,24 @@ def admit(
     note(model_requested=resolution.identifier)
     if endpoint is not None:
         resolution = endpoint.candidates(resolution)
-    charged = endpoint.charged if endpoint is not None else False
+    return token, resolution
+
+
+def reserve_for(
+    token: TokenConfig,
+    resolution: Resolution,
+    endpoint: Endpoint | None = None,
+    call: Call | None = None,
+    hit: bool = False,
+) -> Admission:
+    """Reserve the request's quota (or raise the refusal): every window it touches, or, for a
+    cache hit, only the token's request windows (no deployment answers it, it costs nothing)."""
+    state = proxy_state()
+    charged = endpoint.charged if endpoint is not None and not hit else False
     prompt = prompt_estimate(call.prompt) if call is not None and charged else 0
     demand = state.quotas.demand(prompt, call.max_output if call else None, charged)
     breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
-    models = [candidate.provider.model for candidate in resolution.candidates]
+    models = [] if hit else [candidate.provider.model for candidate in resolution.candidates]
     reservation = reserve(state.quotas, token, models, demand, breakers)
     return Admission(token, resolution, reservation.headers, reservation)
 
@@ -401,11 +425,8 @@ def routing_headers(outcome: Outcome) -> dict[str, str]:
 
 
 def settle_hit(admission: Admission) -> None:
-    """A cache hit costs no tokens and no budget: its reservation is given back whole.
-
-    It was counted against the request-rate limits at admission, like any request; that count
-    stays.
-    """
+    """A cache hit costs no tokens and no budget: it reserved only the token's request windows,
+    where it counts like any request; that count stays."""
     admission.reservation.release()
 
 
