@@ -189,6 +189,24 @@ def translate(err: BaseException, label: str) -> UpstreamError:
     return UpstreamError(f"{label}: connection failed")
 
 
+def failure_chain(err: BaseException, depth: int = 6) -> str:
+    """The classes of a failure and what it wraps, for the log: `ConnectionError <
+    ProtocolError < RemoteDisconnected` tells a refused connection from a dropped one. Class
+    names only: the messages may hold the upstream's URL."""
+    names: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen and len(names) < depth:
+        seen.add(id(current))
+        names.append(type(current).__name__)
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            arg = current.args[0] if current.args else None
+            inner = arg if isinstance(arg, BaseException) else None
+        current = inner or current.__cause__ or current.__context__
+    return " < ".join(names)
+
+
 class UpstreamPool:
     """Sessions per endpoint origin, each with a retrying, thread-sized connection pool."""
 
@@ -303,7 +321,7 @@ class UpstreamPool:
                 for watch in watches:
                     # Cut by the watchdog: past the deadline, or nobody waiting any more.
                     watch.check(label)
-                logger.warning("upstream %s failed: %s", label, type(err).__name__)
+                logger.warning("upstream %s failed: %s", label, failure_chain(err))
                 raise translate(err, label) from err
         if watches:
             watches[-1].raw = response.raw
