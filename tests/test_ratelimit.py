@@ -310,6 +310,8 @@ def test_token_quota_round_trips_with_redis(make_app, redis_server):
         },
     )
     post(client)  # loads the scripts
+    # Its settle is queued for the settler thread: not this request's command.
+    client.application.extensions["ai_proxy"].quotas.settled()
     with SentCommands(redis_server.port) as sent:
         response = post(client)
         client.application.extensions["ai_proxy"].quotas.settled()
