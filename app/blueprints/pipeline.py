@@ -208,18 +208,6 @@ def dispatch(endpoint: Endpoint) -> Response:
     return whole_reply(endpoint, call, admission, outcome)
 
 
-def admit(
-    identifier: str | None,
-    size: int,
-    kind: Kind = Kind.CHAT,
-    endpoint: Endpoint | None = None,
-    call: Call | None = None,
-) -> Admission:
-    """Check the token may use the model, resolve it, reserve its quota: the common start."""
-    token, resolution = resolve(identifier, size, kind, endpoint)
-    return reserve_for(token, resolution, endpoint, call)
-
-
 def resolve(
     identifier: str | None, size: int, kind: Kind = Kind.CHAT, endpoint: Endpoint | None = None
 ) -> tuple[TokenConfig, Resolution]:
