@@ -108,7 +108,12 @@ class ElasticThreadPool:
                 start = True
         if start:
             # Started outside the lock: Thread.start waits for the new thread to run.
-            threading.Thread(target=self._run, name="ai-proxy-request", daemon=True).start()
+            try:
+                threading.Thread(target=self._run, name="ai-proxy-request", daemon=True).start()
+            except BaseException:
+                with self._lock:
+                    self._threads -= 1  # never ran: a later submit may start one
+                raise
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -244,3 +244,18 @@ def test_housekeeping_forgets_services_that_are_gone():
     dog.run_chores()
     assert calls[:1] == [1]
     assert dog._chores == []
+
+
+def test_a_thread_that_cannot_start_is_not_counted(monkeypatch):
+    pool = ElasticThreadPool(2, idle_seconds=30)
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+    assert pool.threads == 0
+    monkeypatch.undo()
+    assert pool.submit(lambda: "ran").result(timeout=5) == "ran"
+    pool.shutdown(wait=True)
