@@ -80,13 +80,16 @@ class _Choice:
         return message
 
 
-class ChatAssembler(SSEAssembler):
-    """OpenAI chat chunks into a `chat.completion`."""
+class _ChoicesAssembler(SSEAssembler):
+    """OpenAI-style chunks (`choices`, then `[DONE]`) into the whole answer `OBJECT`: the answer
+    fields and usage kept from the chunks, each choice gathered by `add` and written by
+    `choices`."""
+
+    OBJECT = ""
 
     def __init__(self) -> None:
         super().__init__()
         self.head: dict = {}
-        self.choices: dict[int, _Choice] = {}
         self.usage: object = None
 
     def event(self, name: str | None, data: str) -> bool:
@@ -102,31 +105,55 @@ class ChatAssembler(SSEAssembler):
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            held = self.choices.setdefault(choice.get("index", 0), _Choice())
-            held.add(choice.get("delta") or {})
-            logprobs = choice.get("logprobs")
-            if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-                held.logprobs.extend(logprobs["content"])
-            if choice.get("finish_reason"):
-                held.finish = choice["finish_reason"]
+            self.add(choice.get("index", 0), choice)
         return False
 
     def whole(self, usage: object = None) -> dict | None:
-        if not self.ended or self.failed or not self.choices:
+        if not self.ended or self.failed:
             return None
-        answer = {**self.head, "object": "chat.completion"}
-        answer["choices"] = [
+        choices = self.choices()
+        if not choices:
+            return None
+        answer = {**self.head, "object": self.OBJECT, "choices": choices}
+        if self.usage or usage:
+            answer["usage"] = self.usage or usage
+        return answer
+
+    def add(self, index: int, choice: dict) -> None:
+        raise NotImplementedError
+
+    def choices(self) -> list[dict]:
+        raise NotImplementedError
+
+
+class ChatAssembler(_ChoicesAssembler):
+    """OpenAI chat chunks into a `chat.completion`."""
+
+    OBJECT = "chat.completion"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[int, _Choice] = {}
+
+    def add(self, index: int, choice: dict) -> None:
+        held = self.held.setdefault(index, _Choice())
+        held.add(choice.get("delta") or {})
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            held.logprobs.extend(logprobs["content"])
+        if choice.get("finish_reason"):
+            held.finish = choice["finish_reason"]
+
+    def choices(self) -> list[dict]:
+        return [
             {
                 "index": index,
                 "message": held.message(),
                 "logprobs": {"content": held.logprobs} if held.logprobs else None,
                 "finish_reason": held.finish,
             }
-            for index, held in sorted(self.choices.items())
+            for index, held in sorted(self.held.items())
         ]
-        if self.usage or usage:
-            answer["usage"] = self.usage or usage
-        return answer
 
 
 class ChatForm(CacheForm):
@@ -185,40 +212,23 @@ def _call_chunks(chunk, index: int, position: int, call: dict) -> Iterator[bytes
         yield chunk(index, {"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
 
 
-class CompletionAssembler(SSEAssembler):
+class CompletionAssembler(_ChoicesAssembler):
     """Legacy completion chunks into a `text_completion`."""
+
+    OBJECT = "text_completion"
 
     def __init__(self) -> None:
         super().__init__()
-        self.head: dict = {}
         self.texts: dict[int, list[str]] = {}
         self.finishes: dict[int, str | None] = {}
-        self.usage: object = None
 
-    def event(self, name: str | None, data: str) -> bool:
-        if data.strip() == "[DONE]":
-            return True
-        chunk = loads_object(data)
-        if "error" in chunk and not chunk.get("choices"):
-            self.failed = True
-            return False
-        for key in ANSWER_FIELDS:
-            if key in chunk and key not in self.head:
-                self.head[key] = chunk[key]
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
-            self.texts.setdefault(index, []).append(str(choice.get("text") or ""))
-            if choice.get("finish_reason"):
-                self.finishes[index] = choice["finish_reason"]
-        return False
+    def add(self, index: int, choice: dict) -> None:
+        self.texts.setdefault(index, []).append(str(choice.get("text") or ""))
+        if choice.get("finish_reason"):
+            self.finishes[index] = choice["finish_reason"]
 
-    def whole(self, usage: object = None) -> dict | None:
-        if not self.ended or self.failed or not self.texts:
-            return None
-        answer = {**self.head, "object": "text_completion"}
-        answer["choices"] = [
+    def choices(self) -> list[dict]:
+        return [
             {
                 "index": index,
                 "text": "".join(parts),
@@ -227,9 +237,6 @@ class CompletionAssembler(SSEAssembler):
             }
             for index, parts in sorted(self.texts.items())
         ]
-        if self.usage or usage:
-            answer["usage"] = self.usage or usage
-        return answer
 
 
 class CompletionForm(CacheForm):
