@@ -4,6 +4,7 @@ reaper the watchdog runs for the upstream pool."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -259,3 +260,111 @@ def test_a_thread_that_cannot_start_is_not_counted(monkeypatch):
     monkeypatch.undo()
     assert pool.submit(lambda: "ran").result(timeout=5) == "ran"
     pool.shutdown(wait=True)
+
+
+def test_work_after_a_response_runs_once_the_future_is_done(pool):
+    """What a piece of work leaves for after it runs once its future holds the result (gunicorn's
+    callback has given the connection back), in order, in the same thread."""
+    order: list[str] = []
+    release, registered = threading.Event(), threading.Event()
+
+    def serve() -> str:
+        registered.wait(5)
+        threads.after_response(lambda: order.append("first"))
+        threads.after_response(lambda: (release.wait(10), order.append("second")))
+        order.append("served")
+        return threading.current_thread().name
+
+    future = pool.submit(serve)
+    future.add_done_callback(lambda f: order.append("handed back"))
+    registered.set()
+    # The result is out while the second job still waits: the jobs do not hold the future.
+    assert future.result(timeout=5) == "ai-proxy-request"
+    assert wait_until(lambda: "first" in order, timeout=5)
+    assert order[:3] == ["served", "handed back", "first"]
+    release.set()
+    assert wait_until(lambda: order[-1] == "second", timeout=5)
+
+
+def test_work_after_a_response_runs_even_when_the_work_failed_and_one_job_failing_stops_none(
+    pool, caplog
+):
+    ran: list[int] = []
+
+    def fail():
+        threads.after_response(lambda: 1 / 0)
+        threads.after_response(lambda: ran.append(2))
+        raise ValueError("the request failed")
+
+    with pytest.raises(ValueError):
+        pool.submit(fail).result(timeout=5)
+    assert wait_until(lambda: ran == [2], timeout=5)
+    assert "work after a response failed" in caplog.text
+
+
+def test_outside_a_pool_thread_work_after_a_response_runs_at_once():
+    ran: list[str] = []
+    threads.after_response(lambda: ran.append("now"))
+    assert ran == ["now"]
+
+
+def test_work_after_a_response_is_bounded_per_piece_of_work(pool):
+    """An HTTP/2 connection is one piece of work for many requests: past MAX_AFTER_JOBS the
+    jobs run at once instead of piling up until it closes."""
+    seen: list[int] = []
+
+    def serve() -> list[int]:
+        for index in range(threads.MAX_AFTER_JOBS + 5):
+            threads.after_response(lambda index=index: seen.append(index))
+        return list(seen)
+
+    ran_during = pool.submit(serve).result(timeout=5)
+    assert ran_during == list(range(threads.MAX_AFTER_JOBS + 1))
+    assert wait_until(lambda: len(seen) == threads.MAX_AFTER_JOBS + 5, timeout=5)
+    assert seen == list(range(threads.MAX_AFTER_JOBS + 5))
+
+
+def test_the_access_line_and_metrics_are_written_after_the_connection_is_handed_back(
+    make_app, pool
+):
+    """A request served in a pool thread (as gunicorn serves it) is handed back before its log
+    line is written: a log handler that blocks holds up no client."""
+    app = make_app({"models": [{"name": "echo", "provider": "echo"}]})
+    logger = logging.getLogger("ai_proxy.access")
+    entered, release = threading.Event(), threading.Event()
+    lines: list[str] = []
+
+    class Blocking(logging.Handler):
+        def emit(self, record):
+            entered.set()
+            release.wait(10)
+            lines.append(record.getMessage())
+
+    handler = Blocking()
+    saved_level, saved_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+
+        def serve() -> int:
+            client = app.test_client()
+            response = client.post(
+                "/v1/chat/completions",
+                json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+                environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            )
+            response.close()
+            return response.status_code
+
+        assert pool.submit(serve).result(timeout=5) == 200
+        # The answer is handed back; the line is being written after it.
+        assert entered.wait(5)
+        assert lines == []
+        release.set()
+        assert wait_until(lambda: len(lines) == 1, timeout=5)
+        assert lines[0].startswith("POST /v1/chat/completions 200 ")
+    finally:
+        release.set()
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
