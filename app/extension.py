@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -32,7 +31,6 @@ from .errors import (
 )
 from .fastheaders import stamp_headers
 from .state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState, build_state
-from .threads import after_response
 from .statuspage import views as status_page
 
 logger = logging.getLogger(__name__)
@@ -202,21 +200,8 @@ def _finish_response(response: Response) -> Response:
         # Logged and counted once the last byte is out (streams included).
         tracing.detach(span)
         label = _model_label(record)
-        # Once the last byte is out, the clock stops; the line and the metrics are written
-        # after the connection is handed back (app.threads.after_response).
         response.call_on_close(
-            lambda: after_response(
-                functools.partial(
-                    _request_done,
-                    record,
-                    started,
-                    surface,
-                    counted,
-                    span,
-                    label,
-                    time.perf_counter(),
-                )
-            )
+            lambda: _request_done(record, started, surface, counted, span, label)
         )
     return response
 
@@ -258,10 +243,9 @@ def _model_label(record: dict) -> str:
 
 
 def _request_done(
-    record: dict, started: float, surface: str, counted: bool, span, model: str, ended: float
+    record: dict, started: float, surface: str, counted: bool, span, model: str
 ) -> None:
-    """One log line, the request metrics and the request span, once the answer is delivered
-    (at `ended`, perf_counter time)."""
+    """One log line, the request metrics and the request span, once the answer is delivered."""
     if counted:
         metrics.IN_FLIGHT.dec()
     if span is not None:
@@ -276,7 +260,7 @@ def _request_done(
                 "gen_ai.usage.output_tokens": record.get("completion_tokens"),
             },
         )
-    seconds = ended - started
+    seconds = time.perf_counter() - started
     record["latency_ms"] = round(seconds * 1000, 2)
     if counted:
         # Every request is counted, refused ones too (400, 401, 403, 404, 413, 429).

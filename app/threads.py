@@ -6,10 +6,6 @@ burst of 1,000 streams, a worker holds 500 idle threads (their stacks and their 
 for good. `ElasticThreadPool` has the same `submit`/`shutdown` interface; a thread idle for
 `idle_seconds` ends, and once threads have ended the C heap's free memory is handed back to
 the system (`malloc_trim`), so a worker's memory returns near its resting level after a burst.
-
-Work that need not hold up the connection (a request's log line and metrics) is handed to
-`after_response`: a pool thread runs it once its connection is given back to gunicorn, so the
-client's next request on it is read while that work is done, not after it.
 """
 
 from __future__ import annotations
@@ -35,34 +31,6 @@ DEFAULT_IDLE_SECONDS = 10.0
 TRIM_AFTER_SECONDS = 1.0
 # glibc's mallopt parameter for the number of malloc arenas.
 _M_ARENA_MAX = -8
-# Jobs one piece of work may leave for after it (more are run at once: an HTTP/2 connection is
-# one piece of work for all of its requests).
-MAX_AFTER_JOBS = 32
-
-# The jobs the pool thread's current piece of work leaves for after it (None: not a pool thread).
-_after = threading.local()
-
-
-def after_response(job: Callable[[], object]) -> None:
-    """Run `job` once the connection being served is handed back to gunicorn (in a pool thread),
-    else now. Jobs run in the order given; one that fails is logged and the others still run."""
-    jobs = getattr(_after, "jobs", None)
-    if jobs is None:
-        job()
-    elif len(jobs) >= MAX_AFTER_JOBS:
-        _run_jobs(jobs)
-        job()
-    else:
-        jobs.append(job)
-
-
-def _run_jobs(jobs: list) -> None:
-    while jobs:
-        job = jobs.pop(0)
-        try:
-            job()
-        except Exception:  # noqa: BLE001 - named fail point: one job's failure stops no other.
-            logger.exception("work after a response failed")
 
 
 def _libc():
@@ -183,22 +151,15 @@ class ElasticThreadPool:
             if item is None:
                 return
             future, fn, args, kwargs = item
-            jobs: list = []
-            _after.jobs = jobs
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as err:  # noqa: BLE001 - handed to the future
-                        future.set_exception(err)
-                    else:
-                        # gunicorn's callback gives the connection back to its poller.
-                        future.set_result(result)
-            finally:
-                _after.jobs = None
-                _run_jobs(jobs)
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as err:  # noqa: BLE001 - handed to the future
+                    future.set_exception(err)
+                else:
+                    future.set_result(result)
             # Nothing of a finished request stays referenced by an idle thread.
-            del item, future, fn, args, kwargs, jobs
+            del item, future, fn, args, kwargs
 
     def _thread_ended(self) -> None:
         # Called with the lock held.
