@@ -5,15 +5,15 @@ request, hit throughput at concurrency 16, and worker memory while many distinct
     .venv/bin/python bench/cache.py --fill 20000    # shorter
 
 It starts bench/upstream.py, the bare forwarder (bench/bare.py) and the proxy with `cache:` on,
-one gunicorn worker each (so one process's CPU time is the server's), and measures:
-  * CPU per request (the server's user + system time over a load run, divided by the requests
-    answered): the proxy answering every request from its cache, the bare forwarder forwarding
-    every one upstream;
+--workers gunicorn workers each (2, as bench/run.py runs both servers), and measures:
+  * CPU per request (the server's user + system time, every process of it, over a load run,
+    divided by the requests answered): the proxy answering every request from its cache, the
+    bare forwarder forwarding every one upstream;
   * requests per second at --concurrency (16) for both;
-  * a second proxy with `max_memory_bytes` of --max-memory-bytes (and no quotas, whose moving
-    windows would hold a minute of requests): its worker's RSS at rest (after a warm-up), then
-    while --fill distinct requests (each a miss, stored) pass through; the goal is growth within
-    max_memory_bytes plus 10%.
+  * a second proxy with one worker and `max_memory_bytes` of --max-memory-bytes (and no
+    quotas, whose moving windows would hold a minute of requests): its worker's RSS at rest
+    (after a warm-up), then while --fill distinct requests (each a miss, stored) pass through;
+    the goal is growth within max_memory_bytes plus 10%.
 Every child process is stopped at the end, on Ctrl-C and on errors too.
 """
 
@@ -65,7 +65,9 @@ def start_proxy(
     proc = children.start(name, cmd, processes.child_env(**extra), log_path)
     base = f"http://127.0.0.1:{port}"
     processes.wait_healthy(name, base + "/healthz", proc, log_path)
-    while not processes.worker_pids(proc.pid):
+    workers = int(env.get("WEB_CONCURRENCY", "1"))
+    deadline = time.monotonic() + 30
+    while len(processes.worker_pids(proc.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
     return base, proc
@@ -198,7 +200,7 @@ def memory(args, children, workdir: Path, upstream: str, env: dict) -> dict:
 
 def run(args, children) -> dict:
     workdir = scratch_dir(RESULTS_DIR)
-    env = processes.server_env(1, "INFO", args.threads)
+    env = processes.server_env(args.workers, "INFO", args.threads)
     upstream, _ = processes.start_upstream(children, workdir, "cache-upstream", 1, 0.0)
     bare, bare_proc = processes.start_server(children, workdir, "bare", upstream, "bare", env)
     proxy, proxy_proc = start_proxy(children, workdir, upstream, "cache-proxy", 64 * MIB, env)
@@ -212,8 +214,11 @@ def run(args, children) -> dict:
     children.stop_all()
     upstream, _ = processes.start_upstream(children, workdir, "fill-upstream", 1, 0.0)
     results = {"hits": hits, "bare": forwarded}
+    results["workers"] = args.workers
     if args.fill:
-        results["memory"] = memory(args, children, workdir, upstream, env)
+        # One worker: its RSS is what one process's cache holds.
+        one = processes.server_env(1, "INFO", args.threads)
+        results["memory"] = memory(args, children, workdir, upstream, one)
     results["goals"] = {
         "hit CPU below the bare forwarder's": hits["cpu_us_per_request"]
         < forwarded["cpu_us_per_request"],
@@ -228,6 +233,8 @@ def run(args, children) -> dict:
 def render(results: dict) -> str:
     hits, bare = results["hits"], results["bare"]
     lines = [
+        f"{results['workers']} gunicorn worker(s) per server.",
+        "",
         "| server (medians of the rounds) | requests | rps | p50 ms | server CPU µs/request |",
         "| --- | --- | --- | --- | --- |",
         f"| proxy, cache hits | {hits['requests']} | {hits['rps']} | {hits['p50_ms']} | "
@@ -257,6 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="connections")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians kept")
     parser.add_argument("--threads", type=int, default=None, help="THREADS for both servers")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="WEB_CONCURRENCY for both servers (as bench/run.py)"
+    )
     parser.add_argument("--fill", type=int, default=100_000, help="distinct answers (0: skip)")
     parser.add_argument(
         "--max-memory-bytes", type=int, default=32 * MIB, help="the filled proxy's cache bound"
