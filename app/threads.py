@@ -93,6 +93,11 @@ class ElasticThreadPool:
         """Threads alive now."""
         return self._threads
 
+    @property
+    def queued(self) -> int:
+        """Work submitted and not yet taken by a thread."""
+        return len(self._work)
+
     def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
         future: Future = Future()
         start = False
