@@ -120,14 +120,17 @@ class ProxyWorker(ThreadWorker):
 
 def _next_request_within(conn, seconds: float = LINGER_SECONDS) -> bool:
     """Whether the connection's next request is there, or comes within `seconds`: bytes already
-    read ahead into the parser's buffer, or the socket readable (data, or the client's close,
-    which the next read sees as the end of the connection)."""
+    read ahead into the parser's buffer or decrypted by TLS, or the socket readable (data, or
+    the client's close, which the next read sees as the end of the connection)."""
     parser = conn.parser
     if parser is None or getattr(conn, "is_http2", False):
         return False
     unreader = getattr(parser, "unreader", None)
     buffered = getattr(unreader, "buf", None)
     if buffered is not None and buffered.getbuffer().nbytes:
+        return True
+    pending = getattr(conn.sock, "pending", None)  # TLS: bytes already decrypted
+    if pending is not None and pending():
         return True
     try:
         poller = select.poll()

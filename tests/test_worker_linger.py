@@ -134,6 +134,29 @@ def test_the_next_request_is_seen_buffered_readable_or_closed_and_not_otherwise(
         right.close()
 
 
+def test_bytes_tls_has_already_decrypted_count_as_the_next_request():
+    left, right = socket.socketpair()
+
+    class TlsSocket:
+        """A TLS socket's view: nothing on the wire, a record already decrypted."""
+
+        def __init__(self, sock):
+            self.sock = sock
+
+        def fileno(self):
+            return self.sock.fileno()
+
+        def pending(self):
+            return 17
+
+    try:
+        assert proxy_worker._next_request_within(_Conn(TlsSocket(left)), 0.01)
+        assert not proxy_worker._next_request_within(_Conn(left), 0.01)
+    finally:
+        left.close()
+        right.close()
+
+
 def test_no_linger_while_connections_wait_for_a_thread_or_the_worker_stops():
     pool = ElasticThreadPool(1, idle_seconds=30)
     gate = threading.Event()
