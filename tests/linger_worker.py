@@ -1,6 +1,7 @@
 """A gunicorn worker and app for tests/test_worker_linger.py: the proxy's worker, counting the
-times gunicorn's main thread took a connection back (`finish_request`), and an app answering
-with that count."""
+times gunicorn's main thread took a kept-alive connection back (`finish_request` for a request
+that kept its connection; closed connections are not counted), and an app answering with that
+count."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ TAKEN_BACK = [0]
 
 class CountingWorker(ProxyWorker):
     def finish_request(self, conn, fs):
-        TAKEN_BACK[0] += 1
+        if not fs.cancelled() and fs.exception() is None and fs.result() is True:
+            TAKEN_BACK[0] += 1
         super().finish_request(conn, fs)
 
 
