@@ -6,6 +6,10 @@ it is judged; what no reservation takes within LINGER_SECONDS one thread sends i
 (under load many requests share it). Either way the request that ends does not wait, and within
 a process every admission sees every earlier answer's real usage, as if settling were
 synchronous.
+
+The thread is woken only when it has nothing to do and a settle is queued; while it lingers it
+wakes by its own clock, not once per request: under steady traffic reservations carry everything,
+and a wake-up per settle (and another per carry) would cost more CPU than the settles.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ class Settler:
     ) -> None:
         self._apply = apply
         self._failed = failed
-        self._cond = threading.Condition()
+        self._new_lock()
         self._pending: list = []
+        self._since = 0.0  # when the oldest queued settle was queued (monotonic)
+        self._idle = False  # the thread waits for work with no deadline (only a notice wakes it)
         self._queued = 0  # batches queued so far
         self._done = 0  # batches settled (or given up) so far
         self._thread: threading.Thread | None = None
@@ -46,28 +52,45 @@ class Settler:
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (settler := me()) and settler._after_fork())
 
+    def _new_lock(self) -> None:
+        # One lock; the thread waits on `_work`, callers of `wait` on `_settled`.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._settled = threading.Condition(self._lock)
+
     def put(self, changes: Sequence) -> None:
         """Queue one request's changes; they reach the storage in the next round trip."""
         if not changes:
             return
-        with self._cond:
-            self._pending.extend(changes)
+        with self._lock:
+            self._queue(changes)
             self._queued += 1
-            self._ensure_thread()
-            self._cond.notify_all()
+
+    def _queue(self, changes: Sequence, first: bool = False) -> None:
+        # Called with the lock held.
+        if not self._pending:
+            self._since = time.monotonic()
+        if first:
+            self._pending[:0] = changes
+        else:
+            self._pending.extend(changes)
+        self._ensure_thread()
+        if self._idle:
+            self._idle = False
+            self._work.notify()
 
     def wait(self, timeout: float = WAIT_SECONDS) -> bool:
         """Until every batch queued before this call is settled (or `timeout` passes)."""
-        with self._cond:
+        with self._lock:
             target = self._queued
             if self._done >= target:
                 return True
-            return self._cond.wait_for(lambda: self._done >= target, timeout)
+            return self._settled.wait_for(lambda: self._done >= target, timeout)
 
     def take(self) -> tuple[list, int] | None:
         """Everything queued, for a reservation to carry (and the count it covers); None while
         the thread has a batch on its way (then `wait` for it instead)."""
-        with self._cond:
+        with self._lock:
             if self._sending:
                 return None
             batch, self._pending = self._pending, []
@@ -78,16 +101,17 @@ class Settler:
         back to the queue when its round trip failed."""
         if not batch:
             return
-        with self._cond:
+        with self._lock:
             if ok:
                 self._done = max(self._done, upto)
+                self._settled.notify_all()
             else:
-                self._pending[:0] = batch
-                self._ensure_thread()
-            self._cond.notify_all()
+                self._queue(batch, first=True)
+                self._since = 0.0  # already waited for a carrier: the thread sends it now
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self._idle = False
             self._thread = threading.Thread(
                 target=self._run, name="ai-proxy-quota-settler", daemon=True
             )
@@ -96,17 +120,23 @@ class Settler:
     def _after_fork(self) -> None:
         # A worker forked after the first settle (gunicorn --preload) has the queue but not the
         # thread, and a lock that may have been held mid-copy: both start afresh.
-        self._cond = threading.Condition()
+        self._new_lock()
         self._thread = None
+        self._idle = False
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending))
-                # A reservation coming now carries them in its own round trip.
-                until = time.monotonic() + LINGER_SECONDS
-                while self._pending and (left := until - time.monotonic()) > 0:
-                    self._cond.wait(left)
+            with self._lock:
+                while not self._pending:
+                    self._idle = True
+                    self._work.wait()
+                self._idle = False
+                # A reservation coming within LINGER_SECONDS of the oldest queued settle carries
+                # it in its own round trip; until then this thread wakes only by its clock.
+                while (
+                    self._pending and (left := self._since + LINGER_SECONDS - time.monotonic()) > 0
+                ):
+                    self._work.wait(left)
                 if not self._pending:
                     continue
                 batch, self._pending = self._pending, []
@@ -115,10 +145,10 @@ class Settler:
             try:
                 self._send(batch)
             finally:
-                with self._cond:
+                with self._lock:
                     self._sending = False
                     self._done = max(self._done, upto)
-                    self._cond.notify_all()
+                    self._settled.notify_all()
 
     def _send(self, batch: list) -> None:
         for attempt in (1, 2):

@@ -87,3 +87,23 @@ def test_what_a_failed_reservation_carried_is_sent_by_the_thread():
     settler.carried(batch, upto, ok=False)
     assert settler.wait()
     assert sent == [[1]]
+
+
+def test_a_settle_queued_while_the_thread_lingers_is_sent_without_a_notice(monkeypatch):
+    """The thread is not woken for every settle: one queued while it lingers (after a
+    reservation carried the earlier ones) is sent by its own clock, and so is a failed carry."""
+    monkeypatch.setattr(settling, "LINGER_SECONDS", 0.2)
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler.put([1])
+    assert wait_until(lambda: settler._thread is not None and not settler._idle, timeout=5)
+    batch, upto = settler.take()
+    settler.carried(batch, upto, ok=True)
+    settler.put([2])  # the thread is waiting on its clock: no notice
+    assert settler.wait(timeout=5)
+    assert sent == [[2]]
+    settler.put([3])
+    batch, upto = settler.take()
+    settler.carried(batch, upto, ok=False)  # back to the queue, sent by the thread
+    assert settler.wait(timeout=5)
+    assert sent == [[2], [3]]
