@@ -8,7 +8,9 @@ stream or an error, and the reader raises the watch's error (`Watch.check`).
 
 Watches are made where the socket is known, as urllib3 sends a request (`install`, through
 app.hooks.urllib3, the one place that reaches into urllib3's connection classes), for the
-request scope the blueprints open (`enter_scope`).
+request scope the blueprints open (`enter_scope`). A connection going back to urllib3's pool
+ends its watch first, under the same lock a cut holds from its check to its shutdown: a socket
+that may serve another request is never cut for this one.
 
 The same thread runs the process's housekeeping (`every`): closing upstream connections idle
 past their limit (app.upstream), so no thread of its own wakes for it.
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .errors import ClientGoneError, UpstreamTimeoutError
-from .hooks.urllib3 import released, watch_connections
+from .hooks.urllib3 import HTTPConnection, released, watch_connections
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class Watch:
     reason: Reason | None = None
     # The urllib3 answer once headers came; a released one's connection may serve others.
     raw: object = field(default=None, repr=False)
+    # The urllib3 connection the exchange runs on: its return to the pool ends the watch.
+    conn: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.deadline = self.scope.deadline
@@ -120,19 +124,23 @@ def sending() -> Iterator[list[Watch]]:
         WATCHDOG.discard(watch)
 
 
-def _watch_socket(sock: socket.socket | None) -> None:
+def _watch_socket(conn: HTTPConnection, sock: socket.socket | None) -> None:
     """Start watching the exchange about to wait on `sock`, if the thread has a scope."""
     scope, pending = _scope.get(), _pending.get()
     if scope is None or pending is None or sock is None:
         return
-    watch = Watch(scope, sock)
+    watch = Watch(scope, sock, conn=conn)
     pending.append(watch)
     WATCHDOG.add(watch)
 
 
+def _connection_released(conn: HTTPConnection) -> None:
+    WATCHDOG.released(conn)
+
+
 def install(poolmanager) -> None:
     """Make a requests adapter's pool manager open connections the watchdog sees."""
-    watch_connections(poolmanager, _watch_socket)
+    watch_connections(poolmanager, _watch_socket, _connection_released)
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -185,6 +193,9 @@ class Watchdog:
     def __init__(self, poll_seconds: float = POLL_SECONDS) -> None:
         self.poll_seconds = poll_seconds
         self._watches: set[Watch] = set()
+        # The watch of each connection's exchange in flight, to end it as the connection is
+        # given back to its pool.
+        self._by_conn: dict[object, Watch] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -219,12 +230,35 @@ class Watchdog:
         with self._lock:
             self._ensure_thread()
             self._watches.add(watch)
+            if watch.conn is not None:
+                earlier = self._by_conn.get(watch.conn)
+                if earlier is not None:
+                    # Its exchange is over: the connection went through its pool since.
+                    self._watches.discard(earlier)
+                self._by_conn[watch.conn] = watch
         if watch.deadline - time.monotonic() < self.poll_seconds:
             self._wake.set()
 
     def discard(self, watch: Watch) -> None:
         with self._lock:
-            self._watches.discard(watch)
+            self._remove(watch)
+
+    def released(self, conn: object) -> None:
+        """`conn` goes back to its pool, where another request may take it: whatever watch
+        its last exchange had ends now, and no cut can reach its socket any more."""
+        with self._lock:
+            watch = self._by_conn.pop(conn, None)
+            if watch is not None:
+                self._watches.discard(watch)
+
+    def _remove(self, watch: Watch) -> bool:
+        """Stop watching `watch` (the lock held); whether it was still watched."""
+        if watch not in self._watches:
+            return False
+        self._watches.discard(watch)
+        if watch.conn is not None and self._by_conn.get(watch.conn) is watch:
+            del self._by_conn[watch.conn]
+        return True
 
     def __len__(self) -> int:
         with self._lock:
@@ -235,6 +269,7 @@ class Watchdog:
             # A forked child has the parent's watches but not its thread.
             self._pid, self._thread = os.getpid(), None
             self._watches.clear()
+            self._by_conn.clear()
             self._next_chores = 0.0
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="ai-proxy-watchdog", daemon=True)
@@ -280,12 +315,16 @@ class Watchdog:
         return max(0.01, wait)
 
     def _cut(self, watch: Watch, reason: Reason) -> None:
-        self.discard(watch)
-        watch.reason = reason
+        with self._lock:
+            # Checked and cut under the lock a connection's return to its pool takes: once
+            # given back (even since the sweep looked), its socket may serve another request.
+            if not self._remove(watch):
+                return
+            watch.reason = reason
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown (also under TLS): the blocked read returns at once.
+                socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
         logger.info("upstream exchange cut: %s", reason)
-        with contextlib.suppress(OSError):
-            # The plain socket's shutdown (also under TLS): the blocked read returns at once.
-            socket.socket.shutdown(watch.sock, socket.SHUT_RDWR)
 
 
 WATCHDOG = Watchdog()

@@ -43,16 +43,43 @@ def stream(manager: urllib3.PoolManager, upstream: StubUpstream, **reply) -> url
 
 
 def test_watched_connections_report_their_socket_before_each_answer(manager, upstream):
-    seen: list[socket.socket | None] = []
-    watch_connections(manager, seen.append)
+    seen: list[tuple] = []
+    watch_connections(manager, lambda conn, sock: seen.append((conn, sock)))
     for _ in range(2):
         response = manager.request("GET", upstream.url + "/a")
         assert response.status == 200
-    # Once per request, with the connection's open socket; kept alive, so the same socket.
+    # Once per request, with the connection and its open socket; kept alive, so the same.
     assert len(seen) == 2
-    assert all(isinstance(sock, socket.socket) for sock in seen)
-    assert seen[0] is seen[1]
+    assert all(isinstance(sock, socket.socket) for _, sock in seen)
+    assert seen[0][0] is seen[1][0] and seen[0][1] is seen[1][1]
+    assert isinstance(seen[0][0], urllib3.connection.HTTPConnection)
     assert len({r.headers["X-Client-Port"] for r in upstream.requests}) == 1
+
+
+def test_watched_connections_report_going_back_before_another_thread_can_take_them(
+    manager, upstream
+):
+    """`on_release` runs before the pool's queue holds the connection: until it returns no
+    other request can check the connection out (what the watchdog's cut relies on)."""
+    waited: list = []
+    released_seen: list[tuple] = []
+
+    def on_release(conn) -> None:
+        queue = [c for key in manager.pools.keys() for c in manager.pools.get(key).pool.queue]
+        released_seen.append((conn, conn in queue, conn.sock is not None))
+
+    watch_connections(manager, lambda conn, sock: waited.append(conn), on_release)
+    response = stream(manager, upstream)
+    assert released_seen == []  # checked out while its answer is read
+    response.read()  # read to its end: urllib3 gives the connection back
+    assert released_seen == [(waited[0], False, True)]
+    assert pooled(manager)[-1] is waited[0]
+    # A closed answer's connection goes back too (closed, so nobody reuses its socket).
+    response = stream(manager, upstream)
+    response.read(5)
+    response.close()
+    response.release_conn()
+    assert released_seen[1:] == [(waited[1], False, False)]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +87,7 @@ def test_watched_connections_report_their_socket_before_each_answer(manager, ups
     [("http", urllib3.connection.HTTPConnection), ("https", urllib3.connection.HTTPSConnection)],
 )
 def test_watched_pools_make_watched_connections(manager, scheme, connection_cls):
-    watch_connections(manager, lambda sock: None)
+    watch_connections(manager, lambda conn, sock: None)
     pool = manager.connection_from_url(f"{scheme}://example.invalid")
     assert issubclass(pool.ConnectionCls, connection_cls)
     assert "getresponse" in vars(pool.ConnectionCls)
@@ -153,7 +180,7 @@ def pooled(manager: urllib3.PoolManager) -> list:
 
 
 def test_watched_pools_stamp_a_connection_as_it_goes_back(manager, upstream):
-    watch_connections(manager, lambda sock: None)
+    watch_connections(manager, lambda conn, sock: None)
     before = time.monotonic()
     first, second = stream(manager, upstream), stream(manager, upstream)
     first.read()
@@ -165,7 +192,7 @@ def test_watched_pools_stamp_a_connection_as_it_goes_back(manager, upstream):
 
 
 def test_close_idle_closes_the_connections_left_idle_while_others_serve(manager, upstream):
-    watch_connections(manager, lambda sock: None)
+    watch_connections(manager, lambda conn, sock: None)
     first, second = stream(manager, upstream), stream(manager, upstream)
     first.read()
     second.read()
@@ -193,7 +220,7 @@ def test_close_idle_closes_the_connections_left_idle_while_others_serve(manager,
 
 
 def test_close_idle_never_touches_a_connection_in_use(manager, upstream):
-    watch_connections(manager, lambda sock: None)
+    watch_connections(manager, lambda conn, sock: None)
     first = stream(manager, upstream)
     first.read()
     busy = stream(manager, upstream)  # the same connection, checked out again

@@ -21,6 +21,7 @@ import yaml
 from app import watchdog
 from tests.conftest import TOKEN
 from tests.servers import ProxyServer, wait_until
+from tests.stub_upstream import Reply
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
@@ -302,8 +303,80 @@ def test_installed_pools_report_to_the_watchdog(upstream):
         manager.clear()
     (watch,) = watches
     assert isinstance(watch.sock, socket.socket)
-    assert watch in watchdog.WATCHDOG._watches
-    watchdog.WATCHDOG.discard(watch)
+    # Read to its end, the answer gave its connection back to the pool: the watch ended then.
+    assert watch not in watchdog.WATCHDOG._watches
+
+
+def test_a_connection_given_back_is_never_cut_for_the_exchange_it_served(upstream):
+    """The window a stream's reader leaves: urllib3 pools the connection as the body's last
+    byte is read, before the proxy ends the watch (upstream.release). Another request takes the
+    connection up; a sweep then finds the first exchange's client gone. Cutting now would kill
+    the second request on the shared socket (a 502, and the deployment cooling down)."""
+    manager = urllib3.PoolManager(maxsize=1, retries=False)
+    watchdog.install(manager)
+    left_client, peer = socket.socketpair()
+    peer.close()  # the first request's client hangs up after its answer was read
+    try:
+        watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30, client=left_client))
+        with watchdog.sending() as first:
+            assert manager.request("GET", upstream.url + "/first").status == 200
+        first_port = upstream.requests[-1].headers["X-Client-Port"]
+
+        watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30))
+        upstream.queue(Reply(body={"ok": True}, hang=0.6))
+        result: dict = {}
+
+        def second() -> None:
+            watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30))
+            try:
+                with watchdog.sending():
+                    result["status"] = manager.request("GET", upstream.url + "/second").status
+            except Exception as err:  # noqa: BLE001 - the failure is what is asserted on
+                result["error"] = err
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        wait_until(lambda: len(upstream.requests) == 2, timeout=5)
+        watchdog.WATCHDOG.sweep()  # the first exchange's client is gone
+        thread.join(10)
+        assert result == {"status": 200}
+        # The same kept-alive connection served both, and the first watch was not cut.
+        assert upstream.requests[-1].headers["X-Client-Port"] == first_port
+        assert first[-1].reason is None
+    finally:
+        watchdog.enter_scope(None)
+        left_client.close()
+        manager.clear()
+
+
+def test_a_connection_given_back_between_a_sweeps_look_and_its_cut_is_left_alone():
+    dog = watchdog.Watchdog(poll_seconds=10)
+    conn = object()
+    ours, theirs = socket.socketpair()
+    try:
+        watch = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() - 1), sock=ours, conn=conn)
+        dog.add(watch)
+        assert len(dog) == 1
+        dog.released(conn)  # the pool takes the connection back after the sweep listed it
+        dog._cut(watch, watchdog.Reason.DEADLINE)
+        assert watch.reason is None and len(dog) == 0
+        theirs.sendall(b"x")
+        assert ours.recv(1) == b"x"  # not shut down: it may serve another request
+
+        # A later exchange on the same connection replaces the first; ending the first
+        # (a late discard) leaves the second watched, and the second is cut at its deadline.
+        first = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() + 30), ours, conn=conn)
+        second = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() - 1), ours, conn=conn)
+        dog.add(first)
+        dog.add(second)
+        dog.discard(first)
+        assert len(dog) == 1
+        dog.sweep()
+        assert second.reason is watchdog.Reason.DEADLINE and first.reason is None
+        assert ours.recv(1) == b""
+    finally:
+        ours.close()
+        theirs.close()
 
 
 # -- through gunicorn: a client that leaves frees its thread and the upstream connection ----

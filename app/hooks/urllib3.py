@@ -2,7 +2,9 @@
 
 - `watch_connections`: a pool manager's pools open connections that report their socket just
   before the thread waits for an answer (`pool_classes_by_scheme`, `ConnectionCls`, and
-  `HTTPConnection.getresponse` being where urllib3 waits).
+  `HTTPConnection.getresponse` being where urllib3 waits), and report each connection as it goes
+  back to its pool, before another thread can take it (`HTTPConnectionPool._put_conn`, the one
+  way into the pool's queue).
 - `pool_counts`: connections checked out and pooled idle (`PoolManager.pools`, each pool's
   `pool` queue of `maxsize` slots holding connections or `None` placeholders).
 - `drain`: read the last bytes of a framed answer so urllib3 gives its connection back to the
@@ -30,7 +32,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
 
-OnWait = Callable[[socket.socket | None], None]
+# Called with the connection and its socket once a request is sent, before the answer is waited for.
+OnWait = Callable[[HTTPConnection, socket.socket | None], None]
+# Called with a connection just before it goes back to its pool (where it may serve another).
+OnRelease = Callable[[HTTPConnection], None]
 
 
 class ConnectionCounts(NamedTuple):
@@ -47,26 +52,36 @@ def _stamp(conn) -> None:
         setattr(conn, IDLE_SINCE, time.monotonic())
 
 
+def _ignore(conn: HTTPConnection) -> None:
+    return None
+
+
 @functools.cache
-def _pool_classes(on_wait: OnWait) -> dict[str, type[HTTPConnectionPool]]:
-    """Pool classes whose connections call `on_wait(sock)` once a request is sent, and are
-    stamped with the time they go back to the pool (for `close_idle`)."""
+def _pool_classes(
+    on_wait: OnWait, on_release: OnRelease = _ignore
+) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes whose connections call `on_wait(conn, sock)` once a request is sent and
+    `on_release(conn)` as they go back to the pool, where they are also stamped with the time
+    (for `close_idle`)."""
 
     class WatchedHTTPConnection(HTTPConnection):
         def getresponse(self, *args, **kwargs):
             # The request is sent; from here the thread waits on the upstream for its headers.
-            on_wait(self.sock)
+            on_wait(self, self.sock)
             return super().getresponse(*args, **kwargs)
 
     class WatchedHTTPSConnection(HTTPSConnection):
         def getresponse(self, *args, **kwargs):
-            on_wait(self.sock)
+            on_wait(self, self.sock)
             return super().getresponse(*args, **kwargs)
 
     class WatchedHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = WatchedHTTPConnection
 
         def _put_conn(self, conn) -> None:
+            if conn is not None:
+                # Before the pool's queue holds it: no thread can take it up until this returns.
+                on_release(conn)
             _stamp(conn)
             super()._put_conn(conn)
 
@@ -74,18 +89,23 @@ def _pool_classes(on_wait: OnWait) -> dict[str, type[HTTPConnectionPool]]:
         ConnectionCls = WatchedHTTPSConnection
 
         def _put_conn(self, conn) -> None:
+            if conn is not None:
+                on_release(conn)
             _stamp(conn)
             super()._put_conn(conn)
 
     return {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
 
 
-def watch_connections(poolmanager: PoolManager, on_wait: OnWait) -> None:
-    """Make `poolmanager` open connections that call `on_wait(sock)` before each answer wait.
+def watch_connections(
+    poolmanager: PoolManager, on_wait: OnWait, on_release: OnRelease = _ignore
+) -> None:
+    """Make `poolmanager` open connections that call `on_wait(conn, sock)` before each answer
+    wait, and `on_release(conn)` before each goes back to its pool.
 
     Pools made before this call keep their old connections: call it on a new pool manager.
     """
-    poolmanager.pool_classes_by_scheme = _pool_classes(on_wait)
+    poolmanager.pool_classes_by_scheme = _pool_classes(on_wait, on_release)
 
 
 def pool_counts(poolmanager: PoolManager) -> ConnectionCounts:
