@@ -315,12 +315,12 @@ def test_a_connection_given_back_is_never_cut_for_the_exchange_it_served(upstrea
     manager = urllib3.PoolManager(maxsize=1, retries=False)
     watchdog.install(manager)
     left_client, peer = socket.socketpair()
-    peer.close()  # the first request's client hangs up after its answer was read
     try:
         watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30, client=left_client))
         with watchdog.sending() as first:
             assert manager.request("GET", upstream.url + "/first").status == 200
         first_port = upstream.requests[-1].headers["X-Client-Port"]
+        peer.close()  # the first request's client hangs up once its answer was read
 
         watchdog.enter_scope(watchdog.Scope(deadline=time.monotonic() + 30))
         upstream.queue(Reply(body={"ok": True}, hang=0.6))
@@ -350,14 +350,17 @@ def test_a_connection_given_back_is_never_cut_for_the_exchange_it_served(upstrea
 
 
 def test_a_connection_given_back_between_a_sweeps_look_and_its_cut_is_left_alone():
+    # Deadlines are set past only after `add`: the dog's own thread (started by `add`) would
+    # otherwise cut before the test's steps.
     dog = watchdog.Watchdog(poll_seconds=10)
     conn = object()
     ours, theirs = socket.socketpair()
     try:
-        watch = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() - 1), sock=ours, conn=conn)
+        watch = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() + 30), sock=ours, conn=conn)
         dog.add(watch)
         assert len(dog) == 1
-        dog.released(conn)  # the pool takes the connection back after the sweep listed it
+        watch.deadline = time.monotonic() - 1  # the sweep found it due ...
+        dog.released(conn)  # ... and the pool takes the connection back before the cut
         dog._cut(watch, watchdog.Reason.DEADLINE)
         assert watch.reason is None and len(dog) == 0
         theirs.sendall(b"x")
@@ -366,11 +369,12 @@ def test_a_connection_given_back_between_a_sweeps_look_and_its_cut_is_left_alone
         # A later exchange on the same connection replaces the first; ending the first
         # (a late discard) leaves the second watched, and the second is cut at its deadline.
         first = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() + 30), ours, conn=conn)
-        second = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() - 1), ours, conn=conn)
+        second = watchdog.Watch(watchdog.Scope(deadline=time.monotonic() + 30), ours, conn=conn)
         dog.add(first)
         dog.add(second)
         dog.discard(first)
         assert len(dog) == 1
+        second.deadline = time.monotonic() - 1
         dog.sweep()
         assert second.reason is watchdog.Reason.DEADLINE and first.reason is None
         assert ours.recv(1) == b""
