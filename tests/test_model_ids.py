@@ -11,6 +11,7 @@ import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import create_app
 from app.config import ModelConfig, RetryConfig
 from app.errors import InvalidRequestError
 from app.model_ids import IdForm, check_model_id, normalised, path_part
@@ -153,17 +154,26 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def client(make_app):
-    app = make_app(
+@pytest.fixture(scope="module")
+def wildcard_app():
+    """One app for the module's ~900 requests (making one per test took most of their time):
+    nothing these requests do stays behind in it (no quotas, no cooldown, no cache)."""
+    return create_app(
         {
+            "env": {},
+            "config_path": None,
+            "default_model": None,
             "auth": {"tokens": [{"name": "team", "token": TOKEN}]},
             "models": MODELS,
             "retry": {"max_retries": 0},
             "routing": {"cooldown_seconds": 0},
         }
     )
-    client = app.test_client()
+
+
+@pytest.fixture
+def client(wildcard_app):
+    client = wildcard_app.test_client()
     client.environ_base.update({"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"})
     return client
 
