@@ -98,6 +98,10 @@ class MemoryBreakers:
             self._probes[key] = now + ttl
             return True
 
+    def release_probe(self, key: str) -> None:
+        with self._lock:
+            self._probes.pop(key, None)
+
 
 class RedisBreakers:
     """Breaker state in Redis, shared by every worker and host using it; keys expire by TTL."""
@@ -150,6 +154,9 @@ class RedisBreakers:
         _, _, probe = self._keys(key)
         return bool(self.client.set(probe, "1", nx=True, px=max(1, int(ttl * 1000))))
 
+    def release_probe(self, key: str) -> None:
+        self.client.delete(self._keys(key)[2])
+
 
 class Cooldowns:
     """The breakers of all deployments, with the policy: threshold, cooldown, probing."""
@@ -190,6 +197,15 @@ class Cooldowns:
         except Exception as err:  # noqa: BLE001 - fail open: let the request try it.
             self._storage_failed("probe", err)
             return True
+
+    def release_probe(self, key: str) -> None:
+        """Give a probe back that ended with no verdict on the deployment (its client left,
+        its request was refused before reaching the upstream): the next request probes at
+        once, rather than every request skipping the deployment until the probe expires."""
+        try:
+            self.backend.release_probe(key)
+        except Exception as err:  # noqa: BLE001 - the probe expires by itself.
+            self._storage_failed("probe", err)
 
     def failure(self, key: str, retry_after: float | None = None) -> float | None:
         """Count a retryable failure; returns when the breaker opened until, if it did."""

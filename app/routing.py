@@ -110,6 +110,8 @@ class _Trial:
     attempts: int = 0
     last_error: UpstreamError | None = None
     soonest_back: float | None = None  # when a skipped deployment is back, the soonest
+    # Deployments this request took the probe of (see Router._unprobe).
+    probing: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.queue = list(self.resolution.candidates)
@@ -336,17 +338,26 @@ class Router:
         if state.open_until is not None:
             trial.back_at(state.open_until)
             return "cooling down"
-        if self.cooldowns.needs_probe(state) and not self.cooldowns.take_probe(candidate.key):
-            # Another request is probing this deployment; it stays out until that ends.
-            return "being probed by another request"
+        if self.cooldowns.needs_probe(state):
+            if not self.cooldowns.take_probe(candidate.key):
+                # Another request is probing this deployment; it stays out until that ends.
+                return "being probed by another request"
+            trial.probing.add(candidate.key)
         if trial.gate is not None or self.quotas is not None:
             gate = trial.gate or (lambda c: self.quotas.admit_deployment(c.key))
             back = gate(candidate)
             if back is not None:
+                self._unprobe(candidate, trial.probing)
                 metrics.QUOTA_REFUSALS.labels("deployment", candidate.name).inc()
                 trial.back_at(back)
                 return "out of quota"
         return None
+
+    def _unprobe(self, candidate: Candidate, probing: set[str]) -> None:
+        """The deployment's probe, if this request took it, ended with no verdict: given back."""
+        if candidate.key in probing:
+            probing.discard(candidate.key)
+            self.cooldowns.release_probe(candidate.key)
 
     def _attempt(
         self, candidate: Candidate, call: Callable[[Candidate], T], trial: _Trial
@@ -386,7 +397,9 @@ class Router:
                     return None
             raise
         except ProxyError:
+            # The client's own doing (it left, or its request cannot be sent): no verdict.
             self._end(candidate)
+            self._unprobe(candidate, trial.probing)
             raise
         except Exception:  # noqa: BLE001 - named fail point: an adapter's bug or an
             # answer it did not expect must not be a 500 while other deployments are left.
@@ -399,6 +412,7 @@ class Router:
             return None
         except BaseException:
             self._end(candidate)
+            self._unprobe(candidate, trial.probing)
             raise
         elapsed = self.clock() - started
         self._record_latency(candidate, elapsed)
@@ -407,7 +421,7 @@ class Router:
             result,
             candidate,
             trial.attempts,
-            _done=lambda error, c=candidate, s=state: self._finish(c, s, error),
+            _done=lambda error, c=candidate, s=state, p=trial.probing: self._finish(c, s, error, p),
         )
 
     def _exhausted(self, trial: _Trial) -> ProxyError:
@@ -459,12 +473,21 @@ class Router:
                 seconds if previous is None else previous + LATENCY_SMOOTHING * (seconds - previous)
             )
 
-    def _finish(self, candidate: Candidate, state: BreakerState, error: ProxyError | None):
+    def _finish(
+        self,
+        candidate: Candidate,
+        state: BreakerState,
+        error: ProxyError | None,
+        probing: set[str],
+    ) -> None:
         self._end(candidate)
         if error is None:
             self.cooldowns.success(candidate.key, state)
         elif isinstance(error, UpstreamError) and error.retryable:
             self._failed(candidate, error)
+        else:
+            # Ended by its client or by the proxy, not by the deployment: no verdict.
+            self._unprobe(candidate, probing)
 
     def _failed(self, candidate: Candidate, error: UpstreamError) -> None:
         if self.cooldowns.failure(candidate.key, error.retry_after) is not None:

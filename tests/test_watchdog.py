@@ -447,3 +447,57 @@ def test_a_client_that_leaves_frees_its_thread_and_upstream(one_thread_proxy, sc
     )
     assert answer.status_code == 200
     assert "upstream_timeout" not in server.logs()
+
+
+def in_turn(*scripts: Callable[[socket.socket], None]) -> Callable[[socket.socket], None]:
+    """Each connection gets the next script; the last one serves every connection after."""
+    lock = threading.Lock()
+    taken: list[int] = []
+
+    def script(conn: socket.socket) -> None:
+        with lock:
+            index = min(len(taken), len(scripts) - 1)
+            taken.append(index)
+        scripts[index](conn)
+
+    return script
+
+
+def failing(conn: socket.socket) -> None:
+    body = b'{"error": {"message": "overloaded"}}'
+    conn.sendall(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+        + f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def answering(conn: socket.socket) -> None:
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + f"Content-Length: {len(ANSWER)}\r\n\r\n".encode()
+        + ANSWER
+    )
+
+
+def test_a_probe_whose_client_leaves_lets_the_next_request_probe(one_thread_proxy):
+    """The only deployment fails and cools down; the request that probes it once the cooldown
+    is over hangs up before the upstream answers. The next request probes at once (it used to
+    get 503 "being probed by another request" until the probe expired, a minute later)."""
+    server, upstream = one_thread_proxy(
+        in_turn(failing, headers_never, answering),
+        request_timeout_seconds=120,
+        cooldown_seconds=1,
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"model": "gpt", "messages": MESSAGES}
+    url = server.url + "/v1/chat/completions"
+    assert requests.post(url, json=body, headers=headers, timeout=10).status_code == 502
+    assert requests.post(url, json=body, headers=headers, timeout=10).status_code == 503
+    time.sleep(1.2)  # the cooldown is over: the next request probes the deployment
+    _leave_after(server.url, body, 0.5)
+    assert wait_until(lambda: len(upstream.closed_at) >= 2, 5), "the probe was not cut"
+    answer = requests.post(url, json=body, headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "hi"
+    assert upstream.accepted == 3
