@@ -51,13 +51,22 @@ def send(port: int, body: bytes, chunked: bool, piece: int = 1000) -> tuple[int,
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {**AUTH, "Content-Type": "application/json"}
-        if chunked:
-            pieces = (body[i : i + piece] for i in range(0, len(body), piece))
-            connection.request(
-                "POST", "/v1/chat/completions", body=pieces, headers=headers, encode_chunked=True
-            )
-        else:
-            connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        try:
+            if chunked:
+                pieces = (body[i : i + piece] for i in range(0, len(body), piece))
+                connection.request(
+                    "POST",
+                    "/v1/chat/completions",
+                    body=pieces,
+                    headers=headers,
+                    encode_chunked=True,
+                )
+            else:
+                connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # The proxy answered 413 before the body's end and closed: its answer is read
+            # below, as urllib3 does for an early answer.
+            pass
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
