@@ -134,13 +134,9 @@ def _watch_socket(conn: HTTPConnection, sock: socket.socket | None) -> None:
     WATCHDOG.add(watch)
 
 
-def _connection_released(conn: HTTPConnection) -> None:
-    WATCHDOG.released(conn)
-
-
 def install(poolmanager) -> None:
     """Make a requests adapter's pool manager open connections the watchdog sees."""
-    watch_connections(poolmanager, _watch_socket, _connection_released)
+    watch_connections(poolmanager, _watch_socket, WATCHDOG.released)
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -247,9 +243,9 @@ class Watchdog:
         """`conn` goes back to its pool, where another request may take it: whatever watch
         its last exchange had ends now, and no cut can reach its socket any more."""
         with self._lock:
-            watch = self._by_conn.pop(conn, None)
+            watch = self._by_conn.get(conn)
             if watch is not None:
-                self._watches.discard(watch)
+                self._remove(watch)
 
     def _remove(self, watch: Watch) -> bool:
         """Stop watching `watch` (the lock held); whether it was still watched."""

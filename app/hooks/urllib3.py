@@ -75,8 +75,8 @@ def _pool_classes(
             on_wait(self, self.sock)
             return super().getresponse(*args, **kwargs)
 
-    class WatchedHTTPConnectionPool(HTTPConnectionPool):
-        ConnectionCls = WatchedHTTPConnection
+    class GivingBack:
+        """`_put_conn` of both pool classes: the one way a connection goes back to a pool."""
 
         def _put_conn(self, conn) -> None:
             if conn is not None:
@@ -85,14 +85,11 @@ def _pool_classes(
             _stamp(conn)
             super()._put_conn(conn)
 
-    class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
-        ConnectionCls = WatchedHTTPSConnection
+    class WatchedHTTPConnectionPool(GivingBack, HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
 
-        def _put_conn(self, conn) -> None:
-            if conn is not None:
-                on_release(conn)
-            _stamp(conn)
-            super()._put_conn(conn)
+    class WatchedHTTPSConnectionPool(GivingBack, HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
 
     return {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
 
