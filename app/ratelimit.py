@@ -300,9 +300,15 @@ class Quotas:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def demand(self, prompt_tokens: int, max_output: int | None, charged: bool = True) -> Demand:
-        """A request's demand: its output cap, else `rate_limits.default_reserve_tokens`."""
-        output = self.default_reserve_tokens if max_output is None else max(0, max_output)
+    def demand(
+        self, prompt_tokens: int, max_output: int | None, charged: bool = True, answers: int = 1
+    ) -> Demand:
+        """A request's demand: its output cap, else `rate_limits.default_reserve_tokens` for
+        each answer it asks for."""
+        if max_output is None:
+            output = self.default_reserve_tokens * max(1, answers)
+        else:
+            output = max(0, max_output)
         return Demand(max(0, prompt_tokens), output, charged)
 
     def token_plan(self, token: TokenConfig, demand: Demand) -> list[tuple[Limit, int]]:

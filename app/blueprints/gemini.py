@@ -30,6 +30,7 @@ from ..blueprints.pipeline import (
     Endpoint,
     Opened,
     Tally,
+    answers_asked,
     dispatch,
     output_cap,
     primed,
@@ -109,6 +110,7 @@ class GenerateContent(Endpoint):
             prepared=translated,
             # The reservation: maxOutputTokens times candidateCount, as the chat form has them.
             max_output=output_cap(translated.canonical, "max_tokens"),
+            answers=answers_asked(translated.canonical),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:

@@ -22,6 +22,7 @@ from ..blueprints.pipeline import (
     Endpoint,
     Opened,
     Tally,
+    answers_asked,
     output_cap,
     primed,
     serve,
@@ -52,6 +53,7 @@ class ChatCompletions(Endpoint):
             include_usage=wants_usage(body),
             prompt=body,
             max_output=output_cap(body, "max_completion_tokens", "max_tokens"),
+            answers=answers_asked(body),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
@@ -80,15 +82,19 @@ class Completions(Endpoint):
     cache_form = CompletionForm()
 
     def read(self, body: dict, size: int) -> Call:
-        prompt = body["prompt"] if isinstance(body["prompt"], str) else ""
+        prompt = body["prompt"]
+        # Several prompts (strings, or lists of token ids) each get their own answers.
+        prompts = len(prompt) if isinstance(prompt, list) and not _token_ids(prompt) else 1
+        cap = output_cap(body, "max_tokens", copies=("n", "best_of"))
         return Call(
             body,
             body["model"],
             size,
             stream=bool(body.get("stream")),
             include_usage=wants_usage(body),
-            prompt={"messages": [{"role": "user", "content": prompt}]},
-            max_output=output_cap(body, "max_tokens", copies=("n", "best_of")),
+            prompt={"prompt": prompt},
+            max_output=None if cap is None else cap * max(1, prompts),
+            answers=answers_asked(body, ("n", "best_of")) * max(1, prompts),
         )
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
@@ -102,6 +108,11 @@ class Completions(Endpoint):
             primed(candidate, stream),
             lambda chunks, tally: chat_events(chunks, call.include_usage, tally),
         )
+
+
+def _token_ids(prompt: list) -> bool:
+    """Whether a list prompt is one prompt as token ids (not several prompts)."""
+    return any(isinstance(item, int) and not isinstance(item, bool) for item in prompt)
 
 
 class Embeddings(Endpoint):

@@ -65,20 +65,26 @@ class Call:
     prompt: dict = field(default_factory=dict)
     prepared: object = None  # the surface's own translation of the body, made once
     # The most output tokens the request allows (max_tokens and its spellings), for reserving
-    # quota; None: rate_limits.default_reserve_tokens.
+    # quota; None: rate_limits.default_reserve_tokens for each of the `answers` it asks for.
     max_output: int | None = None
+    answers: int = 1
 
 
 def output_cap(body: dict, *names: str, copies: tuple[str, ...] = ("n",)) -> int | None:
-    """The most output tokens a request allows: the first of its `names` it sets, times the
-    answers it asks for (`n`, `best_of`); None when it sets none."""
-    for name in names:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            times = [body.get(c) for c in copies]
-            count = max([t for t in times if isinstance(t, int) and not isinstance(t, bool)] or [1])
-            return max(0, value) * max(1, count)
-    return None
+    """The most output tokens a request allows: the largest of its `names` it sets (a backend
+    may honour either spelling), times the answers it asks for (`n`, `best_of`); None when it
+    sets none."""
+    caps = [body.get(name) for name in names]
+    caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
+    if not caps:
+        return None
+    return max(0, max(caps)) * answers_asked(body, copies)
+
+
+def answers_asked(body: dict, copies: tuple[str, ...] = ("n",)) -> int:
+    """How many answers a request asks for (`n`, `best_of`): at least one."""
+    times = [body.get(c) for c in copies]
+    return max([t for t in times if isinstance(t, int) and not isinstance(t, bool)] + [1])
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,9 @@ def reserve_for(
     state = proxy_state()
     charged = endpoint.charged if endpoint is not None and not hit else False
     prompt = prompt_estimate(call.prompt) if call is not None and charged else 0
-    demand = state.quotas.demand(prompt, call.max_output if call else None, charged)
+    demand = state.quotas.demand(
+        prompt, call.max_output if call else None, charged, call.answers if call else 1
+    )
     breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
     models = [] if hit else [candidate.provider.model for candidate in resolution.candidates]
     reservation = reserve(state.quotas, token, models, demand, breakers)

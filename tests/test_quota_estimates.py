@@ -1,0 +1,176 @@
+"""What a request reserves is what it can cost: every part of the prompt the model is sent (tool
+definitions, earlier tool calls, images, a response schema, legacy prompts in every form) and
+every answer it asks for. A window reserved for less would be overshot by requests that all fit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from app.tokens import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, prompt_estimate
+from tests.stub_upstream import Reply
+from tests.test_reservations import PROMPT, Gate, burst, quota_config
+
+ROOM = 100_000
+
+
+def tokens_of(value) -> int:
+    """Four characters a token over the compact JSON of `value`."""
+    return math.ceil(len(json.dumps(value, separators=(",", ":"))) / 4)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Looks a thing up. " * 50,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
+CALL = {
+    "id": "c1",
+    "type": "function",
+    "function": {"name": "lookup", "arguments": '{"q": "x"}' * 40},
+}
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+
+
+def test_the_estimate_counts_everything_the_model_is_sent():
+    assert prompt_estimate({"messages": [PROMPT]}) == 1
+    assert prompt_estimate({"messages": [PROMPT], "tools": TOOLS}) == 1 + tokens_of(TOOLS)
+    assert prompt_estimate({"messages": [PROMPT], "response_format": SCHEMA}) == 1 + tokens_of(
+        SCHEMA
+    )
+    called = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    arguments = CALL["function"]["name"] + CALL["function"]["arguments"]
+    assert prompt_estimate({"messages": [PROMPT, called]}) == 1 + math.ceil(len(arguments) / 4)
+    legacy = {"role": "assistant", "content": None, "function_call": CALL["function"]}
+    assert prompt_estimate({"messages": [legacy]}) == math.ceil(len(arguments) / 4)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 9000}}
+    low = {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}
+    parts = {"role": "user", "content": [{"type": "text", "text": "hi"}, image, low]}
+    assert prompt_estimate({"messages": [parts]}) == 1 + IMAGE_TOKENS + LOW_DETAIL_IMAGE_TOKENS
+    # Legacy completion prompts: a string, strings, token ids, lists of token ids.
+    assert prompt_estimate({"prompt": "hi there"}) == 2
+    assert prompt_estimate({"prompt": ["hi", "hi there"]}) == 3
+    assert prompt_estimate({"prompt": [1, 2, 3, 4, 5]}) == 5
+    assert prompt_estimate({"prompt": [[1, 2, 3], [4, 5]]}) == 5
+
+
+def test_odd_shapes_estimate_without_failing():
+    odd = {
+        "messages": [None, 3, {"content": 7, "tool_calls": "x"}, {"tool_calls": [None, {}]}],
+        "tools": "not a list",
+        "prompt": {"a": 1},
+    }
+    assert prompt_estimate(odd) == tokens_of("not a list")
+    assert prompt_estimate({"messages": [{"function_call": {"name": "f", "arguments": {}}}]}) == 1
+
+
+CASES = [
+    (
+        "/v1/chat/completions",
+        {"messages": [PROMPT], "tools": TOOLS, "max_tokens": 40},
+        1 + tokens_of(TOOLS) + 40,
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [
+                PROMPT,
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+            ],
+            "max_tokens": 40,
+        },
+        1 + math.ceil(len("lookup" + CALL["function"]["arguments"]) / 4) + 1 + 40,
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [PROMPT], "response_format": SCHEMA, "max_tokens": 9},
+        1 + tokens_of(SCHEMA) + 9,
+    ),
+    # No cap and three answers asked: the default reserve for each.
+    ("/v1/chat/completions", {"messages": [PROMPT], "n": 3}, 1 + 3 * 300),
+    # Both spellings set: a backend may honour either, so the larger is reserved.
+    (
+        "/v1/chat/completions",
+        {"messages": [PROMPT], "max_completion_tokens": 7, "max_tokens": 40},
+        1 + 40,
+    ),
+    ("/v1/completions", {"prompt": ["hi", "hi"], "max_tokens": 40}, 2 + 2 * 40),
+    ("/v1/completions", {"prompt": [1, 2, 3, 4, 5], "max_tokens": 40}, 5 + 40),
+    ("/v1/completions", {"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 40}, 5 + 2 * 40),
+    ("/v1/completions", {"prompt": ["hi", "hi"]}, 2 + 2 * 300),
+    (
+        "/v1/messages",
+        {
+            "messages": [PROMPT],
+            "max_tokens": 40,
+            "tools": [
+                {"name": "lookup", "description": "x" * 400, "input_schema": {"type": "object"}}
+            ],
+        },
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "reserved"), CASES)
+def test_each_request_reserves_all_it_can_cost(make_app, upstream, path, body, reserved):
+    config = quota_config("memory://", upstream, {"tokens_per_minute": ROOM})
+    config["rate_limits"]["default_reserve_tokens"] = 300
+    if path == "/v1/completions":
+        upstream.default = Reply(
+            body={
+                "id": "cmpl-stub",
+                "object": "text_completion",
+                "created": 1,
+                "model": "up-model",
+                "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+    app = make_app(config)
+    response = app.test_client().post(
+        path, json={"model": "gpt", **body}, headers={"Authorization": "Bearer k-1"}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    taken = ROOM - int(response.headers["x-ratelimit-remaining-tokens"])
+    if reserved is None:  # Anthropic tools: at least their 400 characters of description
+        assert taken >= 1 + 100 + 40
+    else:
+        assert taken == reserved
+
+
+def test_agents_with_large_tool_definitions_never_overshoot_the_window(make_app, upstream):
+    """Ten concurrent requests with ~2,500 tokens of tools each and `max_tokens: 10` against a
+    3,000-token window: one fits. Reserving only the messages admitted all ten (8x over)."""
+    tools = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "description": "x" * 10_000}}]
+    app = make_app(quota_config("memory://", upstream, {"tokens_per_minute": 3000}))
+    gate = Gate(
+        upstream, usage={"prompt_tokens": 2600, "completion_tokens": 10, "total_tokens": 2610}
+    )
+
+    def send(_i):
+        response = app.test_client().post(
+            "/v1/chat/completions",
+            json={"model": "gpt", "messages": [PROMPT], "tools": tools, "max_tokens": 10},
+            headers={"Authorization": "Bearer k-1"},
+        )
+        response.get_data()
+        response.close()
+        return response.status_code
+
+    futures, pool = burst(send, 10, upstream)
+    assert len(upstream.requests) == 1
+    gate.open.set()
+    statuses = sorted(f.result() for f in futures)
+    pool.shutdown()
+    assert statuses == [200] + [429] * 9
+    report = app.extensions["ai_proxy"].quotas.report("token:a")["tokens_per_minute"]
+    assert report["used"] <= 3000
