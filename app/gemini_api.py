@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequestError, client_shape
+from .errors import InvalidRequestError, check_depth, client_shape
 from .tokens import estimate_tokens
 
 CALLING_MODES = {"AUTO": "auto", "VALIDATED": "auto", "ANY": "required", "NONE": "none"}
@@ -29,7 +29,6 @@ RENAMED = {
 }
 # generationConfig fields with no canonical meaning the proxy can keep.
 # How deep a request may nest (JSON schemas of tools included).
-MAX_DEPTH = 256
 KNOWN_DROPPED = ("safetySettings", "cachedContent", "labels", "serviceTier")
 
 
@@ -317,20 +316,6 @@ def camel_case(body: object) -> object:
     left as they are."""
     walked = {**_REQUEST, "generateContentRequest": lambda inner: _camel_keys(inner, _REQUEST)}
     return _camel_keys(body, walked)
-
-
-def check_depth(body: object, limit: int = MAX_DEPTH) -> None:
-    """400 for a body nested deeper than `limit` (Google's own API refuses far less): deeper
-    ones would exhaust the stack of whatever encodes or walks them later."""
-    stack = [(body, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            raise InvalidRequestError(f"The request body is nested deeper than {limit} levels.")
-        if isinstance(value, dict):
-            stack.extend((inner, depth + 1) for inner in value.values())
-        elif isinstance(value, list):
-            stack.extend((inner, depth + 1) for inner in value)
 
 
 @client_shape

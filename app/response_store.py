@@ -74,6 +74,9 @@ class ResponseStore:
             self._put(stored.response["id"], stored.encode())
         except ResponseStorageError:
             logger.warning("response not stored: the storage failed")
+        except (ValueError, TypeError, RecursionError) as err:
+            # An answer JSON cannot carry: the client still gets it, only not kept.
+            logger.warning("response not stored: it cannot be encoded (%s)", type(err).__name__)
 
     def find(self, response_id: str, owner: str, param: str | None = None) -> Stored:
         """The stored response `response_id` of `owner`, or a 404 (unknown, expired, deleted,

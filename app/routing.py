@@ -403,11 +403,14 @@ class Router:
             raise
         except Exception:  # noqa: BLE001 - named fail point: an adapter's bug or an
             # answer it did not expect must not be a 500 while other deployments are left.
+            # Nor is it the deployment's failure: the request itself may be what the proxy
+            # cannot handle, and a verdict here would let one client cool a deployment down
+            # for everyone. So the next deployment is tried, and this one keeps its state.
             self._end(candidate)
+            self._unprobe(candidate, trial.probing)
             logger.exception("deployment %s: unexpected failure (a proxy bug)", candidate.name)
             failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
             self._observe(candidate, "retryable", self.clock() - started, failure)
-            self._failed(candidate, failure)
             trial.last_error = failure
             return None
         except BaseException:

@@ -167,3 +167,100 @@ def test_large_finite_numbers_pass(client):
     body = '{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "x": 1e308}'
     response = client.post("/v1/chat/completions", data=body, content_type="application/json")
     assert response.status_code == 200
+
+
+def nested(depth: int) -> str:
+    """JSON text nested `depth` levels deep (written out: too deep for json.dumps itself)."""
+    opening = "".join("[" if i % 2 else '{"k":' for i in range(depth))
+    closing = "".join("]" if i % 2 else "}" for i in reversed(range(depth)))
+    return opening + '"x"' + closing
+
+
+# Every JSON surface, with the deep value where the surface would otherwise carry it along (an
+# extra field, a tool schema, a Responses tool): a 400 in the surface's own shape, never an
+# upstream call whose encoding fails (a RecursionError, once a deployment's cooldown for all).
+DEEP_REQUESTS = [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "extra": "DEEP"}),
+    ("/v1/completions", {"prompt": "hi", "extra": "DEEP"}),
+    ("/v1/embeddings", {"input": "hi", "extra": "DEEP"}),
+    (
+        "/v1/messages",
+        {
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+            "metadata": {"x": "DEEP"},
+        },
+    ),
+    (
+        "/v1/responses",
+        {
+            "input": "hi",
+            "store": False,
+            "tools": [{"type": "function", "name": "f", "parameters": "DEEP"}],
+        },
+    ),
+    (
+        "/v1/messages/count_tokens",
+        {"messages": [{"role": "user", "content": "hi"}], "extra": "DEEP"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), DEEP_REQUESTS, ids=[p for p, _ in DEEP_REQUESTS])
+@pytest.mark.parametrize("depth", [300, 975])
+def test_a_deeply_nested_body_is_refused_on_every_surface(make_app, upstream, path, body, depth):
+    from tests.conftest import openai_model
+
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+            "models": [openai_model(upstream, name="gpt")],
+        }
+    )
+    raw = json.dumps({"model": "gpt", **body}).replace('"DEEP"', nested(depth))
+    client = app.test_client()
+    response = client.post(path, data=raw, content_type="application/json", headers=AUTH)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert "nested" in error["message"]
+    assert upstream.requests == []
+    if path in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
+        # Nothing was held against the deployment: a plain request still reaches it.
+        plain = json.loads(raw.replace(nested(depth), '"shallow"'))
+        assert client.post(path, json=plain, headers=AUTH).status_code == 200
+        assert len(upstream.requests) == 1
+
+
+def test_gemini_refuses_a_deep_body_in_its_own_shape(make_app, upstream):
+    from tests.conftest import openai_model
+
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+            "models": [openai_model(upstream, name="gpt")],
+        }
+    )
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "extra": "DEEP"}
+    response = app.test_client().post(
+        "/v1beta/models/gpt:generateContent",
+        data=json.dumps(body).replace('"DEEP"', nested(975)),
+        content_type="application/json",
+        headers=AUTH,
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_a_shallow_body_with_many_brackets_is_accepted(make_app, upstream):
+    from tests.conftest import openai_model
+
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+            "models": [openai_model(upstream, name="gpt")],
+        }
+    )
+    wide = {"items": [[{"a": [1]}] for _ in range(400)]}
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "extra": wide}
+    response = app.test_client().post("/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 200

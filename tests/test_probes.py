@@ -89,6 +89,22 @@ def test_a_probe_ended_by_its_request_gives_the_probe_back(make_app, upstream, e
     assert router.cooldowns.states([candidate.key])[0].failures == 0
 
 
+@pytest.mark.parametrize("probing", [False, True], ids=["healthy", "probe"])
+def test_a_proxy_bug_is_no_verdict_on_the_deployment(make_app, upstream, probing):
+    """An exception the proxy did not expect (its own bug, or a request it cannot handle) is
+    not the deployment's failure: one client's request must not cool it down for everyone."""
+    router, clock = build(make_app, upstream)
+    if probing:
+        resolution, candidate = back_from_cooldown(router, clock)
+    else:
+        resolution = router.resolve("gpt")
+        (candidate,) = resolution.candidates
+    with pytest.raises(UpstreamError):
+        router.run(resolution, raise_(RecursionError("maximum recursion depth exceeded")))
+    assert answers(router, resolution) == "answered"
+    assert router.cooldowns.states([candidate.key])[0].failures == 0
+
+
 def test_a_probe_stream_ended_by_its_client_gives_the_probe_back(make_app, upstream):
     router, clock = build(make_app, upstream)
     resolution, candidate = back_from_cooldown(router, clock)

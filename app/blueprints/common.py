@@ -13,8 +13,10 @@ from flask import Blueprint, Request, current_app, g, request
 from ..auth import require_model
 from ..config import TokenConfig
 from ..errors import (
+    MAX_DEPTH,
     InvalidJSONError,
     RequestTooLargeError,
+    check_depth,
 )
 from ..fastresponse import ProxyResponse as Response
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
@@ -81,19 +83,24 @@ def read_json_body() -> tuple[object, int]:
     """The parsed JSON body and its size in bytes; 413 past the size limit, 400 if not JSON.
 
     Non-finite numbers (`NaN`, `Infinity`, `1e999`) are refused anywhere in the body: they are
-    not JSON, and forwarding them would send an upstream a body it cannot read.
+    not JSON, and forwarding them would send an upstream a body it cannot read. So is nesting
+    deeper than `MAX_DEPTH`, which later encoding would fail on with a RecursionError.
     """
     raw = _read_body(proxy_state().config.server.max_body_bytes)
     if not raw:
         raise InvalidJSONError("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite), len(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
     except _NonFinite as err:
         raise InvalidJSONError(str(err)) from None
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
     except RecursionError:
         raise InvalidJSONError("The request body is nested too deeply.") from None
+    # Only a body with that many brackets can nest so deep: most are never walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        check_depth(body)
+    return body, len(raw)
 
 
 class _NonFinite(Exception):
