@@ -23,6 +23,15 @@ STOP_REASONS = {
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
+def stop_reason(finish: object) -> str:
+    """Anthropic's stop reason for a chat finish reason. One Anthropic has no word for (an
+    answer that did not end well, as Gemini's `malformed_function_call`) is passed on as it
+    is: it must not read as a complete `end_turn`, to the client or to the response cache."""
+    if not finish:
+        return "end_turn"
+    return STOP_REASONS.get(finish) or str(finish)
+
+
 def _text_of(blocks: object) -> str:
     """The text of Anthropic content: a string, or its text blocks joined by newlines."""
     return content_text(blocks, sep="\n", kind="text")
@@ -239,7 +248,7 @@ def to_message(answer: dict, model: str, fallback_input: int) -> dict:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+        "stop_reason": stop_reason(finish),
         "stop_sequence": None,
         "usage": _usage(answer.get("usage"), fallback_input, _output_text(message)),
     }
@@ -355,7 +364,7 @@ class EventWriter:
             {
                 "type": "message_delta",
                 "delta": {
-                    "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+                    "stop_reason": stop_reason(finish),
                     "stop_sequence": None,
                 },
                 "usage": {

@@ -12,6 +12,16 @@ from .errors import upstream_shape
 from .tokens import estimate_tokens
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+COMPLETE = frozenset({"stop", "tool_calls", "function_call"})
+
+
+def incomplete_reason(finish: object) -> str | None:
+    """Why a Response with this chat finish reason is incomplete (None: it is complete). A
+    reason the Responses API has no word for (an answer that did not end well, as Gemini's
+    `malformed_function_call`) is passed on as it is, never as `completed`."""
+    if not finish or finish in COMPLETE:
+        return None
+    return INCOMPLETE.get(finish) or str(finish)
 
 
 def new_id(prefix: str) -> str:
@@ -99,7 +109,7 @@ def skeleton(body: dict, response_id: str, model: str, created_at: int | None = 
 
 def finished(response: dict, finish: str | None, usage: dict) -> dict:
     """The Response completed or incomplete (`length` -> max_output_tokens)."""
-    reason = INCOMPLETE.get(finish or "")
+    reason = incomplete_reason(finish)
     response = {**response, "usage": usage}
     if reason is None:
         response.update(status="completed", incomplete_details=None)
@@ -114,7 +124,7 @@ def to_response(answer: dict, body: dict, response_id: str, prompt_estimate: int
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     finish = choice.get("finish_reason")
-    status = "incomplete" if finish in INCOMPLETE else "completed"
+    status = "completed" if incomplete_reason(finish) is None else "incomplete"
     output: list[dict] = []
     text = message.get("content")
     text = content_text(text) if not isinstance(text, str) else text

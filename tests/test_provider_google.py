@@ -432,8 +432,12 @@ def test_tool_arguments_that_are_not_an_object_are_a_400(client):
         ("BLOCKLIST", "content_filter"),
         ("PROHIBITED_CONTENT", "content_filter"),
         ("SPII", "content_filter"),
-        ("OTHER", "stop"),
-        ("MALFORMED_FUNCTION_CALL", "stop"),
+        # Answers that did not end well: never a complete `stop` (nor stored by the cache).
+        ("OTHER", "other"),
+        ("MALFORMED_FUNCTION_CALL", "malformed_function_call"),
+        ("UNEXPECTED_TOOL_CALL", "unexpected_tool_call"),
+        ("FINISH_REASON_UNSPECIFIED", "finish_reason_unspecified"),
+        (None, "stop"),
     ],
 )
 @responses.activate
@@ -441,6 +445,45 @@ def test_finish_reasons(client, gemini, openai_reason):
     responses.post(GENERATE, json=answer([{"text": "partial"}], finish=gemini))
     choice = client.post("/v1/chat/completions", json=CHAT).json["choices"][0]
     assert choice["finish_reason"] == openai_reason
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "ended_badly"),
+    [
+        ("/v1/chat/completions", CHAT, lambda a: a["choices"][0]["finish_reason"] != "stop"),
+        (
+            "/v1/messages",
+            {**CHAT, "max_tokens": 50},
+            lambda a: a["stop_reason"] == "malformed_function_call",
+        ),
+        (
+            "/v1/responses",
+            {"model": "gemini-test", "input": "hello", "store": False},
+            lambda a: a["status"] == "incomplete",
+        ),
+    ],
+)
+@responses.activate
+def test_a_failed_gemini_answer_is_never_cached_as_complete(
+    provider_client, path, body, ended_badly
+):
+    """MALFORMED_FUNCTION_CALL is a failed answer: passed on as such on every surface, and
+    not stored (an identical request reaches the upstream again, where a retry may succeed)."""
+    responses.post(GENERATE, json=answer([{"text": ""}], finish="MALFORMED_FUNCTION_CALL"))
+    model = {
+        "name": "gemini-test",
+        "provider": "google",
+        "base_url": UPSTREAM,
+        "token": KEY,
+        "model": "gemini-2.5-flash",
+    }
+    client = provider_client([model], cache={"enabled": True})
+    first = client.post(path, json=body)
+    assert first.status_code == 200, first.get_data(as_text=True)
+    assert ended_badly(first.json), first.json
+    second = client.post(path, json=body)
+    assert second.headers["x-ai-proxy-cache"] == "miss"
+    assert len(responses.calls) == 2
 
 
 @responses.activate

@@ -192,8 +192,17 @@ class GoogleProvider(Provider):
 
 
 def finish_reason(reason: object, called_tools: bool) -> str:
-    """OpenAI's finish reason for Gemini's; a stop after function calls is `tool_calls`."""
-    mapped = FINISH_REASONS.get(str(reason), "stop")
+    """OpenAI's finish reason for Gemini's; a stop after function calls is `tool_calls`.
+
+    A reason OpenAI has no word for (`MALFORMED_FUNCTION_CALL`, `OTHER`, `LANGUAGE`, ...) is an
+    answer that did not end well: it is passed on in lower case, never as `stop`, so that
+    neither the client nor the response cache takes it for a complete answer. None (no reason
+    given) is a stop.
+    """
+    if reason is None:
+        mapped = "stop"
+    else:
+        mapped = FINISH_REASONS.get(str(reason)) or str(reason).lower()
     return "tool_calls" if called_tools and mapped == "stop" else mapped
 
 
