@@ -350,6 +350,156 @@ def test_a_corrupt_entry_is_a_miss_counted_and_replaced(cached, upstream):
     assert post(client).headers["x-ai-proxy-cache"] == "hit"
 
 
+def damaged_meta(good: bytes, slot: str, **meta) -> bytes:
+    """`good` with its metadata line changed (the body and its checksum as they were)."""
+    magic, line, body = good.split(b"\n", 2)
+    fields = {**json.loads(line), **meta}
+    return b"\n".join([magic, json.dumps(fields).encode(), body])
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"stored_at": float("nan")},
+        {"stored_at": float("inf")},
+        {"stored_at": -1e308},
+        {"stored_at": 1e308},
+        {"headers": {"x-ai-proxy-warning": "a\r\nSet-Cookie: x=1"}},
+        {"deployment": "gpt\ntest"},
+    ],
+    ids=["nan", "inf", "long-ago", "future", "crlf-header", "crlf-deployment"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_impossible_metadata_is_a_corrupt_entry(cached, upstream, meta, stream):
+    """The metadata line is not under the checksum: an entry whose metadata cannot be true or
+    cannot be sent is a miss (it was a 500, or an Age of nonsense)."""
+    client = cached()
+    post(client)
+    store = store_of(client)
+    (slot,) = list(store._nodes)
+    store.write(slot, "gpt-test", damaged_meta(store._nodes[slot].data, slot, **meta), ttl=60)
+    errors = metric("ai_proxy_cache_errors_total", op="corrupt")
+    answer = post(client, {**CHAT, "stream": stream})
+    assert answer.status_code == 200 and answer.headers["x-ai-proxy-cache"] == "miss"
+    assert b"hi there" in answer.get_data()
+    assert metric("ai_proxy_cache_errors_total", op="corrupt") == errors + 1
+
+
+ODD_MESSAGES = {
+    "content-parts": {"role": "assistant", "content": [{"type": "text", "text": "hello there"}]},
+    "object-arguments": {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("shape", list(ODD_MESSAGES))
+def test_an_answer_a_stream_cannot_be_replayed_from_is_not_stored(cached, upstream, shape):
+    """Some servers send content as a list of parts, or arguments as an object: whole, the
+    answer goes to the client as it came, but it is not stored (each streaming hit on it broke
+    the connection after its headers, for the entry's whole TTL)."""
+    answer = chat_completion()
+    answer["choices"][0]["message"] = ODD_MESSAGES[shape]
+    upstream.default = Reply(body=answer)
+    client = cached()
+    assert post(client).json["choices"][0]["message"] == ODD_MESSAGES[shape]
+    streamed = post(client, {**CHAT, "stream": True})
+    assert streamed.status_code == 200 and streamed.headers["x-ai-proxy-cache"] == "miss"
+    assert streamed.get_data().rstrip().endswith(b"data: [DONE]")
+    assert len(upstream.requests) == 2
+
+
+def test_a_stored_answer_its_surface_cannot_replay_is_dropped_and_fetched_again(cached, upstream):
+    """The backstop: whatever made a stored answer unreplayable (an older version stored it,
+    another host wrote it), a streaming hit is made before its first byte; if it cannot be,
+    the entry is dropped (counted as corrupt) and the request is a miss that stores anew."""
+    client = cached()
+    post(client)
+    store = store_of(client)
+    (slot,) = list(store._nodes)
+    entry = decode(slot, store._nodes[slot].data)
+    odd = chat_completion()
+    odd["choices"][0]["message"] = ODD_MESSAGES["object-arguments"]
+    bad = type(entry)(json.dumps(odd).encode(), entry.deployment, entry.provider, entry.stored_at)
+    store.write(slot, "gpt-test", encode(slot, bad), ttl=60)
+    errors = metric("ai_proxy_cache_errors_total", op="corrupt")
+    streamed = post(client, {**CHAT, "stream": True})
+    assert streamed.status_code == 200 and streamed.headers["x-ai-proxy-cache"] == "miss"
+    assert b"hi there" in streamed.get_data()
+    assert metric("ai_proxy_cache_errors_total", op="corrupt") == errors + 1
+    assert post(client, {**CHAT, "stream": True}).headers["x-ai-proxy-cache"] == "hit"
+
+
+def chunk_of(delta: dict, finish: str | None = None) -> str:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return json.dumps(
+        {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("deltas", "finish", "expected"),
+    [
+        (
+            [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "get_weather", "arguments": ""},
+                },
+                {"function_call": {"arguments": '{"city"'}},
+                {"function_call": {"arguments": ': "Paris"}'}},
+            ],
+            "function_call",
+            {"function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        ),
+        (
+            [
+                {"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hel"}},
+                {"audio": {"transcript": "lo", "data": "AAAA"}},
+                {"audio": {"data": "BBBB", "expires_at": 99}},
+            ],
+            "stop",
+            {
+                "audio": {
+                    "id": "audio_1",
+                    "transcript": "Hello",
+                    "data": "AAAABBBB",
+                    "expires_at": 99,
+                }
+            },
+        ),
+    ],
+    ids=["legacy-function-call", "audio"],
+)
+def test_objects_streamed_in_pieces_are_stored_whole(cached, upstream, deltas, finish, expected):
+    """A legacy `function_call` or `audio` comes in deltas whose text fields add up: the
+    stored answer has them whole (it kept only the last piece, and served that)."""
+    events = [*[chunk_of(d) for d in deltas], chunk_of({}, finish), "[DONE]"]
+    upstream.default = Reply(events=[f"data: {e}" for e in events])
+    client = cached()
+    post(client, {**CHAT, "stream": True}).get_data()
+    whole = post(client)
+    assert whole.headers["x-ai-proxy-cache"] == "hit"
+    message = whole.json["choices"][0]["message"]
+    assert {name: message[name] for name in expected} == expected
+
+
+def test_a_hit_refused_by_its_rate_limit_is_not_a_hit(cached, upstream):
+    client = cached(limits={"requests_per_minute": 2})
+    post(client)
+    assert post(client).headers["x-ai-proxy-cache"] == "hit"
+    hits = metric("ai_proxy_cache_requests_total", result="hit")
+    refused = post(client)
+    assert refused.status_code == 429
+    assert "x-ai-proxy-cache" not in refused.headers
+    assert metric("ai_proxy_cache_requests_total", result="hit") == hits
+
+
 def test_an_unreachable_redis_is_a_miss_never_an_error(cached, upstream, caplog):
     client = cached({"storage": f"redis://127.0.0.1:{free_port()}/0"})
     errors = metric("ai_proxy_cache_errors_total", op="read")

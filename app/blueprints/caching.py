@@ -36,6 +36,9 @@ class Lookup:
     form: CacheForm | None = None
     entry: Entry | None = None  # a hit
     ticket: Ticket | None = None  # a miss that may store its answer
+    # A hit's answer as it will be sent, made before anything is: the stream's events, or the
+    # rewritten answer's JSON (None: the stored bytes as they are).
+    prepared: list[bytes] | str | None = None
 
 
 OFF = Lookup()
@@ -77,8 +80,28 @@ def look_up(endpoint, call, token, resolution) -> Lookup:
         return _noted(Lookup(Result.BYPASS, form))
     entry, ticket = cache.look_up(key, read="no-cache" not in wanted)
     if entry is not None:
-        return _noted(Lookup(Result.HIT, form, entry=entry))
+        try:
+            prepared = _prepared(entry, form, call)
+        except Exception as err:  # noqa: BLE001 - any answer its form cannot serve
+            # A stored answer the surface cannot replay must not break every hit on its key
+            # until it expires: it is dropped, and this request stores a fresh one.
+            return _noted(Lookup(Result.MISS, form, ticket=cache.unusable(key, err)))
+        # Counted (and named in the log and header) once the request is admitted: a hit
+        # refused by its request-rate limit was not answered from the cache.
+        return Lookup(Result.HIT, form, entry=entry, prepared=prepared)
     return _noted(Lookup(Result.MISS, form, ticket=ticket))
+
+
+def _prepared(entry: Entry, form: CacheForm, call) -> list[bytes] | str | None:
+    """What a hit sends, made whole before its first byte (see Lookup.prepared)."""
+    if not (call.stream or form.rewrites):
+        return None
+    answer = entry.answer()
+    if form.rewrites:
+        answer = form.for_request(answer, call)
+    if call.stream:
+        return list(form.replay(answer, call))
+    return json.dumps(answer)
 
 
 def _noted(lookup: Lookup) -> Lookup:
@@ -102,6 +125,7 @@ def _noted(lookup: Lookup) -> Lookup:
 
 def hit_reply(call, admission, lookup: Lookup) -> Response:
     """A stored answer: whole as stored, or replayed as the surface's stream."""
+    _noted(lookup)
     entry = lookup.entry
     note(model=entry.deployment, provider=entry.provider, attempts=0, stream=call.stream)
     headers = {
@@ -111,18 +135,11 @@ def hit_reply(call, admission, lookup: Lookup) -> Response:
         "x-ai-proxy-attempts": "0",
         "Age": str(entry.age()),
     }
-    form = lookup.form
-    if call.stream or form.rewrites:
-        answer = entry.answer()
-        if form.rewrites:
-            answer = form.for_request(answer, call)
-        if call.stream:
-            events = form.replay(answer, call)
-            return Response(
-                events, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers}
-            )
-        return Response(json.dumps(answer), mimetype="application/json", headers=headers)
-    return Response(entry.body, mimetype="application/json", headers=headers)
+    prepared = lookup.prepared
+    if call.stream:
+        return Response(prepared, mimetype="text/event-stream", headers={**SSE_HEADERS, **headers})
+    body = entry.body if prepared is None else prepared
+    return Response(body, mimetype="application/json", headers=headers)
 
 
 def store_whole(lookup: Lookup, outcome) -> None:

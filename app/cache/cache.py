@@ -128,6 +128,20 @@ class ResponseCache:
             return None, ticket
         return self._fly(ticket)
 
+    def unusable(self, key: CacheKey, err: Exception) -> Ticket:
+        """A hit whose answer its surface cannot serve (a shape it cannot replay): counted and
+        logged as a corrupt entry, dropped, and the request goes on as a miss that stores."""
+        self._fault(Fault.CORRUPT, err)
+        with self._decoded_lock:
+            self._decoded.clear()
+        entry, ticket = self.look_up(key, read=False)
+        if ticket.slot is not None:
+            try:
+                self.store.discard(ticket.slot)
+            except StorageFailure:
+                pass
+        return ticket
+
     def _read(self, key: CacheKey, fetch: bool) -> tuple[str, Entry | None] | None:
         if self._paused():
             return None

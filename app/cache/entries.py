@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
 MAGIC = b"AIPC1\n"
+EARLIEST = 1_700_000_000.0  # 2023-11: no entry of this format is older
+CLOCK_SKEW_SECONDS = 300.0  # hosts sharing a Redis cache may disagree on the time this much
+UNSENDABLE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CorruptEntry(ValueError):
@@ -82,4 +86,13 @@ def decode(key: str, data: bytes) -> Entry:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
     ):
         raise CorruptEntry("malformed metadata")
+    # Metadata is not under the checksum: what it says must be possible. A time that is not
+    # one (NaN, infinite, before this format existed, in the future) would be an `Age` of
+    # nonsense; a header with a control character, a header that cannot be sent.
+    if not EARLIEST <= stored_at <= time.time() + CLOCK_SKEW_SECONDS:
+        raise CorruptEntry("impossible stored_at")
+    if any(UNSENDABLE.search(text) for item in headers.items() for text in item):
+        raise CorruptEntry("unsendable header")
+    if UNSENDABLE.search(deployment) or UNSENDABLE.search(provider):
+        raise CorruptEntry("unsendable deployment name")
     return Entry(body, deployment, provider, float(stored_at), headers)

@@ -28,6 +28,21 @@ def complete_choices(answer: object, part: str) -> bool:
     return choices is not None and all(c.get("finish_reason") in COMPLETE_FINISHES for c in choices)
 
 
+def _replayable(message: object) -> bool:
+    """Whether a whole answer's message is in the shape a stream is replayed from: text as a
+    string (some servers send a list of parts), tool-call arguments as a string."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+        return False
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        return False
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("arguments", ""), str):
+            return False
+    return True
+
+
 @dataclass
 class _Choice:
     """One choice of a chat stream, as its deltas add up."""
@@ -51,8 +66,23 @@ class _Choice:
             elif isinstance(value, list):
                 self.others.setdefault(name, [])
                 self.others[name].extend(value)
+            elif isinstance(value, dict):
+                self._merge(name, value)
             elif value is not None:
                 self.others[name] = value
+
+    def _merge(self, name: str, value: dict) -> None:
+        """An object sent in pieces (a legacy `function_call`, `audio`): its text fields add
+        up across the deltas (name, arguments, data, transcript); the rest is the latest."""
+        held = self.others.get(name)
+        if not isinstance(held, dict):
+            self.others[name] = dict(value)
+            return
+        for key, piece in value.items():
+            if isinstance(piece, str) and isinstance(held.get(key), str):
+                held[key] += piece
+            elif piece is not None:
+                held[key] = piece
 
     def add_call(self, call: dict) -> None:
         held = self.calls.setdefault(
@@ -158,7 +188,9 @@ class ChatAssembler(_ChoicesAssembler):
 
 class ChatForm(CacheForm):
     def storable(self, answer: object) -> bool:
-        return complete_choices(answer, "message")
+        return complete_choices(answer, "message") and all(
+            _replayable(choice.get("message")) for choice in answer["choices"]
+        )
 
     def assembler(self) -> ChatAssembler:
         return ChatAssembler()
