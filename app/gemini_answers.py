@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from .errors import ProxyError, UpstreamError, upstream_shape
 from .providers.shapes import arguments_object
 from .redact import REDACTOR
+from .streaming import utf8_json
 from .tokens import estimate_tokens
 
 FINISH_REASONS = {
@@ -280,7 +280,7 @@ def native_responses(items: Iterable, tally) -> Iterator[dict]:
 
 
 def _dumps(payload: dict) -> str:
-    return json.dumps(payload, ensure_ascii=False)
+    return utf8_json(payload)
 
 
 class SseEncoding:

@@ -80,6 +80,18 @@ def _joined(data: list[bytes]) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def utf8_json(payload: object) -> str:
+    """JSON text that encodes to UTF-8: non-ASCII as it is, but if the payload holds a lone
+    surrogate (half of an emoji an upstream split across two deltas, or a client's `\\ud800`),
+    everything escaped: a lone surrogate has no UTF-8 form, while `\\ud83d` is valid JSON."""
+    text = json.dumps(payload, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload)
+    return text
+
+
 def encode_chunk(chunk: dict) -> bytes:
     """One OpenAI stream event."""
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"

@@ -407,6 +407,35 @@ def test_a_stream_without_alt_is_a_json_array(client, upstream):
     assert parsed[-1]["usageMetadata"]["promptTokenCount"] == 3
 
 
+@pytest.mark.parametrize("alt", ["", "?alt=sse"], ids=["array", "sse"])
+def test_an_emoji_split_across_deltas_streams_whole(client, upstream, alt):
+    """Servers written in JavaScript may split an emoji's surrogate pair across two deltas:
+    each half is written escaped (it has no UTF-8 form), and the client joins them. The stream
+    ended with a 500 instead, its text lost."""
+    head = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    pieces = ["Hi \ud83d", "\ude00 there"]
+    events = [
+        json.dumps({**head, "choices": [{"index": 0, "delta": {"content": piece}}]})
+        for piece in pieces
+    ]
+    events.append(
+        json.dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    )
+    upstream.queue(Reply(events=[f"data: {e}" for e in [*events, "[DONE]"]]))
+    response = client.post(f"/v1beta/models/gpt-test:streamGenerateContent{alt}", json=GEN)
+    raw = response.get_data(as_text=True)
+    if alt:
+        parsed = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
+    else:
+        parsed = json.loads(raw)
+    assert all("error" not in r for r in parsed), raw
+    text = "".join(
+        p.get("text", "") for r in parsed for p in r["candidates"][0]["content"]["parts"]
+    )
+    assert text.encode("utf-16", "surrogatepass").decode("utf-16") == "Hi \U0001f600 there"
+    assert parsed[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
 def test_count_tokens_estimates_without_a_google_deployment(client, upstream):
     response = client.post("/v1beta/models/gpt-test:countTokens", json=contents(USER))
     assert response.get_json() == {"totalTokens": 1}

@@ -22,6 +22,7 @@ from ..providers.base import CallContext, ChatStream, Provider, chat_completion,
 from ..providers.gigachat_request import to_gigachat
 from ..providers.http import Event
 from ..redact import REDACTOR
+from ..streaming import utf8_json
 from ..upstream import UpstreamPool, error_message, read_json
 
 DEFAULT_BASE_URL = "https://gigachat.devices.sberbank.ru/api/v1"
@@ -144,7 +145,7 @@ class GigaChatProvider(Provider):
 
     def _send_chat(self, payload: dict, ctx: CallContext, stream: bool) -> requests.Response:
         """POST the chat request; on a 401 the access token is renewed once and sent again."""
-        body = json.dumps(payload, ensure_ascii=False).encode()
+        body = utf8_json(payload).encode()
         token = self.access_token(ctx)
         try:
             return self._post_chat(token, body, ctx, stream)
