@@ -83,14 +83,35 @@ def _legacy_prompt_tokens(prompt: object) -> int:
 
 
 def usage_numbers(usage: object, body: dict, completion_text: str) -> tuple[int, int]:
-    """(prompt, completion) tokens: the upstream's usage, else estimates."""
+    """(prompt, completion) tokens: the upstream's usage, else estimates.
+
+    Anthropic's `input_tokens` leaves out what its prompt cache read or wrote, which is prompt
+    all the same. A count that is not a whole number of tokens (missing, negative, a float)
+    is not believed: a missing completion is the total less the prompt, else the answer's text
+    counted (embeddings have none), and nothing counts below zero.
+    """
     if isinstance(usage, dict):
-        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        if isinstance(prompt, int):
-            # Embeddings report prompt tokens only.
-            return prompt, completion if isinstance(completion, int) else 0
+        prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        if prompt is not None:
+            if "prompt_tokens" not in usage:
+                for cached in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+                    prompt += _count(usage.get(cached)) or 0
+            completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+            if completion is None:
+                total = _count(usage.get("total_tokens"))
+                if total is not None and total >= prompt:
+                    completion = total - prompt
+                else:
+                    completion = estimate_tokens(completion_text)
+            return prompt, completion
     return prompt_estimate(body), estimate_tokens(completion_text)
+
+
+def _count(value: object) -> int | None:
+    """A token count as an upstream may give it: a non-negative whole number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if value >= 0 else None
 
 
 def cost_usd(model, prompt: int, completion: int) -> float:

@@ -174,3 +174,132 @@ def test_agents_with_large_tool_definitions_never_overshoot_the_window(make_app,
     assert statuses == [200] + [429] * 9
     report = app.extensions["ai_proxy"].quotas.report("token:a")["tokens_per_minute"]
     assert report["used"] <= 3000
+
+
+# --- what an answer is charged -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "text", "charged"),
+    [
+        ({"prompt_tokens": 5, "completion_tokens": 7}, "", (5, 7)),
+        # A missing completion: the total less the prompt, else the text counted.
+        ({"prompt_tokens": 5, "total_tokens": 12}, "x" * 400, (5, 7)),
+        ({"prompt_tokens": 5}, "x" * 400, (5, 100)),
+        ({"prompt_tokens": 5, "completion_tokens": None}, "x" * 400, (5, 100)),
+        # Counts that are not counts are not believed.
+        ({"prompt_tokens": 5, "completion_tokens": -900}, "x" * 40, (5, 10)),
+        ({"prompt_tokens": 5, "completion_tokens": 2.5}, "x" * 40, (5, 10)),
+        ({"prompt_tokens": 5, "completion_tokens": True}, "x" * 40, (5, 10)),
+        ({"prompt_tokens": -5, "completion_tokens": 7}, "x" * 40, (1, 10)),
+        # Embeddings: a prompt and no text.
+        ({"prompt_tokens": 5, "total_tokens": 5}, "", (5, 0)),
+        # Anthropic: what its prompt cache read or wrote is prompt too.
+        (
+            {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "cache_read_input_tokens": 50_000,
+                "cache_creation_input_tokens": 2000,
+            },
+            "",
+            (52_010, 5),
+        ),
+    ],
+)
+def test_usage_is_believed_only_where_it_counts(usage, text, charged):
+    from app.tokens import usage_numbers
+
+    assert usage_numbers(usage, {"messages": [PROMPT]}, text) == charged
+
+
+def cut_config(upstream):
+    return quota_config("memory://", upstream, {"tokens_per_minute": ROOM})
+
+
+def charged_tokens(app) -> int:
+    window = app.extensions["ai_proxy"].quotas.report("token:a")["tokens_per_minute"]
+    assert window["reserved"] == 0
+    return window["used"]
+
+
+def test_a_legacy_completion_stream_is_charged_its_text(make_app, upstream):
+    """Legacy chunks carry `choices[].text`, not a delta: the text counted is what it sent."""
+    head = {"id": "cmpl-1", "object": "text_completion", "model": "m"}
+    pieces = ["x" * 40, "y" * 40]
+    events = [json.dumps({**head, "choices": [{"index": 0, "text": t}]}) for t in pieces]
+    events.append(
+        json.dumps({**head, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    )
+    upstream.queue(Reply(events=[f"data: {e}" for e in [*events, "[DONE]"]]))
+    app = make_app(cut_config(upstream))
+    response = app.test_client().post(
+        "/v1/completions",
+        json={"model": "gpt", "prompt": "hi", "stream": True, "max_tokens": 500},
+        headers={"Authorization": "Bearer k-1"},
+    )
+    response.get_data()
+    response.close()
+    assert charged_tokens(app) == 1 + 20
+
+
+def test_a_cut_translated_messages_stream_is_charged_what_it_delivered(make_app, upstream):
+    from tests.stub_upstream import chat_chunks
+
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    upstream.queue(Reply(events=chat_chunks(words), cut_after=4))
+    app = make_app(cut_config(upstream))
+    response = app.test_client().post(
+        "/v1/messages",
+        json={"model": "gpt", "max_tokens": 500, "stream": True, "messages": [PROMPT]},
+        headers={"Authorization": "Bearer k-1"},
+    )
+    assert b"event: error" in response.get_data()
+    response.close()
+    assert charged_tokens(app) == 1 + len("alpha beta gamma") // 4
+
+
+def test_a_cut_native_messages_stream_is_charged_what_it_delivered(make_app, upstream):
+    """message_start's output_tokens is a placeholder (1): a stream cut before message_delta
+    is charged the text it delivered, not one token."""
+    from tests.test_provider_anthropic import anthropic_model
+
+    def event(kind: str, data: dict) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}"
+
+    usage = {"input_tokens": 3, "output_tokens": 1}
+    events = [
+        event(
+            "message_start",
+            {
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": "c",
+                    "usage": usage,
+                }
+            },
+        ),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        *[
+            event(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "text_delta", "text": "w" * 40}},
+            )
+            for _ in range(10)
+        ],
+    ]
+    upstream.queue(Reply(events=events, cut_after=len(events)))
+    config = cut_config(upstream)
+    config["models"] = [anthropic_model(upstream.url, name="gpt")]
+    app = make_app(config)
+    response = app.test_client().post(
+        "/v1/messages",
+        json={"model": "gpt", "max_tokens": 500, "stream": True, "messages": [PROMPT]},
+        headers={"Authorization": "Bearer k-1"},
+    )
+    response.get_data()
+    response.close()
+    assert charged_tokens(app) == 3 + 100

@@ -133,7 +133,10 @@ def native_events(items, tally: Tally) -> Iterator[bytes]:
     usage: dict = {}
     for kind, data in items:
         if kind == "message_start":
-            usage.update((data.get("message") or {}).get("usage") or {})
+            started = (data.get("message") or {}).get("usage") or {}
+            # Its output_tokens is a placeholder (1): the count comes with message_delta, and a
+            # stream cut before it is charged what it delivered, counted.
+            usage.update({k: v for k, v in started.items() if k != "output_tokens"})
         elif kind == "message_delta":
             usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
         elif kind == "content_block_delta":
@@ -147,12 +150,13 @@ def native_events(items, tally: Tally) -> Iterator[bytes]:
 def canonical_events(chunks, model: str, input_estimate: int, tally: Tally) -> Iterator[bytes]:
     """Anthropic events for canonical chunks: message_start first, message_stop last."""
     writer = EventWriter(model, input_estimate)
+    # The text as it is sent, also when the stream is cut or its client leaves midway.
+    tally.texts = writer.text
     yield writer.start()
     for chunk in chunks:
         if chunk.get("usage"):
             tally.usage = chunk["usage"]
         yield from writer.feed(chunk)
-    tally.texts = writer.text
     if writer.finish is None:
         # An upstream that stopped without saying why was cut off: never a clean end.
         raise UpstreamError("The upstream stream ended before its answer was complete.")

@@ -171,7 +171,8 @@ def chat_events(chunks: Iterable[dict], include_usage: bool, tally: Tally) -> It
         if chunk.get("usage"):
             tally.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
+            # A chat delta's content, or a legacy completion's text.
+            content = (choice.get("delta") or {}).get("content", choice.get("text"))
             if isinstance(content, str):
                 tally.texts.append(content)
         if "usage" in chunk and not include_usage:
