@@ -343,9 +343,11 @@ class Quotas:
         breaker_keys: Sequence[str] = (),
         choice_breakers: Sequence[int] = (),
         carry: bool = False,
+        first: Sequence[Change] = (),
     ) -> Reserved:
         """One batch: reserve the required windows and the first candidate's that fits. With
-        `carry`, the settles this process has queued go in the same round trip, first."""
+        `carry`, the settles this process has queued go in the same round trip, first; so do
+        the changes in `first` (what the request gives back before it is judged again)."""
         as_windows = [(limit.window, amount) for limit, amount in plan.required]
         choices = [[(limit.window, amount) for limit, amount in c] for c in plan.choices]
         carried, upto = [], 0
@@ -356,7 +358,9 @@ class Quotas:
             else:
                 carried, upto = taken
         try:
-            done = self.batch.reserve(as_windows, choices, choice_breakers, breaker_keys, carried)
+            done = self.batch.reserve(
+                as_windows, choices, choice_breakers, breaker_keys, [*carried, *first]
+            )
         except Exception:
             self.settler.carried(carried, upto, ok=False)
             raise

@@ -102,15 +102,19 @@ class Reservation:
             return self.full[model.key]
         quotas = self.quotas
         pairs = quotas.deployment_plan(self.token, model, self.demand)
+        # The deployment left behind gives its part back in the same round trip, before the
+        # new one is judged: the token's budget held for the old one must not refuse the new.
+        previous = self._deployment_changes(keep_requests=self._entered_current())
         try:
-            done = quotas.run_reserve(Plan(required=pairs))
+            done = quotas.run_reserve(Plan(required=pairs), first=previous)
         except StorageError as err:
             quotas.storage_failed(err)
             return None
+        # Given back either way (a refusal takes nothing, but the old part is gone too).
+        quotas.hold([(h.limit, h.amount) for h in self.deployment_held], -1)
+        self.deployment, self.deployment_held = None, []
         if done.refused is not None:
             return time.time() + max(1.0, done.readings[done.refused].reset_in)
-        previous = self._deployment_changes(keep_requests=self._entered_current())
-        quotas.hold([(h.limit, h.amount) for h in self.deployment_held], -1)
         self.deployment = model
         self.deployment_held = [
             Held(limit, amount, mark)
@@ -118,7 +122,6 @@ class Reservation:
         ]
         quotas.hold(pairs)
         self.entered.add(model.key)
-        quotas.settle_changes(previous)
         return None
 
     def _entered_current(self) -> bool:
@@ -241,13 +244,15 @@ def reserve(
             # A client window refused for every candidate (a budget too small for each).
             own = [i for i in refusing if flat[i][0].window.client]
             raise _refusal(quotas, flat, done.readings, own[0], len(required))
-        # Only the deployments' own windows (or cooldowns) stand in the way: routing answers
-        # 503 as for any deployment without room, naming the window here.
+        # A deployment's own window (or cooldown) stands in the way, for some candidate at
+        # least (others may not fit the token's budget): routing answers 503 as for any
+        # deployment without room, naming a deployment's window here, which frees sooner.
         for c, verdict in enumerate(done.verdicts):
             if verdict is not None and verdict >= 0:
                 reset = max(1.0, done.readings[verdict].reset_in)
                 full[models[c].key] = time.time() + reset
-                note = note or flat[verdict][0].describe()
+                if not flat[verdict][0].window.client:
+                    note = note or flat[verdict][0].describe()
     held = [
         Held(limit, amount, mark)
         for (limit, amount), mark in zip(required, done.marks[: len(required)], strict=True)

@@ -295,6 +295,59 @@ def test_fallback_moves_the_deployment_reservation(make_app, upstream):
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_fallback_is_not_refused_by_its_own_budget_hold(make_app, upstream, request, kind):
+    """A budget with room for one reservation ($0.101 of $0.15): the first deployment fails,
+    and its budget hold is given back in the same round trip that judges the second. It was
+    judged first, so the request competed with itself and its client got the first one's 502."""
+    priced = {"input_cost_per_mtok": 1000, "output_cost_per_mtok": 1000}
+    config = quota_config(storage_url(request, kind), upstream, {"budget_per_day": 0.15})
+    config["models"] = [
+        openai_model(upstream, name="gpt", model="first", priority=1, **priced),
+        openai_model(upstream, name="gpt", model="second", priority=2, **priced),
+    ]
+    app = make_app(config)
+    upstream.queue(Reply(status=500, body={"error": {"message": "down"}}))
+    response, _ = post(app.test_client(), max_tokens=100)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert [r.json()["model"] for r in upstream.requests] == ["first", "second"]
+    window = app.extensions["ai_proxy"].quotas.report("token:a")["budget_per_day"]
+    assert (window["used"], window["reserved"]) == (0.007, 0.0)  # 7 tokens at $1000/M
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_busy_cheap_deployment_is_a_503_not_a_spent_budget(make_app, upstream, request, kind):
+    """The cheap deployment is at its own requests_per_minute, the dear one does not fit the
+    budget: the deployments are full for a minute (503), the budget is not spent (it was a 429
+    budget_exceeded with a Retry-After of the day's end)."""
+    config = quota_config(storage_url(request, kind), upstream, {"budget_per_day": 0.5})
+    config["models"] = [
+        openai_model(
+            upstream,
+            name="gpt",
+            model="cheap",
+            priority=1,
+            requests_per_minute=1,
+            input_cost_per_mtok=1,
+            output_cost_per_mtok=1,
+        ),
+        openai_model(
+            upstream,
+            name="gpt",
+            model="dear",
+            priority=2,
+            input_cost_per_mtok=10_000,
+            output_cost_per_mtok=10_000,
+        ),
+    ]
+    app = make_app(config)
+    assert post(app.test_client(), max_tokens=100)[0].status_code == 200
+    refused, body = post(app.test_client(), max_tokens=100)
+    assert refused.status_code == 503, body
+    assert "requests_per_minute for model gpt#0" in body
+    assert int(refused.headers["Retry-After"]) <= 60
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
 def test_release_gives_back_all_but_the_client_request(make_app, upstream, request, kind):
     """What a cache hit calls: no tokens, no budget, no deployment request are charged."""
     app = make_app(

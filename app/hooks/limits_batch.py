@@ -206,14 +206,14 @@ if refused == 0 then
 end
 local marks = {}
 for i = 1, n do marks[i] = 0 end
--- No candidate fits, but only for its deployment's own windows or a cooldown: the client's
--- windows are held all the same (routing then answers that no deployment has room).
+-- No candidate fits, and not every one of them for a client window (a budget too small for
+-- each): some deployment's own window or cooldown stands in the way, which frees sooner. The
+-- client's windows are held all the same (routing then answers that no deployment has room).
 local full = 0
 if refused == 0 and choices > 0 and chosen == 0 then
-  full = 1
   for c = 1, choices do
     local v = verdicts[c]
-    if v > 0 and client[v] == 1 then full = 0 end
+    if not (v > 0 and client[v] == 1) then full = 1 end
   end
 end
 local apply = refused == 0 and (choices == 0 or chosen > 0 or full == 1)

@@ -149,7 +149,7 @@ class MemoryBatch:
                 refused is None
                 and bool(choices)
                 and chosen is None
-                and not any(v is not None and flat[v][0].client for v in verdicts)
+                and not all(v is not None and flat[v][0].client for v in verdicts)
             )
             if refused is None and (not choices or chosen is not None or full):
                 taken = list(range(len(required)))
