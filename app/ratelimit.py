@@ -283,6 +283,12 @@ class Quotas:
             self.token_usage[key] = _items(
                 key, token, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING
             ) + _items(key, token, _BUDGET_FIELDS, USAGE_SCOPE, Layout.SLIDING, scale=MICRO_USD)
+        # Each token's smallest token window, which a default reserve must fit.
+        self.smallest_tokens: dict[str, int] = {}
+        for key, limits in self.token_usage.items():
+            amounts = [limit.item.amount for limit in limits if limit.counts is Counts.TOKENS]
+            if amounts:
+                self.smallest_tokens[key] = min(amounts)
         # What requests in flight in this worker hold, per window key (for /admin/status).
         self.held: dict[str, int] = {}
         self._held_lock = threading.Lock()
@@ -301,12 +307,23 @@ class Quotas:
     # -- planning -----------------------------------------------------------------------------
 
     def demand(
-        self, prompt_tokens: int, max_output: int | None, charged: bool = True, answers: int = 1
+        self,
+        prompt_tokens: int,
+        max_output: int | None,
+        charged: bool = True,
+        answers: int = 1,
+        token: TokenConfig | None = None,
     ) -> Demand:
         """A request's demand: its output cap, else `rate_limits.default_reserve_tokens` for
-        each answer it asks for."""
+        each answer it asks for, but no more than the room the token's smallest token window
+        leaves after the prompt (a default is a guess: it must not make every request that
+        sets no cap one the window can never admit)."""
         if max_output is None:
             output = self.default_reserve_tokens * max(1, answers)
+            if token is not None:
+                smallest = self.smallest_tokens.get(Owner.TOKEN.key(token.name))
+                if smallest is not None:
+                    output = max(1, min(output, smallest - max(0, prompt_tokens)))
         else:
             output = max(0, max_output)
         return Demand(max(0, prompt_tokens), output, charged)
@@ -398,9 +415,20 @@ class Quotas:
             f"Quota exceeded: {limit.describe()} (limit {amount}, {shown_used} in use, "
             f"this request reserves {shown_demand})."
         )
+        never = demand > limit.item.amount
+        if never:
+            # Waiting cannot help: no Retry-After that would have clients retry it forever.
+            message = (
+                f"Quota exceeded: {limit.describe()}: this request reserves {shown_demand}, more "
+                f"than the whole limit of {amount}; it can never be admitted. Lower max_tokens "
+                "(or its spelling for this API)."
+            )
+            wait = None
         if scope == "deployment":
             return NoAvailableModelError(message, retry_after=wait)
-        state = WindowState(limit, max(0, limit.item.amount - used), time.time() + wait)
+        state = WindowState(
+            limit, max(0, limit.item.amount - used), time.time() + max(1.0, reset_in)
+        )
         cls = BudgetExceededError if limit.counts is Counts.BUDGET else RateLimitError
         headers = rate_limit_headers(list(shown))
         if limit.counts is not Counts.BUDGET:

@@ -251,8 +251,14 @@ def reserve(
             if verdict is not None and verdict >= 0:
                 reset = max(1.0, done.readings[verdict].reset_in)
                 full[models[c].key] = time.time() + reset
-                if not flat[verdict][0].window.client:
-                    note = note or flat[verdict][0].describe()
+                limit, amount = flat[verdict]
+                if not limit.window.client and not note:
+                    note = limit.describe()
+                    if amount > limit.item.amount:
+                        note += (
+                            f" (this request reserves {amount}, more than its whole limit of "
+                            f"{limit.item.amount}: it can never be admitted there)"
+                        )
     held = [
         Held(limit, amount, mark)
         for (limit, amount), mark in zip(required, done.marks[: len(required)], strict=True)

@@ -247,7 +247,7 @@ def reserve_for(
     charged = endpoint.charged if endpoint is not None and not hit else False
     prompt = prompt_estimate(call.prompt) if call is not None and charged else 0
     demand = state.quotas.demand(
-        prompt, call.max_output if call else None, charged, call.answers if call else 1
+        prompt, call.max_output if call else None, charged, call.answers if call else 1, token
     )
     breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
     models = [] if hit else [candidate.provider.model for candidate in resolution.candidates]
