@@ -13,7 +13,7 @@ from app.blueprints.common import proxy_state
 from app.cache import decode, encode
 from app.errors import MAX_DEPTH
 from tests.conftest import LOOPBACK, TOKEN, openai_model
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.stub_upstream import Reply, chat_chunks, chat_completion
 
 OTHER = "sk-other-client-token"
@@ -487,6 +487,43 @@ def test_objects_streamed_in_pieces_are_stored_whole(cached, upstream, deltas, f
     assert whole.headers["x-ai-proxy-cache"] == "hit"
     message = whole.json["choices"][0]["message"]
     assert {name: message[name] for name in expected} == expected
+
+
+def test_a_stream_that_ends_without_done_is_relayed_but_not_stored(cached, upstream):
+    """The upstream closed cleanly after the finish chunk, before its usage chunk and [DONE]:
+    the client gets the answer (and the proxy's [DONE]), but it was not seen to its proper
+    end, so it is not stored (hits from it lacked their usage)."""
+    events = chat_chunks(["one", "two"])  # role, one, two, finish, usage, [DONE]
+    upstream.default = Reply(events=events[:4])
+    client = cached()
+    streamed = post(client, {**CHAT, "stream": True}).get_data(as_text=True)
+    assert streamed.rstrip().endswith("data: [DONE]") and '"error"' not in streamed
+    whole = post(client)
+    assert whole.headers["x-ai-proxy-cache"] == "miss"
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("scope", [None, "gpt-test"], ids=["all", "one-model"])
+def test_an_answer_in_flight_during_a_delete_is_not_kept(cached, upstream, scope):
+    """An operator empties the cache (say, after changing a deployment) while a request is
+    upstream: its answer, read before the delete, is sent but not stored."""
+    import threading
+
+    upstream.default = Reply(body=chat_completion("old deployment answer"), hang=0.5)
+    client = cached()
+    other = client.application.test_client()
+    other.environ_base.update(client.environ_base)
+    flight = threading.Thread(target=lambda: post(other))
+    flight.start()
+    wait_until(lambda: len(upstream.requests) == 1)
+    query = f"?model={scope}" if scope else ""
+    deleted = client.delete("/admin/cache" + query, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert deleted.status_code == 200
+    flight.join()
+    upstream.default = Reply(body=chat_completion("new deployment answer"))
+    after = post(client)
+    assert after.headers["x-ai-proxy-cache"] == "miss"
+    assert after.json["choices"][0]["message"]["content"] == "new deployment answer"
 
 
 def test_a_hit_refused_by_its_rate_limit_is_not_a_hit(cached, upstream):

@@ -170,7 +170,10 @@ def _assembled(events, assembler, form, ticket: Ticket, tally, outcome, headers)
         for piece in events:
             if assembler.feed(piece):
                 answer = assembler.whole(tally.usage)
-                if answer is not None and form.storable(answer):
+                # An upstream stream that stopped without its own end marker was not seen to
+                # its proper end (its usage chunk may be missing): relayed, not stored.
+                proper = not getattr(outcome.result.stream, "ended_unmarked", False)
+                if answer is not None and proper and form.storable(answer):
                     ticket.save(_entry(answer, outcome, headers))
             yield piece
     finally:

@@ -121,6 +121,11 @@ class MemoryStore:
         self._nodes: OrderedDict[str, _Node] = OrderedDict()
         self._lock = threading.Lock()
         self._deletes = DeleteLog(shared_folder) if shared_folder else None
+        # Deletes so far, in all and per model: a slot names the ones it was read after, and
+        # an answer written to a slot older than a delete is not kept (it was in flight when
+        # its model's entries were emptied), as the Redis store's generations do.
+        self._generation = 0
+        self._model_generations: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -130,30 +135,39 @@ class MemoryStore:
             for model in self._deletes.news():
                 self._forget(model)
 
+    def _slot(self, key: CacheKey) -> str:
+        generation = self._model_generations.get(key.model, 0)
+        return f"{key.digest}:{self._generation}:{generation}"
+
     def read(self, key: CacheKey, fetch: bool = True) -> Found:
         if not fetch:
-            return Found(key.digest)
+            return Found(self._slot(key))
         self._catch_up()
         with self._lock:
+            slot = self._slot(key)
             node = self._nodes.get(key.digest)
             if node is None:
-                return Found(key.digest)
+                return Found(slot)
             if node.expires <= self.clock():
                 self._drop(key.digest)
-                return Found(key.digest)
+                return Found(slot)
             self._nodes.move_to_end(key.digest)
-            return Found(key.digest, node.data)
+            return Found(slot, node.data)
 
     def write(self, slot: str, model: str, data: bytes, ttl: float) -> bool:
         """Store `data`; False if it alone is larger than the whole cache."""
-        size = len(data) + len(slot) + ENTRY_OVERHEAD_BYTES
+        digest, _, generations = slot.partition(":")
+        size = len(data) + len(digest) + ENTRY_OVERHEAD_BYTES
         if size > self.max_bytes:
             return False
         evicted = 0
         with self._lock:
-            if slot in self._nodes:
-                self._drop(slot)
-            self._nodes[slot] = _Node(data, model, self.clock() + ttl, size)
+            current = f"{self._generation}:{self._model_generations.get(model, 0)}"
+            if generations and generations != current:
+                return True  # read before a delete of its model: dropped, as if evicted
+            if digest in self._nodes:
+                self._drop(digest)
+            self._nodes[digest] = _Node(data, model, self.clock() + ttl, size)
             self.size += size
             while self.size > self.max_bytes:
                 oldest = next(iter(self._nodes))
@@ -174,6 +188,10 @@ class MemoryStore:
     def _forget(self, model: str | None) -> int:
         with self._lock:
             if model is None:
+                self._generation += 1
+            else:
+                self._model_generations[model] = self._model_generations.get(model, 0) + 1
+            if model is None:
                 count = len(self._nodes)
                 self._nodes.clear()
                 self.size = 0
@@ -187,9 +205,10 @@ class MemoryStore:
         return count
 
     def discard(self, slot: str) -> None:
+        digest = slot.partition(":")[0]
         with self._lock:
-            if slot in self._nodes:
-                self._drop(slot)
+            if digest in self._nodes:
+                self._drop(digest)
 
     def _drop(self, slot: str) -> None:
         node = self._nodes.pop(slot)
@@ -204,7 +223,7 @@ class MemoryStore:
 
     def peek(self, slot: str) -> tuple[bytes | None, bool]:
         with self._lock:
-            node = self._nodes.get(slot)
+            node = self._nodes.get(slot.partition(":")[0])
         return (node.data if node else None), False
 
 

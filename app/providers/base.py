@@ -52,6 +52,9 @@ class ChatStream:
     # that ended so gives its connection back to the pool; a cut or abandoned one closes it.
     response = None
     completed = False
+    # Whether it ended after a finish reason but without its wire's own end (`[DONE]`): the
+    # answer is relayed whole, but not stored by the cache (it may lack its usage chunk).
+    ended_unmarked = False
 
     # Adapters that build chunks themselves set these and use _chunk / _ending.
     id: str = ""
@@ -397,6 +400,10 @@ class PrimedStream(ChatStream):
     @property
     def prompt_tokens(self) -> int | None:
         return self.stream.prompt_tokens
+
+    @property
+    def ended_unmarked(self) -> bool:
+        return self.stream.ended_unmarked
 
     def __iter__(self) -> Iterator[dict]:
         yield from self.head

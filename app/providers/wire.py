@@ -36,6 +36,7 @@ class OpenAIStream(ChatStream):
         if not finished:
             # Neither [DONE] nor a finish reason: the stream was cut, not completed.
             raise UpstreamError(f"{self.label}: the stream ended before its answer was complete")
+        self.ended_unmarked = True
 
 
 def stream_failure(event: Event) -> str | None:
