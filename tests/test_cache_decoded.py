@@ -75,7 +75,9 @@ def test_only_a_few_are_kept():
     for key in keys:
         assert hit(c, key) is not None
     assert len(c._decoded) == DECODED_ENTRIES
-    assert set(c._decoded) == {key.digest for key in keys[-DECODED_ENTRIES:]}
+    assert {slot.partition(":")[0] for slot in c._decoded} == {
+        key.digest for key in keys[-DECODED_ENTRIES:]
+    }
 
 
 def test_a_deleted_entry_is_not_served_from_what_was_kept():
