@@ -102,6 +102,9 @@ def to_response(completion: dict, model: str, prompt_estimate: int, thoughts: bo
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not content and isinstance(message.get("refusal"), str):
+            # Gemini has no refusal of its own: the model's words are its answer's text.
+            content = message["refusal"]
         if isinstance(content, str) and content:
             parts.append({"text": content})
             texts.append(content)
@@ -201,7 +204,7 @@ class ChunkWriter:
         if thought:
             yield from self._release()
             yield self._response([_candidate(index, [{"text": thought, "thought": True}])])
-        text = delta.get("content")
+        text = delta.get("content") or delta.get("refusal")  # a refusal is said as text
         if isinstance(text, str) and text:
             yield from self._release()
             self.text.append(text)

@@ -40,7 +40,11 @@ def response_usage(usage: object, prompt_estimate: int, output_text: str) -> dic
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached if isinstance(cached, int) else 0},
+        "input_tokens_details": {
+            "cached_tokens": cached if isinstance(cached, int) else 0,
+            # Chat usage does not say what was written to a prompt cache.
+            "cache_write_tokens": 0,
+        },
         "output_tokens": output,
         "output_tokens_details": {
             "reasoning_tokens": reasoning if isinstance(reasoning, int) else 0
@@ -61,6 +65,17 @@ def message_item(text: str, status: str = "completed", item_id: str | None = Non
 
 def text_part(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def refusal_item(refusal: str, status: str = "completed") -> dict:
+    """A message whose content is the model's refusal (structured outputs refuse so)."""
+    return {
+        "id": new_id("msg"),
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "refusal", "refusal": refusal}],
+    }
 
 
 def call_item(
@@ -130,7 +145,10 @@ def to_response(answer: dict, body: dict, response_id: str, prompt_estimate: int
     text = content_text(text) if not isinstance(text, str) else text
     if text:
         output.append(message_item(text, status))
-    spoken = [text or ""]
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        output.append(refusal_item(refusal, status))
+    spoken = [text or "", refusal if isinstance(refusal, str) else ""]
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         arguments = function.get("arguments")

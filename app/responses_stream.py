@@ -20,6 +20,7 @@ from .responses_output import (
     finished,
     message_item,
     new_id,
+    refusal_item,
     response_usage,
     text_part,
 )
@@ -72,6 +73,7 @@ class EventWriter:
         self.items: list[Item] = []
         self.message: Item | None = None  # the message text goes to, while it is open
         self.calls: dict[object, Item] = {}  # chat tool-call index -> its item
+        self.refusal: list[str] = []  # a refusal's pieces, written whole as the stream ends
 
     def event(self, kind: str, **fields) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -192,7 +194,10 @@ class EventWriter:
         return call_item(base["call_id"], base["name"], text, status, base["id"])
 
     def finish(self, finish: str | None, usage: dict) -> Iterator[bytes]:
-        """Every open item closed, then `response.completed` (or `.incomplete`)."""
+        """Every open item closed, a refusal's message, then `response.completed` (or
+        `.incomplete`)."""
+        if self.refusal:
+            yield from self.whole_item(refusal_item("".join(self.refusal)))
         response = finished(self.response, finish, usage)
         status = "completed" if response["status"] == "completed" else "incomplete"
         for item in self.items:
@@ -213,7 +218,7 @@ class EventWriter:
         return self.event("response.failed", response=self.response)
 
     def output_text(self) -> str:
-        return "".join("".join(i.pieces) for i in self.items)
+        return "".join("".join(i.pieces) for i in self.items) + "".join(self.refusal)
 
 
 def _feed(writer: EventWriter, chunk: dict) -> list[bytes]:
@@ -226,6 +231,9 @@ def _feed(writer: EventWriter, chunk: dict) -> list[bytes]:
         text = delta.get("content")
         if isinstance(text, str) and text:
             events += writer.text(text)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            writer.refusal.append(refusal)
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
             arguments = function.get("arguments")

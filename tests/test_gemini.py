@@ -638,3 +638,31 @@ def test_reasoning_comes_back_as_thoughts_when_asked_for(client, upstream, inclu
     assert (thought in parts) == include
     assert "".join(p["text"] for p in parts if not p.get("thought")) == "42"
     assert "thinkingConfig" not in (streamed.headers.get("x-ai-proxy-warning") or "")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_chat_refusal_is_said_as_text(client, upstream, stream):
+    """Gemini has no refusal of its own: the model's words are the answer's text (it was an
+    empty text part, so the SDK's `.text` said nothing)."""
+    if stream:
+        upstream.queue(Reply(events=[
+            'data: {"choices": [{"index": 0, "delta": {"refusal": "I can\'t help."}}]}',
+            'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}',
+            "data: [DONE]",
+        ]))  # fmt: skip
+        path = "/v1beta/models/gpt-test:streamGenerateContent"
+    else:
+        answer = chat_completion()
+        answer["choices"][0]["message"] = {
+            "role": "assistant",
+            "content": None,
+            "refusal": "I can't help.",
+        }
+        upstream.queue(Reply(body=answer))
+        path = "/v1beta/models/gpt-test:generateContent"
+    body = client.post(path, json=GEN).get_json()
+    responses = body if stream else [body]
+    text = "".join(
+        p.get("text", "") for r in responses for p in r["candidates"][0]["content"]["parts"]
+    )
+    assert text == "I can't help."

@@ -203,7 +203,7 @@ def test_the_translation_sent_upstream(client, upstream):
     assert answer["output"][0]["content"][0]["text"] == "hi there"
     assert answer["usage"] == {
         "input_tokens": 5,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": 2,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 7,
@@ -390,3 +390,48 @@ def test_a_passthrough_upstream_that_answers_whole_still_streams(client, upstrea
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert deltas == "whole answer"
     assert upstream.requests[0].json()["stream"] is True
+
+
+REFUSED = "I can't help with that."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_refusal_is_a_refusal_part_not_an_empty_answer(client, upstream, stream):
+    """A chat upstream refuses (structured outputs: content null, `refusal` said): the Response
+    carries it as a `refusal` content part. It was `completed` with no output at all, so a
+    client parsing its json_schema output parsed an empty string."""
+    if stream:
+        upstream.queue(Reply(events=[
+            'data: {"choices": [{"index": 0, "delta": {"refusal": "I can\'t "}}]}',
+            'data: {"choices": [{"index": 0, "delta": {"refusal": "help with that."}}]}',
+            'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}',
+            "data: [DONE]",
+        ]))  # fmt: skip
+    else:
+        answer = chat_completion()
+        answer["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": REFUSED}
+        upstream.queue(Reply(body=answer))
+    response = post(client, {"model": "gpt", "input": "hi", "stream": stream})
+    if stream:
+        lines = response.get_data(as_text=True).splitlines()
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+        assert done[-1]["content"] == [{"type": "refusal", "refusal": REFUSED}]
+        final = events[-1]["response"]
+    else:
+        final = response.json
+    assert final["status"] == "completed"
+    (item,) = final["output"]
+    assert item["type"] == "message"
+    assert item["content"] == [{"type": "refusal", "refusal": REFUSED}]
+
+
+def test_the_sdk_reads_a_refusal(client, upstream):
+    from openai.types.responses import Response
+
+    answer = chat_completion()
+    answer["choices"][0]["message"] = {"role": "assistant", "content": None, "refusal": REFUSED}
+    upstream.queue(Reply(body=answer))
+    parsed = Response.model_validate(post(client, {"model": "gpt", "input": "hi"}).json)
+    assert parsed.output[0].content[0].refusal == REFUSED
