@@ -77,6 +77,9 @@ def check_model_id(model_id: str, form: IdForm = IdForm.BODY) -> str:
         raise _refuse(model_id, "it holds look-alike characters")
     if _FORBIDDEN.intersection(model_id):
         raise _refuse(model_id, "'?', '#', '%' and '\\' are not allowed")
+    if "*" in model_id:
+        # `openrouter/*` names a wildcard deployment; asked for itself it would send `*` up.
+        raise _refuse(model_id, "'*' makes it a pattern, not a model")
     if any(segment in ("", ".", "..") for segment in model_id.split("/")):
         raise _refuse(model_id, "it has an empty, '.' or '..' segment")
     if form is IdForm.SEGMENT and "/" in model_id:

@@ -666,3 +666,42 @@ def test_a_chat_refusal_is_said_as_text(client, upstream, stream):
         p.get("text", "") for r in responses for p in r["candidates"][0]["content"]["parts"]
     )
     assert text == "I can't help."
+
+
+def test_the_list_holds_only_models_generatecontent_can_use(make_app, upstream):
+    """Embedding and image models answer no generateContent, and a wildcard's pattern names
+    no model: none of them is listed, and a lookup of one is a 404."""
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "a", "token": TOKEN}]},
+            "models": [
+                openai_model(upstream, "gpt"),
+                {**openai_model(upstream, "emb"), "kind": "embedding"},
+                {**openai_model(upstream, "img"), "kind": "image"},
+                openai_model(upstream, "openrouter/*"),
+            ],
+        }
+    )
+    client = app.test_client()
+    client.environ_base.update({"HTTP_X_GOOG_API_KEY": TOKEN, **LOOPBACK})
+    names = [m["name"] for m in client.get("/v1beta/models").get_json()["models"]]
+    assert names == ["models/gpt"]
+    for model in ("emb", "img", "openrouter/*"):
+        assert client.get(f"/v1beta/models/{model}").status_code == 404, model
+    # A model id through the wildcard is one: listed when looked up.
+    assert client.get("/v1beta/models/openrouter/some-model").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1beta/models/openrouter/*:generateContent"])
+def test_a_wildcard_pattern_is_not_a_model_to_call(client, upstream, path):
+    """Asked for by its own name, a wildcard deployment sent `*` upstream as the model."""
+    response = client.post(path, json=GEN)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert upstream.requests == []
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "openrouter/*", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert chat.status_code == 400 and upstream.requests == []

@@ -22,6 +22,7 @@ from ..blueprints.listing import (
     find_model,
     gemini_model,
     gemini_model_list,
+    generates,
     usable_models,
 )
 from ..blueprints.pipeline import (
@@ -237,7 +238,7 @@ def call_model(model_id: str):
 @bp.get("/v1beta/models")
 def list_models():
     """The models the token may use, as Gemini lists them (`pageSize`, `pageToken`)."""
-    models = usable_models(request_state().token)
+    models = [m for m in usable_models(request_state().token) if generates(m)]
     return json_response(gemini_model_list(models, request.args))
 
 
@@ -249,6 +250,8 @@ def get_model(model_id: str):
             f"{request.method} is not allowed here; use POST.", headers={"Allow": "POST"}
         )
     model = find_model(request_state().token, check_model(model_id))
+    if not generates(model):
+        raise NotFoundError(f"models/{model.id} is not a model generateContent can use.")
     return json_response(gemini_model(model))
 
 

@@ -77,6 +77,15 @@ def wants_gemini(headers: Mapping[str, str]) -> bool:
     return "genai" in headers.get("x-goog-api-client", "").lower()
 
 
+def generates(model: Listed) -> bool:
+    """Whether a listed model can answer generateContent: a chat model (not an embedding or
+    image one), and not a wildcard's pattern (`openrouter/*` names no model)."""
+    if "*" in model.id:
+        return False
+    providers = proxy_state().router.by_name.get(model.id)
+    return not providers or any(p.model.kind == "chat" for p in providers)
+
+
 def gemini_model(model: Listed) -> dict:
     """A model as Gemini's `Model` resource."""
     entry: dict = {
