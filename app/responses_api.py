@@ -325,8 +325,19 @@ def to_chat_request(body: dict, history: list[dict], stream: bool = False) -> Tr
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.insert(0, {"role": "system", "content": instructions})
+    if not any(m.get("role") != "system" for m in messages):
+        # Every item was one chat cannot carry (reasoning alone, say): nothing to answer.
+        raise InvalidRequestError(
+            "Invalid request: input: none of its items can be sent to this model.", param="input"
+        )
     request: dict = {"model": body.get("model"), "messages": messages}
     tools = _tools(body, warnings)
+    choice_asked = body.get("tool_choice")
+    if not tools and (isinstance(choice_asked, dict) or choice_asked == "required"):
+        raise InvalidRequestError(
+            "Invalid request: tool_choice: it asks for a tool, but no function tool is given.",
+            param="tool_choice",
+        )
     if tools:
         request["tools"] = tools
         choice = _tool_choice(body.get("tool_choice"), warnings)

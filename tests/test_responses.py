@@ -435,3 +435,20 @@ def test_the_sdk_reads_a_refusal(client, upstream):
     upstream.queue(Reply(body=answer))
     parsed = Response.model_validate(post(client, {"model": "gpt", "input": "hi"}).json)
     assert parsed.output[0].content[0].refusal == REFUSED
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        # Reasoning alone: nothing chat can carry (it sent `messages: []` upstream).
+        ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input"),
+        # A tool asked for, none given (it was dropped without a word).
+        ({"input": "hi", "tool_choice": {"type": "function", "name": "f"}}, "tool_choice"),
+        ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
+    ],
+)
+def test_requests_chat_cannot_carry_are_a_400(client, upstream, extra, param):
+    response = post(client, {"model": "gpt", **extra})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["error"]["param"] == param
+    assert upstream.requests == []
