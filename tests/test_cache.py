@@ -747,3 +747,78 @@ def test_a_continued_conversation_is_never_cached(cached, upstream):
     answers = [post(client, follow, "/v1/responses") for _ in range(2)]
     assert [a.headers["x-ai-proxy-cache"] for a in answers] == ["bypass", "bypass"]
     assert len(upstream.requests) == 3
+
+
+LOGPROBS = {"tokens": ["hi", " there"], "token_logprobs": [-0.1, -0.2],
+            "top_logprobs": [{"hi": -0.1}, {" there": -0.2}], "text_offset": [0, 2]}  # fmt: skip
+
+
+def completion_answer() -> dict:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "text": "hi there", "logprobs": LOGPROBS, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+
+
+def test_completion_logprobs_survive_both_forms(cached, upstream):
+    """Asked for `logprobs`, a hit has them as a fresh answer does, streamed or whole (they were
+    null in every replayed chunk, and null in a whole answer made from a stored stream)."""
+    upstream.default = Reply(body=completion_answer())
+    client = cached()
+    body = {"model": "gpt-test", "prompt": "hi", "logprobs": 2}
+    post(client, body, path="/v1/completions")
+    streamed = post(client, {**body, "stream": True}, path="/v1/completions")
+    assert streamed.headers["x-ai-proxy-cache"] == "hit"
+    chunks = [
+        json.loads(line[6:])
+        for line in streamed.get_data(as_text=True).splitlines()
+        if line.startswith("data: {")
+    ]
+    texts = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert [(t["text"], t["logprobs"]) for t in texts] == [("hi there", LOGPROBS)]
+
+    # The other way: a stored stream, its logprobs gathered from each chunk.
+    head = {"id": "cmpl-2", "object": "text_completion", "created": 1, "model": "m"}
+    first = {k: v[:1] for k, v in LOGPROBS.items()}
+    second = {k: v[1:] for k, v in LOGPROBS.items()}
+    halves = [{"text": "hi", "logprobs": first}, {"text": " there", "logprobs": second}]
+    events = [json.dumps({**head, "choices": [{"index": 0, **h}]}) for h in halves]
+    events.append(
+        json.dumps({**head, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    )
+    upstream.default = Reply(events=[f"data: {e}" for e in [*events, "[DONE]"]])
+    other = {**body, "prompt": "other"}
+    post(client, {**other, "stream": True}, path="/v1/completions").get_data()
+    whole = post(client, other, path="/v1/completions")
+    assert whole.headers["x-ai-proxy-cache"] == "hit"
+    assert whole.json["choices"][0]["logprobs"] == LOGPROBS
+
+
+def test_a_vendors_top_level_fields_survive_both_forms(cached, upstream):
+    """Perplexity's `citations`: a hit carries them, streamed or whole, as a fresh answer does."""
+    answer = {**chat_completion(), "citations": ["https://a.example", "https://b.example"]}
+    upstream.default = Reply(body=answer)
+    client = cached()
+    post(client)
+    streamed = post(client, {**CHAT, "stream": True}).get_data(as_text=True)
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert all(c["citations"] == answer["citations"] for c in chunks)
+
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "citations": answer["citations"]}  # fmt: skip
+    events = [
+        json.dumps({**head, "choices": [{"index": 0, "delta": {"content": "hi"}}]}),
+        json.dumps({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ]
+    upstream.default = Reply(events=[f"data: {e}" for e in [*events, "[DONE]"]])
+    other = {**CHAT, "messages": [{"role": "user", "content": "other"}]}
+    post(client, {**other, "stream": True}).get_data()
+    whole = post(client, other)
+    assert whole.headers["x-ai-proxy-cache"] == "hit"
+    assert whole.json["citations"] == answer["citations"]

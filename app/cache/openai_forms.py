@@ -10,8 +10,18 @@ from .forms import CacheForm, SSEAssembler, cut, loads_object, pieces
 
 # Finish reasons of a complete answer; `length` (truncated) and `content_filter` are not.
 COMPLETE_FINISHES = frozenset({"stop", "tool_calls", "function_call"})
-# Chunk fields copied to the whole answer and back.
+# Chunk fields copied to the whole answer and back (the first chunk's value).
 ANSWER_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+# Fields that are not the answer's own: its parts, and OpenAI's per-chunk random padding.
+NOT_CARRIED = frozenset({"choices", "usage", "object", "obfuscation"})
+
+
+def answer_head(answer: dict, kind: str) -> dict:
+    """What every replayed chunk carries: the answer's fields but its choices and usage,
+    vendor ones too (Perplexity's `citations`, Azure's filter results), under `object`."""
+    head = {key: value for key, value in answer.items() if key not in NOT_CARRIED}
+    head["object"] = kind
+    return head
 
 
 def _choices(answer: object, part: str) -> list[dict] | None:
@@ -129,9 +139,11 @@ class _ChoicesAssembler(SSEAssembler):
         if "error" in chunk and not chunk.get("choices"):
             self.failed = True
             return False
-        for key in ANSWER_FIELDS:
-            if key in chunk and key not in self.head:
-                self.head[key] = chunk[key]
+        for key, value in chunk.items():
+            if key in NOT_CARRIED or (key in ANSWER_FIELDS and key in self.head):
+                continue
+            # A vendor's own field (citations...): its latest value, which holds the rest.
+            self.head[key] = value
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
@@ -196,8 +208,7 @@ class ChatForm(CacheForm):
         return ChatAssembler()
 
     def replay(self, answer: dict, call) -> Iterator[bytes]:
-        head = {key: answer[key] for key in ANSWER_FIELDS if key in answer}
-        head["object"] = "chat.completion.chunk"
+        head = answer_head(answer, "chat.completion.chunk")
 
         def chunk(index: int, delta: dict, finish: str | None = None, logprobs=None) -> bytes:
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -253,18 +264,26 @@ class CompletionAssembler(_ChoicesAssembler):
         super().__init__()
         self.texts: dict[int, list[str]] = {}
         self.finishes: dict[int, str | None] = {}
+        self.logprobs: dict[int, dict] = {}
 
     def add(self, index: int, choice: dict) -> None:
         self.texts.setdefault(index, []).append(str(choice.get("text") or ""))
         if choice.get("finish_reason"):
             self.finishes[index] = choice["finish_reason"]
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            # Each chunk's token lists (tokens, token_logprobs, top_logprobs, text_offset).
+            held = self.logprobs.setdefault(index, {})
+            for name, values in logprobs.items():
+                if isinstance(values, list):
+                    held.setdefault(name, []).extend(values)
 
     def choices(self) -> list[dict]:
         return [
             {
                 "index": index,
                 "text": "".join(parts),
-                "logprobs": None,
+                "logprobs": self.logprobs.get(index),
                 "finish_reason": self.finishes.get(index),
             }
             for index, parts in sorted(self.texts.items())
@@ -279,12 +298,13 @@ class CompletionForm(CacheForm):
         return CompletionAssembler()
 
     def replay(self, answer: dict, call) -> Iterator[bytes]:
-        head = {key: answer[key] for key in ANSWER_FIELDS if key in answer}
-        head["object"] = "text_completion"
+        head = answer_head(answer, "text_completion")
         for choice in answer["choices"]:
             index = choice.get("index", 0)
-            for piece in pieces(choice.get("text") or ""):
-                part = {"index": index, "text": piece, "logprobs": None, "finish_reason": None}
+            text, logprobs = choice.get("text") or "", choice.get("logprobs")
+            # Token log probabilities go with the text they score: then it is one piece.
+            for piece in [text] if isinstance(logprobs, dict) else pieces(text):
+                part = {"index": index, "text": piece, "logprobs": logprobs, "finish_reason": None}
                 yield encode_chunk({**head, "choices": [part]})
             ending = {"index": index, "text": "", "logprobs": None}
             finish = choice.get("finish_reason") or "stop"
