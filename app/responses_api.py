@@ -80,6 +80,15 @@ class Translated:
     canonical: dict
     warnings: tuple[str, ...]
     conversation: list[dict]  # the stored conversation plus this input, as Responses items
+    # Why chat cannot be asked this at all (a deployment that takes Responses as sent can):
+    # raised when a translated deployment is called, not before.
+    problem: InvalidRequestError | None = None
+
+    def check(self) -> dict:
+        """The chat request, or the 400 chat cannot be asked it with."""
+        if self.problem is not None:
+            raise self.problem
+        return self.canonical
 
 
 def input_items(body: dict) -> list[dict]:
@@ -325,16 +334,20 @@ def to_chat_request(body: dict, history: list[dict], stream: bool = False) -> Tr
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
         messages.insert(0, {"role": "system", "content": instructions})
+    problem = None
     if not any(m.get("role") != "system" for m in messages):
         # Every item was one chat cannot carry (reasoning alone, say): nothing to answer.
-        raise InvalidRequestError(
+        problem = InvalidRequestError(
             "Invalid request: input: none of its items can be sent to this model.", param="input"
         )
     request: dict = {"model": body.get("model"), "messages": messages}
     tools = _tools(body, warnings)
     choice_asked = body.get("tool_choice")
-    if not tools and (isinstance(choice_asked, dict) or choice_asked == "required"):
-        raise InvalidRequestError(
+    function_asked = isinstance(choice_asked, dict) and choice_asked.get("type") == "function"
+    if not tools and (function_asked or (choice_asked == "required" and not body.get("tools"))):
+        # A built-in tool asked for is dropped with the tool (and named); a function tool that
+        # is not there cannot be.
+        problem = problem or InvalidRequestError(
             "Invalid request: tool_choice: it asks for a tool, but no function tool is given.",
             param="tool_choice",
         )
@@ -359,7 +372,7 @@ def to_chat_request(body: dict, history: list[dict], stream: bool = False) -> Tr
     if stream:
         request["stream"] = True
         request["stream_options"] = {"include_usage": True}
-    return Translated(request, tuple(dict.fromkeys(warnings)), conversation)
+    return Translated(request, tuple(dict.fromkeys(warnings)), conversation, problem)
 
 
 def estimate_input(messages: list[dict]) -> int:

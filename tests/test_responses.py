@@ -437,6 +437,14 @@ def test_the_sdk_reads_a_refusal(client, upstream):
     assert parsed.output[0].content[0].refusal == REFUSED
 
 
+NATIVE_ANSWER = {
+    "id": "resp_upstream", "object": "response", "created_at": 1, "status": "completed",
+    "model": "gpt-up", "output": [{"id": "msg_u", "type": "message", "role": "assistant",
+    "status": "completed", "content": [{"type": "output_text", "text": "yes"}]}],
+    "usage": {"input_tokens": 9, "output_tokens": 1, "total_tokens": 10},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -452,3 +460,20 @@ def test_requests_chat_cannot_carry_are_a_400(client, upstream, extra, param):
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.json["error"]["param"] == param
     assert upstream.requests == []
+    # A deployment that takes the Responses API as sent gets them: it may well answer them.
+    upstream.queue(Reply(body=NATIVE_ANSWER))
+    assert post(client, {"model": "native", **extra}).status_code == 200
+    assert len(upstream.requests) == 1
+
+
+def test_a_built_in_tool_choice_is_dropped_with_its_tool(client, upstream):
+    upstream.queue(Reply(body=chat_completion()))
+    body = {
+        "model": "gpt",
+        "input": "hi",
+        "tools": [{"type": "web_search_preview"}],
+        "tool_choice": "required",
+    }
+    response = post(client, body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "web_search_preview" in response.headers["x-ai-proxy-warning"]

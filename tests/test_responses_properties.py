@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -141,11 +142,13 @@ def test_any_well_typed_request_translates_and_keeps_text_and_calls(body):
     validate_body(RESPONSES, body)
     items = input_items(body)
     check_items(items, "input", set())
-    try:
-        translated = to_chat_request(body, [], bool(body.get("stream")))
-    except InvalidRequestError as err:
+    translated = to_chat_request(body, [], bool(body.get("stream")))
+    err = translated.problem
+    if err is not None:
         # Only what chat cannot be asked: input of system items alone, a tool_choice naming
         # a tool with no function tool given.
+        with pytest.raises(InvalidRequestError):
+            translated.check()
         assert err.param in ("input", "tool_choice"), err
         if err.param == "tool_choice":
             assert not any(t["type"] == "function" for t in body.get("tools") or ())

@@ -131,7 +131,7 @@ class CreateResponse(Endpoint):
             response = {**response, **prepared.stamp(call.body)}
             prepared.keep(response)
             return Answer(response, response.get("usage"), output_text(response))
-        result = provider.chat(candidate.ask(prepared.translated.canonical), ctx)
+        result = provider.chat(candidate.ask(prepared.translated.check()), ctx)
         if provider.model.strip_think:
             result = strip_answer(result)
         response = to_response(
@@ -153,7 +153,7 @@ class CreateResponse(Endpoint):
                 primed(candidate, upstream),
                 lambda items, tally: relayed(items, tally, prepared, call.body),
             )
-        canonical = candidate.ask(prepared.translated.canonical)
+        canonical = candidate.ask(prepared.translated.check())
         stream = primed(candidate, provider.open_chat_stream(canonical, ctx))
         strip = provider.model.strip_think
         body = _named(call.body, candidate)
