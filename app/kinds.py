@@ -20,3 +20,19 @@ class Kind(StrEnum):
     CHAT = "chat"
     EMBEDDING = "embedding"
     IMAGE = "image"
+
+
+# Chat finish reasons of answers that did not end well, as the adapters write them (Gemini's
+# reasons OpenAI has no word for, lower-cased): no surface calls such an answer complete, and
+# the cache never stores one. Any other reason a server invents (`eos`, `eos_token`) is a stop.
+FAILED_FINISHES = frozenset(
+    {
+        "malformed_function_call",
+        "unexpected_tool_call",
+        "too_many_tool_calls",
+        "language",
+        "no_image",
+        "image_other",
+        "other",
+    }
+)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from .content import content_text
 from .errors import InvalidRequestError, client_shape, upstream_shape
+from .kinds import FAILED_FINISHES
 from .streaming import encode_event
 from .tokens import estimate_tokens
 
@@ -24,12 +25,13 @@ TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 def stop_reason(finish: object) -> str:
-    """Anthropic's stop reason for a chat finish reason. One Anthropic has no word for (an
-    answer that did not end well, as Gemini's `malformed_function_call`) is passed on as it
-    is: it must not read as a complete `end_turn`, to the client or to the response cache."""
-    if not finish:
-        return "end_turn"
-    return STOP_REASONS.get(finish) or str(finish)
+    """Anthropic's stop reason for a chat finish reason. An answer that did not end well (one
+    of FAILED_FINISHES, as Gemini's `malformed_function_call`) keeps its reason: it must not
+    read as a complete `end_turn`, to the client or to the response cache. Any other reason
+    a server invents (`eos`) is an end_turn."""
+    if finish in FAILED_FINISHES:
+        return str(finish)
+    return STOP_REASONS.get(finish, "end_turn")
 
 
 def _text_of(blocks: object) -> str:

@@ -9,19 +9,20 @@ import time
 
 from .content import content_text
 from .errors import upstream_shape
+from .kinds import FAILED_FINISHES
 from .tokens import estimate_tokens
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
-COMPLETE = frozenset({"stop", "tool_calls", "function_call"})
 
 
 def incomplete_reason(finish: object) -> str | None:
-    """Why a Response with this chat finish reason is incomplete (None: it is complete). A
-    reason the Responses API has no word for (an answer that did not end well, as Gemini's
-    `malformed_function_call`) is passed on as it is, never as `completed`."""
-    if not finish or finish in COMPLETE:
-        return None
-    return INCOMPLETE.get(finish) or str(finish)
+    """Why a Response with this chat finish reason is incomplete (None: it is complete). An
+    answer that did not end well (one of FAILED_FINISHES, as Gemini's `malformed_function_call`)
+    is incomplete with that reason, never `completed`; a reason a server invents (`eos`) is a
+    normal end."""
+    if finish in FAILED_FINISHES:
+        return str(finish)
+    return INCOMPLETE.get(finish)
 
 
 def new_id(prefix: str) -> str:

@@ -477,3 +477,18 @@ def test_a_built_in_tool_choice_is_dropped_with_its_tool(client, upstream):
     response = post(client, body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert "web_search_preview" in response.headers["x-ai-proxy-warning"]
+
+
+@pytest.mark.parametrize("finish", ["eos", "eos_token", "stop_sequence"])
+def test_a_servers_own_word_for_stop_is_a_normal_end(client, upstream, finish):
+    """Together says `eos`, TGI `eos_token`: answers that ended normally, on every surface
+    (only the failures the adapters name, such as Gemini's malformed_function_call, are not)."""
+    answer = chat_completion()
+    answer["choices"][0]["finish_reason"] = finish
+    upstream.default = Reply(body=answer)
+    assert post(client, {"model": "gpt", "input": "hi"}).json["status"] == "completed"
+    message = client.post(
+        "/v1/messages",
+        json={"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    ).json
+    assert message["stop_reason"] == "end_turn"

@@ -23,6 +23,7 @@ from ..errors import (
     UpstreamError,
     upstream_shape,
 )
+from ..kinds import FAILED_FINISHES
 from ..model_ids import IdForm, path_part
 from ..providers import http
 from ..providers.base import CallContext, ChatStream, Provider, chat_completion, completion_choice
@@ -194,15 +195,18 @@ class GoogleProvider(Provider):
 def finish_reason(reason: object, called_tools: bool) -> str:
     """OpenAI's finish reason for Gemini's; a stop after function calls is `tool_calls`.
 
-    A reason OpenAI has no word for (`MALFORMED_FUNCTION_CALL`, `OTHER`, `LANGUAGE`, ...) is an
-    answer that did not end well: it is passed on in lower case, never as `stop`, so that
-    neither the client nor the response cache takes it for a complete answer. None (no reason
-    given) is a stop.
+    A reason OpenAI has no word for (`MALFORMED_FUNCTION_CALL`, `LANGUAGE`, ...) is an answer
+    that did not end well: it is passed on in lower case (one of FAILED_FINISHES), never as
+    `stop`, so that neither a client nor the response cache takes it for a complete answer; a
+    reason this version does not know is `other`. None given (or unspecified) is a stop.
     """
-    if reason is None:
+    text = "" if reason is None else str(reason)
+    if text in ("", "FINISH_REASON_UNSPECIFIED"):
         mapped = "stop"
+    elif text in FINISH_REASONS:
+        mapped = FINISH_REASONS[text]
     else:
-        mapped = FINISH_REASONS.get(str(reason)) or str(reason).lower()
+        mapped = text.lower() if text.lower() in FAILED_FINISHES else "other"
     return "tool_calls" if called_tools and mapped == "stop" else mapped
 
 
