@@ -701,6 +701,19 @@ def response_events(raw: bytes) -> list[dict]:
     ]
 
 
+def test_a_responses_hit_refused_by_its_rate_limit_keeps_nothing(cached, upstream):
+    """A hit's Response is kept once the hit is admitted: one refused (429) left a stored
+    Response its client never got (a storage write for every refused request)."""
+    client = cached(limits={"requests_per_minute": 2})
+    post(client, RESPONSE_BODY, "/v1/responses")
+    assert post(client, RESPONSE_BODY, "/v1/responses").headers["x-ai-proxy-cache"] == "hit"
+    with client.application.app_context():
+        kept = proxy_state().responses._entries
+    before = len(kept)
+    assert post(client, RESPONSE_BODY, "/v1/responses").status_code == 429
+    assert len(kept) == before
+
+
 def test_a_responses_hit_is_the_requests_own_response_kept_for_its_token(cached, upstream):
     client = cached()
     first = post(client, RESPONSE_BODY, "/v1/responses")

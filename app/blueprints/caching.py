@@ -39,6 +39,7 @@ class Lookup:
     # A hit's answer as it will be sent, made before anything is: the stream's events, or the
     # rewritten answer's JSON (None: the stored bytes as they are).
     prepared: list[bytes] | str | None = None
+    answer: object = None  # a rewritten hit's answer, for the form's `served`
 
 
 OFF = Lookup()
@@ -81,27 +82,28 @@ def look_up(endpoint, call, token, resolution) -> Lookup:
     entry, ticket = cache.look_up(key, read="no-cache" not in wanted)
     if entry is not None:
         try:
-            prepared = _prepared(entry, form, call)
+            answer, prepared = _prepared(entry, form, call)
         except Exception as err:  # noqa: BLE001 - any answer its form cannot serve
             # A stored answer the surface cannot replay must not break every hit on its key
             # until it expires: it is dropped, and this request stores a fresh one.
             return _noted(Lookup(Result.MISS, form, ticket=cache.unusable(key, err)))
         # Counted (and named in the log and header) once the request is admitted: a hit
         # refused by its request-rate limit was not answered from the cache.
-        return Lookup(Result.HIT, form, entry=entry, prepared=prepared)
+        return Lookup(Result.HIT, form, entry=entry, prepared=prepared, answer=answer)
     return _noted(Lookup(Result.MISS, form, ticket=ticket))
 
 
-def _prepared(entry: Entry, form: CacheForm, call) -> list[bytes] | str | None:
-    """What a hit sends, made whole before its first byte (see Lookup.prepared)."""
+def _prepared(entry: Entry, form: CacheForm, call) -> tuple[object, list[bytes] | str | None]:
+    """What a hit sends, made whole before its first byte (see Lookup.prepared), and the
+    rewritten answer if the form rewrites."""
     if not (call.stream or form.rewrites):
-        return None
+        return None, None
     answer = entry.answer()
     if form.rewrites:
         answer = form.for_request(answer, call)
     if call.stream:
-        return list(form.replay(answer, call))
-    return json.dumps(answer)
+        return answer, list(form.replay(answer, call))
+    return answer, json.dumps(answer)
 
 
 def _noted(lookup: Lookup) -> Lookup:
@@ -126,6 +128,8 @@ def _noted(lookup: Lookup) -> Lookup:
 def hit_reply(call, admission, lookup: Lookup) -> Response:
     """A stored answer: whole as stored, or replayed as the surface's stream."""
     _noted(lookup)
+    if lookup.form.rewrites:
+        lookup.form.served(lookup.answer, call)
     entry = lookup.entry
     note(model=entry.deployment, provider=entry.provider, attempts=0, stream=call.stream)
     headers = {

@@ -70,8 +70,12 @@ class CacheForm:
     rewrites: bool = False
 
     def for_request(self, answer: object, call) -> object:
-        """A stored answer made this request's own (a fresh id, say); only when `rewrites`."""
+        """A stored answer made this request's own (a fresh id, say); only when `rewrites`.
+        Made before the request is admitted: what it keeps, `served` keeps."""
         return answer
+
+    def served(self, answer: object, call) -> None:
+        """A rewritten hit is going to its client (it was admitted): keep what it makes."""
 
 
 class SSEAssembler(Assembler):

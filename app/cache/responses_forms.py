@@ -77,17 +77,19 @@ class ResponsesForm(CacheForm):
 
     def for_request(self, answer: dict, call) -> dict:
         """The stored Response as this request's: its id (`call.prepared.response_id` when the
-        surface gave one), its metadata and user; kept by `call.prepared.keep` if there is one."""
+        surface gave one), its metadata and user (kept by `served`, once the hit is admitted)."""
         prepared = getattr(call, "prepared", None)
         fresh = getattr(prepared, "response_id", None) or f"resp_{uuid.uuid4().hex}"
         answer = {**answer, "id": fresh, "previous_response_id": None}
         for name in ("metadata", "user"):
             if name in answer or name in call.body:
                 answer[name] = call.body.get(name, {} if name == "metadata" else None)
-        keep = getattr(prepared, "keep", None)
+        return answer
+
+    def served(self, answer: object, call) -> None:
+        keep = getattr(getattr(call, "prepared", None), "keep", None)
         if callable(keep):
             keep(answer)
-        return answer
 
     def replay(self, answer: dict, call) -> Iterator[bytes]:
         if self._replay is None:
