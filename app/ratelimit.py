@@ -284,8 +284,9 @@ class Quotas:
                 key, token, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING
             ) + _items(key, token, _BUDGET_FIELDS, USAGE_SCOPE, Layout.SLIDING, scale=MICRO_USD)
         # Each token's smallest token window, which a default reserve must fit.
+        # Each token's and deployment's smallest token window, which a default reserve must fit.
         self.smallest_tokens: dict[str, int] = {}
-        for key, limits in self.token_usage.items():
+        for key, limits in [*self.token_usage.items(), *self.model_tokens.items()]:
             amounts = [limit.item.amount for limit in limits if limit.counts is Counts.TOKENS]
             if amounts:
                 self.smallest_tokens[key] = min(amounts)
@@ -313,17 +314,23 @@ class Quotas:
         charged: bool = True,
         answers: int = 1,
         token: TokenConfig | None = None,
+        models: Sequence[ModelConfig] = (),
     ) -> Demand:
         """A request's demand: its output cap, else `rate_limits.default_reserve_tokens` for
         each answer it asks for, but no more than the room the token's smallest token window
-        leaves after the prompt (a default is a guess: it must not make every request that
-        sets no cap one the window can never admit)."""
+        leaves after the prompt, nor than the roomiest candidate deployment's (a default is a
+        guess: it must not make every request that sets no cap one never admitted)."""
         if max_output is None:
             output = self.default_reserve_tokens * max(1, answers)
+            rooms = []
             if token is not None:
-                smallest = self.smallest_tokens.get(Owner.TOKEN.key(token.name))
-                if smallest is not None:
-                    output = max(1, min(output, smallest - max(0, prompt_tokens)))
+                rooms.append(self.smallest_tokens.get(Owner.TOKEN.key(token.name)))
+            if models:
+                windows = [self.smallest_tokens.get(Owner.DEPLOYMENT.key(m.key)) for m in models]
+                rooms.append(None if None in windows else max(windows))
+            for room in rooms:
+                if room is not None:
+                    output = max(1, min(output, room - max(0, prompt_tokens)))
         else:
             output = max(0, max_output)
         return Demand(max(0, prompt_tokens), output, charged)

@@ -12,6 +12,7 @@ cache hit) `release`s everything but its client request count.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,9 @@ class Reservation:
         quotas.hold([(h.limit, h.amount) for h in self.deployment_held], -1)
         self.deployment, self.deployment_held = None, []
         if done.refused is not None:
+            limit, amount = pairs[done.refused]
+            if amount > limit.item.amount:
+                return math.inf  # never room for it there
             return time.time() + max(1.0, done.readings[done.refused].reset_in)
         self.deployment = model
         self.deployment_held = [
@@ -250,8 +254,10 @@ def reserve(
         for c, verdict in enumerate(done.verdicts):
             if verdict is not None and verdict >= 0:
                 reset = max(1.0, done.readings[verdict].reset_in)
-                full[models[c].key] = time.time() + reset
                 limit, amount = flat[verdict]
+                # A window the request is larger than never has room for it: no time to name.
+                never = amount > limit.item.amount
+                full[models[c].key] = math.inf if never else time.time() + reset
                 if not limit.window.client and not note:
                     note = limit.describe()
                     if amount > limit.item.amount:

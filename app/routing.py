@@ -10,6 +10,7 @@ deadline.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -431,9 +432,11 @@ class Router:
         """The error for a request whose candidates are all spent, skipped or out of time."""
         identifier = trial.resolution.identifier
         if trial.attempts == 0 and trial.last_error is None:
-            retry_after = 1.0
+            retry_after: float | None = 1.0
             if trial.soonest_back is not None:
                 retry_after = max(1.0, trial.soonest_back - self.cooldowns.clock())
+                if math.isinf(retry_after):
+                    retry_after = None  # every deployment refused a request it can never admit
             return NoAvailableModelError(
                 f"Every deployment of {identifier!r} is cooling down or out of quota.",
                 retry_after=retry_after,

@@ -152,8 +152,7 @@ def assert_retry_after(response) -> None:
     """A refusal says when to come back, unless waiting cannot help: a request larger than
     the refusing window's whole limit is told so, with no Retry-After to retry it forever."""
     if "can never be admitted" in response.get_json()["error"]["message"]:
-        # A client window: never. A deployment's: another deployment may have room later.
-        assert response.status_code == 503 or "Retry-After" not in response.headers
+        assert "Retry-After" not in response.headers
     else:
         assert int(response.headers["Retry-After"]) >= 1
 
@@ -627,3 +626,23 @@ def test_client_hanging_up_before_the_answer_is_charged_its_prompt(proxy_factory
     window = wait_until(settled, timeout=15)
     admin.close()
     assert window["used"] == 1  # "hi": the prompt the deployment was sent, no output
+
+
+@pytest.mark.parametrize("batch_kind", ["memory", "limiter"])
+def test_deployments_are_full_unless_every_candidate_is_over_a_client_window(batch_kind):
+    """The verdict every batch gives (memory, the window-by-window one for memcached and
+    Redis clusters, and the Lua script, tested above through Redis): a candidate refused only
+    by its own window makes the request a 503 for the deployments, not a spent budget."""
+    from limits.storage import MemoryStorage
+
+    from app.hooks.limits_memory import LimiterBatch
+
+    storage = MemoryStorage()
+    batch = MemoryBatch(storage) if batch_kind == "memory" else LimiterBatch(storage)
+    own = Window(f"LIMITER/cheap/{batch_kind}", Layout.FIXED, 1, 60)
+    budget = Window(f"LIMITER/budget/{batch_kind}", Layout.FIXED, 100, 86400, client=True)
+    batch.reserve([], [[(own, 1)]])  # the cheap deployment's one request a minute, taken
+    busy_and_dear = batch.reserve([], [[(own, 1)], [(budget, 500)]])
+    assert busy_and_dear.chosen is None and busy_and_dear.deployments_full
+    both_dear = batch.reserve([], [[(budget, 500)], [(budget, 700)]])
+    assert both_dear.chosen is None and not both_dear.deployments_full

@@ -246,11 +246,16 @@ def reserve_for(
     state = proxy_state()
     charged = endpoint.charged if endpoint is not None and not hit else False
     prompt = prompt_estimate(call.prompt) if call is not None and charged else 0
+    models = [] if hit else [candidate.provider.model for candidate in resolution.candidates]
     demand = state.quotas.demand(
-        prompt, call.max_output if call else None, charged, call.answers if call else 1, token
+        prompt,
+        call.max_output if call else None,
+        charged,
+        call.answers if call else 1,
+        token,
+        models,
     )
     breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
-    models = [] if hit else [candidate.provider.model for candidate in resolution.candidates]
     reservation = reserve(state.quotas, token, models, demand, breakers)
     return Admission(token, resolution, reservation.headers, reservation)
 

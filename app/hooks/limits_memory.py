@@ -259,7 +259,7 @@ class LimiterBatch:
                 break
             first += len(choice)
         verdicts += [None] * (len(choices) - len(verdicts))
-        full = chosen is None and not any(v is not None and flat[v][0].client for v in verdicts)
+        full = chosen is None and not all(v is not None and flat[v][0].client for v in verdicts)
         return Reserved(None, chosen, verdicts, readings, marks, [], bool(choices) and full)
 
     def adjust(self, changes: Sequence[Change]) -> None:
