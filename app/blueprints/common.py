@@ -97,10 +97,29 @@ def read_json_body() -> tuple[object, int]:
         raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
     except RecursionError:
         raise InvalidJSONError("The request body is nested too deeply.") from None
-    # Only a body with that many brackets can nest so deep: most are never walked.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+    # Only a body whose brackets nest that deep can be (those in strings count too, so it is
+    # an upper bound): most bodies, with tools or not, are never walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _bracket_depth(raw) > MAX_DEPTH:
         check_depth(body)
     return body, len(raw)
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENING = frozenset(b"[{")
+
+
+def _bracket_depth(raw: bytes) -> int:
+    """How deep the brackets of `raw` nest, strings not told apart (the C-level translate leaves
+    only the brackets to count)."""
+    depth = deepest = 0
+    for byte in raw.translate(None, _NOT_BRACKETS):
+        if byte in _OPENING:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
 
 
 class _NonFinite(Exception):
