@@ -196,10 +196,10 @@ class EventWriter:
     def finish(self, finish: str | None, usage: dict) -> Iterator[bytes]:
         """Every open item closed, a refusal's message, then `response.completed` (or
         `.incomplete`)."""
-        if self.refusal:
-            yield from self.whole_item(refusal_item("".join(self.refusal)))
         response = finished(self.response, finish, usage)
         status = "completed" if response["status"] == "completed" else "incomplete"
+        if self.refusal:
+            yield from self.whole_item(refusal_item("".join(self.refusal), status))
         for item in self.items:
             if not item.done:
                 yield from self._close(item, status)

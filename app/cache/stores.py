@@ -155,7 +155,8 @@ class MemoryStore:
             return Found(slot, node.data)
 
     def write(self, slot: str, model: str, data: bytes, ttl: float) -> bool:
-        """Store `data`; False if it alone is larger than the whole cache."""
+        """Store `data`; False if it is not kept (larger than the whole cache, or read before
+        a delete of its model)."""
         digest, _, generations = slot.partition(":")
         size = len(data) + len(digest) + ENTRY_OVERHEAD_BYTES
         if size > self.max_bytes:
@@ -164,7 +165,7 @@ class MemoryStore:
         with self._lock:
             current = f"{self._generation}:{self._model_generations.get(model, 0)}"
             if generations and generations != current:
-                return True  # read before a delete of its model: dropped, as if evicted
+                return False  # read before a delete of its model: not kept
             if digest in self._nodes:
                 self._drop(digest)
             self._nodes[digest] = _Node(data, model, self.clock() + ttl, size)
