@@ -570,8 +570,12 @@ def test_a_responses_hit_is_made_the_requests_own():
         body = {"model": "m", "input": "hi", "metadata": {"b": "2"}}
         prepared = Prepared()
 
-    answer = ResponsesForm().for_request(RESPONSE, ResponsesCall())
+    form = ResponsesForm()
+    answer = form.for_request(RESPONSE, ResponsesCall())
     assert answer["id"] == "resp_new" and answer["metadata"] == {"b": "2"}
-    assert answer["output"] == RESPONSE["output"] and kept == [answer]
+    # Kept only once the hit is admitted and served, not while it is looked up.
+    assert answer["output"] == RESPONSE["output"] and kept == []
+    form.served(answer, ResponsesCall())
+    assert kept == [answer]
     replayed = ResponsesForm(replay=responses_events).replay(answer, ResponsesCall())
     assert assemble(ResponsesForm(), replayed) == answer
