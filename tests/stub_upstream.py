@@ -57,6 +57,18 @@ def chat_completion(content: str = "hi there", model: str = "up-model", usage=No
     }
 
 
+def text_completion(text: str = "hi", model: str = "up-model") -> dict:
+    """A legacy /v1/completions answer."""
+    return {
+        "id": "cmpl-stub",
+        "object": "text_completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"text": text, "index": 0, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 def chat_chunks(words: list[str], model: str = "up-model", usage: bool = True) -> list[str]:
     """OpenAI-style SSE `data:` payloads for a streamed answer, ending with [DONE]."""
     base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": model}

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from app.tokens import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, prompt_estimate
-from tests.stub_upstream import Reply
+from tests.stub_upstream import Reply, text_completion
 from tests.test_reservations import PROMPT, Gate, burst, quota_config
 
 ROOM = 100_000
@@ -125,16 +125,7 @@ def test_each_request_reserves_all_it_can_cost(make_app, upstream, path, body, r
     config = quota_config("memory://", upstream, {"tokens_per_minute": ROOM})
     config["rate_limits"]["default_reserve_tokens"] = 300
     if path == "/v1/completions":
-        upstream.default = Reply(
-            body={
-                "id": "cmpl-stub",
-                "object": "text_completion",
-                "created": 1,
-                "model": "up-model",
-                "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        )
+        upstream.default = Reply(body=text_completion())
     app = make_app(config)
     response = app.test_client().post(
         path, json={"model": "gpt", **body}, headers={"Authorization": "Bearer k-1"}
@@ -308,15 +299,20 @@ def test_a_cut_native_messages_stream_is_charged_what_it_delivered(make_app, ups
 # --- requests a window can never admit ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("owner", ["token", "deployment"])
-def test_a_default_reserve_fits_a_small_window(make_app, upstream, owner):
-    """tokens_per_minute 500 and the default reserve of 1024: a request that sets no cap
-    reserves what the window can hold (it was refused forever, with a Retry-After)."""
+def small_window_app(make_app, upstream, owner: str):
+    """An app whose token (or deployment) has a tokens_per_minute of 500."""
     limit = {"tokens_per_minute": 500}
     config = quota_config("memory://", upstream, limit if owner == "token" else None)
     if owner == "deployment":
         config["models"][0].update(limit)
-    app = make_app(config)
+    return make_app(config)
+
+
+@pytest.mark.parametrize("owner", ["token", "deployment"])
+def test_a_default_reserve_fits_a_small_window(make_app, upstream, owner):
+    """tokens_per_minute 500 and the default reserve of 1024: a request that sets no cap
+    reserves what the window can hold (it was refused forever, with a Retry-After)."""
+    app = small_window_app(make_app, upstream, owner)
     response = app.test_client().post(
         "/v1/chat/completions",
         json={"model": "gpt", "messages": [PROMPT]},
@@ -333,11 +329,7 @@ def test_a_default_reserve_fits_a_small_window(make_app, upstream, owner):
 def test_a_request_larger_than_the_whole_window_is_told_so_without_retry_after(
     make_app, upstream, owner
 ):
-    limit = {"tokens_per_minute": 500}
-    config = quota_config("memory://", upstream, limit if owner == "token" else None)
-    if owner == "deployment":
-        config["models"][0].update(limit)
-    app = make_app(config)
+    app = small_window_app(make_app, upstream, owner)
     response = app.test_client().post(
         "/v1/chat/completions",
         json={"model": "gpt", "messages": [PROMPT], "max_tokens": 10**6},

@@ -23,7 +23,7 @@ from app.ratelimit import Demand, make_storage
 from app.reservations import reserve
 from tests.conftest import openai_model
 from tests.servers import SentCommands, wait_until
-from tests.stub_upstream import Reply, chat_chunks, chat_completion
+from tests.stub_upstream import Reply, chat_chunks, chat_completion, text_completion
 
 PROMPT = {"role": "user", "content": "hi"}  # estimated at 1 token
 PER_REQUEST = 1 + 100  # the prompt + max_tokens 100
@@ -507,16 +507,7 @@ def test_each_surface_reserves_its_prompt_and_output_cap(make_app, upstream, pat
             }
         )
     if path == "/v1/completions":
-        upstream.default = Reply(
-            body={
-                "id": "cmpl-stub",
-                "object": "text_completion",
-                "created": 1,
-                "model": "up-model",
-                "choices": [{"text": "hi", "index": 0, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        )
+        upstream.default = Reply(body=text_completion())
     app = make_app(config)
     response = app.test_client().post(
         path, json={"model": "gpt", **body}, headers={"Authorization": "Bearer k-1"}
