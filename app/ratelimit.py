@@ -283,7 +283,6 @@ class Quotas:
             self.token_usage[key] = _items(
                 key, token, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING
             ) + _items(key, token, _BUDGET_FIELDS, USAGE_SCOPE, Layout.SLIDING, scale=MICRO_USD)
-        # Each token's smallest token window, which a default reserve must fit.
         # Each token's and deployment's smallest token window, which a default reserve must fit.
         self.smallest_tokens: dict[str, int] = {}
         for key, limits in [*self.token_usage.items(), *self.model_tokens.items()]:
