@@ -131,16 +131,22 @@ class ResponseCache:
     def unusable(self, key: CacheKey, err: Exception) -> Ticket:
         """A hit whose answer its surface cannot serve (a shape it cannot replay): counted and
         logged as a corrupt entry, dropped, and the request goes on as a miss that stores."""
-        self._fault(Fault.CORRUPT, err)
-        with self._decoded_lock:
-            self._decoded.clear()
-        entry, ticket = self.look_up(key, read=False)
+        _, ticket = self.look_up(key, read=False)
         if ticket.slot is not None:
-            try:
-                self.store.discard(ticket.slot)
-            except StorageFailure:
-                pass
+            with self._decoded_lock:
+                self._decoded.pop(ticket.slot, None)
+            self._drop_corrupt(ticket.slot, err)
+        else:
+            self._fault(Fault.CORRUPT, err)
         return ticket
+
+    def _drop_corrupt(self, slot: str, err: Exception) -> None:
+        """A corrupt entry: counted and logged, and gone from the storage."""
+        self._fault(Fault.CORRUPT, err)
+        try:
+            self.store.discard(slot)
+        except StorageFailure:
+            pass
 
     def _read(self, key: CacheKey, fetch: bool) -> tuple[str, Entry | None] | None:
         if self._paused():
@@ -161,11 +167,7 @@ class ResponseCache:
         try:
             entry = decode(key.digest, data)
         except CorruptEntry as err:
-            self._fault(Fault.CORRUPT, err)
-            try:
-                self.store.discard(slot)
-            except StorageFailure:
-                pass
+            self._drop_corrupt(slot, err)
             return None
         if self.store.scheme == "memory" and len(data) <= DECODED_MAX_BYTES:
             with self._decoded_lock:

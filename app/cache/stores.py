@@ -135,9 +135,11 @@ class MemoryStore:
             for model in self._deletes.news():
                 self._forget(model)
 
+    def _generations(self, model: str) -> str:
+        return f"{self._generation}:{self._model_generations.get(model, 0)}"
+
     def _slot(self, key: CacheKey) -> str:
-        generation = self._model_generations.get(key.model, 0)
-        return f"{key.digest}:{self._generation}:{generation}"
+        return f"{key.digest}:{self._generations(key.model)}"
 
     def read(self, key: CacheKey, fetch: bool = True) -> Found:
         if not fetch:
@@ -163,8 +165,7 @@ class MemoryStore:
             return False
         evicted = 0
         with self._lock:
-            current = f"{self._generation}:{self._model_generations.get(model, 0)}"
-            if generations and generations != current:
+            if generations and generations != self._generations(model):
                 return False  # read before a delete of its model: not kept
             if digest in self._nodes:
                 self._drop(digest)
@@ -190,13 +191,11 @@ class MemoryStore:
         with self._lock:
             if model is None:
                 self._generation += 1
-            else:
-                self._model_generations[model] = self._model_generations.get(model, 0) + 1
-            if model is None:
                 count = len(self._nodes)
                 self._nodes.clear()
                 self.size = 0
             else:
+                self._model_generations[model] = self._model_generations.get(model, 0) + 1
                 gone = [slot for slot, node in self._nodes.items() if node.model == model]
                 for slot in gone:
                     self._drop(slot)
