@@ -74,8 +74,7 @@ def output_cap(body: dict, *names: str, copies: tuple[str, ...] = ("n",)) -> int
     """The most output tokens a request allows: the largest of its `names` it sets (a backend
     may honour either spelling), times the answers it asks for (`n`, `best_of`); None when it
     sets none."""
-    caps = [body.get(name) for name in names]
-    caps = [c for c in caps if isinstance(c, int) and not isinstance(c, bool)]
+    caps = _whole_numbers(body, names)
     if not caps:
         return None
     return max(0, max(caps)) * answers_asked(body, copies)
@@ -83,8 +82,13 @@ def output_cap(body: dict, *names: str, copies: tuple[str, ...] = ("n",)) -> int
 
 def answers_asked(body: dict, copies: tuple[str, ...] = ("n",)) -> int:
     """How many answers a request asks for (`n`, `best_of`): at least one."""
-    times = [body.get(c) for c in copies]
-    return max([t for t in times if isinstance(t, int) and not isinstance(t, bool)] + [1])
+    return max([*_whole_numbers(body, copies), 1])
+
+
+def _whole_numbers(body: dict, names: tuple[str, ...]) -> list[int]:
+    """The values of `names` in `body` that are integers (not booleans)."""
+    values = [body.get(name) for name in names]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
 @dataclass(frozen=True)
