@@ -351,22 +351,3 @@ def upstream_shape(fn):
     return _guard(
         lambda: UpstreamError("The upstream answer has an unexpected shape."), logging.ERROR
     )(fn)
-
-
-# How deep a request body may nest (Google's own API refuses far less): deeper ones would
-# exhaust the stack of whatever encodes or walks them later (a RecursionError, not a 400).
-MAX_DEPTH = 256
-
-
-def check_depth(body: object, limit: int = MAX_DEPTH) -> None:
-    """400 for a body nested deeper than `limit` (Google's own API refuses far less): deeper
-    ones would exhaust the stack of whatever encodes or walks them later."""
-    stack = [(body, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            raise InvalidRequestError(f"The request body is nested deeper than {limit} levels.")
-        if isinstance(value, dict):
-            stack.extend((inner, depth + 1) for inner in value.values())
-        elif isinstance(value, list):
-            stack.extend((inner, depth + 1) for inner in value)

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequestError, check_depth, client_shape
+from .errors import InvalidRequestError, client_shape
 from .tokens import estimate_tokens
 
 CALLING_MODES = {"AUTO": "auto", "VALIDATED": "auto", "ANY": "required", "NONE": "none"}
@@ -320,8 +320,8 @@ def camel_case(body: object) -> object:
 
 @client_shape
 def to_chat(body: dict, model: str, stream: bool = False) -> Translated:
-    """The canonical chat request for a validated GenerateContentRequest."""
-    check_depth(body)
+    """The canonical chat request for a validated GenerateContentRequest (read_json_body
+    has refused nesting deeper than MAX_DEPTH)."""
     warnings: list[str] = []
     turns = _Turns(warnings)
     system = body.get("systemInstruction")

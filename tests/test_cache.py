@@ -9,9 +9,8 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from app.blueprints.common import proxy_state
+from app.blueprints.common import MAX_DEPTH, proxy_state
 from app.cache import decode, encode
-from app.errors import MAX_DEPTH
 from tests.conftest import LOOPBACK, TOKEN, openai_model
 from tests.servers import free_port, wait_until
 from tests.stub_upstream import Reply, chat_chunks, chat_completion

@@ -13,10 +13,9 @@ from flask import Blueprint, Request, current_app, g, request
 from ..auth import require_model
 from ..config import TokenConfig
 from ..errors import (
-    MAX_DEPTH,
     InvalidJSONError,
+    InvalidRequestError,
     RequestTooLargeError,
-    check_depth,
 )
 from ..fastresponse import ProxyResponse as Response
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
@@ -102,6 +101,25 @@ def read_json_body() -> tuple[object, int]:
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _bracket_depth(raw) > MAX_DEPTH:
         check_depth(body)
     return body, len(raw)
+
+
+# How deep a request body may nest (Google's own API refuses far less): deeper ones would
+# exhaust the stack of whatever encodes or walks them later (a RecursionError, not a 400).
+MAX_DEPTH = 256
+
+
+def check_depth(body: object, limit: int = MAX_DEPTH) -> None:
+    """400 for a body nested deeper than `limit` (Google's own API refuses far less): deeper
+    ones would exhaust the stack of whatever encodes or walks them later."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise InvalidRequestError(f"The request body is nested deeper than {limit} levels.")
+        if isinstance(value, dict):
+            stack.extend((inner, depth + 1) for inner in value.values())
+        elif isinstance(value, list):
+            stack.extend((inner, depth + 1) for inner in value)
 
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")

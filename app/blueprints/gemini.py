@@ -50,7 +50,6 @@ from ..gemini_answers import (
 from ..gemini_api import (
     Translated,
     camel_case,
-    check_depth,
     estimate_input,
     to_chat,
     warning_header,
@@ -177,7 +176,6 @@ class CountTokens(Endpoint):
         return camel_case(body)
 
     def read(self, body: dict, size: int) -> Call:
-        check_depth(body)
         return Call(body, self.model, size, prompt={"messages": []})
 
     def candidates(self, resolution: Resolution) -> Resolution:
