@@ -13,7 +13,7 @@ from app.blueprints.common import MAX_DEPTH, proxy_state
 from app.cache import decode, encode
 from tests.conftest import LOOPBACK, TOKEN, openai_model
 from tests.servers import free_port, wait_until
-from tests.stub_upstream import Reply, chat_chunks, chat_completion
+from tests.stub_upstream import Reply, chat_chunks, chat_completion, text_completion
 
 OTHER = "sk-other-client-token"
 ADMIN = "admin-secret-token"
@@ -766,16 +766,9 @@ LOGPROBS = {"tokens": ["hi", " there"], "token_logprobs": [-0.1, -0.2],
 
 
 def completion_answer() -> dict:
-    return {
-        "id": "cmpl-1",
-        "object": "text_completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "text": "hi there", "logprobs": LOGPROBS, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-    }
+    answer = text_completion("hi there", model="m")
+    answer["choices"][0]["logprobs"] = LOGPROBS
+    return answer
 
 
 def test_completion_logprobs_survive_both_forms(cached, upstream):

@@ -10,8 +10,8 @@ import math
 import pytest
 
 from app.tokens import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, prompt_estimate
-from tests.stub_upstream import Reply, text_completion
-from tests.test_reservations import PROMPT, Gate, burst, quota_config
+from tests.stub_upstream import Reply
+from tests.test_reservations import PROMPT, Gate, burst, quota_config, tokens_reserved
 
 ROOM = 100_000
 
@@ -122,16 +122,7 @@ CASES = [
 
 @pytest.mark.parametrize(("path", "body", "reserved"), CASES)
 def test_each_request_reserves_all_it_can_cost(make_app, upstream, path, body, reserved):
-    config = quota_config("memory://", upstream, {"tokens_per_minute": ROOM})
-    config["rate_limits"]["default_reserve_tokens"] = 300
-    if path == "/v1/completions":
-        upstream.default = Reply(body=text_completion())
-    app = make_app(config)
-    response = app.test_client().post(
-        path, json={"model": "gpt", **body}, headers={"Authorization": "Bearer k-1"}
-    )
-    assert response.status_code == 200, response.get_data(as_text=True)
-    taken = ROOM - int(response.headers["x-ratelimit-remaining-tokens"])
+    taken = tokens_reserved(make_app, upstream, path, body, ROOM)
     if reserved is None:  # Anthropic tools: at least their 400 characters of description
         assert taken >= 1 + 100 + 40
     else:
