@@ -20,6 +20,8 @@ from .logs import _ENCODER, _STANDARD, JsonFormatter
 from .redact import ID_FIELDS, SCRUB_FILTER
 
 _LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "INFO"}
+# Arguments of the line's text that cannot hold a secret (anything else is scrubbed as text).
+_NUMBERS = frozenset({int, float, bool})
 
 
 def _direct_handler(logger: logging.Logger, level: int) -> logging.StreamHandler | None:
@@ -52,11 +54,17 @@ def log_access(logger: logging.Logger, level: int, msg: str, args: tuple, fields
     created = time.time()
     redactor = SCRUB_FILTER.redactor
     formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+    # The line's text is new every time (it holds the latency): its string arguments (method,
+    # path), which repeat, are scrubbed instead, each found in the redactor's cache after the
+    # first. Scrubbing the whole text would cache a string per request, which the cache holds
+    # until it is full: CPU spent for no hit, and after a burst of streams those strings, left
+    # all over Python's small-object arenas, kept the arenas from being given back.
+    scrub = redactor.scrub
     entry = {
         "ts": formatter.timestamp(created),
         "level": _LEVEL_NAMES[level],
         "logger": logger.name,
-        "msg": redactor.scrub(msg % args),
+        "msg": msg % tuple(arg if type(arg) in _NUMBERS else scrub(str(arg)) for arg in args),
     }
     scrub_value = redactor.scrub_value
     for key, value in fields.items():

@@ -4,14 +4,16 @@ proxy's own."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 
 import pytest
+from _pytest.logging import LogCaptureHandler
 
 from app import redact
-from app.accesslog import log_access
+from app.accesslog import _direct_handler, log_access
 from app.logs import JsonFormatter, configure_logging
 
 SECRET = "sk-live-0123456789abcdefABCDEF0123456789"
@@ -24,7 +26,7 @@ def access():
     root = logging.getLogger()
     logger = logging.getLogger("ai_proxy.access")
     saved = (list(root.handlers), root.level, list(logger.handlers), logger.propagate)
-    saved_level = logger.level
+    saved_level, saved_filters = logger.level, list(logger.filters)
     configure_logging("INFO", "json")
     redact.register([SECRET])
     buffer = io.StringIO()
@@ -38,6 +40,7 @@ def access():
     root.setLevel(saved[1])
     logger.propagate = saved[3]
     logger.setLevel(saved_level)
+    logger.filters[:] = saved_filters
 
 
 FIELDS = [
@@ -75,10 +78,27 @@ def slow_line(logger: logging.Logger, level: int, args: tuple, fields: dict) -> 
     return json.loads(buffer.getvalue()[start:])
 
 
+@contextlib.contextmanager
+def own_handler_only(logger: logging.Logger):
+    """pytest's log capture adds its handlers to the logger while a test runs: they are taken
+    off meanwhile, so that the direct line (not the logging module's path) is what is tested."""
+    extra = [h for h in logger.handlers if isinstance(h, LogCaptureHandler)]
+    for handler in extra:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in extra:
+            logger.addHandler(handler)
+
+
 def fast_line(logger: logging.Logger, level: int, args: tuple, fields: dict) -> dict:
     buffer = logger.handlers[0].stream
     start = buffer.tell()
-    log_access(logger, level, MSG, args, fields)
+    with own_handler_only(logger):
+        # (WARNING and above always take the logging module's path.)
+        assert (_direct_handler(logger, level) is not None) == (level <= logging.INFO)
+        log_access(logger, level, MSG, args, fields)
     written = buffer.getvalue()[start:]
     assert written.endswith("\n") and written.count("\n") == 1
     return json.loads(written)
@@ -162,3 +182,36 @@ def test_a_failing_stream_is_reported_not_raised(access, capsys):
     logger.handlers[0].setStream(Broken())
     log_access(logger, logging.INFO, MSG, ("GET", "/x", 200, 1.0), FIELDS[0])
     assert "disk full" in capsys.readouterr().err
+
+
+def test_lines_leave_nothing_per_request_in_the_redactor_cache(access):
+    """Each line's text is new (it holds the latency): only its repeating arguments are
+    remembered by the redactor, so a thousand requests add a handful of cache entries, not a
+    thousand (strings that, left behind by a burst, pinned Python's memory arenas)."""
+    logger, _ = access
+    cache = redact.REDACTOR._index.cache
+    fast_line(logger, logging.INFO, ("POST", "/v1/chat/completions", 200, 0.5), FIELDS[0])
+    before = len(cache)
+    for i in range(1000):
+        line = fast_line(
+            logger, logging.INFO, ("POST", "/v1/chat/completions", 200, 1 + i / 7), FIELDS[0]
+        )
+    assert line["msg"] == f"POST /v1/chat/completions 200 {1 + 999 / 7:.1f}ms"
+    assert len(cache) - before <= 2
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        f"/v1/models?key={SECRET}",
+        f"Bearer {SECRET}",
+        SECRET[4:16],  # a run of the secret is the secret
+        ValueError(f"bad {SECRET}"),
+        b"sk-proj-" + b"A" * 40,  # shaped like a key
+    ],
+)
+def test_every_argument_of_the_line_is_scrubbed(access, arg):
+    logger, _ = access
+    line = fast_line(logger, logging.INFO, ("POST", arg, 200, 1.0), FIELDS[0])
+    assert SECRET[4:16] not in line["msg"] and "A" * 40 not in line["msg"]
+    assert line["msg"].startswith("POST ") and line["msg"].endswith(" 200 1.0ms")
