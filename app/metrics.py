@@ -16,7 +16,32 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+
+
+class _ProcessId:
+    """This process's id, read once and again after each fork (`os.register_at_fork`).
+
+    prometheus_client's multiprocess values ask for the process id on every increment, to
+    notice a fork (then each process writes its own files): `os.getpid` is a system call, about
+    fifteen per request. The id kept here changes exactly when a fork makes a new process."""
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self.refresh)
+
+    def refresh(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+PROCESS_ID = _ProcessId()
+if values.ValueClass is not values.MutexValue:
+    # Multiprocess mode (PROMETHEUS_MULTIPROC_DIR set): the same values, with the kept id.
+    values.ValueClass = values.MultiProcessValue(process_identifier=PROCESS_ID)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -16,6 +16,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from app.hooks.urllib3 import (
     IDLE_SINCE,
+    ONE_SEND_BYTES,
     ConnectionCounts,
     close_idle,
     drain,
@@ -238,3 +239,73 @@ def test_close_idle_leaves_unstamped_pools_and_closed_managers_alone(manager, up
     assert close_idle(manager, 0.0, time.monotonic() + 3600) == 0
     manager.clear()
     assert close_idle(manager, 0.0) == 0
+
+
+class CountingSocket:
+    """A connection's socket that records each `sendall` (what goes on the wire in one call)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sent: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.sent.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def counted_connection(manager: urllib3.PoolManager, upstream: StubUpstream) -> CountingSocket:
+    """Open a pooled connection to `upstream` and count what its next requests send."""
+    seen: list = []
+    watch_connections(manager, lambda conn, sock: seen.append(conn))
+    manager.request("GET", upstream.url + "/open")
+    conn = seen[0]
+    conn.sock = CountingSocket(conn.sock)
+    return conn.sock
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"model": "m", "messages": []}', b"x", b"y" * ONE_SEND_BYTES],
+    ids=["json", "one byte", "at the limit"],
+)
+def test_a_small_request_goes_out_in_one_send(manager, upstream, body):
+    counted = counted_connection(manager, upstream)
+    response = manager.request("POST", upstream.url + "/v1/x", body=body)
+    assert response.status == 200
+    assert len(counted.sent) == 1  # headers and body together
+    assert counted.sent[0].startswith(b"POST /v1/x HTTP/1.1\r\n")
+    assert counted.sent[0].endswith(b"\r\n\r\n" + body)
+    assert upstream.requests[-1].body == body
+
+
+@pytest.mark.parametrize(
+    "body, sends",
+    [(None, 1), (b"", 1), (b"z" * (ONE_SEND_BYTES + 1), 2), ([b"a", b"b"], 4)],
+    ids=["no body", "empty body", "past the limit", "iterable (chunked)"],
+)
+def test_other_requests_are_sent_as_urllib3_sends_them(manager, upstream, body, sends):
+    counted = counted_connection(manager, upstream)
+    response = manager.request("POST", upstream.url + "/v1/x", body=body)
+    assert response.status == 200
+    assert len(counted.sent) == sends
+    wire = b"".join(counted.sent)
+    if isinstance(body, list):  # (the stub reads Content-Length bodies only)
+        assert wire.endswith(b"\r\n\r\n1\r\na\r\n1\r\nb\r\n0\r\n\r\n")
+    else:
+        assert wire.endswith(b"\r\n\r\n" + (body or b""))
+        assert upstream.requests[-1].body == (body or b"")
+
+
+def test_a_request_failing_before_its_body_sends_nothing(manager, upstream):
+    """A header value http.client refuses fails the request before anything is sent: nothing
+    held back goes out later, and the next request is answered."""
+    counted = counted_connection(manager, upstream)
+    with pytest.raises(ValueError):
+        manager.request("POST", upstream.url + "/v1/x", body=b"{}", headers={"X-Bad": "a\r\nb"})
+    assert counted.sent == []
+    response = manager.request("POST", upstream.url + "/v1/y", body=b"{}")
+    assert response.status == 200
+    assert [r.path for r in upstream.requests] == ["/open", "/v1/y"]

@@ -10,6 +10,8 @@
 - `drain`: read the last bytes of a framed answer so urllib3 gives its connection back to the
   pool (`HTTPResponse.connection.sock`, `chunked`, `length_remaining`, `read1`).
 - `released`: whether urllib3 has given an answer's connection back (`HTTPResponse.connection`).
+- `OneSend`: a small request's headers and body in one send (`HTTPConnection.request` sends
+  the header block through `send` from `endheaders`, then each body chunk through `send`).
 - `close_idle`: close pooled connections idle past a limit, however busy the pool is
   (`HTTPConnectionPool._put_conn` stamps a connection as it is given back; the pool's `LifoQueue`
   keeps the most recently used on top, so under steady traffic those at the bottom would idle
@@ -56,6 +58,47 @@ def _ignore(conn: HTTPConnection) -> None:
     return None
 
 
+# A request body up to this size is sent in one piece with the request's headers.
+ONE_SEND_BYTES = 64 * 1024
+
+
+class OneSend:
+    """`HTTPConnection.request` sending a small request whole: headers and body in one send.
+
+    urllib3 sends the header block (`endheaders`, through `send`) and then each chunk of the body
+    (`send` again): two sends, and on a socket with a timeout each is a `poll` and a `sendto`,
+    every one letting go of the GIL. For a body of bytes up to ONE_SEND_BYTES (every JSON call
+    the proxy makes), the header block is held back and goes out with the body: one send, one
+    TLS record. Anything else (no body, a larger one, an iterable, chunked) is sent as urllib3
+    sends it; a request that fails before its body is sent leaves nothing held.
+    """
+
+    _held: bytes | None = None
+    _holding = False
+
+    def request(self, method, url, body=None, headers=None, **kwargs):
+        self._holding = (
+            type(body) is bytes and 0 < len(body) <= ONE_SEND_BYTES and not kwargs.get("chunked")
+        )
+        self._held = None
+        try:
+            super().request(method, url, body=body, headers=headers, **kwargs)
+            if self._held is not None:  # (the body was never sent: the headers still go out)
+                held, self._held = self._held, None
+                super().send(held)
+        finally:
+            self._holding = False
+            self._held = None
+
+    def send(self, data) -> None:
+        if self._holding:
+            if self._held is None:
+                self._held = data  # the header block, from endheaders
+                return
+            data, self._held, self._holding = self._held + data, None, False
+        super().send(data)
+
+
 @functools.cache
 def _pool_classes(
     on_wait: OnWait, on_release: OnRelease = _ignore
@@ -64,13 +107,13 @@ def _pool_classes(
     `on_release(conn)` as they go back to the pool, where they are also stamped with the time
     (for `close_idle`)."""
 
-    class WatchedHTTPConnection(HTTPConnection):
+    class WatchedHTTPConnection(OneSend, HTTPConnection):
         def getresponse(self, *args, **kwargs):
             # The request is sent; from here the thread waits on the upstream for its headers.
             on_wait(self, self.sock)
             return super().getresponse(*args, **kwargs)
 
-    class WatchedHTTPSConnection(HTTPSConnection):
+    class WatchedHTTPSConnection(OneSend, HTTPSConnection):
         def getresponse(self, *args, **kwargs):
             on_wait(self, self.sock)
             return super().getresponse(*args, **kwargs)
