@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from app import settling
 from app.settling import Settler
@@ -107,3 +108,45 @@ def test_a_settle_queued_while_the_thread_lingers_is_sent_without_a_notice(monke
     settler.carried(batch, upto, ok=False)  # back to the queue, sent by the thread
     assert settler.wait(timeout=5)
     assert sent == [[2], [3]]
+
+
+class CountingCondition(threading.Condition):
+    """A condition that counts the waits that return (each one a wake-up of the waiting thread)."""
+
+    wakes = 0
+
+    def wait(self, timeout=None):
+        try:
+            return super().wait(timeout)
+        finally:
+            self.wakes += 1
+
+
+def test_the_thread_wakes_by_its_clock_not_per_settle():
+    """Steady traffic: every settle is carried by the next reservation about a millisecond later.
+    The thread wakes every TICK_SECONDS, not twice per settle (at the notice and at its linger's
+    end). (On a busy machine a settle may wait past its linger and be sent by the thread.)"""
+    sent: list[list] = []
+    settler = Settler(lambda batch: sent.append(list(batch)), lambda err, final: None)
+    settler._work = CountingCondition(settler._lock)
+    cycles, started = 300, time.monotonic()
+    for i in range(cycles):
+        settler.put([i])
+        time.sleep(0.001)
+        batch, upto = settler.take()
+        settler.carried(batch, upto, ok=True)
+    elapsed = time.monotonic() - started
+    assert settler._work.wakes <= elapsed / settling.TICK_SECONDS + 2 * len(sent) + 5
+    assert settler._work.wakes < cycles / 2
+
+
+def test_a_settle_nobody_carries_is_sent_within_linger_and_a_tick():
+    sent: list[float] = []
+    settler = Settler(lambda batch: sent.append(time.monotonic()), lambda err, final: None)
+    for _ in range(3):  # the first after idle, then two while the thread ticks
+        queued = time.monotonic()
+        settler.put([1])
+        assert settler.wait(timeout=5)
+        assert sent[-1] - queued >= settling.LINGER_SECONDS
+        assert sent[-1] - queued < settling.LINGER_SECONDS + settling.TICK_SECONDS + 0.05
+    assert len(sent) == 3
