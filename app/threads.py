@@ -55,6 +55,19 @@ def limit_arenas(count: int = 2) -> bool:
     return bool(_LIBC and _LIBC.mallopt(_M_ARENA_MAX, count))
 
 
+def freeze_heap() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach (`gc.freeze`).
+
+    The collector's full sweeps walk every tracked object; a worker's are mostly its modules,
+    app and config, built once and never garbage. Under a burst of new streams (hundreds of
+    threads allocating at once) full sweeps come often, and walking that start-up heap each
+    time was about a quarter of the worker's CPU. Frozen, those objects are never walked
+    again; what requests create is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def trim_heap() -> bool:
     """Give the C heap's free pages back to the system (glibc; elsewhere a no-op)."""
     return bool(_LIBC and _LIBC.malloc_trim(0))

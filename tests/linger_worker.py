@@ -1,9 +1,11 @@
 """A gunicorn worker and app for tests/test_worker_linger.py: the proxy's worker, counting the
 times gunicorn's main thread took a kept-alive connection back (`finish_request` for a request
 that kept its connection; closed connections are not counted), and an app answering with that
-count."""
+count (or, at /gc, what the cyclic garbage collector holds frozen)."""
 
 from __future__ import annotations
+
+import gc
 
 from app.worker import ProxyWorker
 
@@ -18,6 +20,9 @@ class CountingWorker(ProxyWorker):
 
 
 def app(environ, start_response):
-    body = str(TAKEN_BACK[0]).encode()
+    if environ["PATH_INFO"] == "/gc":  # the collector as the worker left it (test_worker_linger)
+        body = f"{gc.get_freeze_count()} {gc.isenabled()}".encode()
+    else:
+        body = str(TAKEN_BACK[0]).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

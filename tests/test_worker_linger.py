@@ -177,3 +177,13 @@ def test_no_linger_while_connections_wait_for_a_thread_or_the_worker_stops():
     finally:
         gate.set()
         pool.shutdown(wait=True)
+
+
+def test_the_worker_freezes_what_it_built_before_serving(counting_server):
+    """Modules, app and config are moved out of the cyclic collector's sweeps once the app is
+    loaded (app.threads.freeze_heap); the collector still runs for what requests create."""
+    with socket.create_connection(("127.0.0.1", counting_server), timeout=5) as sock:
+        sock.sendall(b"GET /gc HTTP/1.1\r\nHost: x\r\n\r\n")
+        frozen, enabled = read_answers(sock, 1)[0].decode().split()
+    assert int(frozen) > 10_000  # the start-up heap (tens of thousands of objects)
+    assert enabled == "True"
