@@ -43,16 +43,6 @@ local function prepare(cur, prev, kind, exp)
   return ttl
 end
 
--- A counter's value; a moving-window list left by an older version reads as nothing.
-local function count(key, kind)
-  if kind == MOVED then
-    local value = redis.pcall('get', key)
-    if type(value) == 'table' then return 0 end
-    return tonumber(value) or 0
-  end
-  return tonumber(redis.call('get', key)) or 0
-end
-
 -- What the window counts, and ms until some of it frees (as limits' get_window_stats).
 local function usage(cur, prev, kind, exp, ct)
   if kind == FIXED then
@@ -60,7 +50,10 @@ local function usage(cur, prev, kind, exp, ct)
     if ct < 0 then ct = exp end
     return cc, ct
   end
-  local cc, pc = count(cur, kind), count(prev, kind)
+  -- Both counters in one call; MGET reads a key that is not a string (a moving-window list
+  -- left by an older version) as missing, so such a list counts as nothing.
+  local both = redis.call('mget', cur, prev)
+  local cc, pc = tonumber(both[1]) or 0, tonumber(both[2]) or 0
   local pt = 0
   if pc > 0 then pt = math.max(0, redis.call('pttl', prev)) end
   if ct < 0 then ct = 0 end
