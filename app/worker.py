@@ -23,6 +23,7 @@ import select
 import uuid
 
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import ThreadWorker
 
 from .threads import ElasticThreadPool, freeze_heap, limit_arenas
@@ -91,11 +92,63 @@ class _QuoteFilter(logging.Filter):
         return True
 
 
+class _Collect:
+    """A stand-in socket that keeps what gunicorn writes to it (`util.write` calls `sendall`)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data) -> None:
+        self.data += bytes(data)
+
+
+class OneWriteResponse(wsgi.Response):
+    """gunicorn's HTTP/1 response, with a whole body sent in one write with its header block.
+
+    gunicorn writes the header block (`send_headers`) and then the body (`_emit_body`), a
+    `sendall` each: two system calls, each letting go of the GIL. When the first write holds the
+    whole body (exactly its Content-Length), as every JSON answer of the proxy does, the header
+    block is collected instead and goes out with it. Anything else (a chunked stream, a body in
+    pieces, a response without a body) is written as gunicorn writes it.
+    """
+
+    _head: bytes | None = None
+
+    def write(self, arg) -> None:
+        if (
+            not self.headers_sent
+            and not self.chunked
+            and not self._omits_body
+            and type(arg) is bytes
+            and arg
+            and self.response_length == len(arg)
+        ):
+            sock, collect = self.sock, _Collect()
+            self.sock = collect
+            try:
+                self.send_headers()
+            finally:
+                self.sock = sock
+            self._head = collect.data
+        try:
+            super().write(arg)
+        finally:
+            head, self._head = self._head, None
+            if head is not None:  # (the body was not written after all: the headers still go)
+                util.write(self.sock, head)
+
+    def _emit_body(self, data) -> None:
+        head, self._head = self._head, None
+        super()._emit_body(head + data if head is not None else data)
+
+
 class ProxyWorker(ThreadWorker):
     """gunicorn's gthread worker with JSON for the errors gunicorn answers itself."""
 
     def init_process(self) -> None:
         util.write_error = write_json_error
+        # This process's HTTP/1 answers: a whole body goes out with its headers (see above).
+        wsgi.Response = OneWriteResponse
         logging.getLogger("gunicorn.error").addFilter(_QuoteFilter())
         limit_arenas()
         super().init_process()

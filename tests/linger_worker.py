@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 
+from gunicorn.http import wsgi
+
 from app.worker import ProxyWorker
 
 TAKEN_BACK = [0]
@@ -20,7 +22,9 @@ class CountingWorker(ProxyWorker):
 
 
 def app(environ, start_response):
-    if environ["PATH_INFO"] == "/gc":  # the collector as the worker left it (test_worker_linger)
+    if environ["PATH_INFO"] == "/response":  # the class gunicorn answers through here
+        body = wsgi.Response.__name__.encode()
+    elif environ["PATH_INFO"] == "/gc":  # the collector as the worker left it (test_worker_linger)
         body = f"{gc.get_freeze_count()} {gc.isenabled()}".encode()
     else:
         body = str(TAKEN_BACK[0]).encode()

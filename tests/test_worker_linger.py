@@ -187,3 +187,10 @@ def test_the_worker_freezes_what_it_built_before_serving(counting_server):
         frozen, enabled = read_answers(sock, 1)[0].decode().split()
     assert int(frozen) > 10_000  # the start-up heap (tens of thousands of objects)
     assert enabled == "True"
+
+
+def test_the_worker_answers_through_its_one_write_response(counting_server):
+    """In the worker's process gunicorn's HTTP/1 answers are OneWriteResponse (app.worker)."""
+    with socket.create_connection(("127.0.0.1", counting_server), timeout=5) as sock:
+        sock.sendall(b"GET /response HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answers(sock, 1)[0] == b"OneWriteResponse"
