@@ -63,6 +63,22 @@ _GIVEN: set[int] = set()
 _GIVEN_LOCK = threading.Lock()
 
 
+class CountingSocket:
+    """A socket that records each `sendall` (what goes on the wire in one system call), then
+    sends it; everything else is the socket's own."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sent: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.sent.append(bytes(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 def free_port() -> int:
     """A loopback port nothing listens on, not handed out before by this process."""
     index, count = _SHARE

@@ -24,6 +24,7 @@ from app.hooks.urllib3 import (
     released,
     watch_connections,
 )
+from tests.servers import CountingSocket
 from tests.stub_upstream import Reply, StubUpstream
 
 EVENTS = ["data: one", "data: two", "data: three"]
@@ -239,21 +240,6 @@ def test_close_idle_leaves_unstamped_pools_and_closed_managers_alone(manager, up
     assert close_idle(manager, 0.0, time.monotonic() + 3600) == 0
     manager.clear()
     assert close_idle(manager, 0.0) == 0
-
-
-class CountingSocket:
-    """A connection's socket that records each `sendall` (what goes on the wire in one call)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.sent: list[bytes] = []
-
-    def sendall(self, data) -> None:
-        self.sent.append(bytes(data))
-        self._sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
 
 
 def counted_connection(manager: urllib3.PoolManager, upstream: StubUpstream) -> CountingSocket:

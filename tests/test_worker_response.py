@@ -12,21 +12,7 @@ from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
 from app.worker import OneWriteResponse
-
-
-class CountingSocket:
-    """The answer's socket: each `sendall` recorded (one system call each), then sent."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.sent: list[bytes] = []
-
-    def sendall(self, data) -> None:
-        self.sent.append(bytes(data))
-        self._sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
+from tests.servers import CountingSocket
 
 
 @pytest.fixture
@@ -48,9 +34,10 @@ def exchange():
         client.close()
 
 
-def answer(exchange, method: str, status: str, headers: list, pieces: list[bytes]):
+def answer(exchange, method: str, status: str, headers: list, pieces: list[bytes], cls=None):
+    """What a response of `cls` (default OneWriteResponse) writes: its writes, and the wire."""
     req, sock, client, cfg = exchange(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    resp = OneWriteResponse(req, sock, cfg)
+    resp = (cls or OneWriteResponse)(req, sock, cfg)
     resp.start_response(status, headers)
     for piece in pieces:
         resp.write(piece)
@@ -101,24 +88,9 @@ def test_other_answers_are_written_as_gunicorn_writes_them(
     assert len(sent) == writes
     assert wire == b"".join(sent)
     assert wire.startswith(f"HTTP/1.1 {status}\r\n".encode())
-    sent_plain, wire_plain = _plain(exchange, wsgi.Response, method, status, headers, pieces)
+    sent_plain, wire_plain = answer(exchange, method, status, headers, pieces, wsgi.Response)
     assert len(sent_plain) == writes
     assert _without_date(wire) == _without_date(wire_plain)
-
-
-def _plain(exchange, cls, method, status, headers, pieces):
-    req, sock, client, cfg = exchange(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    resp = cls(req, sock, cfg)
-    resp.start_response(status, headers)
-    for piece in pieces:
-        resp.write(piece)
-    resp.close()
-    sock._sock.shutdown(socket.SHUT_WR)
-    client.settimeout(5)
-    wire = b""
-    while chunk := client.recv(65536):
-        wire += chunk
-    return sock.sent, wire
 
 
 def _without_date(wire: bytes) -> bytes:
@@ -129,7 +101,7 @@ def test_the_same_bytes_as_gunicorns_own_response(exchange):
     body = b"x" * 1000
     headers = [("Content-Type", "application/json"), ("Content-Length", "1000")]
     sent, wire = answer(exchange, "POST", "200 OK", headers, [body])
-    plain_sent, plain = _plain(exchange, wsgi.Response, "POST", "200 OK", headers, [body])
+    plain_sent, plain = answer(exchange, "POST", "200 OK", headers, [body], wsgi.Response)
     assert len(plain_sent) == 2  # gunicorn's own: the header block, then the body
     assert len(sent) == 1
     assert _without_date(wire) == _without_date(plain)
