@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=35)
-    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    # The venv's own py-spy when the venv is not on PATH (.venv/bin/python bench/profile.py).
+    beside = Path(sys.executable).with_name("py-spy")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(beside))
     parser.add_argument(
         "--cprofile", action="store_true", help="the app in this process under cProfile"
     )
