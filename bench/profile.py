@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import inprocess  # noqa: E402
 import loadgen  # noqa: E402
 import processes  # noqa: E402
 import run  # noqa: E402
@@ -136,33 +137,8 @@ def analyse(raw: Path, rate: int, requests: int, top: int) -> str:
     return "\n".join(out)
 
 
-def wsgi_request(app, environ: dict, body: bytes) -> int:
-    """One request through the WSGI app, its answer read and closed: the status."""
-    import io
-
-    env = dict(environ)
-    env["wsgi.input"] = io.BytesIO(body)
-    status = []
-
-    def start_response(line, headers, exc_info=None):
-        status.append(int(line.split(" ", 1)[0]))
-
-    answer = app(env, start_response)
-    try:
-        for _ in answer:
-            pass
-    finally:
-        close = getattr(answer, "close", None)
-        if close:
-            close()
-    return status[0]
-
-
 def cprofile_main(args) -> int:
     """The proxy's WSGI app in this process under cProfile (see the module docstring)."""
-    import logging
-    import tempfile
-
     # This file is named like the standard library's `profile`, which cProfile imports.
     bench_dir = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p not in (bench_dir, "")]
@@ -173,75 +149,25 @@ def cprofile_main(args) -> int:
 
     children = processes.Children()
     workdir = loadgen.scratch_dir(RESULTS_DIR)
-    metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
     try:
-        up_url, _ = processes.start_upstream(children, workdir, "upstream", 1, 0.0)
-        config = workdir / "proxy.yaml"
-        config_text = processes.proxy_config(up_url, args.storage)
-        if args.cache:
-            import json
-
-            cached = json.loads(config_text)
-            cached["cache"] = {"enabled": True, "ttl_seconds": 3600}
-            config_text = json.dumps(cached)
-        config.write_text(config_text)
-        os.environ.update(
-            AI_PROXY_CONFIG=str(config), PROMETHEUS_MULTIPROC_DIR=metrics_dir, LOG_FORMAT="json"
+        app, environ, body = inprocess.load_app(
+            args.target, children, workdir, args.storage, args.cache, args.stream
         )
-        sys.path.insert(0, str(ROOT))
-        if args.target == "bare":
-            os.environ["BARE_UPSTREAM"] = up_url
-            import bare
-
-            app = bare.app
-        else:
-            from app import create_app
-            from app.logs import configure_logging
-
-            configure_logging("INFO", "json")
-            devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
-            for handler in logging.getLogger("ai_proxy.access").handlers:
-                handler.setStream(devnull)
-            app = create_app()
-        body = request_body(args.stream)
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "SCRIPT_NAME": "",
-            "PATH_INFO": CHAT_PATH,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8080",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "REMOTE_PORT": "50000",
-            "HTTP_HOST": "127.0.0.1:8080",
-            "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)),
-            "HTTP_AUTHORIZATION": f"Bearer {CLIENT_TOKEN}",
-            "HTTP_USER_AGENT": "bench",
-            "HTTP_ACCEPT": "*/*",
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-            "wsgi.version": (1, 0),
-        }
         for _ in range(500):
-            assert wsgi_request(app, environ, body) == 200
+            assert inprocess.wsgi_request(app, environ, body) == 200
         # The least of a few timings: the machine is shared, and others' work only adds.
         timings = []
         for _ in range(args.repeat):
             started = time.process_time()
             for _ in range(args.requests):
-                wsgi_request(app, environ, body)
+                inprocess.wsgi_request(app, environ, body)
             timings.append((time.process_time() - started) / args.requests)
         plain = min(timings)
         # CPU time, not wall time: waiting for the upstream is not the proxy's cost.
         profiler = cProfile.Profile(time.process_time)
         profiler.enable()
         for _ in range(args.requests):
-            wsgi_request(app, environ, body)
+            inprocess.wsgi_request(app, environ, body)
         profiler.disable()
         print(
             f"{args.target} in process, every feature on, "
