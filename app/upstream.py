@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from . import tracing, watchdog
 from .config import RetryConfig
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
-from .hooks.requests import PreparedTemplates, pool_managers
+from .hooks import http_client
+from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
 from .hooks.urllib3 import close_idle, drain, pool_counts
 from .redact import REDACTED, REDACTOR
 from .version import __version__
@@ -225,6 +225,8 @@ class UpstreamPool:
         self._lock = threading.Lock()
         # The watchdog thread closes idle connections (`close_idle`) while traffic flows.
         watchdog.WATCHDOG.every(self.close_idle)
+        # Answers' headers parsed without the email package (the same messages, faster).
+        http_client.install()
 
     def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
         """The endpoint's session; its pooled connections are closed once idle `idle_timeout`."""
@@ -279,7 +281,7 @@ class UpstreamPool:
         session = requests.Session()
         # No proxies, .netrc or CA paths from the environment: keys go only where configured.
         session.trust_env = False
-        adapter = HTTPAdapter(
+        adapter = DirectAdapter(
             pool_connections=1, pool_maxsize=self.pool_size, max_retries=make_retry(self.retry)
         )
         # Connections report to the watchdog, so no wait on an upstream outlives its deadline.

@@ -14,7 +14,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from app.config import RetryConfig
-from app.hooks.requests import PreparedTemplates, pool_managers
+from app.hooks.requests import MAX_POOL_KEYS, DirectAdapter, PreparedTemplates, pool_managers
 from app.hooks.urllib3 import ConnectionCounts, pool_counts
 from app.upstream import UpstreamPool, read_chunks, release
 from tests.stub_upstream import Reply, chat_chunks
@@ -168,3 +168,102 @@ def test_a_drained_stream_s_connection_serves_the_next_request(pool, upstream):
     release(open_stream(pool, upstream), reuse=True)
     ports = {r.headers["X-Client-Port"] for r in upstream.requests}
     assert len(ports) == 1
+
+
+# -- DirectAdapter ---------------------------------------------------------------------------------
+
+
+def direct_session(adapter: HTTPAdapter) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def prepared(url: str) -> requests.PreparedRequest:
+    return requests.Request("POST", url, data=b"{}").prepare()
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_direct_adapter_finds_the_pool_requests_finds(scheme, verify):
+    direct, plain = DirectAdapter(), HTTPAdapter()
+    request = prepared(f"{scheme}://Example.test:8443/v1/x?a=1")
+    pools = [
+        adapter.get_connection_with_tls_context(request, verify, proxies={})
+        for adapter in (direct, direct, plain)
+    ]
+    # The kept key finds the very pool; it is the pool requests' own path makes, key for key.
+    assert pools[0] is pools[1]
+    assert type(pools[0]) is type(pools[2])
+    assert direct.poolmanager.pools.keys() == plain.poolmanager.pools.keys()
+    assert (pools[0].host, pools[0].port, pools[0].scheme) == ("example.test", 8443, scheme)
+    assert direct.request_url(request, {}) == plain.request_url(request, {}) == "/v1/x?a=1"
+
+
+def test_direct_adapter_sends_through_the_pool_it_kept(upstream):
+    adapter = DirectAdapter(pool_connections=1, pool_maxsize=2)
+    session = direct_session(adapter)
+    try:
+        for query in ("", "?q=1", "", "?q=1"):
+            send(session, prepared(upstream.url + "/v1/x" + query))
+        assert [r.path for r in upstream.requests] == ["/v1/x", "/v1/x?q=1"] * 2
+        # One pool, one connection, kept alive across every request.
+        assert len(adapter.poolmanager.pools) == 1
+        assert len({r.headers["X-Client-Port"] for r in upstream.requests}) == 1
+        # Found by the keys kept: one per URL (and verify).
+        assert set(adapter._pool_keys) == {
+            (upstream.url + "/v1/x", True),
+            (upstream.url + "/v1/x?q=1", True),
+        }
+    finally:
+        session.close()
+
+
+def test_the_upstream_pool_sends_through_direct_adapters(pool, upstream):
+    response = open_stream(pool, upstream)
+    response.content  # noqa: B018
+    adapter = pool.session(upstream.url).get_adapter(upstream.url)
+    assert type(adapter) is DirectAdapter
+    assert list(adapter._pool_keys) == [(upstream.url + "/v1/chat", True)]
+
+
+def test_direct_adapter_finds_a_new_pool_once_the_old_one_is_gone(upstream):
+    # One pool at a time: verify True and False need two, so each evicts (and closes) the other.
+    adapter = DirectAdapter(pool_connections=1, pool_maxsize=2)
+    session = direct_session(adapter)
+    try:
+        url = upstream.url + "/v1/x"
+        for verify in (True, False, True, False):
+            pool = adapter.get_connection_with_tls_context(prepared(url), verify, proxies={})
+            assert pool.pool is not None  # open
+            response = session.send(prepared(url), timeout=5, verify=verify)
+            assert response.status_code == 200
+        adapter.poolmanager.clear()  # every pool closed and dropped
+        assert session.send(prepared(url), timeout=5).status_code == 200
+        assert len(upstream.requests) == 5
+    finally:
+        session.close()
+
+
+def test_direct_adapter_with_proxies_or_certificates_is_http_adapter():
+    direct, plain = DirectAdapter(), HTTPAdapter()
+    request = prepared("http://example.test/v1/x")
+    proxies = {"http": "http://127.0.0.1:3128"}
+    # Through a proxy a plain-HTTP request names its whole URL.
+    assert direct.request_url(request, proxies) == plain.request_url(request, proxies)
+    assert direct.request_url(request, proxies) == "http://example.test/v1/x"
+    pool = direct.get_connection_with_tls_context(request, True, proxies=proxies)
+    assert (pool.host, pool.port) == ("127.0.0.1", 3128)
+    assert not direct._pool_keys  # nothing kept for a proxied call
+
+
+def test_direct_adapter_keeps_a_bounded_number_of_urls():
+    adapter = DirectAdapter()
+    for index in range(MAX_POOL_KEYS + 10):
+        adapter.get_connection_with_tls_context(
+            prepared(f"http://example.test/v1/m-{index}"), True, proxies={}
+        )
+        assert len(adapter._pool_keys) <= MAX_POOL_KEYS
+    assert len(adapter.poolmanager.pools) == 1
