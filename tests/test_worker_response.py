@@ -10,7 +10,10 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from app import worker
 from app.worker import OneWriteResponse
 from tests.servers import CountingSocket
 
@@ -105,3 +108,63 @@ def test_the_same_bytes_as_gunicorns_own_response(exchange):
     assert len(plain_sent) == 2  # gunicorn's own: the header block, then the body
     assert len(sent) == 1
     assert _without_date(wire) == _without_date(plain)
+
+
+# -- the headers' check ------------------------------------------------------------------------
+
+
+def processed(cls, headers: list) -> tuple:
+    """What `process_headers` of a fresh response of `cls` keeps, or the error it raises."""
+    resp = cls.__new__(cls)
+    resp.headers, resp.response_length, resp.upgrade = [], None, False
+    try:
+        resp.process_headers(headers)
+    except Exception as err:  # noqa: BLE001 - compared with gunicorn's
+        return type(err), str(err)
+    return resp.headers, resp.response_length, resp.upgrade
+
+
+NAMES = st.sampled_from(
+    ["Content-Type", "Content-Length", "x-request-id", "Connection", "Upgrade", "Date",
+     "Transfer-Encoding", "Bad Name", "bad:name", "", b"X-Bytes", "X-Ok"]
+)  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from(["application/json", " 12 ", "websocket", "upgrade", "x\r\ny", "\t", ""]),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x2FF), max_size=6),
+    st.just(b"bytes"),
+    st.just(7),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(NAMES, VALUES), max_size=6))
+def test_headers_are_kept_and_refused_as_gunicorn_keeps_and_refuses_them(headers):
+    expected = processed(wsgi.Response, headers)
+    # Twice: the second time every name accepted the first time is known.
+    assert processed(OneWriteResponse, headers) == expected
+    assert processed(OneWriteResponse, headers) == expected
+
+
+def test_known_names_take_the_one_pass_check():
+    worker._KNOWN_NAMES.clear()
+    headers = [("Content-Type", "application/json"), ("Content-Length", " 2"), ("X-A", "b\t")]
+    assert processed(OneWriteResponse, headers) == (
+        [("Content-Type", "application/json"), ("Content-Length", "2"), ("X-A", "b")],
+        2,
+        False,
+    )
+    assert worker._KNOWN_NAMES == {
+        "Content-Type": "content-type",
+        "Content-Length": "content-length",
+        "X-A": "x-a",
+    }
+    # Hop-by-hop names are never known: gunicorn drops or handles each of them.
+    processed(OneWriteResponse, [("Connection", "close"), ("Upgrade", "websocket")])
+    assert "Connection" not in worker._KNOWN_NAMES and "Upgrade" not in worker._KNOWN_NAMES
+
+
+def test_known_names_stay_bounded():
+    worker._KNOWN_NAMES.clear()
+    for index in range(3 * worker.MAX_KNOWN_NAMES):
+        processed(OneWriteResponse, [(f"X-{index}", "1"), ("X-Other", "2")])
+        assert len(worker._KNOWN_NAMES) <= worker.MAX_KNOWN_NAMES
