@@ -22,7 +22,7 @@ from .config import RetryConfig
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks import http_client
 from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
-from .hooks.urllib3 import close_idle, drain, pool_counts
+from .hooks.urllib3 import close_idle, drain, pool_counts, remember_targets
 from .redact import REDACTED, REDACTOR
 from .version import __version__
 
@@ -225,8 +225,10 @@ class UpstreamPool:
         self._lock = threading.Lock()
         # The watchdog thread closes idle connections (`close_idle`) while traffic flows.
         watchdog.WATCHDOG.every(self.close_idle)
-        # Answers' headers parsed without the email package (the same messages, faster).
+        # Answers' headers parsed without the email package (the same messages, faster), and
+        # each request target percent-encoded once.
         http_client.install()
+        remember_targets()
 
     def session(self, url: str, idle_timeout: float | None = None) -> requests.Session:
         """The endpoint's session; its pooled connections are closed once idle `idle_timeout`."""

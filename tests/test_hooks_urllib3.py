@@ -12,16 +12,19 @@ import time
 import pytest
 import urllib3
 import urllib3.connection
+import urllib3.connectionpool
 from urllib3.connectionpool import HTTPConnectionPool
 
 from app.hooks.urllib3 import (
     IDLE_SINCE,
     ONE_SEND_BYTES,
+    TARGETS_REMEMBERED,
     ConnectionCounts,
     close_idle,
     drain,
     pool_counts,
     released,
+    remember_targets,
     watch_connections,
 )
 from tests.servers import CountingSocket
@@ -295,3 +298,20 @@ def test_a_request_failing_before_its_body_sends_nothing(manager, upstream):
     response = manager.request("POST", upstream.url + "/v1/y", body=b"{}")
     assert response.status == 200
     assert [r.path for r in upstream.requests] == ["/open", "/v1/y"]
+
+
+def test_request_targets_are_encoded_once_and_as_urllib3_encodes_them(manager, upstream):
+    encode = urllib3.connectionpool._encode_target
+    original = getattr(encode, "__wrapped__", encode)
+    remember_targets()
+    remember_targets()  # idempotent: one memo, not one around another
+    remembered = urllib3.connectionpool._encode_target
+    assert remembered.__wrapped__ is original
+    remembered.cache_clear()
+    targets = ["/v1/chat/completions", "/v1/m odel:go?alt=sse&q=a b", "/v1/caf\u00e9/%7e?x=%zz"]
+    for target in targets * 2:
+        assert manager.request("GET", upstream.url + target).status == 200
+    # What went out is what urllib3's own function makes of each target; each encoded once.
+    assert [r.path for r in upstream.requests] == [original(t) for t in targets] * 2
+    assert remembered.cache_info().misses == len(targets)
+    assert remembered.cache_info().maxsize == TARGETS_REMEMBERED

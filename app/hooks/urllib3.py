@@ -16,6 +16,10 @@
   (`HTTPConnectionPool._put_conn` stamps a connection as it is given back; the pool's `LifoQueue`
   keeps the most recently used on top, so under steady traffic those at the bottom would idle
   for ever; its `mutex` and `queue` list; `_get_conn` makes a new connection for a `None` slot).
+- `remember_targets`: `HTTPConnectionPool.urlopen` percent-encodes every request target through
+  `urllib3.connectionpool._encode_target`, a Python loop over the target's bytes (6 us for
+  `/v1/chat/completions`, 17 us for a Gemini stream's); it is a function of the target alone,
+  so its answers for the last TARGETS_REMEMBERED targets are kept.
 
 tests/test_hooks_urllib3.py pins each of these against a real local HTTP server.
 """
@@ -28,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import urllib3.connectionpool
 import urllib3.exceptions
 from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -60,6 +65,8 @@ def _ignore(conn: HTTPConnection) -> None:
 
 # A request body up to this size is sent in one piece with the request's headers.
 ONE_SEND_BYTES = 64 * 1024
+# Request targets whose percent-encoded form is kept (model ids in paths may come from clients).
+TARGETS_REMEMBERED = 1024
 
 
 class OneSend:
@@ -229,3 +236,11 @@ def drain(raw: BaseHTTPResponse | None, seconds: float, max_bytes: int) -> None:
             left -= len(data)
     except (urllib3.exceptions.HTTPError, OSError, ValueError):
         return  # not at its end in time: the caller closes the connection
+
+
+def remember_targets() -> None:
+    """urllib3's pools percent-encode each request target once (see the module docstring);
+    idempotent."""
+    encode = urllib3.connectionpool._encode_target
+    if not hasattr(encode, "cache_info"):
+        urllib3.connectionpool._encode_target = functools.lru_cache(TARGETS_REMEMBERED)(encode)
