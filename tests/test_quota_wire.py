@@ -62,7 +62,7 @@ def test_a_server_gone_is_a_storage_error_and_a_new_one_is_used(redis_server):
 def test_answers_match_redis_py_evalsha(batch, redis_server):
     """The hand-packed command is the one redis-py would send: same script, same answer."""
     keys = [batch._key(window(f"token:{n}")) for n in ("e", "f")]
-    args = ["read 2 1 60 1 60"]
+    args = ['["read",2,1,60,1,60]']
     ours = batch.script(keys, args)
     theirs = redis.Redis(port=redis_server.port).evalsha(batch._script.sha, len(keys), *keys, *args)
     assert ours == theirs
