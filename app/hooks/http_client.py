@@ -4,7 +4,7 @@
   module's `parse_headers(fp)`, which joins the lines and hands them to the `email` package's
   feed parser (about 28 us for a typical upstream answer, most of a request's header work).
   For a block of plain `Name: value` lines, the common case by far, `fast_parse_headers` builds
-  the very same `HTTPMessage` directly (about 4 us); anything else (a folded or malformed line,
+  the very same `HTTPMessage` directly (about 6 us); anything else (a folded or malformed line,
   a bare CR, a missing end, a multipart or message type, another message class) goes to the
   original. It reads lines with `http.client._read_headers` (the line and count limits) and
   fills `Message._headers` and `_payload` as `email.feedparser` with the compat32 policy does.
