@@ -130,16 +130,22 @@ class OneWriteResponse(wsgi.Response):
     _head: bytes | None = None
 
     def process_headers(self, headers) -> None:
-        known, values = _KNOWN_NAMES, []
+        # Each name's lower-case form is read once here: another thread may clear the known
+        # names meanwhile (see _process_headers_slowly).
+        if type(headers) is not list:  # (WSGI says a list; anything else as gunicorn reads it)
+            return super().process_headers(headers)
+        known, lowers, values = _KNOWN_NAMES, [], []
         for name, value in headers:
-            if type(name) is not str or name not in known or type(value) is not str:
+            lower = known.get(name) if type(name) is str else None
+            if lower is None or type(value) is not str:
                 return self._process_headers_slowly(headers)
+            lowers.append(lower)
             values.append(value)
         if not wsgi.HEADER_VALUE_RE.fullmatch("\t".join(values)):
             return self._process_headers_slowly(headers)
-        for name, value in headers:
+        for (name, value), lower in zip(headers, lowers, strict=True):
             value = value.strip(" \t")
-            if known[name] == "content-length":
+            if lower == "content-length":
                 self.response_length = int(value)
             self.headers.append((name, value))
         return None

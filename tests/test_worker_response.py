@@ -168,3 +168,19 @@ def test_known_names_stay_bounded():
     for index in range(3 * worker.MAX_KNOWN_NAMES):
         processed(OneWriteResponse, [(f"X-{index}", "1"), ("X-Other", "2")])
         assert len(worker._KNOWN_NAMES) <= worker.MAX_KNOWN_NAMES
+
+
+def test_known_names_cleared_by_another_thread_midway_change_nothing(monkeypatch):
+    """Each name is looked up once, in the check: a clear after it (another thread's slow path
+    making room) cannot fail the copy that follows."""
+
+    class ClearedOnceChecked(dict):
+        def __getitem__(self, key):  # a second look-up would find the name gone
+            raise KeyError(key)
+
+    headers = [("Content-Type", "application/json"), ("Content-Length", "2")]
+    known = ClearedOnceChecked({"Content-Type": "content-type", "Content-Length": "content-length"})
+    monkeypatch.setattr(worker, "_KNOWN_NAMES", known)
+    assert processed(OneWriteResponse, headers) == (headers, 2, False)
+    # Not a list (WSGI says a list): gunicorn's own check, which reads it once.
+    assert processed(OneWriteResponse, iter(headers)) == (headers, 2, False)
