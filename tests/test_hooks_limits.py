@@ -171,3 +171,55 @@ def test_a_moving_window_list_left_in_redis_is_replaced(redis_server):
     window = Window(key, Layout.MOVED, 5, item.get_expiry())
     assert make_batch(storage).reserve([(window, 1)], []).admitted
     assert make_batch(storage).read([window])[0].used == 1
+
+
+def test_a_rolled_sliding_window_reads_as_limits_reads_it(redis_server):
+    """Once a window has ended its counter becomes the previous one (limits' rename), which the
+    batch weighs by its time to live, worked out from the current counter's: the same count
+    limits' own limiter finds; a reservation made before the roll is settled on the previous
+    counter; and once the current counter is gone the previous one is read directly."""
+    import time
+
+    import redis
+
+    storage = make_storage(redis_server.url)
+    batch = make_batch(storage)
+    store = redis.Redis(port=redis_server.port)
+    item = RateLimitItemPerMinute(10)
+
+    def window(name: str) -> Window:
+        return Window(item.key_for("tokens", "roll", name), Layout.SLIDING, 10, 60)
+
+    first = window("token:a")
+    current = batch._key(first)
+    previous = current + "/-1"
+    limiter = SlidingWindowCounterRateLimiter(storage)
+
+    def remaining() -> int:
+        return limiter.get_window_stats(item, "tokens", "roll", "token:a").remaining
+
+    assert limiter.hit(item, "tokens", "roll", "token:a", cost=10)
+    # The window ends in 45 s: the next look renames it, and 45 of its 60 s still count (7).
+    store.pexpire(current, 45_000)
+    assert batch.read([first])[0].used == 7
+    assert 44_000 < store.pttl(previous) <= 45_000
+    assert 104_000 < store.pttl(current) <= 105_000
+    assert remaining() == 3
+    done = batch.reserve([(first, 2)], [])
+    assert done.admitted and done.readings[0].used == 7
+    assert remaining() == 1
+    # The current counter gone (evicted, say) while the previous one lives: it is read.
+    store.delete(current)
+    store.set(previous, 10, px=48_000)
+    assert batch.read([first])[0].used == 8  # floor(10 * 48 / 60)
+
+    # A reservation whose window ends before it is settled: the settle finds it in the
+    # previous counter.
+    second = window("token:b")
+    key = batch._key(second)
+    store.set(key, 0, px=60_400)  # a window with 60.4 s to go
+    done = batch.reserve([(second, 4)], [])
+    assert done.admitted
+    time.sleep(0.6)  # now under 60 s: the next look rolls it
+    batch.adjust([Change(second, -3, done.marks[0])])
+    assert int(store.get(key + "/-1")) == 1 and int(store.get(key)) == 0

@@ -43,6 +43,15 @@ local function prepare(cur, prev, kind, exp)
   return ttl
 end
 
+-- The previous counter's ms to live. It was the current one until its window ended: `prepare`
+-- (as limits' own script) renamed it and set the new current one to live exactly one window
+-- longer, so while the current one lives a window or more, the previous one lives that less a
+-- window, with no call. Otherwise (the current one gone, evicted say) it is read.
+local function previous_ttl(prev, exp, ct)
+  if ct >= exp then return ct - exp end
+  return redis.call('pttl', prev)
+end
+
 -- What the window counts, and ms until some of it frees (as limits' get_window_stats).
 local function usage(cur, prev, kind, exp, ct)
   if kind == FIXED then
@@ -55,7 +64,7 @@ local function usage(cur, prev, kind, exp, ct)
   local both = redis.call('mget', cur, prev)
   local cc, pc = tonumber(both[1]) or 0, tonumber(both[2]) or 0
   local pt = 0
-  if pc > 0 then pt = math.max(0, redis.call('pttl', prev)) end
+  if pc > 0 then pt = math.max(0, previous_ttl(prev, exp, ct)) end
   if ct < 0 then ct = 0 end
   local reset = exp
   if pc > 0 then reset = math.min(reset, math.floor(pt % (exp / pc))) end
@@ -93,7 +102,7 @@ local function adjust(cur, prev, kind, exp, delta, mark, ct)
   if mark > 0 and ct > 0 and math.abs(now + ct - mark) <= SAME_MS then
     target = cur
   elseif kind ~= FIXED and mark > 0 then
-    local pt = redis.call('pttl', prev)
+    local pt = previous_ttl(prev, exp, ct)
     if pt > 0 and math.abs(now + pt - mark) <= SAME_MS then target = prev end
   end
   if target == nil then
