@@ -11,7 +11,7 @@ import redis
 from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
 
-from app.hooks.limits_batch import Layout, RedisBatch, Window
+from app.hooks.limits_batch import Change, Layout, RedisBatch, Window
 from app.ratelimit import make_batch, make_storage
 
 
@@ -84,3 +84,24 @@ def test_a_forked_child_uses_connections_of_its_own(batch):
     assert os.waitstatus_to_exitcode(status) == 0
     assert batch.reserve([(first, 1)], []).admitted
     assert batch.read([first])[0].used == 3  # the parent's two and the child's one
+
+
+def test_a_reservation_reads_each_counter_s_time_to_live_once(batch, redis_server):
+    """Settles carried on the reservation's own windows, and windows already rolled (with a
+    previous counter): one PTTL per counter, whatever touches it (INFO commandstats)."""
+    store = redis.Redis(port=redis_server.port)
+    windows = [window(f"token:ttl{n}", limit=10**6) for n in range(3)]
+    for w in windows:
+        key = batch._key(w)
+        store.set(key + "/-1", 5, px=30_000)  # rolled: the previous window still counts
+        store.set(key, 1, px=90_000)
+    first = batch.reserve([(w, 1) for w in windows], [])
+    carried = [Change(w, -1, mark) for w, mark in zip(windows, first.marks, strict=True)]
+    store.config_resetstat()
+    done = batch.reserve([(w, 1) for w in windows], [], carried=carried)
+    assert done.admitted
+    stats = store.info("commandstats")
+    assert stats["cmdstat_pttl"]["calls"] == len(windows)
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    # What they count: 1 + 1 + 1 - 1 (settled) in the current window, and half of the previous.
+    assert [r.used for r in done.readings] == [1 + 2] * 3

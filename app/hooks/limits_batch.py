@@ -32,14 +32,20 @@ local clock = redis.call('time')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 
 -- The current counter's ms to live (-2: none), its window moved on as limits' sliding counter
--- does: once the current window has ended it becomes the previous one.
+-- does: once the current window has ended it becomes the previous one. Remembered per counter
+-- (a settle carried here and the reservation often touch the same one) until `add` sets a
+-- new time to live.
+local ttls = {}
 local function prepare(cur, prev, kind, exp)
+  local known = ttls[cur]
+  if known ~= nil then return known end
   local ttl = redis.call('pttl', cur)
   if kind ~= FIXED and ttl > 0 and ttl < exp then
     redis.call('rename', cur, prev)
     redis.call('set', cur, 0, 'PX', ttl + exp)
     ttl = ttl + exp
   end
+  ttls[cur] = ttl
   return ttl
 end
 
@@ -88,6 +94,7 @@ end
 -- Add to the current counter; returns its name (expiry time, ms).
 local function add(cur, kind, exp, amount, ct)
   if ct > 0 and incr(cur, kind, amount) ~= nil then return now + ct end
+  ttls[cur] = nil  -- a new counter, or a new time to live
   if kind == FIXED then
     redis.call('incrby', cur, amount)
     redis.call('pexpire', cur, exp)
