@@ -217,9 +217,9 @@ def test_a_rolled_sliding_window_reads_as_limits_reads_it(redis_server):
     # previous counter.
     second = window("token:b")
     key = batch._key(second)
-    store.set(key, 0, px=60_400)  # a window with 60.4 s to go
+    store.set(key, 0, px=61_000)  # a window with 61 s to go
     done = batch.reserve([(second, 4)], [])
-    assert done.admitted
-    time.sleep(0.6)  # now under 60 s: the next look rolls it
+    assert done.admitted and store.pttl(key) > 60_000  # (not rolled yet)
+    time.sleep(1.2)  # now under 60 s: the next look rolls it
     batch.adjust([Change(second, -3, done.marks[0])])
     assert int(store.get(key + "/-1")) == 1 and int(store.get(key)) == 0
