@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storage",
         default="memory://",
-        help="--cprofile: the quotas' storage URI (redis://... for a running redis-server)",
+        help="the quotas' storage URI (redis://... for a running redis-server), for the live "
+        "workers as for --cprofile",
     )
     args = parser.parse_args(argv)
     if args.cprofile:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     children = processes.Children()
     workdir = loadgen.scratch_dir(RESULTS_DIR)
     try:
-        url, master = start(run_args, children, workdir, args.target)
+        url, master = start(run_args, children, workdir, args.target, args.storage)
         body = request_body(False)
         loadgen.run_wrk(url, body, CLIENT_TOKEN, args.concurrency, 2, workdir, children)
         raw = workdir / f"{args.target}.pyspy.txt"
@@ -292,14 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start(run_args, children, workdir: Path, target: str) -> tuple[str, int]:
-    """The fake upstream and one target, as bench/run.py starts them."""
+def start(
+    run_args, children, workdir: Path, target: str, storage: str = "memory://"
+) -> tuple[str, int]:
+    """The fake upstream and one target, as bench/run.py starts them (the proxy's quotas in
+    `storage`)."""
     up_url, _ = processes.start_upstream(
         children, workdir, "upstream", run_args.chunks, run_args.interval
     )
     env = processes.server_env(run_args.workers, run_args.log_level)
     kind = "proxy" if target == "proxy" else "bare"
-    base, proc = processes.start_server(children, workdir, kind, up_url, target, env)
+    base, proc = processes.start_server(children, workdir, kind, up_url, target, env, storage)
     return base + CHAT_PATH, proc.pid
 
 
