@@ -13,6 +13,12 @@ keep-alive connection usually sends its next request at once, so the thread that
 waits a moment (`LINGER_SECONDS`) for it on the socket and serves it itself; only when nothing
 comes, when other connections wait for a thread, or when the worker is stopping does the
 connection go back to the main thread as before.
+
+gunicorn's main thread accepts one connection each time its poller wakes for the listening
+socket. Under a burst of new connections the request threads hold the GIL most of the time,
+and the main thread, woken by the kernel, waits for it (up to the 5 ms switch interval) before
+each accept: the connections queue in the kernel meanwhile. This worker accepts every
+connection waiting (up to ACCEPT_BATCH) each time it wakes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from .threads import ElasticThreadPool, freeze_heap, limit_arenas
 # How long the thread that answered on a kept-alive connection waits for the next request on it
 # before giving the connection back to gunicorn's main thread (see the module docstring).
 LINGER_SECONDS = 0.002
+# Connections the main thread accepts each time it wakes for its listening socket.
+ACCEPT_BATCH = 64
 
 # gunicorn's own warning quotes the offending request text, which may hold a client's token.
 _GUNICORN_WARNING = "Invalid request from ip="
@@ -208,6 +216,14 @@ class ProxyWorker(ThreadWorker):
     def get_thread_pool(self) -> ElasticThreadPool:
         # Threads beyond the load's need end once idle: memory returns after a burst.
         return ElasticThreadPool(self.cfg.threads)
+
+    def accept(self, listener) -> None:
+        """Every connection waiting on `listener` (up to ACCEPT_BATCH), not only one."""
+        for _ in range(ACCEPT_BATCH):
+            before = self.nr_conns
+            super().accept(listener)  # nothing when none waits (EAGAIN), or it was aborted
+            if self.nr_conns == before or self.nr_conns >= self.worker_connections:
+                return
 
     def handle(self, conn):
         """gunicorn's handling of one request, then of the next ones on the same kept-alive
