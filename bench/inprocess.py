@@ -71,11 +71,13 @@ def load_app(
     storage: str = "memory://",
     cache: bool = False,
     stream: bool = False,
+    chunks: int = 1,
 ):
     """(app, environ, body): the target's WSGI app with every feature on (the proxy's access log
-    written to /dev/null), a fake upstream started among `children`, and the request to send."""
+    written to /dev/null), a fake upstream started among `children` (streaming `chunks` content
+    chunks), and the request to send."""
     metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
-    up_url, _ = processes.start_upstream(children, workdir, "upstream", 1, 0.0)
+    up_url, _ = processes.start_upstream(children, workdir, "upstream", chunks, 0.0)
     config_text = processes.proxy_config(up_url, storage)
     if cache:
         cached = json.loads(config_text)

@@ -151,7 +151,7 @@ def cprofile_main(args) -> int:
     workdir = loadgen.scratch_dir(RESULTS_DIR)
     try:
         app, environ, body = inprocess.load_app(
-            args.target, children, workdir, args.storage, args.cache, args.stream
+            args.target, children, workdir, args.storage, args.cache, args.stream, args.chunks
         )
         for _ in range(500):
             assert inprocess.wsgi_request(app, environ, body) == 200
@@ -171,7 +171,7 @@ def cprofile_main(args) -> int:
         profiler.disable()
         print(
             f"{args.target} in process, every feature on, "
-            f"{'streamed' if args.stream else 'whole'} answers"
+            f"{f'streamed answers of {args.chunks} chunks' if args.stream else 'whole answers'}"
             f"{', cache hits' if args.cache else ''}: "
             f"{plain * 1e6:.0f} us CPU per request "
             f"without the profiler, least of {args.repeat} runs of {args.requests} requests "
@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000, help="requests for --cprofile")
     parser.add_argument(
         "--stream", action="store_true", help="--cprofile: streamed requests (set-up and relay)"
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=1, help="--cprofile --stream: content chunks per answer"
     )
     parser.add_argument(
         "--cache", action="store_true", help="--cprofile: the cache on, every request a hit"
