@@ -166,6 +166,82 @@ def test_the_heap_is_trimmed_once_ending_threads_settle(pool, monkeypatch):
     assert trims == [1]
 
 
+def test_a_settled_wave_lets_go_of_names_the_type_cache_kept(pool):
+    """CPython's type attribute cache keeps a reference to each name looked up through it; a
+    name a request made at run time lives on in it until the wave of ending threads settles."""
+
+    class Target:
+        pass
+
+    name = "".join(["made_at_", "run_time"])  # a new string, not interned
+    alone = sys.getrefcount(name)
+    pool.submit(getattr, Target, name, None).result(timeout=5)
+    assert sys.getrefcount(name) > alone  # held by the cache
+    assert wait_until(lambda: pool.threads == 0, timeout=5)
+    assert pool.trim_if_settled(pool._last_end + threads.TRIM_AFTER_SECONDS)
+    assert sys.getrefcount(name) == alone
+
+
+# In a process of its own: 300 requests on as many threads, each making a name at run time
+# (as gunicorn's Date header does) among its other objects; the small-object arenas (1 MiB)
+# allocated before, once the threads have ended, and after the pool's trim.
+ARENAS_SCRIPT = """
+import gc, os, re, sys, threading, time
+from app import threads
+
+def arenas():
+    read, write = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write)
+    text = os.read(read, 1 << 20).decode()
+    os.close(read)
+    return int(re.search(r"arenas allocated current\\s*=\\s*([\\d,]+)", text)[1].replace(",", ""))
+
+class Target:
+    pass
+
+pool = threads.ElasticThreadPool(400, idle_seconds=0.2)
+gate = threading.Event()
+
+def request(i):
+    objects = [{"n": str(j) * 3, "k": (j, j + 1)} for j in range(400)]
+    getattr(Target, "field_%d" % i, None)
+    gate.wait(10)
+    return len(objects)
+
+gc.collect()
+before = arenas()
+futures = [pool.submit(request, i) for i in range(300)]
+time.sleep(0.5)
+gate.set()
+for future in futures:
+    future.result(10)
+del futures, future
+while pool.threads:
+    time.sleep(0.05)
+gc.collect()
+ended = arenas()
+pool.trim_if_settled(time.monotonic() + 10)
+print(before, ended, arenas())
+"""
+
+
+def test_arenas_a_burst_of_threads_used_go_back_once_they_have_ended():
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS_SCRIPT], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    before, ended, trimmed = map(int, done.stdout.split())
+    assert ended - before > 20  # the burst's objects are gone, but names kept its arenas
+    assert trimmed - before < (ended - before) / 3
+
+
 def test_trim_heap_and_limit_arenas_run_here():
     # glibc on this machine; elsewhere both are no-ops that say so.
     assert threads.trim_heap() in (True, False)
