@@ -4,6 +4,7 @@ thread otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import subprocess
@@ -197,31 +198,40 @@ def test_the_worker_answers_through_its_one_write_response(counting_server):
         assert read_answers(sock, 1)[0] == b"OneWriteResponse"
 
 
-def _listening() -> socket.socket:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    listener.setblocking(False)  # as gthread's set_accept_enabled leaves it
-    return listener
-
-
-def _accepting_worker(connections: int = 1000):
-    """A ProxyWorker as far as `accept` needs one; what it hands to its thread pool is kept."""
+def _accepting_worker(accepted: list, connections: int = 1000):
+    """A ProxyWorker as far as `accept` needs one; what it hands to its thread pool goes to
+    `accepted`."""
     from gunicorn.config import Config
 
     fake = proxy_worker.ProxyWorker.__new__(proxy_worker.ProxyWorker)
     fake.cfg, fake.nr_conns, fake.worker_connections = Config(), 0, connections
-    fake.enqueued = []
-    fake.enqueue_req = fake.enqueued.append
+    fake.enqueue_req = accepted.append
     return fake
 
 
-def _wait_pending(listener: socket.socket, count: int) -> None:
-    """Until `count` connections wait in the listener's queue (the handshake is the kernel's)."""
-    probe = select.poll()
-    probe.register(listener, select.POLLIN)
-    assert probe.poll(5000)
-    time.sleep(0.05)  # the last handshakes of the clients just connected
+@contextlib.contextmanager
+def _waiting_connections(count: int):
+    """A listening socket (non-blocking, as gthread leaves it) with `count` connections waiting
+    in its queue, and a list for what the test accepts; everything is closed after."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(count)]
+    accepted: list = []
+    try:
+        if count:
+            probe = select.poll()
+            probe.register(listener, select.POLLIN)
+            assert probe.poll(5000)
+            time.sleep(0.05)  # the last handshakes of the clients just connected
+        yield listener, accepted
+    finally:
+        for conn in accepted:
+            conn.close()
+        for client in clients:
+            client.close()
+        listener.close()
 
 
 @pytest.mark.parametrize(("pending", "limit", "taken"), [(5, 1000, 5), (5, 3, 3), (0, 1000, 0)])
@@ -229,36 +239,17 @@ def test_one_wake_accepts_every_waiting_connection(pending, limit, taken):
     """Under a burst the main thread gets the GIL seldom: each time it wakes for the listening
     socket it takes every connection waiting there (up to the worker's connection limit), not
     one a wake-up as gunicorn does."""
-    listener = _listening()
-    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(pending)]
-    try:
-        if pending:
-            _wait_pending(listener, pending)
-        fake = _accepting_worker(limit)
+    with _waiting_connections(pending) as (listener, accepted):
+        fake = _accepting_worker(accepted, limit)
         fake.accept(listener)  # once, as one readiness event of the listener calls it
-        assert len(fake.enqueued) == taken == fake.nr_conns
-        for conn in fake.enqueued:
-            conn.close()
-    finally:
-        for client in clients:
-            client.close()
-        listener.close()
+        assert len(accepted) == taken == fake.nr_conns
 
 
 def test_a_wake_accepts_at_most_a_batch(monkeypatch):
     monkeypatch.setattr(proxy_worker, "ACCEPT_BATCH", 2)
-    listener = _listening()
-    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(5)]
-    try:
-        _wait_pending(listener, 5)
-        fake = _accepting_worker()
+    with _waiting_connections(5) as (listener, accepted):
+        fake = _accepting_worker(accepted)
         fake.accept(listener)
-        assert len(fake.enqueued) == 2
+        assert len(accepted) == 2
         fake.accept(listener)  # the listener is still readable: the next wake takes more
-        assert len(fake.enqueued) == 4
-        for conn in fake.enqueued:
-            conn.close()
-    finally:
-        for client in clients:
-            client.close()
-        listener.close()
+        assert len(accepted) == 4
