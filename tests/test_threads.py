@@ -182,6 +182,23 @@ def test_a_settled_wave_lets_go_of_names_the_type_cache_kept(pool):
     assert sys.getrefcount(name) == alone
 
 
+def test_emptying_the_type_cache_keeps_version_tags_unique():
+    """The interpreter's specialised attribute look-ups are keyed by a type's version tag: after
+    the cache is emptied, no new type may be given a tag an older one still holds."""
+    testcapi = pytest.importorskip("_testcapi")
+    get_version = getattr(testcapi, "type_get_version", None)
+    if get_version is None:
+        pytest.skip("no _testcapi.type_get_version here")
+    tags = []
+    for _ in range(20):
+        kind = type("Kind", (), {"field": 1})
+        kind.field  # noqa: B018 - a look-up gives the type its tag
+        tags.append(get_version(kind))
+        threads.forget_attribute_names()
+    assert 0 not in tags
+    assert len(set(tags)) == len(tags)
+
+
 # In a process of its own: 300 requests on as many threads, each making a name at run time
 # (as gunicorn's Date header does) among its other objects; the small-object arenas (1 MiB)
 # allocated before, once the threads have ended, and after the pool's trim.
