@@ -6,6 +6,8 @@ burst of 1,000 streams, a worker holds 500 idle threads (their stacks and their 
 for good. `ElasticThreadPool` has the same `submit`/`shutdown` interface; a thread idle for
 `idle_seconds` ends, and once threads have ended the C heap's free memory is handed back to
 the system (`malloc_trim`), so a worker's memory returns near its resting level after a burst.
+What else a burst left for threads that are gone (pooled upstream connections) is let go first,
+by whoever registered for it with `on_threads_settled`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -84,6 +87,32 @@ def forget_attribute_names() -> None:
     clear = getattr(sys, "_clear_type_cache", None)
     if clear is not None:
         clear()
+
+
+# Bound methods told the number of request threads alive once a wave of ending threads settles.
+_ON_SETTLED: list[weakref.WeakMethod] = []
+_ON_SETTLED_LOCK = threading.Lock()
+
+
+def on_threads_settled(release: Callable[[int], object]) -> None:
+    """Call the bound method `release(threads)`, for as long as its object lives, each time a
+    wave of ending request threads has settled, with how many are still alive, before the heap
+    is trimmed: what it frees goes back to the system with the rest."""
+    with _ON_SETTLED_LOCK:
+        _ON_SETTLED[:] = [ref for ref in _ON_SETTLED if ref() is not None]
+        _ON_SETTLED.append(weakref.WeakMethod(release))
+
+
+def _threads_settled(threads: int) -> None:
+    with _ON_SETTLED_LOCK:
+        releases = [ref() for ref in _ON_SETTLED]
+    for release in releases:
+        if release is None:
+            continue
+        try:
+            release(threads)
+        except Exception:  # noqa: BLE001 - named fail point: the trim must still happen.
+            logger.exception("releasing what ended threads left failed")
 
 
 def trim_heap() -> bool:
@@ -210,6 +239,8 @@ class ElasticThreadPool:
             if not self._ended or now - self._last_end < TRIM_AFTER_SECONDS:
                 return False
             self._ended = 0
+            threads = self._threads
+        _threads_settled(threads)
         # What the ended threads' requests left alive (names in the type cache, reference
         # cycles) is freed first, so that whole arenas and pages of the heap are free to go back.
         forget_attribute_names()

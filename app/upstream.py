@@ -22,8 +22,9 @@ from .config import RetryConfig
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks import http_client
 from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
-from .hooks.urllib3 import close_idle, drain, pool_counts, remember_targets
+from .hooks.urllib3 import close_idle, close_surplus, drain, pool_counts, remember_targets
 from .redact import REDACTED, REDACTOR
+from .threads import on_threads_settled
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ MAX_TEMPLATES = 512
 # What a finished stream may still send after its last event for its connection to be reused.
 DRAIN_SECONDS = 0.05
 MAX_DRAIN_BYTES = 64 * 1024
+# Pooled connections an origin keeps once a burst's threads have ended (as Go's HTTP client).
+KEEP_IDLE = 2
 USER_AGENT = f"ai-proxy/{__version__}"
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(length|window)|maximum context|too many tokens|prompt is too long"
@@ -225,6 +228,8 @@ class UpstreamPool:
         self._lock = threading.Lock()
         # The watchdog thread closes idle connections (`close_idle`) while traffic flows.
         watchdog.WATCHDOG.every(self.close_idle)
+        # Once a burst's request threads have ended, the connections only they could use go.
+        on_threads_settled(self.close_surplus)
         # Answers' headers parsed without the email package (the same messages, faster), and
         # each request target percent-encoded once.
         http_client.install()
@@ -278,6 +283,25 @@ class UpstreamPool:
             for manager in pool_managers(session):
                 closed += close_idle(manager, limit, now)
         return closed
+
+    def close_surplus(self, threads: int) -> int:
+        """Close each origin's pooled connections beyond what `threads` request threads can use
+        at once (at least KEEP_IDLE are kept, the most recently used); how many were closed.
+
+        Run once a wave of ending request threads has settled (`on_threads_settled`):
+        a burst of 500 streams leaves 500 pooled connections a worker, and a worker's memory
+        after the burst returns near its resting level only once they are gone, not at the end
+        of their idle timeout. Go's HTTP client, which the Go ai-proxy uses, keeps 2 idle
+        connections per host at all times.
+        """
+        with self._lock:
+            sessions = list(self._sessions.values())
+        keep = max(threads, KEEP_IDLE)
+        return sum(
+            close_surplus(manager, keep)
+            for session in sessions
+            for manager in pool_managers(session)
+        )
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()

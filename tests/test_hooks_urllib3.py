@@ -21,6 +21,7 @@ from app.hooks.urllib3 import (
     TARGETS_REMEMBERED,
     ConnectionCounts,
     close_idle,
+    close_surplus,
     drain,
     pool_counts,
     released,
@@ -243,6 +244,38 @@ def test_close_idle_leaves_unstamped_pools_and_closed_managers_alone(manager, up
     assert close_idle(manager, 0.0, time.monotonic() + 3600) == 0
     manager.clear()
     assert close_idle(manager, 0.0) == 0
+
+
+@pytest.mark.parametrize(("keep", "kept"), [(0, 0), (1, 1), (2, 2), (3, 2), (-1, 0)])
+def test_close_surplus_keeps_the_most_recently_given_back(upstream, keep, kept):
+    manager = urllib3.PoolManager(maxsize=4, retries=False)
+    watch_connections(manager, lambda conn, sock: None)
+    answers = [stream(manager, upstream) for _ in range(3)]
+    # Given back in an order unlike the pool's: the last read is the most recently used.
+    for answer in (answers[1], answers[2], answers[0]):
+        answer.read()
+    oldest, newer, newest = [conn for conn in pooled(manager) if conn is not None]
+    busy = stream(manager, upstream)  # the newest, checked out again: never closed here
+    assert close_surplus(manager, keep) == 2 - kept
+    left = [conn for conn in pooled(manager) if conn is not None and conn.sock is not None]
+    assert left == [oldest, newer][2 - kept :]
+    assert newest.sock is not None
+    assert busy.read().count(b"data:") == len(EVENTS)
+    assert pool_counts(manager).idle == len(left) + 1
+    # Slots emptied: the pool opens new connections for them when they are needed again.
+    answers = [stream(manager, upstream) for _ in range(4)]
+    assert [answer.read().count(b"data:") for answer in answers] == [len(EVENTS)] * 4
+    manager.clear()
+
+
+def test_close_surplus_closes_every_unstamped_pooled_connection_first(manager, upstream):
+    first, second = stream(manager, upstream), stream(manager, upstream)
+    first.read()
+    second.read()
+    assert close_surplus(manager, 1) == 1
+    assert pool_counts(manager) == ConnectionCounts(in_use=0, idle=1)
+    manager.clear()
+    assert close_surplus(manager, 0) == 0
 
 
 def counted_connection(manager: urllib3.PoolManager, upstream: StubUpstream) -> CountingSocket:

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from app import threads, watchdog
+from app import upstream as upstream_module
 from app.config import RetryConfig
 from app.threads import ElasticThreadPool
 from app.upstream import UpstreamPool
@@ -308,6 +309,98 @@ def test_the_watchdog_closes_upstream_connections_idle_past_their_limit(upstream
         assert again.json() == {"ok": True}
     finally:
         pool.close()
+
+
+def _connections_through(threads_pool: ElasticThreadPool, pool: UpstreamPool, upstream, count: int):
+    """`count` answers at once through `pool`, each on a thread of `threads_pool`: as many
+    pooled connections afterwards."""
+    together = threading.Barrier(count)
+
+    def call() -> None:
+        upstream.queue(Reply(body={"ok": True}))
+        together.wait(5)  # all at once: each takes its own connection
+        response = pool.send(
+            "POST",
+            upstream.url + "/v1/chat/completions",
+            label="test",
+            headers={},
+            body=b"{}",
+            timeout=(5, 5),
+        )
+        together.wait(5)  # none gives its connection back before all have one
+        assert response.json() == {"ok": True}
+
+    for future in [threads_pool.submit(call) for _ in range(count)]:
+        future.result(timeout=10)
+    assert pool.connections() == {"in_use": 0, "idle": count}
+
+
+def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settles(upstream):
+    """A burst's pooled upstream connections go when its threads do, not at the end of their
+    idle timeout (90 s by default), down to what the threads still alive can use at once."""
+    threads_pool = ElasticThreadPool(8, idle_seconds=0.05)
+    pool = UpstreamPool(
+        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=8
+    )
+    try:
+        _connections_through(threads_pool, pool, upstream, 6)
+        ports = {r.headers["X-Client-Port"] for r in upstream.requests}
+        assert len(ports) == 6
+        assert wait_until(lambda: threads_pool.threads == 0, timeout=5)
+        assert threads_pool.trim_if_settled(threads_pool._last_end + threads.TRIM_AFTER_SECONDS)
+        assert pool.connections() == {"in_use": 0, "idle": upstream_module.KEEP_IDLE}
+        # What is kept serves the next answers; what was closed is opened again when needed.
+        _connections_through(threads_pool, pool, upstream, 6)
+        new_ports = {r.headers["X-Client-Port"] for r in upstream.requests} - ports
+        assert len(new_ports) == 6 - upstream_module.KEEP_IDLE
+    finally:
+        threads_pool.shutdown(wait=True)
+        pool.close()
+
+
+@pytest.mark.parametrize(("alive", "kept"), [(0, 2), (1, 2), (4, 4), (6, 6), (9, 6)])
+def test_an_origin_keeps_pooled_connections_for_the_threads_still_alive(upstream, alive, kept):
+    threads_pool = ElasticThreadPool(8)
+    pool = UpstreamPool(
+        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=8
+    )
+    try:
+        _connections_through(threads_pool, pool, upstream, 6)
+        assert pool.close_surplus(alive) == 6 - kept
+        assert pool.connections() == {"in_use": 0, "idle": kept}
+    finally:
+        threads_pool.shutdown(wait=True)
+        pool.close()
+
+
+def test_a_release_that_fails_or_is_gone_does_not_stop_the_trim(pool, monkeypatch):
+    trims, told = [], []
+    monkeypatch.setattr(threads, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(threads, "_ON_SETTLED", [])
+
+    class Broken:
+        def release(self, alive: int) -> None:
+            raise RuntimeError("boom")
+
+    class Listening:
+        def release(self, alive: int) -> None:
+            told.append(alive)
+
+    class Gone:
+        def release(self, alive: int) -> None:
+            told.append("gone")
+
+    broken, listening, gone = Broken(), Listening(), Gone()
+    for each in (broken, gone, listening):
+        threads.on_threads_settled(each.release)
+    del gone
+    pool.submit(lambda: None).result(timeout=5)
+    assert wait_until(lambda: pool.threads == 0, timeout=5)
+    assert pool.trim_if_settled(pool._last_end + threads.TRIM_AFTER_SECONDS)
+    assert told == [0]
+    assert trims == [1]
+    threads.on_threads_settled(listening.release)  # registering prunes what is gone
+    assert len(threads._ON_SETTLED) == 3
 
 
 def test_a_deployment_s_shorter_idle_limit_wins_for_its_origin():
