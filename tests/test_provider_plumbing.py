@@ -4,8 +4,10 @@ image answers in the form the client asked for, and the text of content parts.""
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
+import weakref
 
 import pytest
 import requests
@@ -15,6 +17,7 @@ from app.config import ModelConfig, RetryConfig
 from app.content import content_text
 from app.errors import UpstreamError
 from app.providers import CallContext
+from app.providers.base import ChatStream, PrimedStream
 from app.providers.gigachat import DEFAULT_AUTH_URL
 from app.providers.http import Event, api_root, json_events
 from app.providers.openai import OpenAIProvider
@@ -399,3 +402,33 @@ def test_a_translator_tripping_over_an_answer_is_logged_as_a_proxy_bug(
     assert bugs, "the translator's exception was not logged as a proxy bug"
     # With its traceback (the log filter renders it into the record's text).
     assert "Traceback" in caplog.text
+
+
+def test_a_primed_stream_lets_go_of_each_chunk_read_ahead_once_relayed():
+    """The chunks read before the client saw a byte are relayed, then not kept for the life of
+    the stream (a burst of long streams would otherwise hold each one's first chunks)."""
+
+    class Chunk(dict):
+        pass  # a dict that can be weakly referenced
+
+    class Listed(ChatStream):
+        def __init__(self, chunks: list) -> None:
+            super().__init__(None, "listed")
+            self.chunks = chunks
+
+        def __iter__(self):
+            while self.chunks:
+                yield self.chunks.pop(0)
+
+    usage, first = Chunk(usage={"prompt_tokens": 3}), Chunk(choices=[{"index": 0}])
+    later = Chunk(choices=[{"index": 0, "finish_reason": "stop"}])
+    primed = PrimedStream(Listed([usage, first, later]), "listed")
+    refs = [weakref.ref(usage), weakref.ref(first)]
+    del usage, first
+    relayed = iter(primed)
+    assert next(relayed)["usage"] == {"prompt_tokens": 3}
+    assert next(relayed)["choices"] == [{"index": 0}]
+    assert next(relayed) is later
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert list(relayed) == []

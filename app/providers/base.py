@@ -406,7 +406,9 @@ class PrimedStream(ChatStream):
         return self.stream.ended_unmarked
 
     def __iter__(self) -> Iterator[dict]:
-        yield from self.head
+        # Each chunk read ahead is let go once relayed: not kept for the stream's whole life.
+        while self.head:
+            yield self.head.pop(0)
         yield from self._chunks
 
     def close(self) -> None:
