@@ -218,6 +218,8 @@ def server_env(workers: int, log_level: str, threads: int | None = None) -> dict
 
 # The quota strategy of the generated configs (bench/run.py --quota-strategy); None: the default.
 QUOTA_STRATEGY: str | None = None
+# Environment variables for the proxy's processes alone (bench/run.py --proxy-env).
+PROXY_ENV: dict[str, str] = {}
 
 
 def proxy_config(upstream_url: str, storage: str = "memory://") -> str:
@@ -318,6 +320,7 @@ def start_server(
         config.write_text(proxy_config(upstream, storage))
         cmd = [sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "wsgi:app"]
         common["AI_PROXY_CONFIG"] = str(config)
+        common.update(PROXY_ENV)
     else:
         cmd = [sys.executable, str(BENCH / "bare.py")]
         common["BARE_UPSTREAM"] = upstream

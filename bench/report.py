@@ -3,6 +3,7 @@ results.png plot, both from the results dict of a run."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def render(results: dict, goals: list[dict], command: str) -> str:
 def _setup(results: dict, command: str) -> list[str]:
     info, settings = results["info"], results["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    # Set by --proxy-env for the proxy's processes alone (reports from before it have none).
+    proxy_env = "".join(
+        f"{name}={shlex.quote(value)} " for name, value in settings.get("proxy_env", {}).items()
+    )
     return [
         "# ai-proxy benchmark results",
         "",
@@ -44,7 +49,7 @@ def _setup(results: dict, command: str) -> list[str]:
         f"- **Load generator:** {info['loadgen']}. It, the fake upstream, the bare forwarder and "
         f"the proxy all share the same {info['nproc']} cores, so absolute numbers are low and "
         "the comparison between rows is what counts.",
-        f"- **Servers:** proxy = `gunicorn -c conf/gunicorn.conf.py wsgi:app` (gthread, "
+        f"- **Servers:** proxy = `{proxy_env}gunicorn -c conf/gunicorn.conf.py wsgi:app` (gthread, "
         f"WEB_CONCURRENCY={settings['workers']}, THREADS={settings['threads']}, auth on, "
         "quotas on for the client token and the deployment (`requests_per_minute`, "
         "`tokens_per_minute`: counted on every request, never reached), metrics on, "

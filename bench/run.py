@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shlex
 import signal
 import sys
@@ -106,6 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quota-strategy",
         choices=("fixed-window", "moving-window", "sliding-window-counter"),
         help="rate_limits.strategy of the proxy's config (default: the proxy's default)",
+    )
+    parser.add_argument(
+        "--proxy-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the proxy's processes alone (repeatable), e.g. "
+        "PYTHONMALLOC=malloc",
     )
     parser.add_argument(
         "--peers",
@@ -196,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = _names(parser, "targets", args.targets, TARGETS)
     if args.peers:
         args.targets += [peer for peer in PEER_TARGETS if peer not in args.targets]
+    args.proxy_env = _environment(parser, args.proxy_env)
     if args.output is None:
         args.output = RESULTS_DIR / "quick.md" if args.quick else DEFAULT_OUTPUT
     return args
@@ -208,6 +218,17 @@ def _names(parser: argparse.ArgumentParser, what: str, text: str, known: tuple) 
     if unknown:
         parser.error(f"unknown {what}: {', '.join(sorted(unknown))}")
     return names
+
+
+def _environment(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    """NAME=VALUE pairs as a dict (else a usage error)."""
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            parser.error(f"--proxy-env takes NAME=VALUE, not {pair!r}")
+        env[name] = value
+    return env
 
 
 def settings(args: argparse.Namespace, quiet_spent: float) -> dict:
@@ -229,6 +250,7 @@ def settings(args: argparse.Namespace, quiet_spent: float) -> dict:
         "retries": args.retries,
         "quiet_budget_s": args.quiet_budget,
         "quiet_spent_s": round(quiet_spent, 1),
+        "proxy_env": args.proxy_env,
     }
 
 
@@ -300,6 +322,7 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     processes.QUOTA_STRATEGY = args.quota_strategy
+    processes.PROXY_ENV = args.proxy_env
     processes.raise_fd_limit()
     given = sys.argv[1:] if argv is None else argv
     command = " ".join([".venv/bin/python bench/run.py", *([shlex.join(given)] if given else [])])

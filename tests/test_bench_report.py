@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import goals  # noqa: E402
 import report  # noqa: E402
+import run  # noqa: E402
 
 HEADINGS = [
     "# ai-proxy benchmark results",
@@ -178,6 +179,35 @@ def test_full_report_has_every_section_in_order(results):
     # The quota section compares proxy-redis with proxy end to end: 3.9 - 1.7 ms at c=1.
     assert "**+2.200 ms** for Redis" in markdown
     assert "| memory | typical | fixed-window | 0.020 | 0.070 | 0.001 | 0.004 |" in markdown
+    assert "proxy = `gunicorn -c conf/gunicorn.conf.py wsgi:app`" in markdown
+
+
+def test_the_proxy_s_own_environment_is_in_its_command(results):
+    results["settings"]["proxy_env"] = {"PYTHONMALLOC": "malloc", "ODD": "a b"}
+    markdown = render(results)
+    assert "proxy = `PYTHONMALLOC=malloc ODD='a b' gunicorn -c conf/gunicorn.conf.py" in markdown
+
+
+@pytest.mark.parametrize(
+    ("given", "env"),
+    [
+        ([], {}),
+        (["--proxy-env", "PYTHONMALLOC=malloc"], {"PYTHONMALLOC": "malloc"}),
+        (
+            ["--proxy-env", "A=1", "--proxy-env", "B=x=y", "--proxy-env", "C="],
+            {"A": "1", "B": "x=y", "C": ""},
+        ),
+    ],
+)
+def test_proxy_env_takes_name_value_pairs(given, env):
+    assert run.parse_args(given).proxy_env == env
+
+
+@pytest.mark.parametrize("pair", ["PYTHONMALLOC", "=x", "1A=x", "A B=x", "A-B=x"])
+def test_proxy_env_refuses_anything_else(pair, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--proxy-env", pair])
+    assert "--proxy-env takes NAME=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -277,36 +277,36 @@ def test_the_gunicorn_worker_uses_the_elastic_pool():
         pool.shutdown()
 
 
-def test_the_watchdog_closes_upstream_connections_idle_past_their_limit(upstream):
-    pool = UpstreamPool(
-        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=4
+def _upstream_pool(size: int) -> UpstreamPool:
+    return UpstreamPool(
+        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=size
     )
+
+
+def _chat(pool: UpstreamPool, upstream, **extra) -> requests.Response:
+    """One answer from the stub through `pool`."""
+    upstream.queue(Reply(body={"ok": True}))
+    return pool.send(
+        "POST",
+        upstream.url + "/v1/chat/completions",
+        label="test",
+        headers={},
+        body=b"{}",
+        timeout=(5, 5),
+        **extra,
+    )
+
+
+def test_the_watchdog_closes_upstream_connections_idle_past_their_limit(upstream):
+    pool = _upstream_pool(4)
     try:
         for _ in range(2):
-            upstream.queue(Reply(body={"ok": True}))
-            response = pool.send(
-                "POST",
-                upstream.url + "/v1/chat/completions",
-                label="test",
-                headers={},
-                body=b"{}",
-                timeout=(5, 5),
-                idle_timeout=0.2,
-            )
+            response = _chat(pool, upstream, idle_timeout=0.2)
             response.content  # noqa: B018 - read to its end: the connection goes back
         assert pool.connections() == {"in_use": 0, "idle": 1}
         # The watchdog's housekeeping closes it about a second after it passes its limit.
         assert wait_until(lambda: pool.connections()["idle"] == 0, timeout=5)
-        upstream.queue(Reply(body={"ok": True}))
-        again = pool.send(
-            "POST",
-            upstream.url + "/v1/chat/completions",
-            label="test",
-            headers={},
-            body=b"{}",
-            timeout=(5, 5),
-        )
-        assert again.json() == {"ok": True}
+        assert _chat(pool, upstream).json() == {"ok": True}
     finally:
         pool.close()
 
@@ -317,16 +317,8 @@ def _connections_through(threads_pool: ElasticThreadPool, pool: UpstreamPool, up
     together = threading.Barrier(count)
 
     def call() -> None:
-        upstream.queue(Reply(body={"ok": True}))
         together.wait(5)  # all at once: each takes its own connection
-        response = pool.send(
-            "POST",
-            upstream.url + "/v1/chat/completions",
-            label="test",
-            headers={},
-            body=b"{}",
-            timeout=(5, 5),
-        )
+        response = _chat(pool, upstream)
         together.wait(5)  # none gives its connection back before all have one
         assert response.json() == {"ok": True}
 
@@ -339,9 +331,7 @@ def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settl
     """A burst's pooled upstream connections go when its threads do, not at the end of their
     idle timeout (90 s by default), down to what the threads still alive can use at once."""
     threads_pool = ElasticThreadPool(8, idle_seconds=0.05)
-    pool = UpstreamPool(
-        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=8
-    )
+    pool = _upstream_pool(8)
     try:
         _connections_through(threads_pool, pool, upstream, 6)
         ports = {r.headers["X-Client-Port"] for r in upstream.requests}
@@ -361,9 +351,7 @@ def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settl
 @pytest.mark.parametrize(("alive", "kept"), [(0, 2), (1, 2), (4, 4), (6, 6), (9, 6)])
 def test_an_origin_keeps_pooled_connections_for_the_threads_still_alive(upstream, alive, kept):
     threads_pool = ElasticThreadPool(8)
-    pool = UpstreamPool(
-        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=8
-    )
+    pool = _upstream_pool(8)
     try:
         _connections_through(threads_pool, pool, upstream, 6)
         assert pool.close_surplus(alive) == 6 - kept
@@ -404,9 +392,7 @@ def test_a_release_that_fails_or_is_gone_does_not_stop_the_trim(pool, monkeypatc
 
 
 def test_a_deployment_s_shorter_idle_limit_wins_for_its_origin():
-    pool = UpstreamPool(
-        RetryConfig(max_retries=0, base_delay=0.0, max_delay=0.0, jitter=0.0), pool_size=2
-    )
+    pool = _upstream_pool(2)
     pool.session("http://127.0.0.1:1/a", idle_timeout=90)
     pool.session("http://127.0.0.1:1/b", idle_timeout=5)
     pool.session("http://127.0.0.1:1/c", idle_timeout=60)
