@@ -12,6 +12,9 @@ GOAL_BURST_TTFB_RATIO = 1.2
 GOAL_WORKER_RSS_MB = 60.0
 GOAL_SETTLE_SECONDS = 60.0
 GOAL_RSS_NOISE_MB = 2.0
+# Quotas in Redis against the same proxy with memory quotas, in the same run.
+GOAL_REDIS_ADDED_MS = 0.25
+GOAL_REDIS_THROUGHPUT_RATIO = 0.90
 # Against the peers in the same run: the proxy's c=16 throughput over each one's.
 GOAL_PEER_THROUGHPUT = {"portkey": 1.3, "litellm": 8.0}
 
@@ -129,8 +132,30 @@ def evaluate(results: dict) -> list[dict]:
             f"{middle['requests']} to the end; {soaked['errors']} errors",
             max(last) < GOAL_WORKER_RSS_MB and growth < GOAL_RSS_NOISE_MB and soaked["errors"] == 0,
         )
+    _redis_goals(load, goal)
     _peer_goals(results, goal)
     return goals
+
+
+def _redis_goals(load: list[dict], goal) -> None:
+    """Quotas in Redis against memory quotas: added p50 at 1, throughput at 16."""
+    memory1, redis1 = find(load, "proxy", 1), find(load, "proxy-redis", 1)
+    if memory1 and redis1:
+        added = redis1["p50_ms"] - memory1["p50_ms"]
+        goal(
+            f"quotas in Redis add under {GOAL_REDIS_ADDED_MS} ms to the p50 at concurrency 1",
+            f"{added:+.3f} ms (p50 {redis1['p50_ms']:.3f} vs {memory1['p50_ms']:.3f} ms)",
+            added < GOAL_REDIS_ADDED_MS,
+        )
+    memory16, redis16 = find(load, "proxy", 16), find(load, "proxy-redis", 16)
+    if memory16 and redis16 and memory16["rps"]:
+        ratio = redis16["rps"] / memory16["rps"]
+        goal(
+            f"throughput with quotas in Redis >= {GOAL_REDIS_THROUGHPUT_RATIO:.0%} of memory "
+            "quotas' at concurrency 16",
+            f"{ratio:.0%} ({redis16['rps']:.0f} vs {memory16['rps']:.0f} req/s)",
+            ratio >= GOAL_REDIS_THROUGHPUT_RATIO,
+        )
 
 
 def _peer_goals(results: dict, goal) -> None:
