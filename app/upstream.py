@@ -288,11 +288,10 @@ class UpstreamPool:
         """Close each origin's pooled connections beyond what `threads` request threads can use
         at once (at least KEEP_IDLE are kept, the most recently used); how many were closed.
 
-        Run once a wave of ending request threads has settled (`on_threads_settled`):
-        a burst of 500 streams leaves 500 pooled connections a worker, and a worker's memory
-        after the burst returns near its resting level only once they are gone, not at the end
-        of their idle timeout. Go's HTTP client, which the Go ai-proxy uses, keeps 2 idle
-        connections per host at all times.
+        Run once a wave of ending request threads has settled (`on_threads_settled`), before
+        the heap trim: a burst of 500 streams left 500 pooled connections a worker, each a
+        socket, its buffers and its objects, until their idle timeout (90 s by default). Go's
+        HTTP client, which the Go ai-proxy uses, keeps 2 idle connections per host at all times.
         """
         with self._lock:
             sessions = list(self._sessions.values())
