@@ -19,7 +19,7 @@ from app.threads import ElasticThreadPool
 from app.upstream import UpstreamPool
 from app.worker import ProxyWorker
 from tests.servers import ROOT, wait_until
-from tests.stub_upstream import Reply
+from tests.stub_upstream import Reply, StubUpstream
 
 
 @pytest.fixture
@@ -312,8 +312,8 @@ def test_the_watchdog_closes_upstream_connections_idle_past_their_limit(upstream
 
 
 def _connections_through(threads_pool: ElasticThreadPool, pool: UpstreamPool, upstream, count: int):
-    """`count` answers at once through `pool`, each on a thread of `threads_pool`: as many
-    pooled connections afterwards."""
+    """`count` answers at once through `pool`, each on a thread of `threads_pool`: each holds a
+    connection of its own until all have one."""
     together = threading.Barrier(count)
 
     def call() -> None:
@@ -324,7 +324,6 @@ def _connections_through(threads_pool: ElasticThreadPool, pool: UpstreamPool, up
 
     for future in [threads_pool.submit(call) for _ in range(count)]:
         future.result(timeout=10)
-    assert pool.connections() == {"in_use": 0, "idle": count}
 
 
 def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settles(upstream):
@@ -334,6 +333,7 @@ def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settl
     pool = _upstream_pool(8)
     try:
         _connections_through(threads_pool, pool, upstream, 6)
+        assert pool.connections() == {"in_use": 0, "idle": 6}
         ports = {r.headers["X-Client-Port"] for r in upstream.requests}
         assert len(ports) == 6
         assert wait_until(lambda: threads_pool.threads == 0, timeout=5)
@@ -341,6 +341,7 @@ def test_connections_a_burst_s_ended_threads_used_are_closed_once_the_wave_settl
         assert pool.connections() == {"in_use": 0, "idle": upstream_module.KEEP_IDLE}
         # What is kept serves the next answers; what was closed is opened again when needed.
         _connections_through(threads_pool, pool, upstream, 6)
+        assert pool.connections() == {"in_use": 0, "idle": 6}
         new_ports = {r.headers["X-Client-Port"] for r in upstream.requests} - ports
         assert len(new_ports) == 6 - upstream_module.KEEP_IDLE
     finally:
@@ -354,11 +355,30 @@ def test_an_origin_keeps_pooled_connections_for_the_threads_still_alive(upstream
     pool = _upstream_pool(8)
     try:
         _connections_through(threads_pool, pool, upstream, 6)
+        assert pool.connections() == {"in_use": 0, "idle": 6}
         assert pool.close_surplus(alive) == 6 - kept
         assert pool.connections() == {"in_use": 0, "idle": kept}
     finally:
         threads_pool.shutdown(wait=True)
         pool.close()
+
+
+def test_each_origin_keeps_its_own_share(upstream):
+    """Two upstreams: each origin's pool keeps what the threads can use, independently."""
+    other = StubUpstream()
+    threads_pool = ElasticThreadPool(8)
+    pool = _upstream_pool(8)
+    try:
+        _connections_through(threads_pool, pool, upstream, 5)
+        _connections_through(threads_pool, pool, other, 3)
+        assert pool.connections() == {"in_use": 0, "idle": 8}
+        assert pool.close_surplus(1) == (5 - 2) + (3 - 2)
+        assert pool.connections() == {"in_use": 0, "idle": 4}
+        assert pool.close_surplus(4) == 0
+    finally:
+        threads_pool.shutdown(wait=True)
+        pool.close()
+        other.close()
 
 
 def test_a_release_that_fails_or_is_gone_does_not_stop_the_trim(pool, monkeypatch):
