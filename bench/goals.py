@@ -33,15 +33,16 @@ def evaluate(results: dict) -> list[dict]:
     def goal(text: str, measured: str, passed: bool | None) -> None:
         goals.append({"goal": text, "measured": measured, "pass": passed})
 
+    _throughput_goal(
+        goal,
+        load,
+        "bare",
+        "proxy",
+        f"proxy throughput >= {GOAL_THROUGHPUT_RATIO:.0%} of bare at concurrency 16 "
+        f"({workers} workers)",
+        GOAL_THROUGHPUT_RATIO,
+    )
     bare16, proxy16 = find(load, "bare", 16), find(load, "proxy", 16)
-    if bare16 and proxy16 and bare16["rps"]:
-        ratio = proxy16["rps"] / bare16["rps"]
-        goal(
-            f"proxy throughput >= {GOAL_THROUGHPUT_RATIO:.0%} of bare at concurrency 16 "
-            f"({workers} workers)",
-            f"{ratio:.0%} ({proxy16['rps']:.0f} vs {bare16['rps']:.0f} req/s)",
-            ratio >= GOAL_THROUGHPUT_RATIO,
-        )
     if bare16 and proxy16 and bare16.get("server_cpu_ms_per_req"):
         ratio = (proxy16["server_cpu_ms_per_req"] or 0) / bare16["server_cpu_ms_per_req"]
         goal(
@@ -50,14 +51,14 @@ def evaluate(results: dict) -> list[dict]:
             f"{bare16['server_cpu_ms_per_req']:.2f} ms)",
             ratio <= GOAL_CPU_RATIO,
         )
-    bare1, proxy1 = find(load, "bare", 1), find(load, "proxy", 1)
-    if bare1 and proxy1:
-        added = proxy1["p50_ms"] - bare1["p50_ms"]
-        goal(
-            f"median added latency at concurrency 1 within {GOAL_ADDED_LATENCY_MS} ms of bare",
-            f"{added:+.3f} ms (p50 {proxy1['p50_ms']:.3f} vs {bare1['p50_ms']:.3f} ms)",
-            added <= GOAL_ADDED_LATENCY_MS,
-        )
+    _latency_goal(
+        goal,
+        load,
+        "bare",
+        "proxy",
+        f"median added latency at concurrency 1 within {GOAL_ADDED_LATENCY_MS} ms of bare",
+        lambda added: added <= GOAL_ADDED_LATENCY_MS,
+    )
     if "proxy" in streams:
         s = streams["proxy"]
         complete = s["failed"] == 0 and s["chunks"] == s["expected_chunks"]
@@ -139,23 +140,42 @@ def evaluate(results: dict) -> list[dict]:
 
 def _redis_goals(load: list[dict], goal) -> None:
     """Quotas in Redis against memory quotas: added p50 at 1, throughput at 16."""
-    memory1, redis1 = find(load, "proxy", 1), find(load, "proxy-redis", 1)
-    if memory1 and redis1:
-        added = redis1["p50_ms"] - memory1["p50_ms"]
-        goal(
-            f"quotas in Redis add under {GOAL_REDIS_ADDED_MS} ms to the p50 at concurrency 1",
-            f"{added:+.3f} ms (p50 {redis1['p50_ms']:.3f} vs {memory1['p50_ms']:.3f} ms)",
-            added < GOAL_REDIS_ADDED_MS,
-        )
-    memory16, redis16 = find(load, "proxy", 16), find(load, "proxy-redis", 16)
-    if memory16 and redis16 and memory16["rps"]:
-        ratio = redis16["rps"] / memory16["rps"]
-        goal(
-            f"throughput with quotas in Redis >= {GOAL_REDIS_THROUGHPUT_RATIO:.0%} of memory "
-            "quotas' at concurrency 16",
-            f"{ratio:.0%} ({redis16['rps']:.0f} vs {memory16['rps']:.0f} req/s)",
-            ratio >= GOAL_REDIS_THROUGHPUT_RATIO,
-        )
+    _latency_goal(
+        goal,
+        load,
+        "proxy",
+        "proxy-redis",
+        f"quotas in Redis add under {GOAL_REDIS_ADDED_MS} ms to the p50 at concurrency 1",
+        lambda added: added < GOAL_REDIS_ADDED_MS,
+    )
+    _throughput_goal(
+        goal,
+        load,
+        "proxy",
+        "proxy-redis",
+        f"throughput with quotas in Redis >= {GOAL_REDIS_THROUGHPUT_RATIO:.0%} of memory "
+        "quotas' at concurrency 16",
+        GOAL_REDIS_THROUGHPUT_RATIO,
+    )
+
+
+def _latency_goal(goal, load: list[dict], base: str, target: str, text: str, passed) -> None:
+    """`target`'s p50 at concurrency 1 over `base`'s, judged by `passed(added_ms)`."""
+    low, high = find(load, base, 1), find(load, target, 1)
+    if low and high:
+        added = high["p50_ms"] - low["p50_ms"]
+        measured = f"{added:+.3f} ms (p50 {high['p50_ms']:.3f} vs {low['p50_ms']:.3f} ms)"
+        goal(text, measured, passed(added))
+
+
+def _throughput_goal(
+    goal, load: list[dict], base: str, target: str, text: str, least: float
+) -> None:
+    """`target`'s throughput at concurrency 16 as a share of `base`'s, at least `least`."""
+    low, high = find(load, base, 16), find(load, target, 16)
+    if low and high and low["rps"]:
+        ratio = high["rps"] / low["rps"]
+        goal(text, f"{ratio:.0%} ({high['rps']:.0f} vs {low['rps']:.0f} req/s)", ratio >= least)
 
 
 def _peer_goals(results: dict, goal) -> None:
