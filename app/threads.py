@@ -20,7 +20,6 @@ import logging
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -90,29 +89,14 @@ def forget_attribute_names() -> None:
 
 
 # Bound methods told the number of request threads alive once a wave of ending threads settles.
-_ON_SETTLED: list[weakref.WeakMethod] = []
-_ON_SETTLED_LOCK = threading.Lock()
+_ON_SETTLED = watchdog.WeakMethods("releasing what ended threads left failed")
 
 
 def on_threads_settled(release: Callable[[int], object]) -> None:
     """Call the bound method `release(threads)`, for as long as its object lives, each time a
     wave of ending request threads has settled, with how many are still alive, before the heap
     is trimmed: what it frees goes back to the system with the rest."""
-    with _ON_SETTLED_LOCK:
-        _ON_SETTLED[:] = [ref for ref in _ON_SETTLED if ref() is not None]
-        _ON_SETTLED.append(weakref.WeakMethod(release))
-
-
-def _threads_settled(threads: int) -> None:
-    with _ON_SETTLED_LOCK:
-        releases = [ref() for ref in _ON_SETTLED]
-    for release in releases:
-        if release is None:
-            continue
-        try:
-            release(threads)
-        except Exception:  # noqa: BLE001 - named fail point: the trim must still happen.
-            logger.exception("releasing what ended threads left failed")
+    _ON_SETTLED.add(release)
 
 
 def trim_heap() -> bool:
@@ -240,7 +224,7 @@ class ElasticThreadPool:
                 return False
             self._ended = 0
             threads = self._threads
-        _threads_settled(threads)
+        _ON_SETTLED.call(threads)
         # What the ended threads' requests left alive (names in the type cache, reference
         # cycles) is freed first, so that whole arenas and pages of the heap are free to go back.
         forget_attribute_names()

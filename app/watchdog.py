@@ -183,6 +183,34 @@ def clients_gone(socks: list[socket.socket]) -> set[socket.socket]:
     return gone
 
 
+class WeakMethods(list):
+    """Bound methods held weakly (a list of `weakref.WeakMethod`): an object that is dropped
+    stops being called. `call(*args)` calls each live one; one that fails is logged with
+    `failure` and the others still run."""
+
+    def __init__(self, failure: str) -> None:
+        super().__init__()
+        self._failure = failure
+        self._lock = threading.Lock()
+
+    def add(self, method: Callable[..., object]) -> None:
+        with self._lock:
+            self[:] = [ref for ref in self if ref() is not None]
+            self.append(weakref.WeakMethod(method))
+
+    def call(self, *args) -> None:
+        with self._lock:
+            methods = [ref() for ref in self]
+            self[:] = [ref for ref, method in zip(self, methods, strict=True) if method is not None]
+        for method in methods:
+            if method is None:
+                continue
+            try:
+                method(*args)
+            except Exception:  # noqa: BLE001 - named fail point: the others must still run.
+                logger.exception(self._failure)
+
+
 class Watchdog:
     """The process's watcher thread and the watches it looks after."""
 
@@ -197,30 +225,19 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         # Bound methods held weakly: an app's services that are dropped stop being called.
-        self._chores: list[weakref.WeakMethod] = []
+        self._chores = WeakMethods("watchdog housekeeping failed")
         self._next_chores = 0.0
 
     def every(self, chore: Callable[[], object]) -> None:
         """Run the bound method `chore` about every HOUSEKEEPING_SECONDS in this thread, for as
         long as its object lives."""
+        self._chores.add(chore)
         with self._lock:
-            self._chores.append(weakref.WeakMethod(chore))
             self._ensure_thread()
 
     def run_chores(self) -> None:
         """Every live chore once; one that fails is logged and the others still run."""
-        with self._lock:
-            chores = [ref() for ref in self._chores]
-            self._chores = [
-                ref for ref, chore in zip(self._chores, chores, strict=True) if chore is not None
-            ]
-        for chore in chores:
-            if chore is None:
-                continue
-            try:
-                chore()
-            except Exception:  # noqa: BLE001 - named fail point: housekeeping must not stop.
-                logger.exception("watchdog housekeeping failed")
+        self._chores.call()
 
     def add(self, watch: Watch) -> None:
         with self._lock:

@@ -384,7 +384,7 @@ def test_each_origin_keeps_its_own_share(upstream):
 def test_a_release_that_fails_or_is_gone_does_not_stop_the_trim(pool, monkeypatch):
     trims, told = [], []
     monkeypatch.setattr(threads, "trim_heap", lambda: trims.append(1))
-    monkeypatch.setattr(threads, "_ON_SETTLED", [])
+    monkeypatch.setattr(threads, "_ON_SETTLED", watchdog.WeakMethods("test release failed"))
 
     class Broken:
         def release(self, alive: int) -> None:
