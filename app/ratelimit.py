@@ -371,24 +371,49 @@ class Quotas:
         """One batch: reserve the required windows and the first candidate's that fits. With
         `carry`, the settles this process has queued go in the same round trip, first; so do
         the changes in `first` (what the request gives back before it is judged again)."""
+        return self.send_reserve(plan, breaker_keys, choice_breakers, carry, first)()
+
+    def send_reserve(
+        self,
+        plan: Plan,
+        breaker_keys: Sequence[str] = (),
+        choice_breakers: Sequence[int] = (),
+        carry: bool = False,
+        first: Sequence[Change] = (),
+    ) -> Callable[[], Reserved]:
+        """`run_reserve`, sent now; the call returned reads the answer (Redis: it must be
+        called, once). A storage with no round trip to overlap runs the batch here."""
         as_windows = [(limit.window, amount) for limit, amount in plan.required]
         choices = [[(limit.window, amount) for limit, amount in c] for c in plan.choices]
         carried, upto = [], 0
-        if carry and isinstance(self.batch, RedisBatch):
+        batch = self.batch
+        if not isinstance(batch, RedisBatch):
+            done = batch.reserve(as_windows, choices, choice_breakers, breaker_keys, list(first))
+            return lambda: done
+        if carry:
             taken = self.settler.take()
             if taken is None:
                 self.settler.wait()  # a batch is on its way: judged after it lands
             else:
                 carried, upto = taken
         try:
-            done = self.batch.reserve(
+            answer = batch.send_reserve(
                 as_windows, choices, choice_breakers, breaker_keys, [*carried, *first]
             )
         except Exception:
             self.settler.carried(carried, upto, ok=False)
             raise
-        self.settler.carried(carried, upto, ok=True)
-        return done
+
+        def read() -> Reserved:
+            try:
+                done = answer()
+            except Exception:
+                self.settler.carried(carried, upto, ok=False)
+                raise
+            self.settler.carried(carried, upto, ok=True)
+            return done
+
+        return read
 
     def hold(self, pairs: Iterable[tuple[Limit, int]], sign: int = 1) -> None:
         """Note what this worker's requests hold (a report figure, not a quota)."""

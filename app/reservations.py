@@ -207,6 +207,54 @@ class Reservation:
         self.quotas.settle_changes(changes)
 
 
+class Pending:
+    """A reservation on its way to the storage: `result()` reads the answer (once) and gives
+    the Reservation, or raises the refusal (each time it is asked).
+
+    Sending first and reading later lets the request's thread prepare its upstream call
+    while Redis works (routing reads the answer just before the first byte goes upstream):
+    a thread that finds its answer already there does not block on the storage at all.
+    """
+
+    def __init__(self, answer: Callable[[], Reservation]) -> None:
+        self._answer: Callable[[], Reservation] | None = answer
+        self._result: Reservation | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def ready(cls, reservation: Reservation) -> Pending:
+        pending = cls(lambda: reservation)
+        pending.result()
+        return pending
+
+    @property
+    def answered(self) -> bool:
+        """Whether the answer has been read (a storage without a round trip answers at once)."""
+        return self._answer is None
+
+    def result(self) -> Reservation:
+        if self._answer is not None:
+            with self._lock:
+                answer, self._answer = self._answer, None
+                if answer is not None:
+                    try:
+                        self._result = answer()
+                    except BaseException as err:
+                        self._error = err
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def taken(self) -> Reservation | None:
+        """The reservation, or None if the request was refused (it holds nothing then)."""
+        try:
+            return self.result()
+        except Exception:  # noqa: BLE001 - the refusal (or the storage's failure) took nothing.
+            return None
+
+
 def reserve(
     quotas: Quotas,
     token: TokenConfig,
@@ -219,6 +267,17 @@ def reserve(
     `state_keys` (Redis cooldowns) names the cooldown keys read in the same round trip, so that
     routing needs no read of its own and a cooling deployment is not reserved.
     """
+    return send_reservation(quotas, token, models, demand, state_keys).result()
+
+
+def send_reservation(
+    quotas: Quotas,
+    token: TokenConfig,
+    models: Sequence[ModelConfig],
+    demand: Demand,
+    state_keys: Callable[[str], tuple[str, str]] | None = None,
+) -> Pending:
+    """`reserve`, its round trip sent now and its answer read when `result()` is asked for."""
     required = quotas.token_plan(token, demand)
     choices = [quotas.deployment_plan(token, model, demand) for model in models]
     per_deployment = any(choices)
@@ -226,17 +285,39 @@ def reserve(
     if not isinstance(quotas.batch, RedisBatch):
         breakers = []
     if not required and not per_deployment:
-        return Reservation(quotas, token, demand)
+        return Pending.ready(Reservation(quotas, token, demand))
     plan = Plan(required=required, choices=choices if per_deployment else [])
     choice_breakers = [2 * i + 1 for i in range(len(models))] if breakers else []
     try:
         # Every answer this process has finished is counted before this request is judged.
-        done = quotas.run_reserve(
+        answer = quotas.send_reserve(
             plan, breakers, choice_breakers if per_deployment else [], carry=True
         )
     except StorageError as err:
         quotas.storage_failed(err)  # raises under on_storage_error: deny
+        return Pending.ready(Reservation.free(demand))
+    if not isinstance(quotas.batch, RedisBatch):
+        # Memory has no round trip to overlap: judged now, and a refusal raised now.
+        return Pending.ready(_admitted(quotas, token, models, demand, plan, False, answer))
+    return Pending(lambda: _admitted(quotas, token, models, demand, plan, bool(breakers), answer))
+
+
+def _admitted(
+    quotas: Quotas,
+    token: TokenConfig,
+    models: Sequence[ModelConfig],
+    demand: Demand,
+    plan: Plan,
+    breakers: bool,
+    answer: Callable,
+) -> Reservation:
+    """The Reservation the storage's answer makes, or the refusal it names (raised)."""
+    try:
+        done = answer()
+    except StorageError as err:
+        quotas.storage_failed(err)  # raises under on_storage_error: deny
         return Reservation.free(demand)
+    required, choices, per_deployment = plan.required, plan.choices, bool(plan.choices)
     flat = plan.flat()
     if done.refused is not None:
         raise _refusal(quotas, flat, done.readings, done.refused, len(required))

@@ -9,6 +9,7 @@ deadline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .providers import Provider
 from .ratelimit import Quotas
+from .upstream import before_sending
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class _Trial:
     """One request's way through its candidates: where it is and what it met."""
 
     resolution: Resolution
-    state_list: list[BreakerState]
+    state_list: list[BreakerState] | None  # None: known once the quota answer is read
     gate: Callable[[Candidate], float | None] | None = None
     queue: list[Candidate] = field(init=False)
     states: dict[str, BreakerState] = field(init=False)
@@ -116,10 +118,32 @@ class _Trial:
 
     def __post_init__(self) -> None:
         self.queue = list(self.resolution.candidates)
-        self.states = dict(zip((c.key for c in self.queue), self.state_list, strict=True))
+        self.states = {}
+        if self.state_list is not None:
+            self.know(self.state_list)
+
+    def know(self, states: list[BreakerState]) -> None:
+        """The candidates' cooldown states, in the resolution's order."""
+        keys = (c.key for c in self.resolution.candidates)
+        self.states = dict(zip(keys, states, strict=True))
 
     def back_at(self, when: float) -> None:
         self.soonest_back = when if self.soonest_back is None else min(self.soonest_back, when)
+
+
+class _NotAdmitted(BaseException):
+    """The first candidate, tried before the quota answer was read, turned out not to be
+    tried (cooling down, probed by another request, or out of quota): its call stops before
+    any upstream byte, and routing moves on. A BaseException, as GeneratorExit is: a control
+    signal that no adapter's or tracer's `except Exception` may take for a failure."""
+
+
+@dataclass
+class _Door:
+    """A quota answer still on its way when routing starts (see Router.run)."""
+
+    ready: Callable[[], list[BreakerState] | None]
+    passed: bool = False
 
 
 class Router:
@@ -302,6 +326,7 @@ class Router:
         deadline: float | None = None,
         gate: Callable[[Candidate], float | None] | None = None,
         states: list[BreakerState] | None = None,
+        ready: Callable[[], list[BreakerState] | None] | None = None,
     ) -> Outcome[T]:
         """Call candidates in order until one answers; retryable failures move on.
 
@@ -310,10 +335,17 @@ class Router:
         out of quota), 504 when the deadline passed. `gate` (a request's quota reservation)
         says whether a deployment has room, in place of counting a request on it; `states` are
         the candidates' cooldown states when they were read already.
+
+        `ready` reads a quota answer still on its way (raising its refusal) and gives the
+        cooldown states it read (None: routing reads them). The first candidate's call starts
+        before it, and its upstream request is prepared meanwhile; `ready` is called just
+        before that call's first upstream byte (`app.upstream.before_sending`), or when it ends
+        without one, and the candidate is then judged as any other before its request goes.
         """
-        if states is None or len(states) != len(resolution.candidates):
+        door = None if ready is None else _Door(ready)
+        if door is None and (states is None or len(states) != len(resolution.candidates)):
             states = self.cooldowns.states([c.key for c in resolution.candidates])
-        trial = _Trial(resolution, states, gate)
+        trial = _Trial(resolution, None if door else states, gate)
         while trial.position < len(trial.queue):
             candidate = trial.queue[trial.position]
             trial.position += 1
@@ -324,14 +356,54 @@ class Router:
                     "The request ran out of time before an answer."
                 )
                 break
-            reason = self._skip_reason(candidate, trial)
-            if reason is not None:
-                logger.debug("deployment %s skipped: %s", candidate.name, reason)
-                continue
-            outcome = self._attempt(candidate, call, trial)
+            if door is None or door.passed:
+                reason = self._skip_reason(candidate, trial)
+                if reason is not None:
+                    logger.debug("deployment %s skipped: %s", candidate.name, reason)
+                    continue
+            outcome = self._attempt(candidate, call, trial, door)
             if outcome is not None:
                 return outcome
+        if door is not None:
+            self._pass(door, trial)
         raise self._exhausted(trial)
+
+    def _pass(self, door: _Door, trial: _Trial, candidate: Candidate | None = None) -> None:
+        """Read the quota answer, once (its refusal is raised here); then judge `candidate`,
+        tried before the answer came, as any candidate is judged before it is tried."""
+        if door.passed:
+            return
+        door.passed = True
+        states = door.ready()
+        keys = [c.key for c in trial.resolution.candidates]
+        if states is None or len(states) != len(keys):
+            states = self.cooldowns.states(keys)
+        trial.know(states)
+        if candidate is not None:
+            reason = self._skip_reason(candidate, trial)
+            if reason is not None:
+                raise _NotAdmitted(reason)
+
+    def _call(
+        self,
+        candidate: Candidate,
+        call: Callable[[Candidate], T],
+        trial: _Trial,
+        door: _Door | None,
+    ) -> T:
+        """The candidate's call; the first one, while the quota answer is on its way, passes
+        the door before its first upstream byte (or once it ends, if it sent none)."""
+        if door is None or door.passed:
+            return call(candidate)
+        admit = functools.partial(self._pass, door, trial, candidate)
+        with before_sending(admit):
+            try:
+                result = call(candidate)
+            except BaseException:
+                admit()  # it sent nothing upstream: a refusal or a skip wins over its failure
+                raise
+        admit()
+        return result
 
     def _skip_reason(self, candidate: Candidate, trial: _Trial) -> str | None:
         """Why a candidate is not tried now (cooling down, being probed, out of quota)."""
@@ -361,18 +433,27 @@ class Router:
             self.cooldowns.release_probe(candidate.key)
 
     def _attempt(
-        self, candidate: Candidate, call: Callable[[Candidate], T], trial: _Trial
+        self,
+        candidate: Candidate,
+        call: Callable[[Candidate], T],
+        trial: _Trial,
+        door: _Door | None = None,
     ) -> Outcome[T] | None:
         """One call to one deployment: its outcome, or None to move on to the next."""
         trial.attempts += 1
-        state = trial.states[candidate.key]
         self._begin(candidate)
         started = self.clock()
         try:
             with tracing.attempt_span(
                 "chat", candidate.provider.model.provider, candidate.upstream_model, candidate.key
             ):
-                result = call(candidate)
+                result = self._call(candidate, call, trial, door)
+        except _NotAdmitted as skipped:
+            # Judged at the door and not to be tried: it never was (nothing went upstream).
+            trial.attempts -= 1
+            self._end(candidate)
+            logger.debug("deployment %s skipped: %s", candidate.name, skipped)
+            return None
         except UpstreamError as err:
             self._end(candidate)
             err.extra_headers["x-ai-proxy-attempts"] = str(trial.attempts)
@@ -389,7 +470,7 @@ class Router:
                 trial.last_error = err
                 return None
             # The client's own mistake: the deployment is fine and nothing cools down.
-            self.cooldowns.success(candidate.key, state)
+            self.cooldowns.success(candidate.key, trial.states[candidate.key])
             if isinstance(err, UpstreamClientError) and err.context_length:
                 larger = self._larger_context(candidate, trial.queue[trial.position :])
                 if larger:
@@ -421,6 +502,7 @@ class Router:
         elapsed = self.clock() - started
         self._record_latency(candidate, elapsed)
         self._observe(candidate, "success", elapsed)
+        state = trial.states[candidate.key]
         return Outcome(
             result,
             candidate,

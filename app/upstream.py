@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import http.cookiejar
 import json
@@ -10,7 +11,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -51,6 +52,28 @@ _CONTEXT_RE = re.compile(
     re.IGNORECASE,
 )
 _PROVIDER_RE = re.compile(r"\(provider: [\w .-]{1,64}\)$")
+# What this thread's next upstream request runs first, once (see `before_sending`).
+_before_sending: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "ai_proxy_before_sending", default=None
+)
+
+
+class before_sending:  # noqa: N801 - a context manager, named as one is used
+    """Within the block, this thread's next upstream request calls `check` once, prepared but
+    before its first byte is sent; what `check` raises fails it unsent (routing's reading of a
+    quota answer that was on its way while the request was prepared). A class, not a
+    generator: it is on every request's path with Redis quotas."""
+
+    __slots__ = ("check", "token")
+
+    def __init__(self, check: Callable[[], None]) -> None:
+        self.check = check
+
+    def __enter__(self) -> None:
+        self.token = _before_sending.set(self.check)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _before_sending.reset(self.token)
 
 
 class BackoffRetry(Retry):
@@ -343,6 +366,10 @@ class UpstreamPool:
             try:
                 session = self.session(url, idle_timeout)
                 request = self._templates.prepare(session, method, url, params, all_headers, body)
+                check = _before_sending.get()
+                if check is not None:
+                    _before_sending.set(None)
+                    check()
                 response = send_prepared(session, request, timeout, verify)
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:
                 for watch in watches:

@@ -43,7 +43,7 @@ from ..fastresponse import ProxyResponse as Response
 from ..kinds import Kind, Surface
 from ..providers import CallContext, PrimedStream
 from ..redact import scrub
-from ..reservations import Reservation, reserve
+from ..reservations import Pending, Reservation, send_reservation
 from ..routing import Candidate, Outcome, Resolution
 from ..schemas import validate_body
 from ..streaming import SSE_HEADERS
@@ -129,14 +129,24 @@ class Opened:
 
 @dataclass(frozen=True)
 class Admission:
-    """A request let in: whose token, which deployments may answer, its quota headers."""
+    """A request on its way in: whose token, which deployments may answer, and its quota
+    reservation, sent but maybe not yet answered (routing reads it before the first upstream
+    byte; a refusal is raised there)."""
 
     token: TokenConfig
     resolution: Resolution
-    headers: dict[str, str]
-    # What the request holds in its quota windows: settled by the answer, given back when the
-    # request fails, released by an answer that needed no upstream call (a cache hit).
-    reservation: Reservation = field(default_factory=Reservation.free)
+    pending: Pending = field(default_factory=lambda: Pending.ready(Reservation.free()))
+
+    @property
+    def reservation(self) -> Reservation:
+        """What the request holds in its quota windows: settled by the answer, given back when
+        the request fails, released by an answer that needed no upstream call (a cache hit)."""
+        return self.pending.result()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The quota headers the answer carries."""
+        return self.reservation.headers
 
 
 class Endpoint:
@@ -201,8 +211,10 @@ def dispatch(endpoint: Endpoint) -> Response:
         admission = reserve_for(token, resolution, endpoint, call, hit=True)
         settle_hit(admission)
         return caching.hit_reply(call, admission, lookup)
+    ctx = endpoint.context(call_context(resolution.identifier))
+    # Sent now, read by routing just before the first byte goes upstream: the upstream call is
+    # prepared while the storage answers.
     admission = reserve_for(token, resolution, endpoint, call)
-    ctx = endpoint.context(call_context(admission.resolution.identifier))
     if call.stream:
         outcome = run_reserved(admission, lambda c: endpoint.open(call, c, ctx), ctx.deadline)
         return stream_reply(endpoint, call, admission, outcome, lookup)
@@ -260,36 +272,41 @@ def reserve_for(
         models,
     )
     breakers = getattr(state.router.cooldowns.backend, "state_keys", None)
-    reservation = reserve(state.quotas, token, models, demand, breakers)
-    return Admission(token, resolution, reservation.headers, reservation)
+    pending = send_reservation(state.quotas, token, models, demand, breakers)
+    return Admission(token, resolution, pending)
 
 
 def run_reserved(admission: Admission, call: Callable[[Candidate], object], deadline: float):
-    """router.run with the request's reservation deciding each deployment's quota; a request
-    that fails gives its reservation back."""
-    reservation = admission.reservation
+    """router.run with the request's reservation deciding each deployment's quota (its answer
+    read before the first upstream byte, its refusal raised there); a request that fails
+    gives its reservation back."""
+    pending = admission.pending
+    answered = pending.answered
     try:
         return proxy_state().router.run(
             admission.resolution,
             call,
             deadline,
-            gate=lambda candidate: reservation.route(candidate.provider.model),
-            states=reservation.states,
+            gate=lambda candidate: pending.result().route(candidate.provider.model),
+            states=pending.result().states if answered else None,
+            ready=None if answered else lambda: pending.result().states,
         )
-    except NoAvailableModelError as err:
-        if err.extra_headers.get("x-ai-proxy-attempts") != "0":
+    except BaseException as err:
+        reservation = pending.taken()
+        if reservation is None:
+            raise  # refused: it holds nothing
+        if isinstance(err, NoAvailableModelError):
+            if err.extra_headers.get("x-ai-proxy-attempts") != "0":
+                reservation.give_back()
+                raise
+            # No deployment was tried (all out of room or cooling down): it took nothing.
+            reservation.cancel()
+            if reservation.note:
+                err.message = f"{err.message} Quota exceeded: {reservation.note}."
+        elif isinstance(err, ClientGoneError):
+            reservation.hung_up()
+        else:
             reservation.give_back()
-            raise
-        # No deployment was tried (all out of room or cooling down): the request took nothing.
-        reservation.cancel()
-        if reservation.note:
-            err.message = f"{err.message} Quota exceeded: {reservation.note}."
-        raise
-    except ClientGoneError:
-        reservation.hung_up()
-        raise
-    except BaseException:
-        reservation.give_back()
         raise
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -338,10 +338,23 @@ class RedisBatch:
     def script(self, keys: list, args: list):
         """Run the script; the client's errors become limits' StorageError, as the storage's
         own calls raise them."""
+        return self.send_script(keys, args)()
+
+    def send_script(self, keys: list, args: list) -> Callable[[], object]:
+        """Send the script now; the call returned reads its answer (it must be called once)."""
+        errors = self.storage.base_exceptions
         try:
-            return self._wire.evalsha(keys, args)
-        except self.storage.base_exceptions as err:
+            answer = self._wire.send(keys, args)
+        except errors as err:
             raise StorageError(err) from err
+
+        def read() -> object:
+            try:
+                return answer()
+            except errors as err:
+                raise StorageError(err) from err
+
+        return read
 
     def _key(self, window: Window) -> str:
         """The window's current counter as limits names it in Redis (the previous one, of a
@@ -358,7 +371,10 @@ class RedisBatch:
 
     def _run(self, keys: list[str], words: list[str]):
         """The script on `keys` with `words` (the operation's name, then numbers)."""
-        return self.script(keys, [f'["{words[0]}",{",".join(words[1:])}]'])
+        return self._send(keys, words)()
+
+    def _send(self, keys: list[str], words: list[str]) -> Callable[[], object]:
+        return self.send_script(keys, [f'["{words[0]}",{",".join(words[1:])}]'])
 
     def reserve(
         self,
@@ -368,6 +384,18 @@ class RedisBatch:
         breaker_keys: Sequence[str] = (),
         carried: Sequence[Change] = (),
     ) -> Reserved:
+        return self.send_reserve(required, choices, choice_breakers, breaker_keys, carried)()
+
+    def send_reserve(
+        self,
+        required: Sequence[tuple[Window, int]],
+        choices: Sequence[Sequence[tuple[Window, int]]],
+        choice_breakers: Sequence[int] = (),
+        breaker_keys: Sequence[str] = (),
+        carried: Sequence[Change] = (),
+    ) -> Callable[[], Reserved]:
+        """`reserve`, sent now; the call returned reads the answer (it must be called once).
+        The request's thread does its other work meanwhile and seldom waits on Redis at all."""
         flat = [*required, *(pair for choice in choices for pair in choice)]
         known = [self._known(window) for window, _ in flat]
         keys = [key for key, _ in known]
@@ -381,25 +409,8 @@ class RedisBatch:
         words += self._change_words(carried)
         for (_window, amount), (_, constant) in zip(flat, known, strict=True):
             words.append(f"{constant[0]},{min(int(amount), MAX_AMOUNT)},{constant[1]}")
-        out = _words(self._run(keys, words))
-        refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
-        verdicts = [_int(v) for v in out[3 : 3 + len(choices)]]
-        rest = out[3 + len(choices) :]
-        readings, marks = [], []
-        for i in range(len(flat)):
-            used, reset, mark = rest[3 * i : 3 * i + 3]
-            readings.append(Reading(_int(used), _int(reset) / 1000))
-            marks.append(_int(mark))
-        cooldowns = [_text(v) for v in rest[3 * len(flat) :]]
-        return Reserved(
-            refused - 1 if refused else None,
-            chosen - 1 if chosen else None,
-            [None if v == 0 else (-1 if v < 0 else v - 1) for v in verdicts],
-            readings,
-            marks,
-            cooldowns,
-            full,
-        )
+        answer = self._send(keys, words)
+        return lambda: _reserved(_words(answer()), len(flat), len(choices))
 
     def _known(self, window: Window) -> tuple[str, tuple[str, str]]:
         """A window's Redis key and its constant words in a reservation (layout, limit and
@@ -472,6 +483,11 @@ class _Wire:
         )
 
     def evalsha(self, keys: Sequence[str], args: Sequence[str]) -> object:
+        return self.send(keys, args)()
+
+    def send(self, keys: Sequence[str], args: Sequence[str]) -> Callable[[], object]:
+        """Send EVALSHA now; the call returned reads its answer. It must be called, once: the
+        connection stays out of the pool until then."""
         parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)), self._sha_part()]
         count = b"%d" % len(keys)
         parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
@@ -485,30 +501,49 @@ class _Wire:
         for arg in args:
             data = arg.encode() if isinstance(arg, str) else str(arg).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        try:
-            return self._send(b"".join(parts))
-        except self._no_script:
-            # Not loaded (a restarted or flushed server): load it and run it again.
-            self._send(_pack(b"SCRIPT", b"LOAD", self.script.script.encode()))
-            return self._send(b"".join(parts))
+        packed = b"".join(parts)
+        read = self._send(packed)
+
+        def answer() -> object:
+            try:
+                return read()
+            except self._no_script:
+                # Not loaded (a restarted or flushed server): load it and run it again.
+                self._send(_pack(b"SCRIPT", b"LOAD", self.script.script.encode()))()
+                return self._send(packed)()
+
+        return answer
 
     def _sha_part(self) -> bytes:
         return b"$%d\r\n%s\r\n" % (len(self.sha), self.sha)
 
-    def _send(self, packed: bytes) -> object:
+    def _send(self, packed: bytes) -> Callable[[], object]:
+        """Send one packed command; the call returned reads its answer and gives the
+        connection back (a failed one is dropped)."""
         connection = self._borrow()
         try:
             connection.send_packed_command([packed], check_health=False)
-            answer = connection.read_response()
-        except self._response_error:
-            self._give_back(connection)  # the answer was read whole: the connection is fine
-            raise
         except BaseException:
-            connection.disconnect()
-            self.pool.release(connection)
+            self._drop(connection)
             raise
-        self._give_back(connection)
-        return answer
+
+        def read() -> object:
+            try:
+                answer = connection.read_response()
+            except self._response_error:
+                self._give_back(connection)  # the answer was read whole: the connection is fine
+                raise
+            except BaseException:
+                self._drop(connection)
+                raise
+            self._give_back(connection)
+            return answer
+
+        return read
+
+    def _drop(self, connection) -> None:
+        connection.disconnect()
+        self.pool.release(connection)
 
     def _borrow(self):
         pool = self.pool
@@ -547,6 +582,28 @@ def _words(answer: object) -> list[str]:
     if isinstance(answer, bytes):
         answer = answer.decode()
     return str(answer).split()
+
+
+def _reserved(out: list[str], windows: int, choices: int) -> Reserved:
+    """The reservation script's answer: its words, for `windows` windows and `choices` choices."""
+    refused, chosen, full = _int(out[0]), _int(out[1]), out[2] == "1"
+    verdicts = [_int(v) for v in out[3 : 3 + choices]]
+    rest = out[3 + choices :]
+    readings, marks = [], []
+    for i in range(windows):
+        used, reset, mark = rest[3 * i : 3 * i + 3]
+        readings.append(Reading(_int(used), _int(reset) / 1000))
+        marks.append(_int(mark))
+    cooldowns = [_text(v) for v in rest[3 * windows :]]
+    return Reserved(
+        refused - 1 if refused else None,
+        chosen - 1 if chosen else None,
+        [None if v == 0 else (-1 if v < 0 else v - 1) for v in verdicts],
+        readings,
+        marks,
+        cooldowns,
+        full,
+    )
 
 
 def _int(word: str) -> int:
