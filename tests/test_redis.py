@@ -101,3 +101,48 @@ def test_cooldowns_are_shared_through_redis(make_app, redis_server, upstream):
     assert other.post("/v1/chat/completions", json=body, headers=AUTH).status_code == 200
     # The second app never tried the primary: the first one's failure cooled it for both.
     assert [r.json()["model"] for r in upstream.requests] == ["primary", "backup", "backup"]
+
+
+# Redis busy for `seconds` in one script: every other client's command waits until it ends.
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) * 1000000 then
+    return 1
+  end
+end
+"""
+
+
+def keep_redis_busy(redis_server, seconds: float):
+    """A thread that keeps Redis running one script for `seconds` (started once it runs)."""
+    import threading
+
+    import redis
+
+    busy = redis.Redis(port=redis_server.port, socket_timeout=seconds + 5)
+    busy.ping()
+    thread = threading.Thread(target=lambda: busy.eval(BUSY_SCRIPT, 0, seconds), daemon=True)
+    thread.start()
+    time.sleep(0.05)
+    return thread
+
+
+@pytest.mark.parametrize(("policy", "busy_status"), [("allow", 200), ("deny", 503)])
+def test_a_redis_that_stops_answering_costs_a_request_its_timeout(
+    make_app, redis_server, policy, busy_status
+):
+    """Redis alive but silent (a long script): each request gives up on it after the 250 ms
+    socket timeout, and the policy decides; once Redis answers again, so do quotas."""
+    app = make_app(limited_config(redis_server.url, rpm=100, on_storage_error=policy))
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200
+    thread = keep_redis_busy(redis_server, 1.5)
+    started = time.monotonic()
+    response = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    took = time.monotonic() - started
+    assert response.status_code == busy_status, response.get_data(as_text=True)
+    assert 0.2 < took < 1.0, took
+    thread.join(5)
+    assert client.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200
