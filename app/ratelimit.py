@@ -360,19 +360,6 @@ class Quotas:
 
     # -- the two round trips ------------------------------------------------------------------
 
-    def run_reserve(
-        self,
-        plan: Plan,
-        breaker_keys: Sequence[str] = (),
-        choice_breakers: Sequence[int] = (),
-        carry: bool = False,
-        first: Sequence[Change] = (),
-    ) -> Reserved:
-        """One batch: reserve the required windows and the first candidate's that fits. With
-        `carry`, the settles this process has queued go in the same round trip, first; so do
-        the changes in `first` (what the request gives back before it is judged again)."""
-        return self.send_reserve(plan, breaker_keys, choice_breakers, carry, first)()
-
     def send_reserve(
         self,
         plan: Plan,
@@ -381,8 +368,12 @@ class Quotas:
         carry: bool = False,
         first: Sequence[Change] = (),
     ) -> Callable[[], Reserved]:
-        """`run_reserve`, sent now; the call returned reads the answer (Redis: it must be
-        called, once). A storage with no round trip to overlap runs the batch here."""
+        """One batch: reserve the required windows and the first candidate's that fits. With
+        `carry`, the settles this process has queued go in the same round trip, first; so do
+        the changes in `first` (what the request gives back before it is judged again).
+
+        Sent now: the call returned reads the answer (Redis: it must be called, once). A
+        storage with no round trip to overlap runs the batch here."""
         as_windows = [(limit.window, amount) for limit, amount in plan.required]
         choices = [[(limit.window, amount) for limit, amount in c] for c in plan.choices]
         carried, upto = [], 0
@@ -478,7 +469,7 @@ class Quotas:
         if not limits:
             return None
         try:
-            done = self.run_reserve(Plan(required=[(limit, 1) for limit in limits]))
+            done = self.send_reserve(Plan(required=[(limit, 1) for limit in limits]))()
         except StorageError as err:
             self.storage_failed(err)
             return None

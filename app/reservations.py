@@ -8,6 +8,10 @@ costs nothing more; a fallback to another moves the deployment's part there. Whe
 is known, `settle` replaces the reservation by the real usage in one more round trip; a failed
 request `give_back`s its tokens and budget; a request answered without an upstream call (a
 cache hit) `release`s everything but its client request count.
+
+With Redis the round trip is split: `send_reservation` sends it and gives a `Pending`, whose
+answer routing reads just before the first deployment's first upstream byte (app.routing,
+`ready`), so that request is prepared while Redis works. Memory answers at once.
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ class Reservation:
         # new one is judged: the token's budget held for the old one must not refuse the new.
         previous = self._deployment_changes(keep_requests=self._entered_current())
         try:
-            done = quotas.run_reserve(Plan(required=pairs), first=previous)
+            done = quotas.send_reserve(Plan(required=pairs), first=previous)()
         except StorageError as err:
             quotas.storage_failed(err)
             return None

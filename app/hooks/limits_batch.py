@@ -376,15 +376,9 @@ class RedisBatch:
     def _send(self, keys: list[str], words: list[str]) -> Callable[[], object]:
         return self.send_script(keys, [f'["{words[0]}",{",".join(words[1:])}]'])
 
-    def reserve(
-        self,
-        required: Sequence[tuple[Window, int]],
-        choices: Sequence[Sequence[tuple[Window, int]]],
-        choice_breakers: Sequence[int] = (),
-        breaker_keys: Sequence[str] = (),
-        carried: Sequence[Change] = (),
-    ) -> Reserved:
-        return self.send_reserve(required, choices, choice_breakers, breaker_keys, carried)()
+    def reserve(self, *args, **kwargs) -> Reserved:
+        """`send_reserve`, its answer read at once (the batches' common call)."""
+        return self.send_reserve(*args, **kwargs)()
 
     def send_reserve(
         self,
