@@ -293,3 +293,51 @@ def test_a_deployment_without_room_is_passed_over_unsent(make_app, upstream, req
     assert response.status_code == 200, response.get_data(as_text=True)
     assert [r.json()["model"] for r in upstream.requests] == ["second"]
     assert response.headers["x-ai-proxy-attempts"] == "1"
+
+
+# Every path that calls a model, charged or not, behind a token's requests_per_minute of 1: the
+# first request is admitted (whatever the stub's answer makes of it), the second is refused
+# before any upstream byte.
+REQUEST_CALLS = [
+    ("/v1/chat/completions", "gpt", {**BODY}),
+    ("/chat/completions", "gpt", {**BODY, "stream": True}),
+    ("/v1/completions", "gpt", {"prompt": "hi"}),
+    ("/v1/messages", "gpt", {**BODY, "max_tokens": 10}),
+    ("/v1/responses", "gpt", {"input": "hi"}),
+    ("/v1beta/models/gpt:generateContent", None, {"contents": [{"parts": [{"text": "hi"}]}]}),
+    ("/v1/embeddings", "embed", {"input": "hello"}),
+    ("/v1/images/generations", "draw", {"prompt": "a cat"}),
+    ("/image", "draw", {"prompt": "a cat"}),
+]
+
+
+@pytest.mark.parametrize(("path", "model", "body"), REQUEST_CALLS, ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_request_refused_by_its_request_window_reaches_no_upstream(
+    make_app, upstream, request, kind, path, model, body
+):
+    app = make_app(
+        {
+            "default_model": None,
+            "auth": {"tokens": [{"name": "a", "token": "k-1", "requests_per_minute": 1}]},
+            "models": [
+                openai_model(upstream, name="gpt"),
+                openai_model(upstream, name="embed", kind="embedding"),
+                openai_model(upstream, name="draw", kind="image"),
+            ],
+            "rate_limits": {"storage": storage_of(request, kind)},
+            "retry": {"max_retries": 0},
+        }
+    )
+    client = app.test_client()
+    json_body = body if model is None else {"model": model, **body}
+    first = client.post(path, json=json_body, headers={"Authorization": "Bearer k-1"})
+    first.get_data()
+    first.close()
+    assert first.status_code != 429
+    sent = len(upstream.requests)
+    assert sent >= 1
+    refused = client.post(path, json=json_body, headers={"Authorization": "Bearer k-1"})
+    assert refused.status_code == 429, refused.get_data(as_text=True)
+    assert "requests_per_minute" in refused.get_data(as_text=True)
+    assert len(upstream.requests) == sent
