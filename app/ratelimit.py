@@ -391,14 +391,15 @@ class Quotas:
             answer = batch.send_reserve(
                 as_windows, choices, choice_breakers, breaker_keys, [*carried, *first]
             )
-        except Exception:
+        except BaseException:
             self.settler.carried(carried, upto, ok=False)
             raise
 
         def read() -> Reserved:
             try:
                 done = answer()
-            except Exception:
+            except BaseException:
+                # Back to the queue (sent again by the next round trip or the settling thread).
                 self.settler.carried(carried, upto, ok=False)
                 raise
             self.settler.carried(carried, upto, ok=True)

@@ -221,7 +221,8 @@ class Pending:
     """
 
     def __init__(self, answer: Callable[[], Reservation]) -> None:
-        self._answer: Callable[[], Reservation] | None = answer
+        self._answer = answer
+        self._done = False
         self._result: Reservation | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -235,17 +236,17 @@ class Pending:
     @property
     def answered(self) -> bool:
         """Whether the answer has been read (a storage without a round trip answers at once)."""
-        return self._answer is None
+        return self._done
 
     def result(self) -> Reservation:
-        if self._answer is not None:
+        if not self._done:
             with self._lock:
-                answer, self._answer = self._answer, None
-                if answer is not None:
+                if not self._done:
                     try:
-                        self._result = answer()
+                        self._result = self._answer()
                     except BaseException as err:
                         self._error = err
+                    self._done = True
         if self._error is not None:
             raise self._error
         assert self._result is not None

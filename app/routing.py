@@ -138,12 +138,25 @@ class _NotAdmitted(BaseException):
     signal that no adapter's or tracer's `except Exception` may take for a failure."""
 
 
+class _DoorFailed(BaseException):
+    """Reading the quota answer failed other than with the proxy's own errors (a refusal, the
+    storage unavailable): carried through the provider's code, which must not take it for the
+    deployment's failure, then raised again as it was."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 @dataclass
 class _Door:
     """A quota answer still on its way when routing starts (see Router.run)."""
 
     ready: Callable[[], list[BreakerState] | None]
     passed: bool = False
+    # When the first candidate was let through (its attempt's time starts there, not with the
+    # wait for the answer).
+    at: float | None = None
 
 
 class Router:
@@ -383,6 +396,18 @@ class Router:
             reason = self._skip_reason(candidate, trial)
             if reason is not None:
                 raise _NotAdmitted(reason)
+            door.at = self.clock()
+
+    def _admit(self, door: _Door, trial: _Trial, candidate: Candidate) -> None:
+        """`_pass` at a call's door: what it raises crosses the provider's code, so any error
+        but the proxy's own goes as _DoorFailed (never the deployment's failure, never retried
+        on another deployment)."""
+        try:
+            self._pass(door, trial, candidate)
+        except (ProxyError, _NotAdmitted):
+            raise
+        except Exception as err:
+            raise _DoorFailed(err) from err
 
     def _call(
         self,
@@ -395,7 +420,7 @@ class Router:
         the door before its first upstream byte (or once it ends, if it sent none)."""
         if door is None or door.passed:
             return call(candidate)
-        admit = functools.partial(self._pass, door, trial, candidate)
+        admit = functools.partial(self._admit, door, trial, candidate)
         with before_sending(admit):
             try:
                 result = call(candidate)
@@ -441,7 +466,7 @@ class Router:
     ) -> Outcome[T] | None:
         """One call to one deployment: its outcome, or None to move on to the next."""
         trial.attempts += 1
-        self._begin(candidate)
+        last_used = self._begin(candidate)
         started = self.clock()
         try:
             with tracing.attempt_span(
@@ -451,16 +476,20 @@ class Router:
         except _NotAdmitted as skipped:
             # Judged at the door and not to be tried: it never was (nothing went upstream).
             trial.attempts -= 1
-            self._end(candidate)
+            self._untried(candidate, last_used)
             logger.debug("deployment %s skipped: %s", candidate.name, skipped)
             return None
+        except _DoorFailed as failed:
+            self._untried(candidate, last_used)
+            self._unprobe(candidate, trial.probing)
+            raise failed.error from None
         except UpstreamError as err:
             self._end(candidate)
             err.extra_headers["x-ai-proxy-attempts"] = str(trial.attempts)
             self._observe(
                 candidate,
                 "retryable" if err.retryable else "client_error",
-                self.clock() - started,
+                self._since(started, door),
                 err,
             )
             if err.retryable:
@@ -492,14 +521,14 @@ class Router:
             self._unprobe(candidate, trial.probing)
             logger.exception("deployment %s: unexpected failure (a proxy bug)", candidate.name)
             failure = UpstreamError(f"{candidate.provider.label}: the answer could not be read")
-            self._observe(candidate, "retryable", self.clock() - started, failure)
+            self._observe(candidate, "retryable", self._since(started, door), failure)
             trial.last_error = failure
             return None
         except BaseException:
             self._end(candidate)
             self._unprobe(candidate, trial.probing)
             raise
-        elapsed = self.clock() - started
+        elapsed = self._since(started, door)
         self._record_latency(candidate, elapsed)
         self._observe(candidate, "success", elapsed)
         state = trial.states[candidate.key]
@@ -545,14 +574,34 @@ class Router:
         window = failed.provider.model.context_window
         return [c for c in rest if c.provider.model.context_window > window]
 
-    def _begin(self, candidate: Candidate) -> None:
+    def _begin(self, candidate: Candidate) -> float | None:
+        """Count the candidate in flight and as just used; when it was used before."""
         with self._lock:
+            before = self._last_used.get(candidate.key)
             self._last_used[candidate.key] = self.clock()
             self._in_flight[candidate.key] = self._in_flight.get(candidate.key, 0) + 1
+        return before
 
     def _end(self, candidate: Candidate) -> None:
         with self._lock:
             self._in_flight[candidate.key] = max(0, self._in_flight.get(candidate.key, 1) - 1)
+
+    def _untried(self, candidate: Candidate, last_used: float | None) -> None:
+        """`_begin` undone for a candidate judged out at the door: not in flight, and last used
+        when it was before (None: never), so rotation among equals is as if it was skipped."""
+        with self._lock:
+            self._in_flight[candidate.key] = max(0, self._in_flight.get(candidate.key, 1) - 1)
+            if last_used is None:
+                self._last_used.pop(candidate.key, None)
+            else:
+                self._last_used[candidate.key] = last_used
+
+    def _since(self, started: float, door: _Door | None) -> float:
+        """An attempt's time: from its start, or from when it was let through the door (the
+        wait for the quota answer is not the deployment's)."""
+        if door is not None and door.at is not None:
+            started = max(started, door.at)
+        return self.clock() - started
 
     def _record_latency(self, candidate: Candidate, seconds: float) -> None:
         with self._lock:

@@ -41,16 +41,21 @@ def refuse():
 
 
 class Door:
-    """A `ready` that notes when it was read (and how many requests the stub had by then)."""
+    """A `ready` that notes when it was read (and how many requests the stub had by then), in
+    `events` too when given one."""
 
-    def __init__(self, upstream, states=None, error: Exception | None = None) -> None:
+    def __init__(self, upstream, states=None, error: Exception | None = None, events=None):
         self.upstream = upstream
         self.states = states
         self.error = error
         self.reads: list[int] = []
+        self.events = events if events is not None else []
+        self.wait = 0.0
 
     def __call__(self):
+        self.events.append("ready")
         self.reads.append(len(self.upstream.requests))
+        time.sleep(self.wait)
         if self.error is not None:
             raise self.error
         return self.states
@@ -62,12 +67,14 @@ def test_the_first_call_is_prepared_before_the_answer_and_sent_after_it(make_app
 
     def call(candidate):
         events.append("call began")
-        return chat(candidate)
+        answer = chat(candidate)
+        events.append("answered")
+        return answer
 
-    door = Door(upstream)
+    door = Door(upstream, events=events)
     outcome = router.run(router.resolve("gpt"), call, ready=door)
     outcome.finish()
-    assert events == ["call began"]
+    assert events == ["call began", "ready", "answered"]
     assert door.reads == [0]  # read once, before the stub had any request
     assert len(upstream.requests) == 1
     assert outcome.attempts == 1
@@ -341,3 +348,101 @@ def test_a_request_refused_by_its_request_window_reaches_no_upstream(
     assert refused.status_code == 429, refused.get_data(as_text=True)
     assert "requests_per_minute" in refused.get_data(as_text=True)
     assert len(upstream.requests) == sent
+
+
+@pytest.mark.parametrize("error", [ValueError("bad answer"), ConnectionResetError("reset")])
+def test_an_unexpected_failure_at_the_door_is_not_the_deployments(make_app, upstream, error):
+    """Reading the quota answer failed other than with a refusal: the error goes up as it was;
+    the first deployment is not cooled down, and no other is tried in its place."""
+    _, router = routed(make_app, upstream, *two_deployments(upstream))
+    with pytest.raises(type(error)):
+        router.run(router.resolve("gpt"), chat, ready=Door(upstream, error=error))
+    assert upstream.requests == []
+    assert router.in_flight() == {}
+    states = router.cooldowns.states([c.key for c in router.resolve("gpt").candidates])
+    assert [state.failures for state in states] == [0, 0]
+
+
+def test_a_probe_held_elsewhere_sends_the_request_to_the_next(make_app, upstream):
+    _, router = routed(make_app, upstream, *two_deployments(upstream))
+    first = router.resolve("gpt").candidates[0].key
+    assert router.cooldowns.take_probe(first)  # another request is probing it
+    probing = BreakerState(None, router.cooldowns.threshold)
+    door = Door(upstream, states=[probing, BreakerState(None, 0)])
+    outcome = router.run(router.resolve("gpt"), chat, ready=door)
+    outcome.finish()
+    assert [r.json()["model"] for r in upstream.requests] == ["second"]
+
+
+def test_a_probe_taken_at_the_door_is_given_back_by_a_call_that_sent_nothing(make_app, upstream):
+    _, router = routed(make_app, upstream, *two_deployments(upstream))
+    first = router.resolve("gpt").candidates[0].key
+    probing = BreakerState(None, router.cooldowns.threshold)
+
+    def bad_id(candidate):
+        candidate.provider.check_upstream_id("../../admin")
+        return chat(candidate)
+
+    door = Door(upstream, states=[probing, BreakerState(None, 0)])
+    with pytest.raises(InvalidRequestError):
+        router.run(router.resolve("gpt"), bad_id, ready=door)
+    assert router.cooldowns.take_probe(first)  # free again
+
+
+def test_the_wait_for_the_answer_is_not_the_deployments_latency(make_app, upstream):
+    _, router = routed(make_app, upstream)
+    door = Door(upstream)
+    door.wait = 0.3
+    outcome = router.run(router.resolve("gpt"), chat, ready=door)
+    outcome.finish()
+    assert router.latency_ms(outcome.candidate.key) < 200
+
+
+def test_a_deployment_judged_out_at_the_door_keeps_its_turn(make_app, upstream):
+    """Three deployments of equal priority take turns (least recently used first). The first is
+    full when the first request comes and is passed over at the door: it was not used, so the
+    next request goes to it, not to the third."""
+    models = [
+        openai_model(upstream, name="gpt", model=name, priority=1) for name in ("a", "b", "c")
+    ]
+    _, router = routed(make_app, upstream, *models)
+    full = time.time() + 30
+    outcome = router.run(
+        router.resolve("gpt"),
+        chat,
+        gate=lambda c: full if c.upstream_model == "a" else None,
+        ready=Door(upstream),
+    )
+    outcome.finish()
+    assert outcome.candidate.upstream_model == "b"
+    outcome = router.run(router.resolve("gpt"), chat, ready=Door(upstream))
+    outcome.finish()
+    assert outcome.candidate.upstream_model == "a"
+
+
+@pytest.mark.parametrize("max_tokens", [100, NEVER_FITS], ids=["admitted", "refused"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_redis_connections_go_back_to_the_pool(
+    make_app, upstream, redis_server, max_tokens, stream
+):
+    models = [
+        openai_model(upstream, name="gpt", model="first", priority=1, tokens_per_minute=50),
+        openai_model(upstream, name="gpt", model="second", priority=2),
+    ]
+    app = pipeline_app(make_app, upstream, redis_server.url, *models)
+    if stream:
+        upstream.default = Reply(events=chat_chunks(["a", "b"]))
+    for _ in range(3):
+        response = app.test_client().post(
+            "/v1/chat/completions",
+            json={"model": "gpt", **BODY, "max_tokens": max_tokens, "stream": stream},
+            headers={"Authorization": "Bearer k-1"},
+        )
+        response.get_data()
+        response.close()
+        assert response.status_code == (200 if max_tokens == 100 else 429)
+    quotas = app.extensions["ai_proxy"].quotas
+    quotas.settled()
+    pool = quotas.batch.client.connection_pool
+    assert not pool._in_use_connections
+    assert pool._available_connections
