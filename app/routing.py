@@ -471,8 +471,13 @@ class Router:
         try:
             with tracing.attempt_span(
                 "chat", candidate.provider.model.provider, candidate.upstream_model, candidate.key
-            ):
-                result = self._call(candidate, call, trial, door)
+            ) as span:
+                try:
+                    result = self._call(candidate, call, trial, door)
+                except _NotAdmitted as skipped:
+                    if span is not None:  # begun before the door: it says it was not tried
+                        span.set_attribute("ai_proxy.not_tried", str(skipped))
+                    raise
         except _NotAdmitted as skipped:
             # Judged at the door and not to be tried: it never was (nothing went upstream).
             trial.attempts -= 1

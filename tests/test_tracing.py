@@ -70,3 +70,33 @@ def test_request_and_attempt_spans(spans, make_app, upstream):
     sent = [r.headers["traceparent"] for r in upstream.requests]
     assert all(TRACE_ID in value for value in sent)
     assert format(succeeded.context.span_id, "016x") in sent[1]
+
+
+def test_a_deployment_judged_out_at_the_quota_door_says_so(spans, make_app, upstream, redis_server):
+    """With Redis quotas the first deployment's attempt begins before the quota answer is
+    read: one without room of its own is then not tried, and its span says so."""
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": TOKEN}]},
+            "models": [
+                openai_model(upstream, name="gpt", priority=1, model="first", tokens_per_minute=10),
+                openai_model(upstream, name="gpt", priority=2, model="second"),
+            ],
+            "rate_limits": {"storage": redis_server.url},
+            "retry": {"max_retries": 0},
+        }
+    )
+    response = app.test_client().post(
+        "/v1/chat/completions",
+        json={"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    response.get_data()
+    response.close()
+    assert response.status_code == 200
+    assert [r.json()["model"] for r in upstream.requests] == ["second"]
+    attempts = [s for s in spans.get_finished_spans() if s.name.startswith("chat ")]
+    untried = [s for s in attempts if "ai_proxy.not_tried" in s.attributes]
+    assert [s.attributes["gen_ai.request.model"] for s in untried] == ["first"]
+    assert untried[0].attributes["ai_proxy.not_tried"] == "out of quota"
+    assert "error.type" not in untried[0].attributes
