@@ -49,7 +49,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .hooks.limits import SweptMemoryStorage
-from .hooks.limits_batch import Change, Layout, RedisBatch, Reserved, Window
+from .hooks.limits_batch import AnswerLost, Change, Layout, RedisBatch, Reserved, Window
 from .hooks.limits_memory import LimiterBatch, MemoryBatch
 from .settling import Settler
 
@@ -292,7 +292,9 @@ class Quotas:
         # What requests in flight in this worker hold, per window key (for /admin/status).
         self.held: dict[str, int] = {}
         self._held_lock = threading.Lock()
-        self.settler = Settler(self.adjust, self._settle_failed)
+        self.settler = Settler(
+            self.adjust, self._settle_failed, lambda err: not isinstance(err, AnswerLost)
+        )
 
     @property
     def shared(self) -> bool:
@@ -398,8 +400,16 @@ class Quotas:
         def read() -> Reserved:
             try:
                 done = answer()
+            except AnswerLost as err:
+                # Redis may have applied them: never sent again (they could count twice). Like
+                # any settle that fails for good, logged and counted; what they would have
+                # given back lapses with its window.
+                self.settler.carried(carried, upto, ok=True)
+                if carried:
+                    self._settle_failed(err, final=True)
+                raise
             except BaseException:
-                # Back to the queue (sent again by the next round trip or the settling thread).
+                # Not applied: back to the queue (the next round trip or the settling thread).
                 self.settler.carried(carried, upto, ok=False)
                 raise
             self.settler.carried(carried, upto, ok=True)

@@ -45,9 +45,12 @@ class Settler:
         self,
         apply: Callable[[list], None],
         failed: Callable[[Exception, bool], None],
+        retryable: Callable[[Exception], bool] = lambda err: True,
     ) -> None:
         self._apply = apply
         self._failed = failed
+        # Whether a failed batch may be sent again (not when the storage may have applied it).
+        self._retryable = retryable
         self._new_lock()
         self._pending: list = []
         self._since = 0.0  # when the oldest queued settle was queued (monotonic)
@@ -174,7 +177,10 @@ class Settler:
                 self._apply(batch)
                 return
             except Exception as err:  # noqa: BLE001 - named fail point: the settler never dies.
+                final = attempt == 2 or not self._retryable(err)
                 try:
-                    self._failed(err, attempt == 2)
+                    self._failed(err, final)
                 except Exception:  # noqa: BLE001
                     logger.exception("reporting a failed quota settle failed")
+                if final:
+                    return

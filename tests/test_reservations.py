@@ -643,3 +643,37 @@ def test_deployments_are_full_unless_every_candidate_is_over_a_client_window(bat
     assert busy_and_dear.chosen is None and busy_and_dear.deployments_full
     both_dear = batch.reserve([], [[(budget, 500)], [(budget, 700)]])
     assert both_dear.chosen is None and not both_dear.deployments_full
+
+
+def test_a_settle_whose_answer_was_lost_is_never_applied_twice(
+    make_app, upstream, redis_server, monkeypatch
+):
+    """A reservation carries a settle to Redis while Redis is busy (a long script): its answer
+    times out, but Redis runs it once the script ends. The settle it carried is not queued
+    again (it would then count twice and leave the window under its real use): it is counted
+    as a failed settle, and the window ends at what Redis applied once."""
+    from app import settling
+    from app.hooks.limits_batch import AnswerLost
+    from app.ratelimit import Plan
+    from tests.test_redis import keep_redis_busy
+
+    # Queued settles wait for a reservation to carry them (the settling thread keeps out).
+    monkeypatch.setattr(settling, "LINGER_SECONDS", 60.0)
+    app = make_app(quota_config(redis_server.url, upstream, {"tokens_per_minute": 10_000}))
+    state = app.extensions["ai_proxy"]
+    quotas, token = state.quotas, state.config.tokens[0]
+    demand = quotas.demand(1, 100, True, 1, token, [])
+    held = reserve(quotas, token, [], demand)  # 101 tokens
+    held.settle(5, 2)  # 7 used: -94 queued, carried by the next reservation
+    limit = quotas.token_plan(token, demand)[0][0]
+    busy = keep_redis_busy(redis_server, 1.0)
+    answer = quotas.send_reserve(Plan(required=[(limit, 10)]), carry=True)
+    with pytest.raises(AnswerLost):
+        answer()
+    assert quotas.settle_failures == 1
+    busy.join(5)
+    quotas.send_reserve(Plan(required=[(limit, 0)]), carry=True)()  # carries what is queued
+    used = quotas.report("token:a")["tokens_per_minute"]["used"]
+    # Redis ran the lost one after the script (101 - 94 + 10), or never got it (101). Sent
+    # again, the -94 would have taken the window to 0.
+    assert used in (17, 101)

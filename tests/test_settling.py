@@ -44,6 +44,28 @@ def test_a_failed_batch_is_retried_once_then_reported():
     wait_until(lambda: len(attempts) == 4)
 
 
+def test_a_batch_the_storage_may_have_applied_is_not_sent_again():
+    """A failure the settler is told not to retry (Redis timed out: it may run the batch yet)
+    is reported as final at once; a retryable one still gets its second try."""
+    attempts, reports = [], []
+
+    def apply(batch):
+        attempts.append(batch)
+        raise TimeoutError("slow") if batch == ["maybe"] else ConnectionError("down")
+
+    settler = Settler(
+        apply,
+        lambda err, final: reports.append(final),
+        lambda err: not isinstance(err, TimeoutError),
+    )
+    settler.put(["maybe"])
+    assert settler.wait()
+    assert attempts == [["maybe"]] and reports == [True]
+    settler.put(["gone"])
+    assert settler.wait()
+    assert attempts[1:] == [["gone"], ["gone"]] and reports[1:] == [False, True]
+
+
 def test_a_retry_that_succeeds_counts_no_failure():
     attempts, reports = [], []
 

@@ -248,6 +248,12 @@ return table.concat(out, ' ')
 """
 
 
+class AnswerLost(StorageError):
+    """A command went out to Redis but its answer did not come within the socket timeout:
+    Redis, alive but slow, may run it yet. Sent again, its changes could count twice, which
+    would leave a window under its real use."""
+
+
 # Lua numbers are doubles written with 14 significant digits: amounts stay below that. (More
 # than 10**14 tokens, or 10**8 dollars in millionths, is refused anyway.)
 MAX_AMOUNT = 10**14
@@ -341,7 +347,8 @@ class RedisBatch:
         return self.send_script(keys, args)()
 
     def send_script(self, keys: list, args: list) -> Callable[[], object]:
-        """Send the script now; the call returned reads its answer (it must be called once)."""
+        """Send the script now; the call returned reads its answer (it must be called once).
+        A failure to send is a StorageError; losing the answer once sent, AnswerLost."""
         errors = self.storage.base_exceptions
         try:
             answer = self._wire.send(keys, args)
@@ -351,6 +358,8 @@ class RedisBatch:
         def read() -> object:
             try:
                 return answer()
+            except self._wire.lost as err:
+                raise AnswerLost(err) from err
             except errors as err:
                 raise StorageError(err) from err
 
@@ -465,8 +474,12 @@ class _Wire:
         # to start (more where it finds OpenTelemetry installed) that memory storage never needs.
         from redis import ConnectionPool
         from redis.exceptions import NoScriptError, ResponseError
+        from redis.exceptions import TimeoutError as TimedOut
 
         self._no_script, self._response_error = NoScriptError, ResponseError
+        # What a read raises when the command went out and Redis, alive but slow, may run it
+        # after all (a closed or reset connection is Redis gone: the command is sent again).
+        self.lost = (TimedOut, TimeoutError)
         self.pool = client.connection_pool
         self.script = script
         self.sha = script.sha.encode()
