@@ -286,9 +286,8 @@ def send_reservation(
     required = quotas.token_plan(token, demand)
     choices = [quotas.deployment_plan(token, model, demand) for model in models]
     per_deployment = any(choices)
-    breakers = breaker_key_plan([m.key for m in models], state_keys)
-    if not isinstance(quotas.batch, RedisBatch):
-        breakers = []
+    remote = isinstance(quotas.batch, RedisBatch)
+    breakers = breaker_key_plan([m.key for m in models], state_keys) if remote else []
     if not required and not per_deployment:
         return Pending.ready(Reservation(quotas, token, demand))
     plan = Plan(required=required, choices=choices if per_deployment else [])
@@ -301,7 +300,7 @@ def send_reservation(
     except StorageError as err:
         quotas.storage_failed(err)  # raises under on_storage_error: deny
         return Pending.ready(Reservation.free(demand))
-    if not isinstance(quotas.batch, RedisBatch):
+    if not remote:
         # Memory has no round trip to overlap: judged now, and a refusal raised now.
         return Pending.ready(_admitted(quotas, token, models, demand, plan, False, answer))
     return Pending(lambda: _admitted(quotas, token, models, demand, plan, bool(breakers), answer))

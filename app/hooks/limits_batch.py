@@ -489,9 +489,6 @@ class _Wire:
             for name in ("_checkpid", "_lock", "_available_connections", "_in_use_connections")
         )
 
-    def evalsha(self, keys: Sequence[str], args: Sequence[str]) -> object:
-        return self.send(keys, args)()
-
     def send(self, keys: Sequence[str], args: Sequence[str]) -> Callable[[], object]:
         """Send EVALSHA now; the call returned reads its answer. It must be called, once: the
         connection stays out of the pool until then."""
