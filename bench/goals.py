@@ -200,9 +200,16 @@ def _peer_goals(results: dict, goal) -> None:
         )
     peers_rss = {peer: rss[peer] for peer in GOAL_PEER_THROUGHPUT if peer in rss}
     if "proxy" in rss and peers_rss:
+        # Judged on RSS, as the goal says; PSS (shared pages counted once) is shown beside it.
+        pss = results.get("pss_mb") or {}
+        shown = ["proxy", *peers_rss]
+        beside = ""
+        if all(name in pss for name in shown):
+            beside = " (PSS: " + ", ".join(f"{name} {pss[name]:.0f}" for name in shown) + " MB)"
         goal(
             "proxy RSS (all its processes) lower than each peer's",
             f"proxy {rss['proxy']:.0f} MB; "
-            + ", ".join(f"{peer} {value:.0f} MB" for peer, value in peers_rss.items()),
+            + ", ".join(f"{peer} {value:.0f} MB" for peer, value in peers_rss.items())
+            + beside,
             all(rss["proxy"] < value for value in peers_rss.values()),
         )

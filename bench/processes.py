@@ -154,10 +154,33 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def pss_mb(pid: int) -> float:
+    """A process's proportional set size in MB: its resident pages, each page it shares with
+    other processes counted as its share (a page three processes map counts a third in each).
+    NaN once it is gone, or where the kernel has no smaps_rollup (before Linux 4.14)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def group_rss(pgid: int) -> float:
     """Resident memory of a whole server in MB: every live process of its group summed."""
     values = [rss_mb(pid) for pid in group_pids(pgid)]
     return round(sum(v for v in values if v == v), 1)
+
+
+def group_pss(pgid: int) -> float | None:
+    """Proportional memory of a whole server in MB: the group's processes' PSS summed, so pages
+    gunicorn's master and workers share (after fork) count once, as one process's would.
+    None when it cannot be read."""
+    values = [pss_mb(pid) for pid in group_pids(pgid)]
+    if not values or any(v != v for v in values):
+        return None
+    return round(sum(values), 1)
 
 
 def worker_pids(master: int) -> list[int]:

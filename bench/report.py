@@ -144,6 +144,7 @@ def _side_by_side(results: dict) -> list[str]:
     rss, load = results.get("rss_mb"), results["load"]
     if not rss:
         return []
+    pss = results.get("pss_mb") or {}
     concs = sorted({r["concurrency"] for r in load})
     versions = {**results.get("peers", {}).get("versions", {}), **results["settings"]}
     lines = [
@@ -151,14 +152,25 @@ def _side_by_side(results: dict) -> list[str]:
         "## Side by side",
         "",
         "Each server as measured above (same request, same fake upstream, same run); RSS is the "
-        "resident memory of all of the server's processes after the load. The peers: the "
-        "Portkey gateway has no client tokens (each request carries the upstream key and "
-        "`x-portkey-*` routing headers); LiteLLM checks its master key; neither has quotas set.",
+        "resident memory of all of the server's processes after the load"
+        + (
+            ", and PSS the same with each page that processes share (gunicorn's master and "
+            "workers share what was loaded before the fork) counted once, split among them"
+            if pss
+            else ""
+        )
+        + ". The peers: the Portkey gateway has no client tokens (each request carries the "
+        "upstream key and `x-portkey-*` routing headers); LiteLLM checks its master key; "
+        "neither has quotas set.",
         "",
         "| server | "
         + " | ".join(f"c={c} req/s | c={c} p50 ms | c={c} p99 ms" for c in concs)
-        + " | RSS MB |",
-        "| --- | " + " | ".join("---: | ---: | ---:" for _ in concs) + " | ---: |",
+        + " | RSS MB |"
+        + (" PSS MB |" if pss else ""),
+        "| --- | "
+        + " | ".join("---: | ---: | ---:" for _ in concs)
+        + " | ---: |"
+        + (" ---: |" if pss else ""),
     ]
     for target in SIDE_BY_SIDE:
         rows = [find(load, target, c) for c in concs]
@@ -171,7 +183,10 @@ def _side_by_side(results: dict) -> list[str]:
             else:
                 cells += [f"{row['rps']:.0f}", ms(row["p50_ms"], 3), ms(row["p99_ms"], 3)]
         name = SERVER_NAMES[target].format(**versions)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rss.get(target, 0):.0f} |")
+        memory = f" | {rss.get(target, 0):.0f} |"
+        if pss:
+            memory += f" {pss[target]:.0f} |" if target in pss else " – |"
+        lines.append(f"| {name} | " + " | ".join(cells) + memory)
     for peer, why in results.get("peers", {}).get("skipped", {}).items():
         lines.append(f"\n{peer} could not run here: {why}")
     return lines

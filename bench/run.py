@@ -279,6 +279,9 @@ def run(args: argparse.Namespace, children: processes.Children) -> dict:
     rss = {
         name: processes.group_rss(pgid) for name, pgid in targets.groups.items() if name != "direct"
     }
+    pss = {
+        name: processes.group_pss(pgid) for name, pgid in targets.groups.items() if name != "direct"
+    }
 
     # The proxy's log, to show what it wrote per request (its access line is an INFO record).
     proxy_requests = sum(r["requests"] for r in load if r["target"] == "proxy")
@@ -297,6 +300,7 @@ def run(args: argparse.Namespace, children: processes.Children) -> dict:
         "load": load,
         "streams": streams,
         "rss_mb": rss,
+        "pss_mb": {name: value for name, value in pss.items() if value is not None},
         "peers": {
             "versions": peers.versions(),
             "ran": [t for t in PEER_TARGETS if t in targets.urls],

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import goals  # noqa: E402
+import processes  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 
@@ -302,6 +303,55 @@ def test_a_faster_peer_misses_its_goal(results):
     # Portkey at 800 req/s at 16: the proxy's 960 is 1.2x, under 1.3x.
     verdicts = goal_results(with_peers(results, 400.0, 40.0))
     assert verdicts[9] == "**MISS**" and verdicts.count("**MISS**") == 1
+
+
+def test_pss_is_shown_beside_rss_and_the_goal_stays_on_rss(results):
+    changed = with_peers(results, 300.0, 40.0)
+    # RSS over Portkey's (the goal misses) while PSS, shared pages counted once, is under it.
+    changed["rss_mb"]["proxy"] = 200.0
+    changed["pss_mb"] = {"bare": 80.0, "proxy": 95.0, "portkey": 188.0, "litellm": 900.0}
+    markdown = render(changed)
+    assert "| RSS MB | PSS MB |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| ai-proxy |"))
+    assert row.endswith(" | 200 | 95 |"), row
+    goal_line = next(line for line in markdown.splitlines() if "proxy RSS (all" in line)
+    assert "(PSS: proxy 95, portkey 188, litellm 900 MB)" in goal_line
+    assert goal_line.endswith("**MISS** |")
+    # A run without PSS (an older results.json) has the RSS column alone.
+    del changed["pss_mb"]
+    markdown = render(changed)
+    assert "| RSS MB |" in markdown and "PSS" not in markdown
+
+
+def test_pss_counts_pages_shared_after_fork_once():
+    """Two processes sharing 64 MB written before a fork: each one's RSS holds all of it, their
+    PSS together holds it once."""
+    import os
+    import signal
+
+    ballast = bytearray(os.urandom(1 << 20)) * 64
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        os.write(write, b"x")
+        signal.pause()
+        os._exit(0)
+    try:
+        os.close(write)
+        assert os.read(read, 1) == b"x"
+        parent, forked = os.getpid(), child
+        rss = processes.rss_mb(parent) + processes.rss_mb(forked)
+        pss = processes.pss_mb(parent) + processes.pss_mb(forked)
+        assert rss - pss > 50, (rss, pss)
+        assert processes.pss_mb(parent) > 32
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read)
+    assert len(ballast) == 64 << 20
+    # Gone: no figure at all rather than a wrong one.
+    assert processes.pss_mb(child) != processes.pss_mb(child)
 
 
 def test_figures_not_measured_are_dashes(results):
