@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -309,17 +310,17 @@ def read_snapshot(data: bytes) -> dict | None:
         live = snap.get("live") or {}
         return {
             "worker": _text(snap["worker"]),
-            "time": float(snap["time"]),
+            "time": _finite(snap["time"]),
             "minutes": {
                 _text(key): {
-                    _text(m): [int(v[0]), int(v[1]), float(v[2]), int(v[3])]
+                    _text(m): [int(v[0]), int(v[1]), _finite(v[2]), int(v[3])]
                     for m, v in buckets.items()
                 }
                 for key, buckets in snap.get("minutes", {}).items()
             },
             "errors": [
                 {
-                    "time": float(e["time"]),
+                    "time": _finite(e["time"]),
                     "deployment": _text(e.get("deployment", "")),
                     "model": _text(e.get("model", "")),
                     "status": e["status"] if isinstance(e.get("status"), int) else None,
@@ -328,23 +329,31 @@ def read_snapshot(data: bytes) -> dict | None:
                 for e in snap.get("errors", [])[:LAST_ERRORS]
             ],
             "costs": [
-                [_text(d), _text(t), _text(m), int(n), float(usd), int(c)]
+                [_text(d), _text(t), _text(m), int(n), _finite(usd), int(c)]
                 for d, t, m, n, usd, c in snap.get("costs", [])
             ],
             "live": {
                 "in_flight": {_text(k): int(v) for k, v in live.get("in_flight", {}).items()},
                 "breakers": {
-                    _text(k): [None if v[0] is None else float(v[0]), int(v[1])]
+                    _text(k): [None if v[0] is None else _finite(v[0]), int(v[1])]
                     for k, v in live.get("breakers", {}).items()
                 },
                 "quota_used": {
-                    _text(owner): {_text(name): float(used) for name, used in windows.items()}
+                    _text(owner): {_text(name): _finite(used) for name, used in windows.items()}
                     for owner, windows in live.get("quota_used", {}).items()
                 },
             },
         }
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
         return None
+
+
+def _finite(value: object) -> float:
+    """A number a snapshot may hold: JSON lets `Infinity` and `NaN` through, the page cannot."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
 
 
 def _text(value: object) -> str:

@@ -9,6 +9,7 @@ same state; a Redis that fails is logged and treated as "no cooldown" (fail open
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +20,20 @@ from . import metrics
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_SECONDS = 60.0
+# The longest an upstream's own wait (its Retry-After) keeps a deployment out: one answer, from a
+# misbehaving upstream or about one model behind a wildcard deployment, cannot switch the
+# deployment off for days (or for good, with `inf`).
+MAX_UPSTREAM_WAIT_SECONDS = 3600.0
 FAILURE_MEMORY_SECONDS = 24 * 3600
 KEY_PREFIX = "aiproxy:cooldown:"
+
+
+def upstream_wait(seconds: float | None) -> float | None:
+    """An upstream's wait as a cooldown takes it: None unless a finite number, at most
+    MAX_UPSTREAM_WAIT_SECONDS, never negative."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_UPSTREAM_WAIT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,8 @@ class RedisBreakers:
         states = []
         for i in range(0, len(values), 2):
             until = float(values[i]) if values[i] is not None else None
+            if until is not None and not math.isfinite(until):
+                until = None  # not a time this proxy writes: no cooldown (fail open)
             failures = int(values[i + 1]) if values[i + 1] is not None else 0
             states.append(BreakerState(until if until and until > now else None, failures))
         return states
@@ -209,6 +224,7 @@ class Cooldowns:
 
     def failure(self, key: str, retry_after: float | None = None) -> float | None:
         """Count a retryable failure; returns when the breaker opened until, if it did."""
+        retry_after = upstream_wait(retry_after)
         if not self.cooldown_seconds and not retry_after:
             return None  # cooldown_seconds: 0 turns cooldowns off.
         try:

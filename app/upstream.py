@@ -20,6 +20,7 @@ from urllib3.util.retry import Retry
 
 from . import tracing, watchdog
 from .config import RetryConfig
+from .cooldown import upstream_wait
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks import http_client
 from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
@@ -37,6 +38,8 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
+# A Retry-After is a number of seconds or an HTTP date (29 characters); anything longer is noise.
+MAX_RETRY_AFTER_CHARS = 64
 READ_SIZE = 64 * 1024
 # Prepared upstream requests kept per method, URL and query (see app.hooks.requests).
 MAX_TEMPLATES = 512
@@ -174,17 +177,23 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date)."""
-    if not value:
+    """Seconds from a Retry-After header (seconds or an HTTP date), at most
+    MAX_UPSTREAM_WAIT_SECONDS; None for anything else (`inf`, `nan`, `1e400`, a date out of
+    range, text)."""
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
             return None
-        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+        try:
+            seconds = email.utils.mktime_tz(parsed) - time.time()
+        except (OverflowError, ValueError):
+            return None
+    return upstream_wait(seconds)
 
 
 def translate(err: BaseException, label: str) -> UpstreamError:

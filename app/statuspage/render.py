@@ -25,7 +25,10 @@ def clock(epoch: float | None) -> str:
     """A time as the page writes it: `13:05:09 UTC`."""
     if epoch is None:
         return ""
-    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
+    try:
+        return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return ""  # no time a clock can show (read from a shared board, say)
 
 
 def number(value: float | int | None, digits: int = 0) -> str:
