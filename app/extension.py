@@ -91,6 +91,7 @@ class AIProxy:
         app.extensions[EXTENSION_KEY] = state
         for blueprint in API_SURFACES:
             app.register_blueprint(blueprint, url_prefix=prefix or None)
+        _no_slash_redirects(app)
         app.before_request(_begin_request)
         app.after_request(_finish_response)
         app.teardown_request(_end_request)
@@ -178,6 +179,17 @@ def _begin_request():
         ):
             return Response(status=204)
     return None
+
+
+def _no_slash_redirects(app: Flask) -> None:
+    """A path with doubled slashes (`/v1//chat/completions`) is no route of the proxy's: a JSON
+    404 naming it. werkzeug would answer an HTML 308 to the merged path instead, with a
+    `Location` built from the request's own `Host` header (another site's, if a client sent it).
+    Only the proxy's rules change: a Flask app it is mounted in keeps its own."""
+    ours = {blueprint.name for blueprint in API_SURFACES}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.partition(".")[0] in ours:
+            rule.merge_slashes = False
 
 
 def _end_request(_err) -> None:
