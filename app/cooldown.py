@@ -16,24 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import metrics
+from .upstream import upstream_wait
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_SECONDS = 60.0
-# The longest an upstream's own wait (its Retry-After) keeps a deployment out: one answer, from a
-# misbehaving upstream or about one model behind a wildcard deployment, cannot switch the
-# deployment off for days (or for good, with `inf`).
-MAX_UPSTREAM_WAIT_SECONDS = 3600.0
 FAILURE_MEMORY_SECONDS = 24 * 3600
 KEY_PREFIX = "aiproxy:cooldown:"
-
-
-def upstream_wait(seconds: float | None) -> float | None:
-    """An upstream's wait as a cooldown takes it: None unless a finite number, at most
-    MAX_UPSTREAM_WAIT_SECONDS, never negative."""
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), MAX_UPSTREAM_WAIT_SECONDS)
 
 
 @dataclass(frozen=True)

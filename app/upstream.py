@@ -7,6 +7,7 @@ import email.utils
 import http.cookiejar
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -20,7 +21,6 @@ from urllib3.util.retry import Retry
 
 from . import tracing, watchdog
 from .config import RetryConfig
-from .cooldown import upstream_wait
 from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks import http_client
 from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
@@ -40,6 +40,10 @@ SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api
 MAX_MESSAGE_CHARS = 1000
 # A Retry-After is a number of seconds or an HTTP date (29 characters); anything longer is noise.
 MAX_RETRY_AFTER_CHARS = 64
+# The longest an upstream's own wait (its Retry-After) keeps a deployment out: one answer, from a
+# misbehaving upstream or about one model behind a wildcard deployment, cannot switch the
+# deployment off for days (or for good, with `inf`).
+MAX_UPSTREAM_WAIT_SECONDS = 3600.0
 READ_SIZE = 64 * 1024
 # Prepared upstream requests kept per method, URL and query (see app.hooks.requests).
 MAX_TEMPLATES = 512
@@ -174,6 +178,14 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
             message = f"{message} (provider: {provider})"
         return (str(message) if message else None), (str(code) if code else None)
     return None, None
+
+
+def upstream_wait(seconds: float | None) -> float | None:
+    """An upstream's wait as a cooldown takes it: None unless a finite number, at most
+    MAX_UPSTREAM_WAIT_SECONDS, never negative."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_UPSTREAM_WAIT_SECONDS)
 
 
 def parse_retry_after(value: str | None) -> float | None:

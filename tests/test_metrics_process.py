@@ -71,3 +71,22 @@ def test_multiprocess_values_are_filed_per_forked_process(tmp_path):
     total, files, expected = out.stdout.splitlines()
     assert float(total) == 21.0  # 1 from the parent, 10 from each child
     assert files == expected  # a file per process
+
+
+def test_the_gunicorn_master_leaves_the_metrics_to_its_workers():
+    """gunicorn's config (conf/gunicorn.conf.py, ./gunicorn.conf.py) imports app.server before
+    `gunicorn_options` names the multiprocess folder: had that import brought in
+    prometheus_client, its values would be chosen single-process and inherited by every worker,
+    and /metrics would be empty (one import of app.cooldown from app.upstream once did this)."""
+    script = (
+        "import sys, runpy\n"
+        "runpy.run_path('conf/gunicorn.conf.py')\n"
+        "print(sorted(m for m in ('app.metrics', 'app.cooldown') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["AI_PROXY_CONFIG"] = os.path.join(ROOT, "conf", "config.yaml")
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -11,9 +11,8 @@ import time
 import pytest
 
 from app.activity import read_snapshot
-from app.cooldown import MAX_UPSTREAM_WAIT_SECONDS, upstream_wait
 from app.statuspage.render import clock
-from app.upstream import parse_retry_after
+from app.upstream import MAX_UPSTREAM_WAIT_SECONDS, parse_retry_after, upstream_wait
 from tests.conftest import TOKEN, openai_model
 from tests.stub_upstream import Reply, chat_completion
 from tests.test_status_page import ADMIN
