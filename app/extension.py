@@ -49,6 +49,10 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
+# A header name (RFC 9110 token); a preflight asking for more or longer is answered with the usual.
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+MAX_CORS_REQUEST_HEADERS = 64
+MAX_CORS_REQUEST_HEADERS_CHARS = 4096
 API_SURFACES = (
     health.bp,
     ops.bp,
@@ -205,6 +209,10 @@ def _finish_response(response: Response) -> Response:
         return response
     stamp_headers(response.headers, current.request_id if current else uuid.uuid4().hex)
     _cors(response)
+    if request.method == "OPTIONS" and response.status_code in (200, 204) and _empty(response):
+        # Flask's own answer to OPTIONS (the Allow header): no content, so no HTML type either.
+        response.status_code = 204
+        response.headers.pop("Content-Type", None)
     if current is not None:
         record = current.record
         record["status"] = response.status_code
@@ -216,6 +224,10 @@ def _finish_response(response: Response) -> Response:
             lambda: _request_done(record, started, surface, counted, span, label)
         )
     return response
+
+
+def _empty(response: Response) -> bool:
+    return not response.is_streamed and not response.get_data()
 
 
 def _cors(response: Response) -> None:
@@ -231,8 +243,23 @@ def _cors(response: Response) -> None:
     headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
     if request.method == "OPTIONS":
         headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        headers["Access-Control-Allow-Headers"] = allowed_request_headers(
+            request.headers.get("Access-Control-Request-Headers")
+        )
+        headers.add("Vary", "Access-Control-Request-Headers")
         headers["Access-Control-Max-Age"] = "600"
+
+
+def allowed_request_headers(requested: str | None) -> str:
+    """The headers a preflight from an allowed origin may send: the ones it asks for (the
+    official SDKs send their own, `x-stainless-*`, `anthropic-dangerous-direct-browser-access`,
+    `x-goog-api-client`, and a fixed list would break them), as long as each is a header name;
+    the usual ones when it asks for none."""
+    if not requested or len(requested) > MAX_CORS_REQUEST_HEADERS_CHARS:
+        return CORS_ALLOW_HEADERS
+    names = [name.strip() for name in requested.split(",")]
+    names = [name for name in names if _HEADER_NAME_RE.fullmatch(name)][:MAX_CORS_REQUEST_HEADERS]
+    return ", ".join(names) if names else CORS_ALLOW_HEADERS
 
 
 def _model_label(record: dict) -> str:

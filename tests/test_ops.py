@@ -120,7 +120,7 @@ def test_cors_preflight_and_headers(ops_client):
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
-    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
     answer = ops_client.post(
         "/v1/chat/completions", json=CHAT, headers={**AUTH, "Origin": "https://app.example"}
     )

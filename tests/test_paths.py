@@ -105,3 +105,68 @@ def test_through_gunicorn(gunicorn_proxy, target):
     status, headers, payload = raw_request(gunicorn_proxy.port, head, body)
     assert status == 404 and "location" not in headers
     assert json.loads(payload)["error"]["code"] == "not_found"
+
+
+# -- OPTIONS ------------------------------------------------------------------------------------
+
+SDK_HEADERS = (
+    "authorization, content-type, x-stainless-os, x-stainless-lang, x-stainless-arch, "
+    "x-stainless-retry-count, anthropic-version, anthropic-dangerous-direct-browser-access, "
+    "x-goog-api-client, x-goog-api-key"
+)
+
+
+@pytest.fixture(scope="module")
+def cors_client():
+    config = {**CONFIG, "server": {"cors_origins": ["https://app.example"]}}
+    return create_app({**config, "env": {}, "config_path": None}).test_client()
+
+
+def preflight(client, path: str, requested: str | None, origin: str = "https://app.example"):
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    if requested is not None:
+        headers["Access-Control-Request-Headers"] = requested
+    return client.options(path, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/messages", "/v1beta/models/echo:generateContent"]
+)
+def test_a_preflight_allows_the_headers_the_official_sdks_send(cors_client, path):
+    response = preflight(cors_client, path, SDK_HEADERS)
+    assert response.status_code == 204 and "Content-Type" not in response.headers
+    allowed = {h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert allowed == {h.strip() for h in SDK_HEADERS.split(",")}
+    assert "Access-Control-Request-Headers" in response.headers.getlist("Vary")
+
+
+@pytest.mark.parametrize(
+    ("requested", "allowed"),
+    [
+        ("x-ok, bad header, x\u00e9, , x-also", "x-ok, x-also"),
+        ("a" * 65, None),  # no header name is that long: the usual list
+        (", ".join(f"x-h{i}" for i in range(100)), ", ".join(f"x-h{i}" for i in range(64))),
+        ("x" * 5000, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_a_preflight_echoes_only_header_names(cors_client, requested, allowed):
+    response = preflight(cors_client, "/v1/chat/completions", requested)
+    value = response.headers["Access-Control-Allow-Headers"]
+    if allowed is None:
+        assert "Authorization" in value and "X-Goog-API-Key" in value
+    else:
+        assert value == allowed
+
+
+def test_no_preflight_answer_for_another_origin(cors_client):
+    response = preflight(cors_client, "/v1/chat/completions", SDK_HEADERS, "https://evil.example")
+    assert "Access-Control-Allow-Headers" not in response.headers
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_options_without_origin_is_an_empty_204_with_allow(cors_client):
+    response = cors_client.options("/healthz")
+    assert response.status_code == 204 and "Content-Type" not in response.headers
+    assert "GET" in response.headers["Allow"] and response.get_data() == b""
