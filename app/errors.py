@@ -168,6 +168,14 @@ class RequestTooLargeError(ProxyError):
     default_message = "The request body is too large."
 
 
+class UnsupportedMediaTypeError(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+    anthropic_type = "invalid_request_error"
+    default_message = "The request body's encoding is not supported."
+
+
 class RateLimitError(ProxyError):
     status = 429
     type = "rate_limit_error"

@@ -264,3 +264,58 @@ def test_a_shallow_body_with_many_brackets_is_accepted(make_app, upstream):
     body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "extra": wide}
     response = app.test_client().post("/v1/chat/completions", json=body, headers=AUTH)
     assert response.status_code == 200
+
+
+# --- bodies that are not JSON text: what the client is told -----------------------------------
+
+SURFACE_PATHS = ["/v1/chat/completions", "/v1/messages", "/v1beta/models/echo:generateContent"]
+CHAT_JSON = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def error_message(response) -> str:
+    return response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("path", SURFACE_PATHS)
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "GZIP", "gzip, identity"])
+def test_a_compressed_body_is_415_and_never_decoded(client, path, coding):
+    import gzip
+
+    response = client.post(
+        path,
+        data=gzip.compress(CHAT_JSON.encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert response.status_code == 415
+    assert "compressed" in error_message(response)
+    assert coding not in error_message(response)
+
+
+def test_identity_coding_is_no_coding(client):
+    response = client.post(
+        "/v1/chat/completions",
+        data=CHAT_JSON,
+        headers={"Content-Type": "application/json", "Content-Encoding": "identity"},
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", SURFACE_PATHS)
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"\x1f\x8b\x08\x00compressed", "not UTF-8 text (byte 0x8b at offset 1)"),
+        (b'{"model": "echo", "x": "\xff"}', "not UTF-8 text (byte 0xff at offset 24)"),
+        (b'{"model": "echo", "max_tokens": ' + b"9" * 5000 + b"}", "a number too long"),
+        (b'{"model": "echo", "x": -' + b"1" * 4301 + b"}", "a number too long"),
+        (b'{"model": ', "not valid JSON: Expecting value at line 1, column 11"),
+        (b'{"model": "echo",\n "x": }', "not valid JSON: Expecting value at line 2, column 7"),
+    ],
+)
+def test_bodies_that_are_not_json_text_are_told_in_plain_words(client, path, body, said):
+    response = client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    message = error_message(response)
+    assert said in message
+    for internal in ("sys.", "codec", "set_int_max_str_digits", "Traceback", "char "):
+        assert internal not in message

@@ -42,6 +42,12 @@ TABLE = {
         "invalid_request_error",
     ),
     "RequestTooLargeError": (413, "INVALID_ARGUMENT", "request_too_large", "invalid_request_error"),
+    "UnsupportedMediaTypeError": (
+        415,
+        "INVALID_ARGUMENT",
+        "invalid_request_error",
+        "invalid_request_error",
+    ),
     "RateLimitError": (429, "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_error"),
     "BudgetExceededError": (429, "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_error"),
     "UpstreamError": (502, "UNAVAILABLE", "api_error", "upstream_error"),

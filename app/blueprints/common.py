@@ -16,6 +16,7 @@ from ..errors import (
     InvalidJSONError,
     InvalidRequestError,
     RequestTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from ..fastresponse import ProxyResponse as Response
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
@@ -85,6 +86,12 @@ def read_json_body() -> tuple[object, int]:
     not JSON, and forwarding them would send an upstream a body it cannot read. So is nesting
     deeper than `MAX_DEPTH`, which later encoding would fail on with a RecursionError.
     """
+    coding = current_request().headers.get("Content-Encoding", "").strip().lower()
+    if coding and coding != "identity":
+        # Not decoded here: a small compressed body can stand for any size of JSON.
+        raise UnsupportedMediaTypeError(
+            "A compressed request body (Content-Encoding) is not supported; send it uncompressed."
+        )
     raw = _read_body(proxy_state().config.server.max_body_bytes)
     if not raw:
         raise InvalidJSONError("The request body is empty; send a JSON object.")
@@ -92,8 +99,20 @@ def read_json_body() -> tuple[object, int]:
         body = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
     except _NonFinite as err:
         raise InvalidJSONError(str(err)) from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidJSONError(f"The request body is not valid JSON: {err}") from None
+    except json.JSONDecodeError as err:
+        raise InvalidJSONError(
+            f"The request body is not valid JSON: {err.msg} at line {err.lineno}, column "
+            f"{err.colno}."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise InvalidJSONError(
+            f"The request body is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start})."
+        ) from None
+    except ValueError:
+        # What else json.loads refuses is a number too long to read (Python reads integers of
+        # up to 4,300 digits): no API takes one.
+        raise InvalidJSONError("The request body holds a number too long to read.") from None
     except RecursionError:
         raise InvalidJSONError("The request body is nested too deeply.") from None
     # Only a body whose brackets nest that deep can be (those in strings count too, so it is
