@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import email.utils
+import errno
 import http.cookiejar
 import json
 import logging
@@ -208,6 +209,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return upstream_wait(seconds)
 
 
+def _not_connected(err: BaseException) -> str:
+    """Why a connection was not made, in words (never the address: errors reach clients)."""
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "the upstream's network is unreachable"
+    return "could not connect"
+
+
 def translate(err: BaseException, label: str) -> UpstreamError:
     """The one place a requests/urllib3 failure becomes a proxy error (no URLs, no keys)."""
     reason = err
@@ -217,6 +228,12 @@ def translate(err: BaseException, label: str) -> UpstreamError:
             reason = inner.reason
         elif isinstance(inner, BaseException):
             reason = inner
+    # urllib3's NewConnectionError (refused, unreachable, a name that does not resolve) is a
+    # ConnectTimeoutError too, for old callers: told apart first.
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return UpstreamError(f"{label}: the upstream's host name does not resolve")
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return UpstreamError(f"{label}: {_not_connected(reason)}")
     if isinstance(err, requests.ConnectTimeout) or isinstance(
         reason, urllib3.exceptions.ConnectTimeoutError
     ):

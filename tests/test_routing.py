@@ -301,3 +301,19 @@ def test_idle_connections_are_dropped_after_the_idle_timeout(routed, upstream):
     ports = [r.headers.get("X-Client-Port") for r in upstream.requests]
     # Two requests share a pooled connection; after the idle time a new one is opened.
     assert ports[0] == ports[1] != ports[2]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("http://127.0.0.1:9/v1", "the connection was refused"),
+        ("http://no-such-host.invalid/v1", "the upstream's host name does not resolve"),
+    ],
+)
+def test_a_connection_not_made_says_why_without_the_address(routed, base_url, said):
+    client = routed([{"name": "gpt", "base_url": base_url}])
+    response = post(client, "gpt")
+    assert response.status_code == 502
+    message = response.json["error"]["message"]
+    assert said in message and "timed out" not in message
+    assert "127.0.0.1" not in message and "invalid" not in message and ":9" not in message
