@@ -39,6 +39,7 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 MAX_MESSAGE_CHARS = 1000
+MAX_PARAM_CHARS = 200
 # A Retry-After is a number of seconds or an HTTP date (29 characters); anything longer is noise.
 MAX_RETRY_AFTER_CHARS = 64
 # The longest an upstream's own wait (its Retry-After) keeps a deployment out: one answer, from a
@@ -143,6 +144,15 @@ def safe_text(text: str) -> str:
     """An upstream message fit for a client or a log line: scrubbed (app.redact), bounded."""
     # Cut before scrubbing so a huge message costs little; what is kept is scrubbed whole.
     return REDACTOR.scrub(text[: MAX_MESSAGE_CHARS * 4])[:MAX_MESSAGE_CHARS]
+
+
+def error_param(payload: object) -> str | None:
+    """The request field an upstream's refusal names (OpenAI's `param`), for the client."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    param = err.get("param") if isinstance(err, dict) else None
+    if not isinstance(param, str) or not param or len(param) > MAX_PARAM_CHARS:
+        return None
+    return safe_text(param)
 
 
 def error_message(payload: object) -> tuple[str | None, str | None]:
@@ -484,14 +494,20 @@ def status_error(
     finally:
         release(response)
     try:
-        message, code = error_message(json.loads(raw))
+        payload = json.loads(raw)
     except ValueError:
-        message, code = None, None
+        payload = None
+    message, code = error_message(payload)
     for secret in secrets:
         if message and secret in message:
             message = message.replace(secret, REDACTED)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     error = _status_error(status, message, code, retry_after, label)
+    if isinstance(error, UpstreamClientError):
+        param = error_param(payload)
+        if param and any(secret in param for secret in secrets):
+            param = None
+        error.param = param
     error.upstream_status = status
     error.upstream_retry_after = retry_after
     return error

@@ -143,6 +143,30 @@ def test_client_errors_are_not_retried_elsewhere(routed, upstream):
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("param", "relayed"),
+    [
+        ("temperature", "temperature"),
+        ("messages[0].content", "messages[0].content"),
+        (None, None),
+        (7, None),
+        ("x" * 201, None),
+        ("key sk-upstream-secret here", "scrubbed"),
+    ],
+)
+def test_an_upstream_refusal_keeps_the_field_it_names(routed, upstream, param, relayed):
+    client = routed([openai_model(upstream, name="gpt")])
+    refusal = {"message": "bad value", "type": "invalid_request_error", "param": param}
+    upstream.queue(Reply(status=400, body={"error": {**refusal, "code": None}}))
+    response = post(client, "gpt")
+    assert response.status_code == 400
+    if relayed == "scrubbed":
+        shown = response.json["error"]["param"]
+        assert "sk-upstream-secret" not in shown and shown.endswith(" here")
+    else:
+        assert response.json["error"]["param"] == relayed
+
+
 def test_every_candidate_failing_gives_one_json_error(routed, upstream):
     client = routed(
         [
