@@ -404,3 +404,28 @@ def test_non_ascii_admin_and_metrics_tokens_in_either_encoding(make_app, encodin
         path, environ_overrides={**LOOPBACK, "HTTP_AUTHORIZATION": f"Bearer {wrong}"}
     )
     assert refused.status_code == 401
+
+
+@responses.activate
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/messages"])
+def test_the_client_s_anthropic_beta_reaches_an_anthropic_upstream(make_app, path):
+    """A beta changes what a request may hold (tools, documents): the count needs it too."""
+    responses.post(f"{ANTHROPIC}/messages/count_tokens", json={"input_tokens": 42})
+    responses.post(
+        f"{ANTHROPIC}/messages",
+        json={
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-up",
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+        },
+    )
+    client = counting_app(make_app)
+    beta = "token-counting-2024-11-01,files-api-2025-04-14"
+    response = client.post(path, json={**COUNT, "max_tokens": 5}, headers={"anthropic-beta": beta})
+    assert response.status_code == 200
+    (call,) = responses.calls
+    assert call.request.headers["anthropic-beta"] == beta

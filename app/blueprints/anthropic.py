@@ -32,6 +32,13 @@ class Translated:
     input_estimate: int
 
 
+def with_beta(ctx: CallContext) -> CallContext:
+    """The client's `anthropic-beta` for an Anthropic upstream: a beta changes what a request
+    may hold, so counting its tokens wants it as much as answering it."""
+    beta = request.headers.get("anthropic-beta", "")[:1000] or None
+    return replace(ctx, anthropic_beta=beta)
+
+
 class Messages(Endpoint):
     name = "create_message"
     paths = ("/v1/messages",)
@@ -55,8 +62,7 @@ class Messages(Endpoint):
         )
 
     def context(self, ctx: CallContext) -> CallContext:
-        beta = request.headers.get("anthropic-beta", "")[:1000] or None
-        return replace(ctx, anthropic_beta=beta)
+        return with_beta(ctx)
 
     def answer(self, call: Call, candidate: Candidate, ctx: CallContext) -> Answer:
         provider, translated = candidate.provider, call.prepared
@@ -97,6 +103,9 @@ class CountTokens(Endpoint):
     surface = Surface.ANTHROPIC
     schema = COUNT_TOKENS
     charged = False
+
+    def context(self, ctx: CallContext) -> CallContext:
+        return with_beta(ctx)
 
     def candidates(self, resolution: Resolution) -> Resolution:
         counting = tuple(c for c in resolution.candidates if counts_upstream(c.provider))
