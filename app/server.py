@@ -228,14 +228,15 @@ def on_starting(server) -> None:
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "ai-proxy-activity-*.json")):
         os.remove(stale)
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
-    if not inherited:
-        busy = busy_binds(list(server.cfg.bind))
-        if busy:
-            _fail(busy)
+    # Every problem at once: a taken port and a bad setting are both for the user to fix.
+    busy = [] if inherited else busy_binds(list(server.cfg.bind))
     try:
         config, snapshot = stage_config(list(server.cfg.bind))
     except ConfigError as err:
-        _fail(err.problems)
+        _fail(err.problems + busy)
+    if busy:
+        _discard(snapshot)
+        _fail(busy)
     _adopt(config, snapshot)
     log_loaded(config, server.cfg.workers)
 

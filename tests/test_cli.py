@@ -320,3 +320,19 @@ def test_missing_env_file_is_an_error(tmp_path, good_config):
     )
     assert result.returncode != 0
     assert "nope.env" in result.stderr
+
+
+def test_serve_names_a_bad_setting_and_a_taken_port_together(tmp_path, good_config):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        result = run(
+            [*CLI, "serve", "--config", str(good_config)], tmp_path, PORT=port, RETRY_JITTER="x"
+        )
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert "RETRY_JITTER" in said and f"127.0.0.1:{port} is already in use" in said
+    assert "Traceback" not in result.stderr
