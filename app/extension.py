@@ -331,7 +331,10 @@ def _handle_http_exception(err: HTTPException):
     if err.code == 404:
         mapped: ProxyError = NotFoundError(f"No route for {request.method} {request.path}.")
     elif err.code == 405:
-        allowed = ", ".join(getattr(err, "valid_methods", None) or [])
+        path = request.path[len(_state().url_prefix) :]
+        allowed = gemini.allowed_methods(path) or ", ".join(
+            getattr(err, "valid_methods", None) or []
+        )
         mapped = MethodNotAllowedError(
             f"{request.method} is not allowed here; use {allowed}.", headers={"Allow": allowed}
         )

@@ -170,3 +170,22 @@ def test_options_without_origin_is_an_empty_204_with_allow(cors_client):
     response = cors_client.options("/healthz")
     assert response.status_code == 204 and "Content-Type" not in response.headers
     assert "GET" in response.headers["Allow"] and response.get_data() == b""
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "GET"])
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/v1beta/models/echo:generateContent", {"POST"}),
+        ("/v1beta/models/echo:streamGenerateContent", {"POST"}),
+        ("/v1/models/echo:countTokens", {"POST"}),
+        ("/v1beta/models/echo", {"GET", "HEAD"}),
+        ("/v1/models/echo", {"GET", "HEAD"}),
+    ],
+)
+def test_a_405_on_a_model_path_names_what_that_path_takes(client, method, path, allowed):
+    response = client.open(path, method=method, headers=HEADERS)
+    if method in allowed or (method == "GET" and path == "/v1/models/echo:countTokens"):
+        return  # served, or an OpenAI lookup of a model with that name
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed

@@ -83,6 +83,17 @@ def is_gemini_path(path: str, method: str) -> bool:
     )
 
 
+def allowed_methods(path: str) -> str | None:
+    """What a Gemini model path takes, where one route serves both kinds (werkzeug's 405
+    would list the route's every method): a method (`...:generateContent`) POST, a model GET
+    (Gemini's, or OpenAI's lookup under /v1)."""
+    if not path.startswith(("/v1beta/models/", "/v1/models/")):
+        return None
+    if ":" in path and path.rpartition(":")[2] in GEMINI_METHODS:
+        return "POST"
+    return "GET, HEAD"
+
+
 class GenerateContent(Endpoint):
     """generateContent and streamGenerateContent for the model named in the path."""
 
