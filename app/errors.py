@@ -279,12 +279,12 @@ def error_response(err: ProxyError, surface: Surface = OPENAI) -> Response:
     """Render an error as the JSON response of the given surface, scrubbed of secrets."""
     err = err.on(surface)
     response = Response(
-        json.dumps(REDACTOR.scrub_value(err.body(surface))),
+        json.dumps(REDACTOR.scrub_answer(err.body(surface))),
         status=err.status,
         mimetype="application/json",
     )
     for name, value in err.headers().items():
-        response.headers[name] = REDACTOR.scrub(value)
+        response.headers[name] = REDACTOR.scrub_reflected(value)
     return response
 
 
@@ -294,7 +294,7 @@ def sse_error_event(err: ProxyError, surface: Surface = OPENAI) -> bytes:
         # A Responses stream ends itself with `response.failed` (app.responses_stream.failing):
         # only it knows the sequence number and the output so far.
         return b""
-    data = json.dumps(REDACTOR.scrub_value(err.body(surface)))
+    data = json.dumps(REDACTOR.scrub_answer(err.body(surface)))
     if surface == ANTHROPIC:
         return f"event: error\ndata: {data}\n\n".encode()
     return f"data: {data}\n\n".encode()

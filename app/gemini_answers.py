@@ -296,7 +296,7 @@ class SseEncoding:
             yield f"data: {_dumps(response)}\r\n\r\n".encode()
 
     def error(self, err: ProxyError) -> bytes:
-        return f"data: {_dumps(REDACTOR.scrub_value(err.gemini_body()))}\r\n\r\n".encode()
+        return f"data: {_dumps(REDACTOR.scrub_answer(err.gemini_body()))}\r\n\r\n".encode()
 
 
 class ArrayEncoding:
@@ -319,4 +319,4 @@ class ArrayEncoding:
         yield b"]" if self.opened else b"[]"
 
     def error(self, err: ProxyError) -> bytes:
-        return self._element(REDACTOR.scrub_value(err.gemini_body())) + b"]"
+        return self._element(REDACTOR.scrub_answer(err.gemini_body())) + b"]"

@@ -169,6 +169,7 @@ class _Index(NamedTuple):
     short: tuple[str, ...] = ()  # secrets too short to have parts: matched whole
     words: frozenset[str] = frozenset()  # word-like parts (see _word_parts)
     cache: dict = {}  # noqa: RUF012 - text -> scrubbed text, for this index only
+    whole: tuple[str, ...] = ()  # every secret, longest first (see scrub_reflected)
 
 
 class Redactor:
@@ -230,11 +231,12 @@ class Redactor:
             tuple(sorted(short, key=len, reverse=True)),
             _word_parts(secrets),
             {},
+            tuple(sorted(secrets, key=len, reverse=True)),
         )
 
     def scrub_known(self, text: str) -> str:
         """Remove each registered secret and any run of PART_CHARS or more characters of one."""
-        grams, probes, short, words, _ = self._index
+        grams, probes, short, words, _, _ = self._index
         if len(text) < MIN_SECRET_CHARS or not (grams or short):
             return text
         for secret in short:
@@ -291,6 +293,34 @@ class Redactor:
                 cache.clear()
             cache[text] = scrubbed
         return scrubbed
+
+    def scrub_reflected(self, text: str) -> str:
+        """Text for a client's answer, which may hold the client's own words (a path, a model
+        name): known secrets come out only whole, and anything shaped like a secret.
+
+        Taking out parts of secrets here would answer, for any word a client sends, whether it
+        is part of one: a client could then find a key piece by piece. What an upstream said
+        (which may quote part of a key) had its parts taken out when it was read
+        (app.upstream.safe_text)."""
+        if not text:
+            return text
+        text = scrub_shapes(text)
+        for secret in self._index.whole:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def scrub_answer(self, value: object, depth: int = 0) -> object:
+        """`scrub_reflected` applied to the strings of an answer's body (an error's)."""
+        if isinstance(value, str):
+            return self.scrub_reflected(value)
+        if depth > 8:
+            return value
+        if isinstance(value, Mapping):
+            return {k: self.scrub_answer(v, depth + 1) for k, v in value.items()}
+        if type(value) in (list, tuple):
+            return type(value)(self.scrub_answer(v, depth + 1) for v in value)
+        return value
 
     def scrub_value(self, value: object, shapes: bool = True, depth: int = 0) -> object:
         """`scrub` applied to the strings in a value, containers included (log `extra=` data)."""

@@ -59,7 +59,7 @@ class Item:
 def failure_body(err: ProxyError) -> dict:
     """A Response's `error` for a proxy error, in OpenAI's codes, scrubbed of secrets."""
     code = "rate_limit_exceeded" if err.status == 429 else "server_error"
-    return REDACTOR.scrub_value(
+    return REDACTOR.scrub_answer(
         {"code": code, "message": err.message, "type": err.type, "param": err.param}
     )
 

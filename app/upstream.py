@@ -146,6 +146,17 @@ def safe_text(text: str) -> str:
     return REDACTOR.scrub(text[: MAX_MESSAGE_CHARS * 4])[:MAX_MESSAGE_CHARS]
 
 
+_CODE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def safe_code(code: str | None) -> str | None:
+    """An upstream's error code for the client: an identifier, with nothing of a secret in it
+    (it is checked here, not when the answer goes out: see Redactor.scrub_reflected)."""
+    if not code or not _CODE_RE.fullmatch(code) or safe_text(code) != code:
+        return None
+    return code
+
+
 def error_param(payload: object) -> str | None:
     """The request field an upstream's refusal names (OpenAI's `param`), for the client."""
     err = payload.get("error") if isinstance(payload, dict) else None
@@ -498,6 +509,7 @@ def status_error(
     except ValueError:
         payload = None
     message, code = error_message(payload)
+    code = safe_code(code)
     for secret in secrets:
         if message and secret in message:
             message = message.replace(secret, REDACTED)
@@ -596,6 +608,7 @@ def read_bytes(response: requests.Response, label: str, limit: int) -> bytearray
 def body_error(answer: dict, label: str) -> UpstreamError:
     """An error an upstream put in a 200 answer (OpenRouter does), mapped by its own code."""
     message, code = error_message(answer)
+    code = safe_code(code)
     err = answer.get("error")
     status = err.get("code") if isinstance(err, dict) else None
     text = safe_text(message or "unknown error")

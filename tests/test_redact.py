@@ -771,3 +771,67 @@ def test_gunicorn_logs_and_answers_hold_no_key(proxy_factory, upstream, fmt):
     assert upstream.url not in logs
     # gunicorn's own address is not an upstream's: operators still see where it listens.
     assert f"Listening at: {proxy.url}" in logs
+
+
+# -- no oracle: an answer never tells a client which of its own words are part of a secret --------
+
+ORACLE_KEY = "sk-proj-Q7fT2mZ9xL4vB8nR1cW6yH3kTq0P"
+ORACLE_ADMIN = "adm-" + random_text(32)
+
+
+@pytest.fixture
+def oracle_client(make_app):
+    from app.redact import REDACTOR
+
+    REDACTOR.forget_all()
+    app = make_app(
+        {
+            "auth": {"tokens": [{"name": "t", "token": CLIENT_TOKEN}], "admin_token": ORACLE_ADMIN},
+            "models": [
+                {
+                    "name": "gpt",
+                    "provider": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "token": ORACLE_KEY,
+                },
+                {"name": "echo", "provider": "echo"},
+            ],
+        }
+    )
+    yield app.test_client()
+    REDACTOR.forget_all()
+
+
+def pieces(secret: str, size: int = 8) -> list[str]:
+    return [secret[i : i + size] for i in range(0, len(secret) - size + 1, 3)]
+
+
+def test_a_path_is_echoed_as_sent_whether_or_not_it_is_part_of_a_key(oracle_client):
+    """Unauthenticated: the 404 names the path. Were parts of keys taken out of it, a client
+    could grow a guess one character at a time and read the key (a few hundred requests)."""
+    from app.redact import scrub_shapes
+
+    for secret in (ORACLE_KEY, ORACLE_ADMIN, CLIENT_TOKEN):
+        for piece in [*pieces(secret), secret[:-1], secret[1:], secret.lower()[4:20]]:
+            message = oracle_client.get(f"/x{piece}").json["error"]["message"]
+            # Only what anything of that shape gets (a key-like run), secret or not.
+            assert message == f"No route for GET {scrub_shapes('/x' + piece)}.", piece
+        assert scrub_shapes(f"/x{secret[3:15]}") == f"/x{secret[3:15]}"
+    # A whole secret is still taken out, as is anything shaped like a key.
+    assert ORACLE_KEY not in oracle_client.get(f"/{ORACLE_KEY}").get_data(as_text=True)
+    assert ORACLE_ADMIN not in oracle_client.get(f"/{ORACLE_ADMIN}").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/messages", "/v1beta/models/{model}:generateContent"]
+)
+def test_a_model_name_is_echoed_as_sent_whether_or_not_it_is_part_of_a_key(oracle_client, path):
+    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+    for piece in pieces(ORACLE_KEY)[2:]:
+        model = f"m-{piece}"
+        body = {"model": model, "max_tokens": 5, "messages": MESSAGES}
+        if "{model}" in path:
+            body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+        response = oracle_client.post(path.format(model=model), json=body, headers=headers)
+        assert response.status_code in (400, 404)
+        assert model in response.get_data(as_text=True), (piece, response.get_data())
