@@ -244,7 +244,7 @@ def test_env_file_does_not_override_real_env(tmp_path, monkeypatch):
         load_env_file(str(tmp_path / "missing.env"))
 
 
-def test_token_with_unset_variable_is_left_out(tmp_path):
+def test_a_client_token_with_an_unset_variable_stops_start_up(tmp_path):
     path = write(
         tmp_path,
         """
@@ -256,6 +256,13 @@ def test_token_with_unset_variable_is_left_out(tmp_path):
               token: b-secret
         """,
     )
-    config = load_config(path, env={})
-    assert [t.name for t in config.tokens] == ["team-b"]
-    assert any("auth.tokens[0] (team-a)" in reason for reason in config.left_out)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert err.value.problems == [
+        "auth.tokens[0].token: its variable is not set (team-a); set it, or remove the entry"
+    ]
+    # Set but empty is no token either.
+    with pytest.raises(ConfigError):
+        load_config(path, env={"TEAM_A_TOKEN": ""})
+    config = load_config(path, env={"TEAM_A_TOKEN": "a-secret-value"})
+    assert [t.name for t in config.tokens] == ["team-a", "team-b"]

@@ -133,12 +133,15 @@ def load_config(
             left_out.append(f"models[{index}] ({model.name}): its token variable is not set")
             continue
         models.append(replace(model, index=index))
-    tokens = []
-    for index, token in enumerate(loaded["auth"]["tokens"]):
+    tokens = list(loaded["auth"]["tokens"])
+    for index, token in enumerate(tokens):
         if f"auth.tokens[{index}].token" in unset:
-            left_out.append(f"auth.tokens[{index}] ({token.name}): its token variable is not set")
-            continue
-        tokens.append(token)
+            # Never left out as a model is: with no token left the proxy would serve without
+            # auth (loopback clients only), and the token's quotas and model list would go too.
+            problems.append(
+                f"auth.tokens[{index}].token: its variable is not set ({token.name}); set it, "
+                "or remove the entry"
+            )
     retry_names = {
         path.removeprefix("retry."): name for path, name in sources.items() if "retry." in path
     }
