@@ -134,6 +134,39 @@ def test_faults(tmp_path, text, expected):
     assert any(expected in p for p in problems_of(path)), problems_of(path)
 
 
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (
+            "auth: {tokens: [{name: x, token: sk-a-token-1, requests_per_minute: 0.5}]}",
+            "auth.tokens[0].requests_per_minute",
+        ),
+        (
+            "auth: {tokens: [{name: x, token: sk-a-token-1, tokens_per_minute: 99.9}]}",
+            "auth.tokens[0].tokens_per_minute",
+        ),
+        (
+            "models: [{name: a, provider: echo, requests_per_day: 1.5}]",
+            "models[0].requests_per_day",
+        ),
+        ("models: [{name: a, provider: echo, priority: 1.7}]", "models[0].priority"),
+        ("routing: {failure_threshold: 2.5}", "routing.failure_threshold"),
+        ("server: {max_body_bytes: 100000.5}", "server.max_body_bytes"),
+        ("rate_limits: {default_reserve_tokens: 10.25}", "rate_limits.default_reserve_tokens"),
+    ],
+)
+def test_a_whole_number_with_a_fraction_is_refused_not_cut(tmp_path, text, path):
+    """`requests_per_minute: 0.5` was read as 0, which is no limit at all."""
+    problems = problems_of(write(tmp_path, text + "\n"))
+    assert any(p.startswith(f"{path}: Not a valid integer") for p in problems), problems
+
+
+def test_a_whole_number_may_be_written_with_a_point(tmp_path):
+    text = "models: [{name: a, provider: echo, requests_per_minute: 60.0, priority: 2.0}]\n"
+    (model,) = load_config(write(tmp_path, text), env={}).models
+    assert model.requests_per_minute == 60 and model.priority == 2
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     assert "cannot read" in problems_of(str(tmp_path / "absent.yaml"))[0]
 

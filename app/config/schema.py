@@ -66,6 +66,16 @@ def default_of(field: fields.Field) -> object:
 # Field types.
 
 
+class WholeNumber(fields.Integer):
+    """An integer, as marshmallow's Integer reads one, except that a number with a fraction is
+    refused rather than cut (`requests_per_minute: 0.5` would be 0: no limit at all)."""
+
+    def _validated(self, value):
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
 class Duration(fields.Field):
     """A duration as `500ms`, `2s` or plain seconds."""
 
@@ -131,9 +141,9 @@ def _names(default: tuple[str, ...] = (), **kwargs) -> Tuple:
     return Tuple(fields.String(validate=validate.Length(min=1)), load_default=default, **kwargs)
 
 
-def _limit() -> fields.Integer:
+def _limit() -> WholeNumber:
     # null reads as the default, 0: no limit.
-    return fields.Integer(load_default=0, allow_none=True, validate=validate.Range(min=0))
+    return WholeNumber(load_default=0, allow_none=True, validate=validate.Range(min=0))
 
 
 def _money() -> fields.Float:
@@ -144,8 +154,8 @@ def _positive_seconds(default: float) -> fields.Float:
     return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
 
 
-def _bounded_int(default: int, low: int, high: int) -> fields.Integer:
-    return fields.Integer(
+def _bounded_int(default: int, low: int, high: int) -> WholeNumber:
+    return WholeNumber(
         load_default=default,
         validate=validate.Range(low, high, error="must be between {min} and {max}, got {input}"),
         error_messages={"invalid": "must be an integer, got {input!r}"},
@@ -221,7 +231,7 @@ class ModelSchema(QuotaSchema):
     url = fields.String(load_default=None, allow_none=True, validate=_http_url)
     token = fields.String(load_default=None, allow_none=True)
     model = fields.String(load_default=None, allow_none=True)
-    priority = fields.Integer(load_default=0)
+    priority = WholeNumber(load_default=0)
     weight = fields.Float(load_default=1.0, validate=validate.Range(min=0))
     max_request_length = _limit()
     context_window = _limit()
@@ -286,7 +296,7 @@ class AuthSchema(Declared):
 
 
 class ServerSchema(Declared):
-    max_body_bytes = fields.Integer(
+    max_body_bytes = WholeNumber(
         load_default=DEFAULT_MAX_BODY_BYTES, validate=validate.Range(min=1024)
     )
     metrics_token = OptionalString(load_default=None, allow_none=True)
@@ -295,9 +305,9 @@ class ServerSchema(Declared):
 
 class RoutingSchema(Declared):
     strategy = fields.String(load_default="priority", validate=validate.OneOf(ROUTING_STRATEGIES))
-    max_attempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=100))
+    max_attempts = WholeNumber(load_default=5, validate=validate.Range(min=1, max=100))
     cooldown_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
-    failure_threshold = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    failure_threshold = WholeNumber(load_default=1, validate=validate.Range(min=1))
     request_timeout_seconds = _positive_seconds(DEFAULT_REQUEST_TIMEOUT_SECONDS)
     stream_timeout_seconds = _positive_seconds(DEFAULT_STREAM_TIMEOUT_SECONDS)
 
@@ -305,7 +315,7 @@ class RoutingSchema(Declared):
 class RetrySchema(Declared):
     # No ranges here: out-of-range values are clamped with a warning (clamp_retry), as the Go
     # proxy started with them too; only a value that does not parse stops start-up.
-    max_retries = fields.Integer(load_default=3, strict=False)
+    max_retries = WholeNumber(load_default=3, strict=False)
     base_delay = SignedDuration(load_default=1.0)
     max_delay = SignedDuration(load_default=30.0)
     jitter = fields.Float(load_default=0.1, allow_nan=False)
@@ -320,7 +330,7 @@ class RateLimitSchema(Declared):
         load_default="allow", validate=validate.OneOf(("allow", "deny"))
     )
     # Output tokens reserved for a request that sets no max_tokens (or its surface's spelling).
-    default_reserve_tokens = fields.Integer(
+    default_reserve_tokens = WholeNumber(
         load_default=1024, strict=True, validate=validate.Range(min=1, max=10**9)
     )
 
@@ -331,7 +341,7 @@ class ResponsesSchema(Declared):
     # Absent: the cache's storage when the cache is on, else the rate-limit storage.
     storage = OptionalString(load_default=None, allow_none=True, validate=_storage_uri)
     ttl_seconds = _positive_seconds(DEFAULT_RESPONSES_TTL_SECONDS)
-    max_memory_bytes = fields.Integer(
+    max_memory_bytes = WholeNumber(
         load_default=DEFAULT_RESPONSES_MEMORY_BYTES, validate=validate.Range(min=1024)
     )
 
@@ -347,11 +357,11 @@ class CacheSchema(Declared):
 
     enabled = fields.Boolean(load_default=False)
     storage = fields.String(load_default="memory://", validate=_cache_uri)
-    ttl_seconds = fields.Integer(
+    ttl_seconds = WholeNumber(
         load_default=DEFAULT_CACHE_TTL_SECONDS, validate=validate.Range(min=1, max=366 * 86400)
     )
     # memory:// only: answers are dropped, least recently used first, past this many bytes.
-    max_memory_bytes = fields.Integer(
+    max_memory_bytes = WholeNumber(
         load_default=DEFAULT_CACHE_MAX_MEMORY_BYTES, validate=validate.Range(min=1024)
     )
     scope = Choice(CACHE_SCOPES, load_default="token")
