@@ -68,6 +68,9 @@ class Serving:
     # Variables the .env file set (the real environment did not).
     dotenv: set[str] = field(default_factory=set)
     older: list[Path] = field(default_factory=list)
+    # On HUP: the config gunicorn_options checked (on_reload adopts it), or that it refused one.
+    staged: tuple[Config, Path | None] | None = None
+    refused: bool = False
 
 
 _serving = Serving()
@@ -83,6 +86,9 @@ def bind_address(runtime: RuntimeConfig) -> str:
 def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
     prepare_metrics_dir()
+    reloading = _serving.config is not None and _serving.options is not None
+    _serving.staged = None
+    saved = (dict(os.environ), set(_serving.dotenv))
     if env is None:
         # gunicorn runs this again on HUP: .env is read afresh, so an entry removed or changed
         # there takes effect (the real environment still wins over it).
@@ -92,17 +98,24 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         try:
             load_env_file()
         except ConfigError as err:
-            _fail(err.problems)
+            if not reloading:
+                _fail(err.problems)
+            return _refuse_reload(err.problems, saved)
         _serving.dotenv = {key for key in os.environ if key not in before}
         env = os.environ
     problems: list[str] = []
     runtime = runtime_from_env(env, problems)
-    reloading = _serving.config is not None and _serving.options is not None
     if problems:
         if reloading:
             # gunicorn reads this again on HUP, and exiting here would stop the master. The
-            # problems are logged by on_reload, which finds them again in the environment.
-            return dict(_serving.options)
+            # file's own problems are named with the environment's, all at once.
+            try:
+                _discard(stage_config([])[1])
+            except ConfigError as err:
+                problems = list(dict.fromkeys([*problems, *err.problems]))
+            except Exception:  # noqa: BLE001 - the environment's problems are enough to say.
+                pass
+            return _refuse_reload(problems, saved)
         _fail(problems)
     options = {
         "bind": [bind_address(runtime)],
@@ -130,15 +143,33 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         "on_exit": on_exit,
     }
     if reloading:
-        # On HUP gunicorn binds a new address before on_reload runs, and exits if it is taken.
+        # On HUP gunicorn binds a new address before on_reload runs, and its master exits if
+        # that fails: so the new config is checked whole here (binds included), and a refused
+        # one leaves gunicorn's settings as they were.
         added = [b for b in options["bind"] if b not in _serving.options["bind"]]
-        busy = busy_binds(added)
+        busy = busy_binds(added, every_failure=True, own_ports=_ports(_serving.options["bind"]))
         if busy:
-            for problem in busy:
-                logger.error("reload refused, still listening where it was: %s", problem)
-            return dict(_serving.options)
+            return _refuse_reload(busy, saved)
+        try:
+            _serving.staged = stage_config(list(options["bind"]))
+        except ConfigError as err:
+            return _refuse_reload(err.problems, saved)
+        except Exception:  # noqa: BLE001 - whatever it is, the master must live on.
+            logger.exception("reload refused, still serving the previous config")
+            return _refuse_reload([], saved)
     _serving.options = options
     return options
+
+
+def _refuse_reload(problems: list[str], saved: tuple[dict[str, str], set[str]]) -> dict:
+    """Keep serving what was accepted: gunicorn's settings and the environment as they were."""
+    for problem in problems:
+        logger.error("reload refused, still serving the previous config: %s", problem)
+    environ, _serving.dotenv = saved
+    os.environ.clear()
+    os.environ.update(environ)
+    _serving.refused = True
+    return dict(_serving.options)
 
 
 def prepare_metrics_dir() -> str:
@@ -245,8 +276,13 @@ def on_reload(server) -> None:
     """gunicorn master hook on HUP, before new workers start: accept the new config or keep the
     old one. Workers boot from what was accepted (see post_fork), so a refused file never
     reaches them, not even a worker respawned later."""
+    if _serving.refused:
+        # gunicorn_options refused it (and said why) before gunicorn acted on it.
+        _serving.refused = False
+        return
+    staged, _serving.staged = _serving.staged, None
     try:
-        config, snapshot = stage_config(list(server.cfg.bind))
+        config, snapshot = staged or stage_config(list(server.cfg.bind))
     except ConfigError as err:
         for problem in err.problems:
             logger.error("reload refused, still serving the previous config: %s", problem)
@@ -296,7 +332,15 @@ def stage_config(binds: list[str]) -> tuple[Config, Path | None]:
             raise ConfigError(
                 [p.replace(str(snapshot), str(source)) for p in err.problems]
             ) from None
-    problems = check_startup(config, binds)
+        except BaseException:
+            # The copy may hold secrets written inline: it never outlives a failed check.
+            _discard(snapshot)
+            raise
+    try:
+        problems = check_startup(config, binds)
+    except BaseException:
+        _discard(snapshot)
+        raise
     if problems:
         _discard(snapshot)
         raise ConfigError(problems)
@@ -338,25 +382,55 @@ def _adopt(config: Config, snapshot: Path | None) -> None:
     _serving.env = dict(os.environ)
 
 
-def busy_binds(binds: list[str]) -> list[str]:
+def _ports(binds: list[str]) -> set[int]:
+    ports = set()
+    for bind in binds:
+        try:
+            ports.add(int(parse_address(bind)[1]))
+        except Exception:  # noqa: BLE001, S112 - not a TCP address (unix:, fd://).
+            continue
+    return ports
+
+
+def busy_binds(
+    binds: list[str], every_failure: bool = False, own_ports: set[int] = frozenset()
+) -> list[str]:
     """One line per TCP address another process already listens on (checked as gunicorn binds:
-    IPv6 for an IPv6 literal, else IPv4, with SO_REUSEADDR so a port in TIME_WAIT is free)."""
+    IPv6 for an IPv6 literal, else IPv4, with SO_REUSEADDR so a port in TIME_WAIT is free).
+
+    `every_failure`: also any other reason gunicorn could not listen there (an address not on
+    this host, a name that does not resolve, no permission), for a reload: gunicorn binds a new
+    address before its reload hook runs, and a bind that fails stops its master."""
     problems = []
     for bind in binds:
         if bind.startswith(("unix:", "fd://")):
             continue
-        host, port = parse_address(bind)
-        family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        try:
+            host, port = parse_address(bind)
+            family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        except Exception as err:  # noqa: BLE001 - gunicorn's parser raises several kinds.
+            if every_failure:
+                problems.append(f"{bind}: not an address to listen at ({err})")
+            continue
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as err:
-                # Any other failure (an unknown host, no permission) gunicorn reports itself.
-                if err.errno == errno.EADDRINUSE:
+                if err.errno == errno.EADDRINUSE and port in own_ports:
+                    # Most likely this server's own listener (127.0.0.1:8080 before
+                    # 0.0.0.0:8080), which gunicorn keeps while it binds the new address.
+                    problems.append(
+                        f"{bind} overlaps where this server listens now, which a reload cannot "
+                        "move to; restart it to listen there"
+                    )
+                elif err.errno == errno.EADDRINUSE:
                     problems.append(
                         f"{bind} is already in use; set PORT or --addr to listen elsewhere"
                     )
+                elif every_failure:
+                    problems.append(f"{bind}: cannot listen there ({err.strerror or err})")
+                # Otherwise (starting) gunicorn reports it itself.
     return problems
 
 

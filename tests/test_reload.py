@@ -65,6 +65,11 @@ def write_yaml(path: Path, data: dict) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
+# A few hundred bytes that stand for 9**8 (43 million) strings once every alias is repeated.
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
 # Each case: how to break the config (path, env file), and what the refusal line must name.
 BREAKS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "yaml syntax": (lambda path, env: path.write_text("models:\n  - {name: x\n"), "line 3"),
@@ -119,6 +124,25 @@ BREAKS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
             env.write_text(f"{KEY_VAR}=k1\nLOG_LEVEL=loud\n"),
         ),
         "LOG_LEVEL",
+    ),
+    "a .env that is not UTF-8": (
+        lambda path, env: (
+            write_yaml(path, config("echo-new")),
+            env.write_bytes(f"{KEY_VAR}=k1\nX=caf\xe9\n".encode("latin-1")),
+        ),
+        "not UTF-8 text (byte 0xe9",
+    ),
+    "a config that is not UTF-8": (
+        lambda path, env: path.write_bytes(b"models: [{name: caf\xe9, provider: echo}]\n"),
+        "not UTF-8 text (byte 0xe9",
+    ),
+    "a config nested too deeply": (
+        lambda path, env: path.write_text("models: " + "[" * 3000 + "]" * 3000 + "\n"),
+        "nested too deeply",
+    ),
+    "an alias bomb": (
+        lambda path, env: path.write_text(ALIAS_BOMB),
+        "values once its YAML aliases are repeated",
     ),
     "file removed": (lambda path, env: path.unlink(), "cannot read"),
     "file is a folder": (lambda path, env: (path.unlink(), path.mkdir()), "cannot read"),
@@ -320,9 +344,56 @@ def test_a_reload_onto_a_busy_port_keeps_listening(tmp_path):
         proxy.start()
         try:
             env_file.write_text(f"{KEY_VAR}=k1\nPORT={busy}\n")
-            line = hup_and_wait_for(proxy, "still listening where it was")
+            line = hup_and_wait_for(proxy, "reload refused")
             assert f"127.0.0.1:{busy} is already in use" in line
             assert proxy.proc.poll() is None
             assert_serves(proxy, "echo-old")
         finally:
             proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("env_line", "said"),
+    [
+        ("HOST=203.0.113.5\nPORT={port}", "203.0.113.5:{port}: cannot listen there"),
+        (
+            "HOST=no-such-host.invalid\nPORT={port}",
+            "no-such-host.invalid:{port}: cannot listen there",
+        ),
+        ("HOST=0.0.0.0\nPORT={free}", "no client token is configured"),
+        # gunicorn binds the new address while it still listens on the old one.
+        ("HOST=0.0.0.0\nPORT={port}", "0.0.0.0:{port} overlaps where this server listens now"),
+    ],
+)
+def test_a_reload_onto_an_address_it_cannot_take_keeps_listening(tmp_path, env_line, said):
+    """gunicorn binds a new address before its reload hook runs, and a failed bind stopped its
+    master (a typo in HOST took the service down); a bind the config forbids was taken before
+    the hook refused it."""
+    path = tmp_path / "config.yaml"
+    env_file = tmp_path / "proxy.env"
+    write_yaml(path, {"models": config("echo-old")["models"]})  # no client token: loopback only
+    proxy = ProxyServer(path, env={"AI_PROXY_ENV_FILE": str(env_file)}, workers=1, threads=4)
+    del proxy.env["HOST"], proxy.env["PORT"]
+    env_file.write_text(f"{KEY_VAR}=k1\nHOST=127.0.0.1\nPORT={proxy.port}\n")
+    proxy.start()
+    try:
+        assert served_models(proxy) == {"echo-old"}
+        with socket.socket() as spare:
+            spare.bind(("127.0.0.1", 0))
+            free = spare.getsockname()[1]
+        env_file.write_text(f"{KEY_VAR}=k1\n{env_line.format(free=free, port=proxy.port)}\n")
+        line = hup_and_wait_for(proxy, "reload refused")
+        assert said.format(port=proxy.port) in line, line
+        assert proxy.proc.poll() is None
+        assert_serves(proxy, "echo-old")
+        # Nothing listens where the refused file said.
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            assert probe.connect_ex(("127.0.0.2", proxy.port)) != 0
+        # And a good file after it is applied.
+        env_file.write_text(f"{KEY_VAR}=k1\nHOST=127.0.0.1\nPORT={proxy.port}\n")
+        write_yaml(path, {"models": config("echo-new")["models"]})
+        hup_and_wait_for(proxy, "reload applied")
+        assert_serves(proxy, "echo-new")
+    finally:
+        proxy.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -124,6 +125,10 @@ def interpolate(value: object, env: Mapping[str, str], path: str, unset: set[str
     return value
 
 
+# A .env file is a list of settings: a larger one is not what was meant.
+MAX_ENV_FILE_BYTES = 1024 * 1024
+
+
 def load_env_file(path: str | None = None) -> str | None:
     """Load `.env` from `path`, AI_PROXY_ENV_FILE or ./.env; real environment variables win."""
     chosen = path or os.environ.get("AI_PROXY_ENV_FILE") or ".env"
@@ -131,5 +136,18 @@ def load_env_file(path: str | None = None) -> str | None:
         if path:
             raise ConfigError([f"--env-file {path}: no such file"])
         return None
-    load_dotenv(chosen, override=False)
+    # Read here, so that whatever is wrong with the file is a ConfigError naming it (gunicorn
+    # reads this on HUP too, and any other error there would stop its master).
+    try:
+        data = Path(chosen).read_bytes()
+        if len(data) > MAX_ENV_FILE_BYTES:
+            raise ConfigError([f"{chosen}: larger than {MAX_ENV_FILE_BYTES} bytes"])
+        text = data.decode("utf-8")
+    except OSError as err:
+        raise ConfigError([f"{chosen}: cannot read: {err.strerror or err}"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [f"{chosen}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})"]
+        ) from None
+    load_dotenv(stream=io.StringIO(text), override=False)
     return chosen

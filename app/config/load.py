@@ -77,6 +77,10 @@ def read_config_file(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: {not_utf8(err)}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -86,7 +90,41 @@ def read_config_file(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping"])
+    if _expands_past(data, MAX_CONFIG_VALUES):
+        raise ConfigError(
+            [
+                f"{path}: holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are "
+                "repeated where they are used"
+            ]
+        )
     return data
+
+
+# How many values a config may hold, an alias counted again wherever it is used: a few hundred
+# bytes of nested aliases stand for billions (each reading of the file would copy them all).
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expands_past(data: object, budget: int) -> bool:
+    """Whether walking `data` as a tree (shared parts once per use) meets more than `budget`
+    values; stops as soon as it does."""
+    stack = [data]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return True
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+            stack.extend(value.keys())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """A decoding error in words: the byte and where it is."""
+    return f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
 
 
 def load_config(
