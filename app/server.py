@@ -34,6 +34,7 @@ from .config import (
     resolve_config_path,
     runtime_from_env,
 )
+from .worker import stamp_reload
 
 logger = logging.getLogger("ai_proxy.server")
 
@@ -276,6 +277,8 @@ def on_reload(server) -> None:
     """gunicorn master hook on HUP, before new workers start: accept the new config or keep the
     old one. Workers boot from what was accepted (see post_fork), so a refused file never
     reaches them, not even a worker respawned later."""
+    # Either way gunicorn now replaces the workers: the old ones finish their streams.
+    stamp_reload()
     if _serving.refused:
         # gunicorn_options refused it (and said why) before gunicorn acted on it.
         _serving.refused = False

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import select
+import time
 import uuid
+from pathlib import Path
 
 from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.workers.gthread import ThreadWorker
 
+from .config.schema import DEFAULT_STREAM_TIMEOUT_SECONDS
 from .threads import ElasticThreadPool, freeze_heap, limit_arenas
 
 # How long the thread that answered on a kept-alive connection waits for the next request on it
@@ -39,6 +43,11 @@ from .threads import ElasticThreadPool, freeze_heap, limit_arenas
 LINGER_SECONDS = 0.002
 # Connections the main thread accepts each time it wakes for its listening socket.
 ACCEPT_BATCH = 64
+# Where the master notes when it last reloaded (in its own multiprocess metrics folder).
+RELOAD_STAMP = "ai-proxy-reloaded"
+# How long a worker replaced by a reload may take to finish its streams, beyond the longest a
+# stream may last: a stream that no upstream ends is cut by its own timeout first.
+DRAIN_MARGIN_SECONDS = 30
 
 # gunicorn's own warning quotes the offending request text, which may hold a client's token.
 _GUNICORN_WARNING = "Invalid request from ip="
@@ -196,10 +205,38 @@ class OneWriteResponse(wsgi.Response):
         super()._emit_body(head + data if head is not None else data)
 
 
+def stamp_reload() -> None:
+    """The master's note, before a reload's new workers start, that a reload is under way."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        try:
+            (Path(folder) / RELOAD_STAMP).write_text(repr(time.time()))
+        except OSError:
+            pass  # the old workers then stop as on TERM, within the graceful timeout
+
+
+def reloaded_since(when: float) -> bool:
+    """Whether the master began a reload after `when` (this worker's start)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    try:
+        return bool(folder) and float((Path(folder) / RELOAD_STAMP).read_text()) >= when
+    except (OSError, ValueError):
+        return False
+
+
 class ProxyWorker(ThreadWorker):
-    """gunicorn's gthread worker with JSON for the errors gunicorn answers itself."""
+    """gunicorn's gthread worker with JSON for the errors gunicorn answers itself.
+
+    A worker stopped by a reload (`kill -HUP`: gunicorn starts new workers, then sends the old
+    ones TERM) finishes every stream it holds, however long, within its stream timeout; gunicorn
+    would cut them at its graceful timeout (30 s), which is for stopping the server (TERM to
+    the master), and that keeps it.
+    """
+
+    booted = 0.0
 
     def init_process(self) -> None:
+        self.booted = time.time()
         util.write_error = write_json_error
         # This process's HTTP/1 answers: a whole body goes out with its headers (see above).
         wsgi.Response = OneWriteResponse
@@ -212,6 +249,21 @@ class ProxyWorker(ThreadWorker):
         # Everything the worker has built so far (modules, the app, its config) lives as long
         # as the worker: kept out of the cyclic collector's sweeps from here on (see freeze_heap).
         freeze_heap()
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.alive and reloaded_since(self.booted):
+            # Replaced by a reload: the new workers take every new connection meanwhile.
+            drain = int(self._stream_timeout()) + DRAIN_MARGIN_SECONDS
+            self.cfg.set("graceful_timeout", max(drain, self.cfg.graceful_timeout))
+        super().handle_exit(sig, frame)
+
+    def _stream_timeout(self) -> float:
+        # Not imported with this module: the master loads it, and app.state brings the metrics.
+        from .state import EXTENSION_KEY
+
+        state = getattr(self.wsgi, "extensions", {}).get(EXTENSION_KEY)
+        routing = getattr(getattr(state, "config", None), "routing", None)
+        return getattr(routing, "stream_timeout_seconds", DEFAULT_STREAM_TIMEOUT_SECONDS)
 
     def get_thread_pool(self) -> ElasticThreadPool:
         # Threads beyond the load's need end once idle: memory returns after a burst.

@@ -244,6 +244,65 @@ def test_sigterm_lets_a_slow_stream_finish(proxy_factory, upstream):
     assert proxy.proc.wait(20) == 0
 
 
+def stream_across(proxy, upstream, words: list[str], delay: float, send_signal) -> list[str]:
+    """A slow stream through the proxy, with `send_signal()` once its first chunks are out."""
+    upstream.queue(Reply(events=chat_chunks(words), delay=delay))
+    received: list[str] = []
+
+    def consume():
+        try:
+            with session().post(
+                proxy.url + "/v1/chat/completions",
+                json={**CHAT, "model": "gpt", "stream": True},
+                headers=AUTH,
+                stream=True,
+                timeout=30,
+            ) as response:
+                for line in response.iter_lines():
+                    if line:
+                        received.append(line.decode())
+        except requests.RequestException as err:
+            received.append(f"cut: {type(err).__name__}")
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert wait_until(lambda: len(received) >= 3)
+    send_signal()
+    reader.join(30)
+    return received
+
+
+def test_a_reload_lets_a_stream_longer_than_the_graceful_timeout_finish(proxy_factory, upstream):
+    """gunicorn stops the old workers of a reload as it stops the server, within its graceful
+    timeout (1 s here): a stream of 4 s would be cut. The old worker finishes it."""
+    config = base_config()
+    config["models"].append(openai_model(upstream, name="gpt"))
+    proxy = proxy_factory(config, env={"GUNICORN_CMD_ARGS": "--graceful-timeout 1"})
+    words = [f"w{i}" for i in range(20)]
+    received = stream_across(
+        proxy, upstream, words, 0.2, lambda: proxy.proc.send_signal(signal.SIGHUP)
+    )
+    assert received[-1] == "data: [DONE]", received[-3:]
+    assert len([r for r in received if '"content"' in r]) == len(words)
+    # The new workers answer meanwhile.
+    assert session().get(proxy.url + "/v1/models", headers=AUTH, timeout=5).status_code == 200
+
+
+def test_a_stop_still_ends_within_the_graceful_timeout(proxy_factory, upstream):
+    config = base_config()
+    config["models"].append(openai_model(upstream, name="gpt"))
+    proxy = proxy_factory(config, env={"GUNICORN_CMD_ARGS": "--graceful-timeout 1"})
+    received = stream_across(
+        proxy,
+        upstream,
+        [f"w{i}" for i in range(40)],
+        0.2,
+        lambda: proxy.proc.send_signal(signal.SIGTERM),
+    )
+    assert received[-1] != "data: [DONE]"
+    assert proxy.proc.wait(20) == 0
+
+
 def test_sighup_reloads_the_config_without_a_failed_request(proxy_factory, tmp_path):
     proxy = proxy_factory(base_config(), workers=2, threads=4)
     config_path = tmp_path / "config-0.yaml"
