@@ -161,6 +161,45 @@ def test_a_whole_number_with_a_fraction_is_refused_not_cut(tmp_path, text, path)
     assert any(p.startswith(f"{path}: Not a valid integer") for p in problems), problems
 
 
+M = "models: [{name: m, provider: openai, token: sk-x-123456789, "
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (M + "base_url: 'http://h:99999/v1'}]", "models[0].base_url: must be an http"),
+        (M + "base_url: 'http://h:abc/v1'}]", "models[0].base_url: must be an http"),
+        (M + "base_url: 'http://a b/v1'}]", "models[0].base_url: must be an http"),
+        (M + "base_url: 'http://[::1/v1'}]", "models[0].base_url: must be an http"),
+        (M + "base_url: 'http://h/v1 trailing'}]", "models[0].base_url: must be an http"),
+        (M + "url: 'http://h:70000/v1/chat/completions'}]", "models[0].url: must be an http"),
+        (M + 'base_url: "http://h/v1", headers: {X: "a\\nb"}}]', "models[0].headers: the value"),
+        (M + 'base_url: "http://h/v1", headers: {"X Y": v}}]', "models[0].headers: 'X Y'"),
+        (M + 'base_url: "http://h/v1", headers: {X: "a\\0b"}}]', "models[0].headers: the value"),
+        (
+            M + "base_url: 'http://h/v1', http_client_config: {timeout_seconds: 1e308}}]",
+            "models[0].http_client_config.timeout_seconds",
+        ),
+        ("routing: {cooldown_seconds: 1e308}", "routing.cooldown_seconds"),
+        ("routing: {stream_timeout_seconds: 1e308}", "routing.stream_timeout_seconds"),
+    ],
+)
+def test_values_no_request_could_use_stop_start_up(tmp_path, text, expected):
+    """Each was accepted and failed every request later: a port past 65535, a header value with
+    a line break (502 and a cooldown on every request), a timeout no socket can take."""
+    problems = problems_of(write(tmp_path, text + "\n"))
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://user:pass@api.example.com/v1", "http://127.0.0.1:8080/v1", "http://[::1]:8080/v1"],
+)
+def test_urls_that_work_still_load(tmp_path, url):
+    (model,) = load_config(write(tmp_path, M + f"base_url: '{url}'}}]\n"), env={}).models
+    assert model.base_url == url
+
+
 def test_a_whole_number_may_be_written_with_a_point(tmp_path):
     text = "models: [{name: a, provider: echo, requests_per_minute: 60.0, priority: 2.0}]\n"
     (model,) = load_config(write(tmp_path, text), env={}).models

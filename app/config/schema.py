@@ -10,6 +10,7 @@ import hashlib
 import re
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from marshmallow import (
     RAISE,
@@ -150,8 +151,16 @@ def _money() -> fields.Float:
     return fields.Float(load_default=0.0, allow_none=True, validate=validate.Range(min=0))
 
 
+# The longest any configured wait may be (a timeout, a cooldown): a week. Beyond it a number is a
+# typo, and some (1e308) are no time a clock or a socket can take.
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
 def _positive_seconds(default: float) -> fields.Float:
-    return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
+    return fields.Float(
+        load_default=default,
+        validate=validate.Range(min=0, min_inclusive=False, max=MAX_SECONDS),
+    )
 
 
 def _bounded_int(default: int, low: int, high: int) -> WholeNumber:
@@ -163,8 +172,30 @@ def _bounded_int(default: int, low: int, high: int) -> WholeNumber:
 
 
 def _http_url(value: str) -> None:
-    if not re.match(r"^https?://[^\s/]+", value):
+    if not re.match(r"^https?://[^\s/]+", value) or any(c.isspace() for c in value):
         raise ValidationError("must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValidationError(
+            "must be an http:// or https:// URL with a valid host and port"
+        ) from None
+    if not parts.hostname:
+        raise ValidationError("must be an http:// or https:// URL with a host")
+
+
+def _header_values(value: dict) -> None:
+    """Header names a server reads (tokens) and values with no line breaks or NUL in them: such
+    a header fails every request it is sent with."""
+    for name, text in value.items():
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValidationError(f"{name!r} is not a header name")
+        if any(c in text for c in "\r\n\0"):
+            raise ValidationError(f"the value of {name!r} holds a line break or NUL")
+
+
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}")
 
 
 def _storage_uri(value: str) -> None:
@@ -244,7 +275,9 @@ class ModelSchema(QuotaSchema):
     strip_think = fields.Boolean(load_default=False)
     # The deployment serves OpenAI's Responses API itself: /v1/responses is passed through.
     responses = fields.Boolean(load_default=False)
-    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    headers = fields.Dict(
+        keys=fields.String(), values=fields.String(), load_default=dict, validate=_header_values
+    )
     http_client_config = _section(HttpClientSchema)
     # Provider-specific: Azure's API version; GigaChat's OAuth endpoint, scope and CA bundle.
     api_version = OptionalString(load_default=None, allow_none=True)
@@ -306,7 +339,9 @@ class ServerSchema(Declared):
 class RoutingSchema(Declared):
     strategy = fields.String(load_default="priority", validate=validate.OneOf(ROUTING_STRATEGIES))
     max_attempts = WholeNumber(load_default=5, validate=validate.Range(min=1, max=100))
-    cooldown_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=0))
+    cooldown_seconds = fields.Float(
+        load_default=60.0, validate=validate.Range(min=0, max=MAX_SECONDS)
+    )
     failure_threshold = WholeNumber(load_default=1, validate=validate.Range(min=1))
     request_timeout_seconds = _positive_seconds(DEFAULT_REQUEST_TIMEOUT_SECONDS)
     stream_timeout_seconds = _positive_seconds(DEFAULT_STREAM_TIMEOUT_SECONDS)
