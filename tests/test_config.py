@@ -200,6 +200,38 @@ def test_urls_that_work_still_load(tmp_path, url):
     assert model.base_url == url
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("default_model: a\ndefault_model: b\n", "line 2, column 1: the key 'default_model'"),
+        ("models:\n  - name: a\n    provider: echo\n    name: b\n", "line 4, column 5"),
+        ("models: [{name: a, provider: echo, name: b}]\n", "the key 'name' is written twice"),
+        ("routing: {strategy: priority}\nrouting: {cooldown_seconds: 5}\n", "line 2"),
+    ],
+)
+def test_a_key_written_twice_is_refused_not_the_last_one_kept(tmp_path, text, line):
+    problems = problems_of(write(tmp_path, text))
+    assert any(line in p and "written twice" in p for p in problems), problems
+
+
+def test_a_merge_key_may_be_written_over(tmp_path):
+    text = (
+        "models:\n  - &base {name: a, provider: echo, priority: 5}\n"
+        "  - <<: *base\n    name: b\n    priority: 1\n"
+    )
+    first, second = load_config(write(tmp_path, text), env={}).models
+    assert (first.name, first.priority, second.name, second.priority) == ("a", 5, "b", 1)
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "Yes", "NO"])
+def test_yes_and_no_are_words_as_in_the_go_proxy(tmp_path, word):
+    """yaml.v3 (YAML 1.2) reads only true and false as booleans: a model named `no` loads."""
+    text = f"models: [{{name: {word}, provider: echo, strip_think: {word}}}]\n"
+    (model,) = load_config(write(tmp_path, text), env={}).models
+    assert model.name == word
+    assert model.strip_think is (word.lower() in ("yes", "on", "y"))
+
+
 def test_a_whole_number_may_be_written_with_a_point(tmp_path):
     text = "models: [{name: a, provider: echo, requests_per_minute: 60.0, priority: 2.0}]\n"
     (model,) = load_config(write(tmp_path, text), env={}).models

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -68,13 +69,50 @@ def resolve_config_path(path: str | None, env: Mapping[str, str]) -> Path | None
     return None
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, read as the Go ai-proxy reads its file (yaml.v3, YAML 1.2): only
+    true and false are booleans (`name: yes`, `provider: no` are words), and a key written twice
+    in one mapping is an error naming both lines, not the last one silently winning."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: what it brings may be written over
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # not a key a mapping can have: the constructor says so
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"the key {key!r} is written twice (first on line {first})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def read_config_file(path: Path) -> dict:
     """Parse the YAML file into a dict; problems are ConfigErrors naming the file."""
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes"])
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from err
     except UnicodeDecodeError as err:
