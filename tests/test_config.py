@@ -370,3 +370,20 @@ def test_a_client_token_with_an_unset_variable_stops_start_up(tmp_path):
         load_config(path, env={"TEAM_A_TOKEN": ""})
     config = load_config(path, env={"TEAM_A_TOKEN": "a-secret-value"})
     assert [t.name for t in config.tokens] == ["team-a", "team-b"]
+
+
+@pytest.mark.parametrize("env", [{}, {"TOK": "sk-set-token-value"}])
+def test_a_default_that_names_another_variable_is_refused(tmp_path, env):
+    """`${TOK:-${X}}` read as TOK (or the text `${X`) and a stray `}`: `sk-set-token-value}`."""
+    text = "auth: {tokens: [{name: t, token: '${TOK:-${X}}'}]}\n"
+    problems = problems_of(write(tmp_path, text), env=env)
+    assert problems == [
+        "auth.tokens[0].token: a ${TOK:-...} default holds another ${...}, which is not "
+        "replaced; give the default as plain text"
+    ]
+
+
+def test_a_default_may_hold_other_text(tmp_path):
+    text = "models: [{name: echo, provider: echo, model: '${M:-a-b:c}'}]\n"
+    (model,) = load_config(write(tmp_path, text), env={}).models
+    assert model.model == "a-b:c"

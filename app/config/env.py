@@ -106,6 +106,14 @@ def interpolate(value: object, env: Mapping[str, str], path: str, unset: set[str
 
         def substitute(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
+            if default is not None and "${" in default:
+                # `${A:-${B}}` would read as A, else the text `${B` and a stray `}`.
+                raise ConfigError(
+                    [
+                        f"{path or '(top)'}: a ${{{name}:-...}} default holds another ${{...}}, "
+                        "which is not replaced; give the default as plain text"
+                    ]
+                )
             current = env.get(name)
             if current:
                 return current
