@@ -143,28 +143,27 @@ def process_cpu(pgid: int) -> dict[int, float]:
     return cpu
 
 
-def rss_mb(pid: int) -> float:
-    """A process's resident memory in MB (NaN once it is gone)."""
+def _proc_kb_mb(pid: int, name: str, field: str) -> float:
+    """A `field:   N kB` line of /proc/<pid>/<name>, in MB (NaN once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (NaN once it is gone)."""
+    return _proc_kb_mb(pid, "status", "VmRSS:")
 
 
 def pss_mb(pid: int) -> float:
     """A process's proportional set size in MB: its resident pages, each page it shares with
     other processes counted as its share (a page three processes map counts a third in each).
     NaN once it is gone, or where the kernel has no smaps_rollup (before Linux 4.14)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    return _proc_kb_mb(pid, "smaps_rollup", "Pss:")
 
 
 def group_rss(pgid: int) -> float:

@@ -208,42 +208,6 @@ def test_request_log_lines_are_json_without_secrets(proxy_factory, upstream):
         assert secret not in logs
 
 
-def test_sigterm_lets_a_slow_stream_finish(proxy_factory, upstream):
-    config = base_config()
-    config["models"].append(openai_model(upstream, name="gpt"))
-    proxy = proxy_factory(config)
-    words = [f"w{i}" for i in range(10)]
-    upstream.queue(Reply(events=chat_chunks(words), delay=0.2))
-    received: list[str] = []
-
-    def consume():
-        with session().post(
-            proxy.url + "/v1/chat/completions",
-            json={**CHAT, "model": "gpt", "stream": True},
-            headers=AUTH,
-            stream=True,
-            timeout=20,
-        ) as response:
-            for line in response.iter_lines():
-                if line:
-                    received.append(line.decode())
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    # SIGTERM comes mid-stream: after the first words, well before the last.
-    assert wait_until(lambda: len(received) >= 3)
-    proxy.proc.send_signal(signal.SIGTERM)
-    reader.join(20)
-    assert received[-1] == "data: [DONE]"
-    text = "".join(
-        json.loads(line[6:])["choices"][0]["delta"].get("content", "")
-        for line in received[:-1]
-        if json.loads(line[6:]).get("choices")
-    )
-    assert text == " ".join(words)
-    assert proxy.proc.wait(20) == 0
-
-
 def stream_across(proxy, upstream, words: list[str], delay: float, send_signal) -> list[str]:
     """A slow stream through the proxy, with `send_signal()` once its first chunks are out."""
     upstream.queue(Reply(events=chat_chunks(words), delay=delay))
@@ -270,6 +234,25 @@ def stream_across(proxy, upstream, words: list[str], delay: float, send_signal) 
     send_signal()
     reader.join(30)
     return received
+
+
+def test_sigterm_lets_a_slow_stream_finish(proxy_factory, upstream):
+    config = base_config()
+    config["models"].append(openai_model(upstream, name="gpt"))
+    proxy = proxy_factory(config)
+    words = [f"w{i}" for i in range(10)]
+    # SIGTERM comes mid-stream: after the first words, well before the last.
+    received = stream_across(
+        proxy, upstream, words, 0.2, lambda: proxy.proc.send_signal(signal.SIGTERM)
+    )
+    assert received[-1] == "data: [DONE]"
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in received[:-1]
+        if json.loads(line[6:]).get("choices")
+    )
+    assert text == " ".join(words)
+    assert proxy.proc.wait(20) == 0
 
 
 def test_a_reload_lets_a_stream_longer_than_the_graceful_timeout_finish(proxy_factory, upstream):
