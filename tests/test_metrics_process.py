@@ -81,7 +81,8 @@ def test_the_gunicorn_master_leaves_the_metrics_to_its_workers():
     script = (
         "import sys, runpy\n"
         "runpy.run_path('conf/gunicorn.conf.py')\n"
-        "print(sorted(m for m in ('app.metrics', 'app.cooldown', 'prometheus_client') if m in sys.modules))\n"
+        "loaded = ('app.metrics', 'app.cooldown', 'prometheus_client')\n"
+        "print(sorted(m for m in loaded if m in sys.modules))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["AI_PROXY_CONFIG"] = os.path.join(ROOT, "conf", "config.yaml")
