@@ -30,6 +30,7 @@ from .errors import (
     error_response,
 )
 from .fastheaders import stamp_headers
+from .redact import CLIENT_WORDS, ClientWords
 from .state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState, build_state
 from .statuspage import views as status_page
 
@@ -138,6 +139,8 @@ def _begin_request():
         return None  # not the proxy's (see _ours)
     headers = req.headers
     method = req.method
+    # What this client sends (its body joins once read): see app.redact.ClientWords.
+    CLIENT_WORDS.set(ClientWords(path))
     incoming = headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
     counted = not path.endswith(QUIET_PATHS)  # probes and scrapes are not load

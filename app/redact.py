@@ -14,6 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping
+from contextvars import ContextVar
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -161,6 +162,30 @@ def scrub_shapes(text: str) -> str:
     return _RUN_OF_KEY_RE.sub(_key_run, text)
 
 
+class ClientWords:
+    """What a client sent with its request (its path and body), for scrubbing what an upstream
+    says back to it: an upstream often repeats the client's words (`Unknown parameter: 'x'`),
+    and taking out the parts of them that are part of a secret would tell the client which of
+    its words those are, one guess at a time. Lower-cased only when first needed (an upstream's
+    text with a part of a secret in it)."""
+
+    __slots__ = ("_lower", "body", "path")
+
+    def __init__(self, path: str, body: bytes = b"") -> None:
+        self.path, self.body, self._lower = path, body, None
+
+    @property
+    def lower(self) -> str:
+        if self._lower is None:
+            text = self.path + "\n" + self.body.decode("utf-8", "replace")
+            self._lower = text.translate(_ASCII_LOWER)
+        return self._lower
+
+
+# This request's ClientWords (set when it begins; its body once it is read).
+CLIENT_WORDS: ContextVar[ClientWords | None] = ContextVar("ai_proxy_client_words", default=None)
+
+
 class _Index(NamedTuple):
     """What scrubbing looks up, swapped in whole when a secret is registered."""
 
@@ -234,8 +259,9 @@ class Redactor:
             tuple(sorted(secrets, key=len, reverse=True)),
         )
 
-    def scrub_known(self, text: str) -> str:
-        """Remove each registered secret and any run of PART_CHARS or more characters of one."""
+    def scrub_known(self, text: str, own: ClientWords | None = None) -> str:
+        """Remove each registered secret and any run of PART_CHARS or more characters of one;
+        `own`: a client's own words, whose parts are never taken out (see ClientWords)."""
         grams, probes, short, words, _, _ = self._index
         if len(text) < MIN_SECRET_CHARS or not (grams or short):
             return text
@@ -257,7 +283,8 @@ class Redactor:
                     starts.update(range(first, min(probe, end - PART_CHARS) + 1))
         spans: list[list[int]] = []
         for i in sorted(starts):
-            if lower[i : i + PART_CHARS] in grams:
+            window = lower[i : i + PART_CHARS]
+            if window in grams and not (own is not None and window in own.lower):
                 if spans and i <= spans[-1][1]:
                     spans[-1][1] = i + PART_CHARS
                 else:
@@ -276,10 +303,13 @@ class Redactor:
         pieces.append(text[last:])
         return "".join(pieces)
 
-    def scrub(self, text: str) -> str:
-        """Text safe for a client or a log line: no known secret, nothing shaped like one."""
+    def scrub(self, text: str, own: ClientWords | None = None) -> str:
+        """Text safe for a client or a log line: no known secret, nothing shaped like one.
+        `own`: see scrub_known."""
         if not text:
             return text
+        if own is not None:
+            return self.scrub_known(scrub_shapes(text), own)
         cache = self._index.cache
         cached = cache.get(text)
         if cached is not None:

@@ -26,7 +26,7 @@ from .errors import UpstreamClientError, UpstreamError, UpstreamTimeoutError
 from .hooks import http_client
 from .hooks.requests import DirectAdapter, PreparedTemplates, pool_managers
 from .hooks.urllib3 import close_idle, close_surplus, drain, pool_counts, remember_targets
-from .redact import REDACTED, REDACTOR
+from .redact import CLIENT_WORDS, REDACTED, REDACTOR
 from .threads import on_threads_settled
 from .version import __version__
 
@@ -141,9 +141,10 @@ def make_retry(config: RetryConfig) -> BackoffRetry:
 
 
 def safe_text(text: str) -> str:
-    """An upstream message fit for a client or a log line: scrubbed (app.redact), bounded."""
+    """An upstream message fit for a client or a log line: scrubbed (app.redact), bounded.
+    Words the client sent itself are left whole (app.redact.ClientWords)."""
     # Cut before scrubbing so a huge message costs little; what is kept is scrubbed whole.
-    return REDACTOR.scrub(text[: MAX_MESSAGE_CHARS * 4])[:MAX_MESSAGE_CHARS]
+    return REDACTOR.scrub(text[: MAX_MESSAGE_CHARS * 4], CLIENT_WORDS.get())[:MAX_MESSAGE_CHARS]
 
 
 _CODE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")

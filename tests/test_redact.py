@@ -835,3 +835,74 @@ def test_a_model_name_is_echoed_as_sent_whether_or_not_it_is_part_of_a_key(oracl
         response = oracle_client.post(path.format(model=model), json=body, headers=headers)
         assert response.status_code in (400, 404)
         assert model in response.get_data(as_text=True), (piece, response.get_data())
+
+
+# -- what an upstream says back is no oracle either -----------------------------------------------
+
+
+def refusing_upstream(record) -> object:
+    """OpenAI's answer to an unknown field: its name in the message and in `param`."""
+    from tests.stub_upstream import Reply
+
+    unknown = next(k for k in record.json() if k.startswith("x"))
+    return Reply(
+        status=400,
+        body={
+            "error": {
+                "message": f"Unrecognized request argument supplied: {unknown}",
+                "type": "invalid_request_error",
+                "param": unknown,
+                "code": None,
+            }
+        },
+    )
+
+
+def test_an_upstream_repeating_the_client_s_words_is_no_oracle(make_app, upstream):
+    """The client's field names come back from the upstream: whether parts of them were taken out
+    would say which are part of the deployment's key."""
+    from app.redact import REDACTOR, scrub_shapes
+    from tests.conftest import openai_model
+
+    REDACTOR.forget_all()
+    try:
+        model = openai_model(upstream, name="gpt", token=ORACLE_KEY)
+        app = make_app(
+            {"auth": {"tokens": [{"name": "t", "token": CLIENT_TOKEN}]}, "models": [model]}
+        )
+        client = app.test_client()
+        upstream.handler = refusing_upstream
+        headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+        for piece in pieces(ORACLE_KEY)[2:]:
+            field = f"x{piece}"
+            body = {"model": "gpt", "messages": MESSAGES, field: 1}
+            answer = client.post("/v1/chat/completions", json=body, headers=headers).json
+            shown = scrub_shapes(field)
+            assert answer["error"]["message"].endswith(f"supplied: {shown}"), (piece, answer)
+            assert answer["error"]["param"] == shown
+    finally:
+        REDACTOR.forget_all()
+
+
+def test_parts_of_a_key_the_client_did_not_send_still_come_out(make_app, upstream):
+    from app.redact import REDACTOR
+    from tests.conftest import openai_model
+    from tests.stub_upstream import Reply
+
+    REDACTOR.forget_all()
+    try:
+        model = openai_model(upstream, name="gpt", token=ORACLE_KEY)
+        app = make_app(
+            {"auth": {"tokens": [{"name": "t", "token": CLIENT_TOKEN}]}, "models": [model]}
+        )
+        tail = ORACLE_KEY[-12:]
+        upstream.queue(Reply(status=400, body={"error": {"message": f"key ending {tail} is bad"}}))
+        answer = app.test_client().post(
+            "/v1/chat/completions",
+            json={"model": "gpt", "messages": MESSAGES},
+            headers={"Authorization": f"Bearer {CLIENT_TOKEN}"},
+        )
+        assert tail not in answer.get_data(as_text=True)
+        assert "<redacted>" in answer.json["error"]["message"]
+    finally:
+        REDACTOR.forget_all()

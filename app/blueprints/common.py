@@ -19,6 +19,7 @@ from ..errors import (
     UnsupportedMediaTypeError,
 )
 from ..fastresponse import ProxyResponse as Response
+from ..redact import CLIENT_WORDS
 from ..state import CURRENT_REQUEST, EXTENSION_KEY, ProxyState, RequestState
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ def read_json_body() -> tuple[object, int]:
             "A compressed request body (Content-Encoding) is not supported; send it uncompressed."
         )
     raw = _read_body(proxy_state().config.server.max_body_bytes)
+    words = CLIENT_WORDS.get()
+    if words is not None:
+        words.body = raw
     if not raw:
         raise InvalidJSONError("The request body is empty; send a JSON object.")
     try:
