@@ -387,3 +387,26 @@ def test_a_default_may_hold_other_text(tmp_path):
     text = "models: [{name: echo, provider: echo, model: '${M:-a-b:c}'}]\n"
     (model,) = load_config(write(tmp_path, text), env={}).models
     assert model.model == "a-b:c"
+
+
+def test_a_retention_may_be_longer_than_a_wait(tmp_path):
+    """responses.ttl_seconds is how long answers are kept (OpenAI keeps them 30 days), not a
+    timeout: the week that bounds waits does not bound it."""
+    config = load_config(write(tmp_path, "responses: {ttl_seconds: 2592000}\n"), env={})
+    assert config.responses.ttl_seconds == 2592000
+    problems = problems_of(write(tmp_path, "responses: {ttl_seconds: 1e308}\n"))
+    assert any(p.startswith("responses.ttl_seconds") for p in problems), problems
+
+
+def test_a_date_is_text_as_in_the_go_proxy(tmp_path):
+    text = (
+        "models: [{name: az, provider: azure, base_url: 'https://r.openai.azure.com', "
+        "token: sk-x-123456789, api_version: 2024-10-21}]\n"
+    )
+    (model,) = load_config(write(tmp_path, text), env={}).models
+    assert model.api_version == "2024-10-21"
+
+
+def test_a_bounded_whole_number_with_a_fraction_names_it(tmp_path):
+    problems = problems_of(write(tmp_path, "routing: {max_attempts: 2.5}\n"))
+    assert any(p.startswith("routing.max_attempts") for p in problems), problems

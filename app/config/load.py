@@ -70,12 +70,18 @@ def resolve_config_path(path: str | None, env: Mapping[str, str]) -> Path | None
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """YAML's safe loader, read as the Go ai-proxy reads its file (yaml.v3, YAML 1.2): only
-    true and false are booleans (`name: yes`, `provider: no` are words), and a key written twice
-    in one mapping is an error naming both lines, not the last one silently winning."""
+    """YAML's safe loader, closer to how the Go ai-proxy reads its file (yaml.v3, YAML 1.2):
+    only true and false are booleans (`name: yes`, `provider: no` are words) and dates are text;
+    and a key written twice in one mapping is an error naming both lines, not the last one
+    silently winning. (YAML 1.1's `1:30` is still the number 90.)"""
 
+    # Dates stay text too (`api_version: 2024-10-21`), as yaml.v3 gives them to a string field.
     yaml_implicit_resolvers = {
-        first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+        first: [
+            (tag, regex)
+            for tag, regex in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
+        ]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
@@ -131,8 +137,8 @@ def read_config_file(path: Path) -> dict:
     if _expands_past(data, MAX_CONFIG_VALUES):
         raise ConfigError(
             [
-                f"{path}: holds more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are "
-                "repeated where they are used"
+                f"{path}: holds more than {MAX_CONFIG_VALUES:,} values (a YAML alias counts "
+                "each time it is used)"
             ]
         )
     return data

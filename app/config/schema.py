@@ -73,7 +73,7 @@ class WholeNumber(fields.Integer):
 
     def _validated(self, value):
         if isinstance(value, float) and not value.is_integer():
-            raise self.make_error("invalid")
+            raise self.make_error("invalid", input=value)
         return super()._validated(value)
 
 
@@ -151,6 +151,8 @@ def _money() -> fields.Float:
     return fields.Float(load_default=0.0, allow_none=True, validate=validate.Range(min=0))
 
 
+# The longest a stored answer may be kept (a response, a cached answer): a year and a day.
+MAX_RETENTION_SECONDS = 366 * 24 * 3600.0
 # The longest any configured wait may be (a timeout, a cooldown): a week. Beyond it a number is a
 # typo, and some (1e308) are no time a clock or a socket can take.
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -375,7 +377,11 @@ class ResponsesSchema(Declared):
 
     # Absent: the cache's storage when the cache is on, else the rate-limit storage.
     storage = OptionalString(load_default=None, allow_none=True, validate=_storage_uri)
-    ttl_seconds = _positive_seconds(DEFAULT_RESPONSES_TTL_SECONDS)
+    # A retention, not a wait: as long as the cache's (OpenAI keeps responses 30 days).
+    ttl_seconds = fields.Float(
+        load_default=DEFAULT_RESPONSES_TTL_SECONDS,
+        validate=validate.Range(min=0, min_inclusive=False, max=MAX_RETENTION_SECONDS),
+    )
     max_memory_bytes = WholeNumber(
         load_default=DEFAULT_RESPONSES_MEMORY_BYTES, validate=validate.Range(min=1024)
     )
