@@ -34,7 +34,7 @@ from .config import (
     resolve_config_path,
     runtime_from_env,
 )
-from .worker import stamp_reload
+from .worker import forget_reloads, stamp_reload
 
 logger = logging.getLogger("ai_proxy.server")
 
@@ -72,6 +72,10 @@ class Serving:
     # On HUP: the config gunicorn_options checked (on_reload adopts it), or that it refused one.
     staged: tuple[Config, Path | None] | None = None
     refused: bool = False
+    # gunicorn's own `-e` variables, where it listens, and the binds its command line fixed.
+    raw_env: dict[str, str] = field(default_factory=dict)
+    binds: list[str] = field(default_factory=list)
+    fixed_binds: list[str] | None = None
 
 
 _serving = Serving()
@@ -86,10 +90,22 @@ def bind_address(runtime: RuntimeConfig) -> str:
 
 def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     """gthread workers, binds and logging from the environment (see CONTRACT section 2)."""
-    prepare_metrics_dir()
     reloading = _serving.config is not None and _serving.options is not None
     _serving.staged = None
     saved = (dict(os.environ), set(_serving.dotenv))
+    if not reloading:
+        return _options(env, reloading, saved)
+    try:
+        return _options(env, reloading, saved)
+    except Exception:  # noqa: BLE001 - on HUP, whatever it is, the master must live on.
+        logger.exception("reload refused, still serving the previous config")
+        return _refuse_reload([], saved)
+
+
+def _options(
+    env: Mapping[str, str] | None, reloading: bool, saved: tuple[dict[str, str], set[str]]
+) -> dict:
+    prepare_metrics_dir()
     if env is None:
         # gunicorn runs this again on HUP: .env is read afresh, so an entry removed or changed
         # there takes effect (the real environment still wins over it).
@@ -147,17 +163,19 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
         # On HUP gunicorn binds a new address before on_reload runs, and its master exits if
         # that fails: so the new config is checked whole here (binds included), and a refused
         # one leaves gunicorn's settings as they were.
-        added = [b for b in options["bind"] if b not in _serving.options["bind"]]
-        busy = busy_binds(added, every_failure=True, own_ports=_ports(_serving.options["bind"]))
+        # Binds given on gunicorn's command line (-b) win over ours and do not move on HUP.
+        binds = _serving.fixed_binds or list(options["bind"])
+        added = [b for b in binds if b not in _serving.binds]
+        busy = busy_binds(added, every_failure=True, own_ports=_ports(_serving.binds))
         if busy:
             return _refuse_reload(busy, saved)
+        # gunicorn takes its own `-e`/raw_env variables out while it re-reads this file and puts
+        # them back after: the config is checked with them, as the workers will read it.
+        os.environ.update(_serving.raw_env)
         try:
-            _serving.staged = stage_config(list(options["bind"]))
+            _serving.staged = stage_config(binds)
         except ConfigError as err:
             return _refuse_reload(err.problems, saved)
-        except Exception:  # noqa: BLE001 - whatever it is, the master must live on.
-            logger.exception("reload refused, still serving the previous config")
-            return _refuse_reload([], saved)
     _serving.options = options
     return options
 
@@ -256,9 +274,10 @@ def on_starting(server) -> None:
     # Samples of an earlier run in a reused directory would be counted again.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "*.db")):
         os.remove(stale)
-    # So would an earlier run's status page counts (app.activity).
+    # So would an earlier run's status page counts (app.activity), and its reloads.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "ai-proxy-activity-*.json")):
         os.remove(stale)
+    forget_reloads()
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
     # Every problem at once: a taken port and a bad setting are both for the user to fix.
     busy = [] if inherited else busy_binds(list(server.cfg.bind))
@@ -270,6 +289,10 @@ def on_starting(server) -> None:
         _discard(snapshot)
         _fail(busy)
     _adopt(config, snapshot)
+    _serving.raw_env = dict(server.cfg.env)
+    _serving.binds = list(server.cfg.bind)
+    if _serving.options is not None and _serving.binds != list(_serving.options["bind"]):
+        _serving.fixed_binds = list(_serving.binds)
     log_loaded(config, server.cfg.workers)
 
 
@@ -295,6 +318,7 @@ def on_reload(server) -> None:
         logger.exception("reload refused, still serving the previous config")
         return
     _adopt(config, snapshot)
+    _serving.binds = list(server.cfg.bind)
     log_config(config, applied="reload applied: ")
 
 
@@ -415,25 +439,23 @@ def busy_binds(
             if every_failure:
                 problems.append(f"{bind}: not an address to listen at ({err})")
             continue
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
-            except OSError as err:
-                if err.errno == errno.EADDRINUSE and port in own_ports:
-                    # Most likely this server's own listener (127.0.0.1:8080 before
-                    # 0.0.0.0:8080), which gunicorn keeps while it binds the new address.
-                    problems.append(
-                        f"{bind} overlaps where this server listens now, which a reload cannot "
-                        "move to; restart it to listen there"
-                    )
-                elif err.errno == errno.EADDRINUSE:
-                    problems.append(
-                        f"{bind} is already in use; set PORT or --addr to listen elsewhere"
-                    )
-                elif every_failure:
-                    problems.append(f"{bind}: cannot listen there ({err.strerror or err})")
-                # Otherwise (starting) gunicorn reports it itself.
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE and port in own_ports:
+                # Most likely this server's own listener (127.0.0.1:8080 before 0.0.0.0:8080),
+                # which its workers hold while gunicorn binds the new address.
+                problems.append(
+                    f"{bind} overlaps where this server listens now, which a reload cannot "
+                    "move to; restart it to listen there"
+                )
+            elif err.errno == errno.EADDRINUSE:
+                problems.append(f"{bind} is already in use; set PORT or --addr to listen elsewhere")
+            elif every_failure:
+                problems.append(f"{bind}: cannot listen there ({err.strerror or err})")
+            # Otherwise (starting) gunicorn reports it itself.
     return problems
 
 

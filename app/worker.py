@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import select
-import time
 import uuid
 from pathlib import Path
 
@@ -43,11 +42,14 @@ from .threads import ElasticThreadPool, freeze_heap, limit_arenas
 LINGER_SECONDS = 0.002
 # Connections the main thread accepts each time it wakes for its listening socket.
 ACCEPT_BATCH = 64
-# Where the master notes when it last reloaded (in its own multiprocess metrics folder).
-RELOAD_STAMP = "ai-proxy-reloaded"
-# How long a worker replaced by a reload may take to finish its streams, beyond the longest a
-# stream may last: a stream that no upstream ends is cut by its own timeout first.
+# Where the master counts its reloads (in its own multiprocess metrics folder).
+RELOAD_STAMP = "ai-proxy-reloads"
+# How long a worker replaced by a reload may take to finish its streams: the longest a stream
+# may last and a little more, but never past MAX_DRAIN_SECONDS. gunicorn counts a draining
+# worker among its workers, so while it drains none is started in its place (should a new one
+# die): the drain is bounded.
 DRAIN_MARGIN_SECONDS = 30
+MAX_DRAIN_SECONDS = 300
 
 # gunicorn's own warning quotes the offending request text, which may hold a client's token.
 _GUNICORN_WARNING = "Invalid request from ip="
@@ -205,38 +207,51 @@ class OneWriteResponse(wsgi.Response):
         super()._emit_body(head + data if head is not None else data)
 
 
-def stamp_reload() -> None:
-    """The master's note, before a reload's new workers start, that a reload is under way."""
+def _stamp() -> Path | None:
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
+    return Path(folder) / RELOAD_STAMP if folder else None
+
+
+def reloads() -> int:
+    """How many reloads the master has begun (0 when it has not counted any)."""
+    stamp = _stamp()
+    try:
+        return int(stamp.read_text()) if stamp else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def stamp_reload() -> None:
+    """The master's count, before a reload's new workers start, of one more reload."""
+    stamp = _stamp()
+    if stamp:
         try:
-            (Path(folder) / RELOAD_STAMP).write_text(repr(time.time()))
+            stamp.write_text(str(reloads() + 1))
         except OSError:
             pass  # the old workers then stop as on TERM, within the graceful timeout
 
 
-def reloaded_since(when: float) -> bool:
-    """Whether the master began a reload after `when` (this worker's start)."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    try:
-        return bool(folder) and float((Path(folder) / RELOAD_STAMP).read_text()) >= when
-    except (OSError, ValueError):
-        return False
+def forget_reloads() -> None:
+    """A master starting afresh (its folder may be an earlier run's)."""
+    stamp = _stamp()
+    if stamp:
+        stamp.unlink(missing_ok=True)
 
 
 class ProxyWorker(ThreadWorker):
     """gunicorn's gthread worker with JSON for the errors gunicorn answers itself.
 
     A worker stopped by a reload (`kill -HUP`: gunicorn starts new workers, then sends the old
-    ones TERM) finishes every stream it holds, however long, within its stream timeout; gunicorn
-    would cut them at its graceful timeout (30 s), which is for stopping the server (TERM to
-    the master), and that keeps it.
+    ones TERM) finishes the streams it holds within its stream timeout, up to MAX_DRAIN_SECONDS;
+    gunicorn would cut them at its graceful timeout (30 s), which is for stopping the server
+    (TERM to the master), and that keeps it.
     """
 
-    booted = 0.0
+    # The master's reload count when this worker started.
+    reloads_at_boot = 0
 
     def init_process(self) -> None:
-        self.booted = time.time()
+        self.reloads_at_boot = reloads()
         util.write_error = write_json_error
         # This process's HTTP/1 answers: a whole body goes out with its headers (see above).
         wsgi.Response = OneWriteResponse
@@ -251,17 +266,23 @@ class ProxyWorker(ThreadWorker):
         freeze_heap()
 
     def handle_exit(self, sig, frame) -> None:
-        if self.alive and reloaded_since(self.booted):
-            # Replaced by a reload: the new workers take every new connection meanwhile.
-            drain = int(self._stream_timeout()) + DRAIN_MARGIN_SECONDS
-            self.cfg.set("graceful_timeout", max(drain, self.cfg.graceful_timeout))
+        # A signal handler: it may run at any point of the worker's life (while its app is
+        # still loading, say), and nothing here may stop the worker from stopping.
+        try:
+            if self.alive and reloads() > self.reloads_at_boot:
+                # Replaced by a reload: the new workers take every new connection meanwhile.
+                drain = min(int(self._stream_timeout()) + DRAIN_MARGIN_SECONDS, MAX_DRAIN_SECONDS)
+                self.cfg.set("graceful_timeout", max(drain, self.cfg.graceful_timeout))
+        except Exception:  # noqa: BLE001 - then it stops within the graceful timeout.
+            logging.getLogger(__name__).exception("a reload's drain could not be set")
         super().handle_exit(sig, frame)
 
     def _stream_timeout(self) -> float:
         # Not imported with this module: the master loads it, and app.state brings the metrics.
         from .state import EXTENSION_KEY
 
-        state = getattr(self.wsgi, "extensions", {}).get(EXTENSION_KEY)
+        app = getattr(self, "wsgi", None)  # None until the app is loaded
+        state = getattr(app, "extensions", {}).get(EXTENSION_KEY)
         routing = getattr(getattr(state, "config", None), "routing", None)
         return getattr(routing, "stream_timeout_seconds", DEFAULT_STREAM_TIMEOUT_SECONDS)
 

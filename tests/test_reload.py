@@ -142,7 +142,7 @@ BREAKS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     ),
     "an alias bomb": (
         lambda path, env: path.write_text(ALIAS_BOMB),
-        "values once its YAML aliases are repeated",
+        "values (a YAML alias counts each time it is used)",
     ),
     "file removed": (lambda path, env: path.unlink(), "cannot read"),
     "file is a folder": (lambda path, env: (path.unlink(), path.mkdir()), "cannot read"),
@@ -394,6 +394,43 @@ def test_a_reload_onto_an_address_it_cannot_take_keeps_listening(tmp_path, env_l
         env_file.write_text(f"{KEY_VAR}=k1\nHOST=127.0.0.1\nPORT={proxy.port}\n")
         write_yaml(path, {"models": config("echo-new")["models"]})
         hup_and_wait_for(proxy, "reload applied")
+        assert_serves(proxy, "echo-new")
+    finally:
+        proxy.stop()
+
+
+def test_a_reload_reads_the_variables_given_to_gunicorn_with_e(tmp_path):
+    """gunicorn takes its own `-e` variables out while it re-reads its config file on HUP and
+    puts them back after: the config is checked with them, as at start-up and in the workers."""
+    path = tmp_path / "config.yaml"
+    write_yaml(
+        path,
+        {
+            "auth": {"tokens": [{"name": "team-a", "token": "${E_CLIENT_TOKEN}"}]},
+            "models": [{"name": "echo-old", "provider": "echo", "token": "${E_KEY}"}],
+        },
+    )
+    proxy = ProxyServer(path, workers=1, threads=4)
+    proxy.args = [
+        *proxy.args[:3],
+        "-e",
+        f"E_CLIENT_TOKEN={TOKEN}",
+        "-e",
+        "E_KEY=k1",
+        *proxy.args[3:],
+    ]
+    proxy.start()
+    try:
+        assert_serves(proxy, "echo-old")
+        write_yaml(
+            path,
+            {
+                "auth": {"tokens": [{"name": "team-a", "token": "${E_CLIENT_TOKEN}"}]},
+                "models": [{"name": "echo-new", "provider": "echo", "token": "${E_KEY}"}],
+            },
+        )
+        line = hup_and_wait_for(proxy, "reload ")
+        assert "reload applied" in line, proxy.logs()[-2000:]
         assert_serves(proxy, "echo-new")
     finally:
         proxy.stop()
