@@ -120,6 +120,10 @@ def _options(
             return _refuse_reload(err.problems, saved)
         _serving.dotenv = {key for key in os.environ if key not in before}
         env = os.environ
+    if reloading:
+        # gunicorn takes its own `-e`/raw_env variables out while it re-reads this file and puts
+        # them back after: the config is checked with them, as the workers will read it.
+        os.environ.update(_serving.raw_env)
     problems: list[str] = []
     runtime = runtime_from_env(env, problems)
     if problems:
@@ -169,9 +173,6 @@ def _options(
         busy = busy_binds(added, every_failure=True, own_ports=_ports(_serving.binds))
         if busy:
             return _refuse_reload(busy, saved)
-        # gunicorn takes its own `-e`/raw_env variables out while it re-reads this file and puts
-        # them back after: the config is checked with them, as the workers will read it.
-        os.environ.update(_serving.raw_env)
         try:
             _serving.staged = stage_config(binds)
         except ConfigError as err:
