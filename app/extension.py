@@ -204,6 +204,8 @@ def _end_request(_err) -> None:
     serve many)."""
     watchdog.enter_scope(None)
     CURRENT_REQUEST.set(None)
+    # Its body may be megabytes: not kept by an idle thread until its next request.
+    CLIENT_WORDS.set(None)
 
 
 def _finish_response(response: Response) -> Response:

@@ -906,3 +906,14 @@ def test_parts_of_a_key_the_client_did_not_send_still_come_out(make_app, upstrea
         assert "<redacted>" in answer.json["error"]["message"]
     finally:
         REDACTOR.forget_all()
+
+
+def test_a_request_s_body_is_not_kept_once_it_is_answered(oracle_client):
+    """The words kept for scrubbing hold the body (up to max_body_bytes): a thread waiting for
+    its next request must not keep the last one's."""
+    from app.redact import CLIENT_WORDS
+
+    body = {"model": "echo", "messages": [{"role": "user", "content": "x" * 100_000}]}
+    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+    assert oracle_client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+    assert CLIENT_WORDS.get() is None
