@@ -168,7 +168,8 @@ def error_param(payload: object) -> str | None:
 
 
 def error_message(payload: object) -> tuple[str | None, str | None]:
-    """The message and code in an upstream error body, whatever provider shaped it."""
+    """The message and code in an upstream error body, whatever provider shaped it. The code is
+    fit for a client already (safe_code); the message is the caller's to scrub (safe_text)."""
     if isinstance(payload, list) and payload:
         payload = payload[0]
     if not isinstance(payload, dict):
@@ -199,7 +200,7 @@ def error_message(payload: object) -> tuple[str | None, str | None]:
         if message and isinstance(provider, str) and provider:
             # OpenRouter names the provider behind the failure; operators want to see it.
             message = f"{message} (provider: {provider})"
-        return (str(message) if message else None), (str(code) if code else None)
+        return (str(message) if message else None), safe_code(str(code) if code else None)
     return None, None
 
 
@@ -510,7 +511,6 @@ def status_error(
     except ValueError:
         payload = None
     message, code = error_message(payload)
-    code = safe_code(code)
     for secret in secrets:
         if message and secret in message:
             message = message.replace(secret, REDACTED)
@@ -609,7 +609,6 @@ def read_bytes(response: requests.Response, label: str, limit: int) -> bytearray
 def body_error(answer: dict, label: str) -> UpstreamError:
     """An error an upstream put in a 200 answer (OpenRouter does), mapped by its own code."""
     message, code = error_message(answer)
-    code = safe_code(code)
     err = answer.get("error")
     status = err.get("code") if isinstance(err, dict) else None
     text = safe_text(message or "unknown error")
