@@ -93,11 +93,12 @@ def gunicorn_options(env: Mapping[str, str] | None = None) -> dict:
     reloading = _serving.config is not None and _serving.options is not None
     _serving.staged = None
     saved = (dict(os.environ), set(_serving.dotenv))
-    if not reloading:
-        return _options(env, reloading, saved)
     try:
         return _options(env, reloading, saved)
-    except Exception:  # noqa: BLE001 - on HUP, whatever it is, the master must live on.
+    except Exception:
+        if not reloading:
+            raise
+        # On HUP, whatever it is, the master must live on.
         logger.exception("reload refused, still serving the previous config")
         return _refuse_reload([], saved)
 
