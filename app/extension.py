@@ -18,6 +18,7 @@ from .auth import check_local_request
 from .blueprints import anthropic, docs, gemini, go, health, openai, ops, responses
 from .blueprints.listing import wants_gemini
 from .config import Config, load_config
+from .config.schema import HEADER_NAME_RE
 from .errors import (
     ANTHROPIC,
     GEMINI,
@@ -50,8 +51,9 @@ CORS_EXPOSE = (
 )
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9\-_.:]{1,128}$")
-# A header name (RFC 9110 token); a preflight asking for more or longer is answered with the usual.
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+# What a preflight may ask for (header names of up to this many characters, this many of them);
+# one asking for more or longer is answered with the usual.
+MAX_CORS_HEADER_NAME_CHARS = 64
 MAX_CORS_REQUEST_HEADERS = 64
 MAX_CORS_REQUEST_HEADERS_CHARS = 4096
 API_SURFACES = (
@@ -263,7 +265,11 @@ def allowed_request_headers(requested: str | None) -> str:
     if not requested or len(requested) > MAX_CORS_REQUEST_HEADERS_CHARS:
         return CORS_ALLOW_HEADERS
     names = [name.strip() for name in requested.split(",")]
-    names = [name for name in names if _HEADER_NAME_RE.fullmatch(name)][:MAX_CORS_REQUEST_HEADERS]
+    names = [
+        name
+        for name in names
+        if len(name) <= MAX_CORS_HEADER_NAME_CHARS and HEADER_NAME_RE.fullmatch(name)
+    ][:MAX_CORS_REQUEST_HEADERS]
     return ", ".join(names) if names else CORS_ALLOW_HEADERS
 
 
