@@ -216,7 +216,9 @@ def _finish_response(response: Response) -> Response:
         return response
     stamp_headers(response.headers, current.request_id if current else uuid.uuid4().hex)
     _cors(response)
-    if request.method == "OPTIONS" and response.status_code in (200, 204) and _empty(response):
+    # The method from this request's record when there is one (no werkzeug proxy lookup).
+    method = current.record["method"] if current is not None else request.method
+    if method == "OPTIONS" and response.status_code in (200, 204) and _empty(response):
         # Flask's own answer to OPTIONS (the Allow header): no content, so no HTML type either.
         response.status_code = 204
         response.headers.pop("Content-Type", None)
