@@ -6,10 +6,11 @@ plus its output cap in token windows, that priced at the deployment's costs in b
 It is admitted only if every reservation fits, so N concurrent requests against a window with
 room for K admit at most K, across threads, workers and hosts sharing one Redis. When the answer
 is known the reservation is replaced by the real usage in one more round trip
-(app.reservations). Windows are counted with limits' counters, whose cost does not grow with
-traffic: `fixed-window` with one counter per window, `sliding-window-counter` and
-`moving-window` with limits' sliding-window counter (the last window's count weighted by how
-much of it the moving window still covers).
+(app.reservations). Windows are counted with counters whose cost does not grow with traffic:
+`fixed-window` with limits' one counter per window, `sliding-window-counter` with limits'
+sliding-window counter (the last window's count weighted by how much of it the moving window
+still covers), `moving-window` with 60 sub-window counters (no span of one window ever holds
+more than the limit; see app.hooks.limits_batch.Layout.MOVING).
 """
 
 from __future__ import annotations
@@ -55,19 +56,12 @@ from .settling import Settler
 
 logger = logging.getLogger(__name__)
 
-# How each configured strategy's request windows are laid out. A moving window would keep one
-# entry per request (and scan them); limits' sliding-window counter approximates it with two
-# counters, at a cost that does not grow with traffic.
+# How each configured strategy's request windows are laid out. limits' own moving window keeps
+# an entry per request (up to the limit); sub-window counters bound it at a fixed cost.
 LAYOUTS: dict[str, Layout] = {
     "fixed-window": Layout.FIXED,
-    "moving-window": Layout.MOVED,
+    "moving-window": Layout.MOVING,
     "sliding-window-counter": Layout.SLIDING,
-}
-# limits' limiter that reads each layout (for tests and tools that read a window through it).
-READERS: dict[Layout, type[RateLimiter]] = {
-    Layout.FIXED: FixedWindowRateLimiter,
-    Layout.MOVED: SlidingWindowCounterRateLimiter,
-    Layout.SLIDING: SlidingWindowCounterRateLimiter,
 }
 # limits' own limiter for each strategy name (its meaning; tools and tests read through it).
 STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -261,8 +255,6 @@ class Quotas:
         self.storage = storage or make_storage(settings.storage)
         self.batch = make_batch(self.storage)
         layout = LAYOUTS[settings.strategy]
-        # limits' own reader of the request windows' layout (tests and tools read through it).
-        self.limiter = READERS[layout](self.storage)
         self.usage_limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.default_reserve_tokens = settings.default_reserve_tokens
         self.deny_on_error = settings.on_storage_error == "deny"

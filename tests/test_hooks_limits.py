@@ -127,7 +127,6 @@ def test_a_hit_restarts_a_sweeper_that_stopped(monkeypatch):
 BATCH_LAYOUTS = {
     Layout.FIXED: FixedWindowRateLimiter,
     Layout.SLIDING: SlidingWindowCounterRateLimiter,
-    Layout.MOVED: SlidingWindowCounterRateLimiter,
 }
 
 
@@ -159,18 +158,40 @@ def test_the_redis_storage_still_names_its_keys_as_the_batch_does(redis_server):
     assert callable(storage.get_connection().register_script)
 
 
-def test_a_moving_window_list_left_in_redis_is_replaced(redis_server):
-    """Before the batch, moving windows were Redis lists under the same key."""
+def test_a_moving_window_is_counted_in_buckets_under_limits_key(redis_server):
+    """A moving window's counters are limits' key for the window plus `/m<bucket>`, bucket j
+    counting from j * expiry / 60 (epoch seconds) on and expiring once it no longer overlaps
+    the last window; what limits' own moving window or an earlier version left under the key
+    itself is not read."""
+    import time
+
     import redis
 
     storage = make_storage(redis_server.url)
+    store = redis.Redis(port=redis_server.port)
     item = RateLimitItemPerMinute(5)
     key = item.key_for("requests", "moving-window", "token:a")
     STRATEGIES["moving-window"](storage).hit(item, "requests", "moving-window", "token:a")
-    assert redis.Redis(port=redis_server.port).type(f"LIMITS:{key}") == b"list"
-    window = Window(key, Layout.MOVED, 5, item.get_expiry())
-    assert make_batch(storage).reserve([(window, 1)], []).admitted
-    assert make_batch(storage).read([window])[0].used == 1
+    assert store.type(f"LIMITS:{key}") == b"list"
+    window = Window(key, Layout.MOVING, 5, item.get_expiry())
+    batch = make_batch(storage)
+    before = time.time()
+    done = batch.reserve([(window, 2)], [])
+    assert done.admitted and done.readings[0].used == 0
+    index = done.marks[0]
+    assert int(before) <= index <= int(time.time())  # 60 buckets of a minute: a second each
+    bucket = f"LIMITS:{{{key}}}/m{index}"
+    assert int(store.get(bucket)) == 2
+    # It counts until the last window no longer overlaps it: its end plus the window.
+    assert store.pexpiretime(bucket) == (index + 1 + 60) * 1000
+    assert batch.read([window])[0].used == 2
+
+    memory = make_storage("memory://")
+    memory_batch = make_batch(memory)
+    done = memory_batch.reserve([(window, 3)], [])
+    assert done.marks[0].startswith(f"{key}/m") and memory.get(done.marks[0]) == 3
+    index = int(done.marks[0].rsplit("/m", 1)[1])
+    assert memory.get_expiry(done.marks[0]) == pytest.approx(index + 1 + 60)
 
 
 def test_a_rolled_sliding_window_reads_as_limits_reads_it(redis_server):

@@ -23,7 +23,7 @@ class ThroughLimits(SweptMemoryStorage):
 WINDOWS = [
     Window("fixed/requests", Layout.FIXED, 5, 60, client=True),
     Window("sliding/tokens", Layout.SLIDING, 300, 60, client=True),
-    Window("model/requests", Layout.MOVED, 4, 10),
+    Window("model/requests", Layout.MOVING, 4, 10),
     Window("model/tokens", Layout.SLIDING, 200, 1),
 ]
 

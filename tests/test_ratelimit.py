@@ -74,7 +74,7 @@ def test_token_request_limit_and_its_headers(make_app, frozen, strategy):
         "param": None,
         "code": "rate_limit_exceeded",
     }
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 1 <= int(refused.headers["Retry-After"]) <= (61 if strategy == "moving-window" else 60)
     assert refused.headers["x-ratelimit-limit-requests"] == "3"
     frozen.advance(61)
     ok = post(client)
@@ -120,7 +120,8 @@ def test_exhausted_deployment_is_skipped_and_comes_back(make_app, frozen, upstre
     refused = post(client, "gpt")
     assert refused.status_code == 503
     assert refused.json["error"]["code"] == "no_available_model"
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # A moving window gives room back at most one bucket (a second of a minute) late.
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
     frozen.advance(61)
     assert post(client, "gpt").status_code == 200
     assert upstream.requests[-1].json()["model"] == "limited"
@@ -261,7 +262,7 @@ def test_a_spent_window_does_not_use_up_the_others(make_app, frozen):
     quotas = client.application.extensions["ai_proxy"].quotas
     (minute, _hour) = quotas.tokens["token:a"]
     # Only the two admitted requests count in the minute window.
-    assert quotas.limiter.get_window_stats(minute.item, *minute.identifiers).remaining == 1
+    assert quotas.batch.read([minute.window])[0].used == 2
 
 
 def _timer_threads() -> set[threading.Thread]:

@@ -353,7 +353,7 @@ def test_a_busy_cheap_deployment_is_a_503_not_a_spent_budget(make_app, upstream,
     refused, body = post(app.test_client(), max_tokens=100)
     assert refused.status_code == 503, body
     assert "requests_per_minute for model gpt#0" in body
-    assert int(refused.headers["Retry-After"]) <= 60
+    assert int(refused.headers["Retry-After"]) <= 61  # a moving window: up to a bucket late
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])

@@ -4,10 +4,11 @@
 deployment's requests, tokens and budget, per minute, hour, day, month). This module reads and
 writes the same counters under the same keys limits uses, in one storage round trip: for Redis
 one Lua script registered through the storage's own client (here), for memory one lock over
-the storage's counters (app.hooks.limits_memory). Two counter layouts, both limits' own, whose
-cost does not grow with traffic: the fixed window (one counter) and the sliding-window counter
-(this window's and the last one's, the last weighted by how much of it the moving window still
-covers).
+the storage's counters (app.hooks.limits_memory). Three counter layouts, whose cost does not
+grow with traffic: limits' fixed window (one counter) and sliding-window counter (this window's
+and the last one's, the last weighted by how much of it the moving window still covers), and a
+moving window counted in BUCKETS sub-window counters under limits' key for the window (limits'
+own moving window keeps an entry per request: see Layout.MOVING).
 tests/test_hooks_limits.py fails if limits changes the layouts relied on here.
 """
 
@@ -22,9 +23,18 @@ from enum import IntEnum
 from limits.errors import StorageError
 from limits.storage import Storage
 
-# A Redis key holding a moving-window list (the layout before this module) is dropped once.
+# A moving window is counted in this many sub-window counters ("buckets"): a request is
+# admitted only if the buckets that overlap the last window, with it, stay within the limit. So
+# no span of one window ever holds more than the limit, at a cost that does not grow with
+# traffic (two counters read per request: the current bucket and the older ones' summary), and
+# room comes back at most one bucket (a window / 60: 1 s of a minute, 1 min of an hour) later
+# than an exact log of every request would give it back.
+BUCKETS = 60
+
 LUA = """
-local FIXED, SLIDING, MOVED = 0, 1, 2
+local FIXED, SLIDING, MOVING = 0, 1, 2
+-- A moving window's sub-window counters (BUCKETS below).
+local BUCKETS = @BUCKETS@
 -- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
 -- so a few ms of rounding between two readings never mistakes one for another.
 local SAME_MS = 5
@@ -78,22 +88,12 @@ local function usage(cur, prev, kind, exp, ct)
   return math.floor(pc * pt / exp) + cc, reset
 end
 
-local function incr(key, kind, amount)
-  if kind == MOVED then
-    local done = redis.pcall('incrby', key, amount)
-    if type(done) == 'table' and done.err then
-      -- A moving-window list left by an older version: the counter replaces it.
-      redis.call('del', key)
-      return nil
-    end
-    return done
-  end
-  return redis.call('incrby', key, amount)
-end
-
 -- Add to the current counter; returns its name (expiry time, ms).
 local function add(cur, kind, exp, amount, ct)
-  if ct > 0 and incr(cur, kind, amount) ~= nil then return now + ct end
+  if ct > 0 then
+    redis.call('incrby', cur, amount)
+    return now + ct
+  end
   ttls[cur] = nil  -- a new counter, or a new time to live
   if kind == FIXED then
     redis.call('incrby', cur, amount)
@@ -117,8 +117,96 @@ local function adjust(cur, prev, kind, exp, delta, mark, ct)
     if delta > 0 then add(cur, kind, exp, delta, ct) end
     return
   end
-  local left = incr(target, kind, delta)
-  if left ~= nil and left < 0 then redis.call('set', target, 0, 'KEEPTTL') end
+  local left = redis.call('incrby', target, delta)
+  if left < 0 then redis.call('set', target, 0, 'KEEPTTL') end
+end
+
+-- A moving window: bucket j counts what was taken from j * exp / BUCKETS (ms) on, for
+-- exp / BUCKETS; it counts while it overlaps the last exp ms, so it expires at its end plus exp.
+-- The current bucket and the BUCKETS before it cover every moment of the last window.
+local function bucket(exp)
+  return math.floor(now * BUCKETS / exp)
+end
+
+local function bucket_end(j, exp)
+  return math.ceil((j + 1) * exp / BUCKETS + exp)
+end
+
+-- What a moving window holds: (used, ms until room frees). The buckets before the current one
+-- change only when a settle reaches one of them (which drops their summary): they are read
+-- once per bucket and kept summed in `base/s<bucket>` until the bucket changes, as one number
+-- (1 + the oldest non-empty one's offset + (BUCKETS + 1) * what they hold; offset BUCKETS:
+-- none), as app.hooks.limits_memory.summary writes it.
+local function moving_usage(base, exp)
+  local i = bucket(exp)
+  local both = redis.call('mget', base .. '/m' .. i, base .. '/s' .. i)
+  local current, code = tonumber(both[1]) or 0, tonumber(both[2]) or 0
+  local older, first
+  if code > 0 then
+    first = (code - 1) % (BUCKETS + 1)
+    older = (code - 1 - first) / (BUCKETS + 1)
+  else
+    local keys = {}
+    for j = i - BUCKETS, i - 1 do keys[#keys + 1] = base .. '/m' .. j end
+    local counts = redis.call('mget', unpack(keys))
+    older, first = 0, BUCKETS
+    for k = 1, BUCKETS do
+      local c = tonumber(counts[k]) or 0
+      if c > 0 then
+        if older == 0 then first = k - 1 end
+        older = older + c
+      end
+    end
+    local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - now))
+    local summary = string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
+    redis.call('set', base .. '/s' .. i, summary, 'PX', lives)
+  end
+  -- Room frees first when the oldest bucket with anything in it stops counting.
+  local reset = exp
+  if older > 0 then
+    reset = bucket_end(i - BUCKETS + first, exp) - now
+  elseif current > 0 then
+    reset = bucket_end(i, exp) - now
+  end
+  return older + current, math.max(0, reset)
+end
+
+-- Add to the current bucket; returns its index (the reservation's mark).
+local function moving_add(base, exp, amount)
+  local i = bucket(exp)
+  if amount > 0 then
+    local key = base .. '/m' .. i
+    if redis.call('incrby', key, amount) == amount then
+      redis.call('pexpireat', key, bucket_end(i, exp))
+    end
+  end
+  return i
+end
+
+local function moving_adjust(base, exp, delta, mark)
+  local i = bucket(exp)
+  if mark > 0 and mark >= i - BUCKETS and mark <= i then
+    if mark < i then redis.call('del', base .. '/s' .. i) end  -- an older bucket changes
+    local key = base .. '/m' .. mark
+    if redis.call('incrby', key, delta) <= 0 then
+      redis.call('del', key)
+    else
+      redis.call('pexpireat', key, bucket_end(mark, exp))
+    end
+  elseif delta > 0 then
+    -- The reserved bucket no longer counts: only more than was reserved still does.
+    moving_add(base, exp, delta)
+  end
+end
+
+-- What every kind does: the counters read, added to and adjusted.
+local function change(key, kind, exp, delta, mark)
+  if kind == MOVING then
+    moving_adjust(key, exp, delta, mark)
+    return
+  end
+  local ct = prepare(key, key .. '/-1', kind, exp)
+  adjust(key, key .. '/-1', kind, exp, delta, mark, ct)
 end
 
 -- ARGV[1]: the arguments as one JSON array, decoded in C (splitting a string of words with a
@@ -130,8 +218,7 @@ if op == 'adjust' then
   for i = 1, n do
     local a = 3 + (i - 1) * 4
     local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
-    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
-    adjust(KEYS[i], KEYS[i] .. '/-1', kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
+    change(KEYS[i], kind, exp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]))
   end
   return 0
 end
@@ -139,8 +226,13 @@ if op == 'read' then
   for i = 1, n do
     local a = 3 + (i - 1) * 2
     local kind, exp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
-    local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
-    local used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp, ct)
+    local used, reset
+    if kind == MOVING then
+      used, reset = moving_usage(KEYS[i], exp)
+    else
+      local ct = prepare(KEYS[i], KEYS[i] .. '/-1', kind, exp)
+      used, reset = usage(KEYS[i], KEYS[i] .. '/-1', kind, exp, ct)
+    end
     out[#out + 1] = used
     out[#out + 1] = reset
   end
@@ -164,10 +256,8 @@ end
 local carried = tonumber(ARGS[a])
 a = a + 1
 for j = 1, carried do
-  local key = KEYS[n + j]
-  local ckind, cexp = tonumber(ARGS[a]), tonumber(ARGS[a + 1]) * 1000
-  local ct = prepare(key, key .. '/-1', ckind, cexp)
-  adjust(key, key .. '/-1', ckind, cexp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]), ct)
+  local cexp = tonumber(ARGS[a + 1]) * 1000
+  change(KEYS[n + j], tonumber(ARGS[a]), cexp, tonumber(ARGS[a + 2]), tonumber(ARGS[a + 3]))
   a = a + 4
 end
 local kind, limit, exp, amount, used, reset, client, ttl = {}, {}, {}, {}, {}, {}, {}, {}
@@ -176,8 +266,12 @@ for i = 1, n do
   exp[i], amount[i] = tonumber(ARGS[a + 2]) * 1000, tonumber(ARGS[a + 3])
   client[i] = tonumber(ARGS[a + 4])
   a = a + 5
-  ttl[i] = prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
-  used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i], ttl[i])
+  if kind[i] == MOVING then
+    used[i], reset[i] = moving_usage(KEYS[i], exp[i])
+  else
+    ttl[i] = prepare(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i])
+    used[i], reset[i] = usage(KEYS[i], KEYS[i] .. '/-1', kind[i], exp[i], ttl[i])
+  end
 end
 local cooldowns = {}
 for k = n + carried + 1, #KEYS do
@@ -228,7 +322,11 @@ local apply = refused == 0 and (choices == 0 or chosen > 0 or full == 1)
 if apply then
   local function take(from, to)
     for i = from, to do
-      marks[i] = add(KEYS[i], kind[i], exp[i], amount[i], ttl[i])
+      if kind[i] == MOVING then
+        marks[i] = moving_add(KEYS[i], exp[i], amount[i])
+      else
+        marks[i] = add(KEYS[i], kind[i], exp[i], amount[i], ttl[i])
+      end
     end
   end
   take(1, required)
@@ -245,7 +343,7 @@ for i = 1, n do
 end
 for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
 return table.concat(out, ' ')
-"""
+""".replace("@BUCKETS@", str(BUCKETS))
 
 
 class AnswerLost(StorageError):
@@ -264,7 +362,11 @@ class Layout(IntEnum):
 
     FIXED = 0  # one counter that expires with its window
     SLIDING = 1  # limits' sliding-window counter: this window's counter and the last one's
-    MOVED = 2  # SLIDING under a key that held limits' moving-window list before
+    # A moving window: BUCKETS counters under limits' key for the window plus `/m<bucket>`,
+    # bucket j counting from j * expiry / BUCKETS seconds (epoch) for expiry / BUCKETS. limits'
+    # own moving window (a list of entries under the same key, up to the limit) costs a write
+    # that grows with the limit; earlier versions counted it with the sliding counter.
+    MOVING = 2
 
 
 @dataclass(frozen=True)

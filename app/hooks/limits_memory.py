@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from limits.storage import MemoryStorage, Storage
 
-from .limits_batch import Change, Layout, Reading, Reserved, Window
+from .limits_batch import BUCKETS, Change, Layout, Reading, Reserved, Window
 
 # One lock per memory storage, also taken by its sweeper (see SweptMemoryStorage.sweep).
 _LOCKS: weakref.WeakKeyDictionary[MemoryStorage, threading.Lock] = weakref.WeakKeyDictionary()
@@ -36,6 +36,33 @@ def window_keys(key: str, expiry: int, now: float) -> tuple[str, str]:
     return f"{key}/{int((now - expiry) / expiry)}", f"{key}/{int(now / expiry)}"
 
 
+def bucket(expiry: float, now: float) -> int:
+    """The moving-window bucket that counts what is taken at `now` (see Layout.MOVING)."""
+    return int(now * BUCKETS // expiry)
+
+
+def bucket_key(key: str, index: int) -> str:
+    return f"{key}/m{index}"
+
+
+def bucket_end(index: int, expiry: float) -> float:
+    """When bucket `index` stops counting: the end of the last window it overlaps."""
+    return (index + 1) * expiry / BUCKETS + expiry
+
+
+def summary(older: int, first: int) -> int:
+    """The summary counter of a moving window's older buckets (all but the current one): what
+    they hold and the offset of the oldest that holds anything (BUCKETS: none), as one
+    positive number (the Lua script writes the same)."""
+    return 1 + first + (BUCKETS + 1) * older
+
+
+def read_summary(code: int) -> tuple[int, int]:
+    """`summary` read back: (what the older buckets hold, the oldest's offset)."""
+    older, first = divmod(code - 1, BUCKETS + 1)
+    return older, first
+
+
 class MemoryBatch:
     """The batch over limits' MemoryStorage counters, under one lock: the same algorithm as the
     Lua script, so that memory and Redis answer alike."""
@@ -50,6 +77,56 @@ class MemoryBatch:
         kind = type(storage)
         self.direct = kind is MemoryStorage or bool(vars(kind).get("plain_counters"))
         self.get = self._get if self.direct else lambda key, _now: storage.get(key)
+        # Per moving window: its current bucket, the keys of the buckets that count then
+        # (oldest first) and of their summary, named once per bucket rather than per request.
+        self._spans: dict[str, tuple[int, list[str], str]] = {}
+
+    def _span(self, window: Window, now: float) -> tuple[int, list[str], str]:
+        """The current bucket's index, the keys of the BUCKETS + 1 that count now, and the
+        key of the summary of all but the current one."""
+        index = bucket(window.expiry, now)
+        known = self._spans.get(window.key)
+        if known is not None and known[0] == index:
+            return known
+        if len(self._spans) > 10_000:  # windows of tokens and models a reload took out
+            self._spans.clear()
+        key = window.key
+        span = self._spans[key] = (
+            index,
+            [bucket_key(key, j) for j in range(index - BUCKETS, index + 1)],
+            f"{key}/s{index}",
+        )
+        return span
+
+    def _moving(self, window: Window, now: float) -> tuple[int, float, str]:
+        """A moving window's (used, seconds until room frees, the current bucket's key).
+
+        The older buckets change only when a settle reaches one of them (it then drops their
+        summary): they are read once per bucket, and kept summed in a counter of the
+        storage's that lives until the bucket changes."""
+        get, expiry = self.get, window.expiry
+        index, keys, summary_key = self._span(window, now)
+        code = get(summary_key, now)
+        if code > 0:
+            older, first = read_summary(code)
+        else:
+            older, first = 0, BUCKETS
+            for j in range(BUCKETS):
+                count = get(keys[j], now)
+                if count > 0:
+                    if not older:
+                        first = j
+                    older += count
+            lives = (index + 1) * expiry / BUCKETS - now
+            self._add_counter(summary_key, lives, summary(older, first), now)
+        current = get(keys[-1], now)
+        if older:  # room frees first when the oldest bucket with anything stops counting
+            reset = bucket_end(index - BUCKETS + first, expiry) - now
+        elif current:
+            reset = bucket_end(index, expiry) - now
+        else:
+            reset = float(expiry)
+        return older + current, max(0.0, reset), keys[-1]
 
     def _get(self, key: str, now: float) -> int:
         """MemoryStorage.get: the counter, dropped first if its window has passed (by `now`,
@@ -88,6 +165,8 @@ class MemoryBatch:
             used = get(window.key, now)
             reset = storage.expirations.get(window.key, now + expiry) - now if used else expiry
             return used, max(0.0, reset), window.key
+        if window.layout is Layout.MOVING:
+            return self._moving(window, now)
         previous_key, current_key = window_keys(window.key, expiry, now)
         previous, current = get(previous_key, now), get(current_key, now)
         # As limits computes it: the part of the previous window the moving window still covers.
@@ -101,7 +180,19 @@ class MemoryBatch:
         return math.floor(previous * previous_ttl / expiry + current), reset, current_key
 
     def _add(self, window: Window, key: str, amount: int, now: float) -> None:
-        expiry = window.expiry if window.layout is Layout.FIXED else 2 * window.expiry
+        """Add to a counter; a new one lives as long as its window (for a moving window: as
+        long as the current bucket counts, the only bucket a new counter is made for)."""
+        layout = window.layout
+        if layout is Layout.FIXED:
+            expiry = window.expiry
+        elif layout is Layout.MOVING:
+            expiry = bucket_end(bucket(window.expiry, now), window.expiry) - now
+        else:
+            expiry = 2 * window.expiry
+        self._add_counter(key, expiry, amount, now)
+
+    def _add_counter(self, key: str, expiry: float, amount: int, now: float) -> None:
+        """Add to (or take from) a counter; a new one lives `expiry` seconds."""
         if self.direct:
             if amount >= 0:
                 self._incr(key, expiry, amount, now)
@@ -177,6 +268,12 @@ class MemoryBatch:
                     self.get(current, now)  # drops the counter if its window has passed
                     same = self.storage.expirations.get(current) == change.mark
                     target = current if same and change.mark is not None else None
+                elif window.layout is Layout.MOVING:
+                    _, keys, summary_key = self._span(window, now)
+                    current = keys[-1]
+                    target = change.mark if change.mark in keys else None
+                    if target is not None and target != current:
+                        self.storage.clear(summary_key)  # an older bucket changes
                 else:
                     previous, current = window_keys(window.key, window.expiry, now)
                     target = change.mark if change.mark in (previous, current) else None
@@ -198,19 +295,35 @@ class LimiterBatch:
     live on different nodes): each window is checked and taken by limits' own atomic calls,
     one after another. No window ever admits past its limit, but a refusal by a later window
     does not give back what earlier ones took, and an unused reservation stays counted until
-    its window passes."""
+    its window passes. A moving window's bucket is added to first and the buckets read after:
+    of requests racing for the last room, none may be admitted, never too many."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.sliding = hasattr(storage, "acquire_sliding_window_entry")
 
     def _layout(self, window: Window) -> Layout:
-        return Layout.FIXED if window.layout is Layout.FIXED or not self.sliding else window.layout
+        layout = window.layout
+        if layout is Layout.SLIDING and not self.sliding:
+            return Layout.FIXED
+        return layout
 
     def _read(self, window: Window) -> Reading:
-        if self._layout(window) is Layout.FIXED:
+        layout = self._layout(window)
+        if layout is Layout.FIXED:
             used = self.storage.get(window.key)
             return Reading(used, max(0.0, self.storage.get_expiry(window.key) - time.time()))
+        if layout is Layout.MOVING:
+            now = time.time()
+            index = bucket(window.expiry, now)
+            used, reset = 0, float(window.expiry)
+            for j in range(index - BUCKETS, index + 1):
+                count = self.storage.get(bucket_key(window.key, j))
+                if count > 0:
+                    if not used:
+                        reset = bucket_end(j, window.expiry) - now
+                    used += count
+            return Reading(used, max(0.0, reset))
         previous, previous_ttl, current, current_ttl = self.storage.get_sliding_window(
             window.key, window.expiry
         )
@@ -218,14 +331,30 @@ class LimiterBatch:
         return Reading(used, min(float(window.expiry), current_ttl % window.expiry))
 
     def _take(self, window: Window, amount: int) -> bool:
-        if self._layout(window) is Layout.FIXED:
+        layout = self._layout(window)
+        if layout is Layout.FIXED:
             if self.storage.incr(window.key, window.expiry, amount) <= window.limit:
                 return True
             self.storage.decr(window.key, amount)
             return False
+        if layout is Layout.MOVING:
+            if amount > window.limit:
+                return False
+            key = self._moving_add(window, amount)
+            if self._read(window).used <= window.limit:
+                return True
+            self.storage.decr(key, amount)
+            return False
         return self.storage.acquire_sliding_window_entry(
             window.key, window.limit, window.expiry, amount
         )
+
+    def _moving_add(self, window: Window, amount: int) -> str:
+        now = time.time()
+        index = bucket(window.expiry, now)
+        key = bucket_key(window.key, index)
+        self.storage.incr(key, math.ceil(bucket_end(index, window.expiry) - now), amount)
+        return key
 
     def reserve(
         self,
@@ -266,8 +395,11 @@ class LimiterBatch:
         for change in changes:
             if change.delta > 0:
                 # Over its limit or not, real usage counts: the next request is refused.
-                if self._layout(change.window) is Layout.FIXED:
+                layout = self._layout(change.window)
+                if layout is Layout.FIXED:
                     self.storage.incr(change.window.key, change.window.expiry, change.delta)
+                elif layout is Layout.MOVING:
+                    self._moving_add(change.window, change.delta)
                 else:
                     window = change.window
                     self.storage.acquire_sliding_window_entry(
