@@ -72,6 +72,8 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
 # A dead or slow Redis must never stall a request: short socket timeouts, no client retries.
 REDIS_TIMEOUT_SECONDS = 0.25
 MICRO_USD = 1_000_000  # budgets are counted in millionths of a dollar
+# The strategy named in token and budget windows' keys: they were all sliding-window counters
+# once, and counters in a shared Redis outlive an upgrade (a moving window adopts them).
 USAGE_SCOPE = "sliding-window-counter"
 
 
@@ -254,8 +256,8 @@ class Quotas:
         settings = config.rate_limits
         self.storage = storage or make_storage(settings.storage)
         self.batch = make_batch(self.storage)
-        layout = LAYOUTS[settings.strategy]
-        self.usage_limiter = SlidingWindowCounterRateLimiter(self.storage)
+        # Every window (requests, tokens, budget) is counted as the strategy says.
+        strategy, layout = settings.strategy, LAYOUTS[settings.strategy]
         self.default_reserve_tokens = settings.default_reserve_tokens
         self.deny_on_error = settings.on_storage_error == "deny"
         self.storage_errors = 0
@@ -265,16 +267,16 @@ class Quotas:
         self.model_tokens: dict[str, list[Limit]] = {}
         for model in config.models:
             key = Owner.DEPLOYMENT.key(model.key)
-            self.models[key] = _items(key, model, _REQUEST_FIELDS, settings.strategy, layout)
-            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING)
+            self.models[key] = _items(key, model, _REQUEST_FIELDS, strategy, layout)
+            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE, layout)
         self.tokens: dict[str, list[Limit]] = {}
         self.token_usage: dict[str, list[Limit]] = {}
         for token in config.tokens:
             key = Owner.TOKEN.key(token.name)
-            self.tokens[key] = _items(key, token, _REQUEST_FIELDS, settings.strategy, layout)
-            self.token_usage[key] = _items(
-                key, token, _TOKEN_FIELDS, USAGE_SCOPE, Layout.SLIDING
-            ) + _items(key, token, _BUDGET_FIELDS, USAGE_SCOPE, Layout.SLIDING, scale=MICRO_USD)
+            self.tokens[key] = _items(key, token, _REQUEST_FIELDS, strategy, layout)
+            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE, layout) + _items(
+                key, token, _BUDGET_FIELDS, USAGE_SCOPE, layout, scale=MICRO_USD
+            )
         # Each token's and deployment's smallest token window, which a default reserve must fit.
         self.smallest_tokens: dict[str, int] = {}
         for key, limits in [*self.token_usage.items(), *self.model_tokens.items()]:

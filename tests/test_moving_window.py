@@ -62,45 +62,134 @@ BATCHES = {
 
 
 @pytest.mark.parametrize("kind", list(BATCHES))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    limit=st.integers(1, 6),
+    limit=st.integers(1, 40),
     steps=st.lists(
         st.tuples(
             st.sampled_from([0.0, 0.01, 0.4, 0.99, 1.0, 3.7, 10.0, 29.5, 59.0, 60.0, 61.0]),
-            st.integers(0, 9),  # 0: give the oldest reservation back, else ask
+            st.booleans(),  # ask (else settle the oldest reservation held)
+            st.integers(0, 12),  # what is asked, or what the settled request really used
         ),
         max_size=60,
     ),
 )
 def test_no_span_of_a_window_holds_more_than_the_limit(kind, limit, steps):
+    """Reservations of any size, settled later at what the request really used (a failed
+    request: nothing), against a model of every amount taken and when: no span of a window
+    holds more than the limit when a reservation is admitted; a refusal comes only when the
+    last window and a bucket leave no room; and what the batch reads is what the model holds
+    in the buckets that count."""
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(time, "time", clock)
         run_steps(kind, limit, steps, clock)
 
 
+class Taken:
+    """One amount in the model: when it was taken and what it counts now."""
+
+    def __init__(self, when: float, amount: int) -> None:
+        self.when, self.amount = when, amount
+        self.bucket = int(when * BUCKETS // 60)
+
+
 def run_steps(kind, limit, steps, clock):
     batch = BATCHES[kind]()
-    window = Window(f"requests/{kind}", Layout.MOVING, limit, 60, client=True)
-    admitted, taken, refused, held = [], [], [], []
-    for wait, action in steps:
+    window = Window(f"tokens/{kind}", Layout.MOVING, limit, 60, client=True)
+    taken: list[Taken] = []
+    held: list[tuple[Taken, int, object]] = []  # (entry, reserved, mark)
+    for wait, ask, amount in steps:
         clock.now += wait
-        if action == 0 and held and kind != "window by window":
-            when, mark = held.pop(0)
-            batch.adjust([Change(window, -1, mark)])
-            # Given back within its window it no longer counts; later, it is not given back.
-            if clock.now - when < 60:
-                admitted.remove(when)
-            continue
-        done = batch.reserve([(window, 1)], [])
+        now, current = clock.now, int(clock.now * BUCKETS // 60)
+
+        def counted(start: float, end: float) -> int:
+            return sum(t.amount for t in taken if start < t.when <= end)
+
+        if not ask and held:
+            entry, reserved, mark = held.pop(0)
+            delta = amount - reserved
+            batch.adjust([Change(window, delta, mark)])
+            if kind != "window by window" and entry.bucket >= current - BUCKETS:
+                entry.amount += delta  # on the bucket it was taken from
+            elif delta > 0:
+                taken.append(Taken(now, delta))  # only more than reserved, counted now
+        elif ask:
+            done = batch.reserve([(window, amount)], [])
+            if done.admitted:
+                # The last window held room for it...
+                assert counted(now - 60, now) + amount <= limit
+                entry = Taken(now, amount)
+                taken.append(entry)
+                held.append((entry, amount, done.marks[0]))
+            else:
+                # ... and a refusal means the last window and a bucket held too much.
+                assert counted(now - 60 - 60 / BUCKETS, now) + amount > limit
+        counting = [t for t in taken if t.bucket >= current - BUCKETS]
+        reading = batch.read([window])[0]
+        assert reading.used == sum(t.amount for t in counting)
+        # Room frees first when the oldest bucket holding anything stops counting.
+        oldest = min((t.bucket for t in counting if t.amount), default=None)
+        frees = 60 if oldest is None else (oldest + 1) * 60 / BUCKETS + 60 - now
+        assert reading.reset_in == pytest.approx(frees)
+
+
+def test_redis_answers_as_the_model_does(redis_server):
+    """The script over random reservations and settles carried in the same round trip (so
+    both happen at one moment): what it reads and admits is what a model of every bucket
+    holds, at a bucket between the ones the clock showed before and after the call."""
+    import random
+
+    rng = random.Random(7)
+    batch = make_batch(make_storage(redis_server.url))
+    limit = 10_000
+    window = Window("LIMITER/tokens/moving-window/token:m/1/2/second", Layout.MOVING, limit, 2)
+    buckets: dict[int, int] = {}
+    held: list[tuple[int, int]] = []  # (reserved, bucket)
+    stop = time.monotonic() + 3
+    asked = admitted = 0
+
+    def settled(state, settle, current):
+        state = dict(state)
+        if settle is not None:
+            delta, mark = settle
+            if mark >= current - BUCKETS:
+                state[mark] = max(0, state.get(mark, 0) + delta)
+            elif delta > 0:
+                state[current] = state.get(current, 0) + delta
+        return state
+
+    while time.monotonic() < stop:
+        settle = None
+        if held and rng.random() < 0.5:
+            reserved, mark = held.pop(rng.randrange(len(held)))
+            settle = (rng.randrange(0, 2 * reserved + 1) - reserved, mark)
+        amount = rng.randrange(1, 100)
+        time.sleep(0.002)
+        before = time.time()
+        carried = [Change(window, settle[0], settle[1])] if settle else []
+        done = batch.reserve([(window, amount)], [], carried=carried)
+        after = time.time()
+        outcomes = {}
+        # (The script's clock is Redis's, in whole milliseconds.)
+        first, last = int((before - 0.002) * BUCKETS // 2), int(after * BUCKETS // 2)
+        for current in range(first, last + 1):
+            state = settled(buckets, settle, current)
+            in_span = sum(n for b, n in state.items() if b >= current - BUCKETS)
+            fits = in_span + amount <= limit
+            if done.readings[0].used == in_span and done.admitted == fits:
+                if not fits or done.marks[0] == current:
+                    outcomes[current] = state
+        assert outcomes, (before, after, done)
+        if len({tuple(sorted(state.items())) for state in outcomes.values()}) > 1:
+            break  # a call across a bucket's edge that both buckets explain: stop here
+        current, buckets = next(iter(outcomes.items()))
+        asked += 1
         if done.admitted:
-            admitted.append(clock.now)
-            taken.append(clock.now)
-            held.append((clock.now, done.marks[0]))
-        else:
-            refused.append(clock.now)
-    check_history(admitted, taken, refused, 60, limit)
+            admitted += 1
+            buckets[current] = buckets.get(current, 0) + amount
+            held.append((amount, current))
+    assert asked > 300 and 0.1 < admitted / asked < 0.9
 
 
 def test_three_a_minute_over_time(clock):
@@ -162,6 +251,76 @@ def test_a_refund_reaches_an_older_bucket_in_redis(redis_server):
     assert not carried.admitted  # the first was given back once: a second time changes nothing
     third = batch.reserve([(window, 1)], [])
     assert not third.admitted and third.readings[0].used == 2
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_settle_into_an_empty_older_bucket_moves_when_room_frees(request, monkeypatch, kind):
+    """A reservation of nothing (its bucket left empty) settled later at what it used: the
+    window's room now frees when that older bucket stops counting, not the next one."""
+    if kind == "redis":
+        batch = make_batch(make_storage(request.getfixturevalue("redis_server").url))
+
+        def next_bucket(mark):  # real time: a bucket of a 2 s window is 1/30 s
+            while int(time.time() * BUCKETS // 2) <= mark:
+                time.sleep(0.005)
+
+    else:
+        clock = Clock()
+        monkeypatch.setattr(time, "time", clock)
+        batch = MemoryBatch(SweptMemoryStorage())
+
+        def next_bucket(mark):
+            clock.now = (mark + 1) * 2 / BUCKETS + 0.001
+
+    def index(mark) -> int:  # Redis names a bucket by its number, memory by its key
+        return mark if isinstance(mark, int) else int(mark.rsplit("/m", 1)[1])
+
+    window = Window(f"LIMITER/tokens/moving-window/{kind}/1/2/second", Layout.MOVING, 100, 2)
+    nothing = batch.reserve([(window, 0)], [])
+    next_bucket(index(nothing.marks[0]))
+    five = batch.reserve([(window, 5)], [])
+    next_bucket(index(five.marks[0]))
+    late = batch.reserve([(window, 1)], [])  # sums the older buckets: the five's is the oldest
+    five_ends = (index(five.marks[0]) + 1) * 2 / BUCKETS + 2
+    assert late.readings[0].reset_in == pytest.approx(five_ends - time.time(), abs=0.01)
+    batch.adjust([Change(window, 3, nothing.marks[0])])
+    reading = batch.read([window])[0]
+    assert reading.used == 9
+    ends = (index(nothing.marks[0]) + 1) * 2 / BUCKETS + 2
+    assert reading.reset_in == pytest.approx(ends - time.time(), abs=0.01)
+
+
+@pytest.mark.parametrize("counts", ["requests", "tokens"])
+def test_redis_counters_of_an_earlier_version_are_adopted(redis_server, counts):
+    """Earlier builds counted moving windows (and every token and budget window) with limits'
+    sliding-window counter under the same key: after an upgrade the moving window counts what
+    that counter held, for a whole window from then, and the old counters go."""
+    import redis
+    from limits import RateLimitItemPerMinute
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    storage = make_storage(redis_server.url)
+    store = redis.Redis(port=redis_server.port)
+    item = RateLimitItemPerMinute(10)
+    scope = (
+        ("requests", "moving-window", "token:a")
+        if counts == "requests"
+        else (
+            "tokens",
+            "sliding-window-counter",
+            "token:a",
+        )
+    )
+    assert SlidingWindowCounterRateLimiter(storage).hit(item, *scope, cost=7)
+    window = Window(item.key_for(*scope), Layout.MOVING, 10, 60)
+    batch = make_batch(storage)
+    old = f"LIMITS:{{{window.key}}}"
+    assert int(store.get(old)) == 7
+    assert batch.read([window])[0].used == 7
+    assert not store.exists(old) and not store.exists(old + "/-1")
+    done = batch.reserve([(window, 3)], [])
+    assert done.admitted and not batch.reserve([(window, 1)], []).admitted
+    assert batch.read([window])[0].used == 10
 
 
 def test_a_cleared_storage_forgets_the_summary(clock):
@@ -238,3 +397,33 @@ def test_the_proxy_keeps_three_a_minute_over_time(make_app, monkeypatch):
         assert int(refused.headers["Retry-After"]) == 61 - waited
     frozen.advance(61 - waited)
     assert [post(client).status_code for _ in range(4)] == [200] * 3 + [429]
+
+
+def test_the_proxy_keeps_a_token_window_over_time(make_app, monkeypatch, upstream):
+    """Tokens (and so budgets, counted the same way) over time: 20 tokens a minute used 30 s
+    before a calendar minute ends are still counted 30 s after it (a counter per calendar
+    minute weighs them at half and lets 10 more through)."""
+    from tests.conftest import openai_model
+    from tests.stub_upstream import Reply, chat_completion
+    from tests.test_ratelimit import FrozenTime
+
+    frozen = FrozenTime(monkeypatch)
+    frozen.advance(30)
+    client = make_client(
+        make_app,
+        {
+            "auth": {"tokens": [{"name": "a", "token": "k-1", "tokens_per_minute": 20}]},
+            "models": [openai_model(upstream, name="gpt")],
+        },
+    )
+    upstream.default = Reply(
+        body=chat_completion(usage={"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10})
+    )
+    assert [post(client, "gpt", max_tokens=8).status_code for _ in range(2)] == [200, 200]
+    frozen.advance(59)  # 29 s into the next calendar minute
+    refused = post(client, "gpt", max_tokens=8)
+    assert refused.status_code == 429
+    assert "tokens_per_minute for token a" in refused.json["error"]["message"]
+    assert int(refused.headers["Retry-After"]) == 2  # the first bucket stops at 61 s
+    frozen.advance(2)
+    assert post(client, "gpt", max_tokens=8).status_code == 200

@@ -179,7 +179,7 @@ def test_tokens_charged_from_a_streamed_answer(make_app, frozen, upstream):
     assert post(client, "gpt", max_tokens=5).status_code == 429
     quotas = client.application.extensions["ai_proxy"].quotas
     (limit,) = quotas.model_tokens["model:gpt#0"]
-    assert quotas.usage_limiter.get_window_stats(limit.item, *limit.identifiers).remaining == 92
+    assert quotas.batch.read([limit.window])[0].used == 8
 
 
 def test_usage_is_estimated_when_upstream_gives_none(make_app, frozen, upstream):

@@ -35,6 +35,8 @@ LUA = """
 local FIXED, SLIDING, MOVING = 0, 1, 2
 -- A moving window's sub-window counters (BUCKETS below).
 local BUCKETS = @BUCKETS@
+-- A summary is a double: it is kept only while exact (older buckets holding less than 2^47).
+local SUMMED = 2 ^ 47
 -- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
 -- so a few ms of rounding between two readings never mistakes one for another.
 local SAME_MS = 5
@@ -132,6 +134,31 @@ local function bucket_end(j, exp)
   return math.ceil((j + 1) * exp / BUCKETS + exp)
 end
 
+-- Add to the current bucket; returns its index (the reservation's mark).
+local function moving_add(base, exp, amount)
+  local i = bucket(exp)
+  if amount > 0 then
+    local key = base .. '/m' .. i
+    if redis.call('incrby', key, amount) == amount then
+      redis.call('pexpireat', key, bucket_end(i, exp))
+    end
+  end
+  return i
+end
+
+-- A window an earlier version counted with limits' sliding-window counter under the same key
+-- (the counters `base` and `base/-1`): what that counter holds now goes into the current bucket
+-- once (so it counts a whole window from now, never less than it would have), and the old
+-- counters go. Returns the amount adopted.
+local function adopt(base, exp)
+  local ct = prepare(base, base .. '/-1', SLIDING, exp)
+  local legacy = usage(base, base .. '/-1', SLIDING, exp, ct)
+  redis.call('del', base, base .. '/-1')
+  ttls[base] = nil
+  if legacy > 0 then moving_add(base, exp, legacy) end
+  return legacy
+end
+
 -- What a moving window holds: (used, ms until room frees). The buckets before the current one
 -- change only when a settle reaches one of them (which drops their summary): they are read
 -- once per bucket and kept summed in `base/s<bucket>` until the bucket changes, as one number
@@ -157,9 +184,12 @@ local function moving_usage(base, exp)
         older = older + c
       end
     end
-    local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - now))
-    local summary = string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
-    redis.call('set', base .. '/s' .. i, summary, 'PX', lives)
+    if older == 0 and current == 0 then current = adopt(base, exp) end
+    if older < SUMMED then
+      local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - now))
+      local summary = string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
+      redis.call('set', base .. '/s' .. i, summary, 'PX', lives)
+    end
   end
   -- Room frees first when the oldest bucket with anything in it stops counting.
   local reset = exp
@@ -171,32 +201,43 @@ local function moving_usage(base, exp)
   return older + current, math.max(0, reset)
 end
 
--- Add to the current bucket; returns its index (the reservation's mark).
-local function moving_add(base, exp, amount)
-  local i = bucket(exp)
-  if amount > 0 then
-    local key = base .. '/m' .. i
-    if redis.call('incrby', key, amount) == amount then
-      redis.call('pexpireat', key, bucket_end(i, exp))
-    end
-  end
-  return i
-end
-
+-- Settle on the bucket the reservation went to while it still counts (the older buckets'
+-- summary follows it: see app.hooks.limits_memory.MemoryBatch._moving_adjust), else only more
+-- than was reserved, on the current one.
 local function moving_adjust(base, exp, delta, mark)
   local i = bucket(exp)
-  if mark > 0 and mark >= i - BUCKETS and mark <= i then
-    if mark < i then redis.call('del', base .. '/s' .. i) end  -- an older bucket changes
-    local key = base .. '/m' .. mark
-    if redis.call('incrby', key, delta) <= 0 then
-      redis.call('del', key)
-    else
-      redis.call('pexpireat', key, bucket_end(mark, exp))
-    end
-  elseif delta > 0 then
-    -- The reserved bucket no longer counts: only more than was reserved still does.
-    moving_add(base, exp, delta)
+  if not (mark > 0 and mark >= i - BUCKETS and mark <= i) then
+    if delta > 0 then moving_add(base, exp, delta) end
+    return
   end
+  local key = base .. '/m' .. mark
+  local before = tonumber(redis.call('get', key)) or 0
+  local after = math.max(0, before + delta)
+  if after == 0 then
+    redis.call('del', key)
+  else
+    local lives = math.max(1, bucket_end(mark, exp) - now)
+    redis.call('set', key, string.format('%.0f', after), 'PX', lives)
+  end
+  if mark == i then return end  -- the current bucket: not in the summary
+  local skey = base .. '/s' .. i
+  local code = tonumber(redis.call('get', skey)) or 0
+  if code <= 0 then return end  -- none yet: the next reading sums the buckets
+  local first = (code - 1) % (BUCKETS + 1)
+  local older = (code - 1 - first) / (BUCKETS + 1)
+  local offset = mark - (i - BUCKETS)
+  if after == 0 and before > 0 and offset == first then
+    -- The oldest bucket with anything emptied: the next reading finds the new oldest.
+    redis.call('del', skey)
+    return
+  end
+  if before == 0 and after > 0 and offset < first then first = offset end
+  older = older + after - before
+  if older >= SUMMED then
+    redis.call('del', skey)
+    return
+  end
+  redis.call('set', skey, string.format('%.0f', 1 + first + (BUCKETS + 1) * older), 'KEEPTTL')
 end
 
 -- What every kind does: the counters read, added to and adjusted.

@@ -269,11 +269,8 @@ class MemoryBatch:
                     same = self.storage.expirations.get(current) == change.mark
                     target = current if same and change.mark is not None else None
                 elif window.layout is Layout.MOVING:
-                    _, keys, summary_key = self._span(window, now)
-                    current = keys[-1]
-                    target = change.mark if change.mark in keys else None
-                    if target is not None and target != current:
-                        self.storage.clear(summary_key)  # an older bucket changes
+                    self._moving_adjust(change, now)
+                    continue
                 else:
                     previous, current = window_keys(window.key, window.expiry, now)
                     target = change.mark if change.mark in (previous, current) else None
@@ -283,6 +280,35 @@ class MemoryBatch:
                         self._add(window, current, change.delta, now)
                     continue
                 self._add(window, target, change.delta, now)
+
+    def _moving_adjust(self, change: Change, now: float) -> None:
+        """Settle on the bucket the reservation went to while it still counts (the older
+        buckets' summary follows it), else only more than was reserved, on the current one."""
+        window, delta = change.window, change.delta
+        _, keys, summary_key = self._span(window, now)
+        try:
+            offset = keys.index(change.mark)
+        except ValueError:
+            if delta > 0:
+                self._add(window, keys[-1], delta, now)
+            return
+        key = keys[offset]
+        before = self.get(key, now)
+        self._add(window, key, delta, now)
+        if offset == BUCKETS:
+            return  # the current bucket: not in the summary
+        code = self.get(summary_key, now)
+        if code <= 0:
+            return  # none yet: the next reading sums the buckets
+        after = self.get(key, now)
+        older, first = read_summary(code)
+        if after == 0 and before > 0 and offset == first:
+            # The oldest bucket with anything emptied: the next reading finds the new oldest.
+            self._add_counter(summary_key, 0, -code, now)
+            return
+        if before == 0 and after > 0:
+            first = min(first, offset)
+        self._add_counter(summary_key, 0, summary(older + after - before, first) - code, now)
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         with self.lock:
