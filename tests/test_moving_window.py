@@ -20,15 +20,8 @@ from app.hooks.limits import SweptMemoryStorage
 from app.hooks.limits_batch import BUCKETS, Change, Layout, Window
 from app.hooks.limits_memory import LimiterBatch, MemoryBatch
 from app.ratelimit import make_batch, make_storage
+from tests.test_limits_memory_direct import Clock  # starts off any bucket's edge
 from tests.test_ratelimit import make_client, post
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0 + 0.37  # off any bucket's edge
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -195,6 +188,7 @@ def test_redis_answers_as_the_model_does(redis_server):
 def test_three_a_minute_over_time(clock):
     """The helper's case: 3 admitted, then asked again 26 and 46 s later (the sliding counter
     let both through); the fourth comes once the first is a minute old, within a second."""
+    start = clock.now
     batch = MemoryBatch(SweptMemoryStorage())
     window = Window("requests/three", Layout.MOVING, 3, 60, client=True)
     assert [batch.reserve([(window, 1)], []).admitted for _ in range(20)] == [True] * 3 + [
@@ -205,7 +199,7 @@ def test_three_a_minute_over_time(clock):
         refused = batch.reserve([(window, 1)], [])
         assert not refused.admitted
         # Retry-After is when the oldest bucket stops counting: the three's plus a minute.
-        first_bucket_end = (int(1_800_000_000.37 * BUCKETS / 60) + 1) * 60 / BUCKETS + 60
+        first_bucket_end = (int(start * BUCKETS / 60) + 1) * 60 / BUCKETS + 60
         assert refused.readings[0].reset_in == pytest.approx(first_bucket_end - clock.now)
     clock.now = first_bucket_end
     assert [batch.reserve([(window, 1)], []).admitted for _ in range(4)] == [True] * 3 + [False]
