@@ -249,10 +249,10 @@ def render(open_result: dict | None, soak_result: dict | None) -> list[str]:
             "",
             f"The proxy as shipped (THREADS={s['threads']}), {s['requests']} non-streamed requests "
             f"at concurrency {SOAK_CONCURRENCY} in {s['seconds']:.0f} s ({s['errors']} errors); "
-            "RSS of each worker (MB) as the soak went on. The rise over the first minute is the "
-            "quota windows filling: with `memory://` and the default moving window, each "
-            "`requests_per_minute` limit keeps one entry per request for a minute (two limits "
-            "here, about 150 bytes an entry); after that the windows hold steady.",
+            "RSS of each worker (MB) as the soak went on. The rise over the first requests is "
+            "the worker warming up (the metrics' label sets, pooled connections, the quota "
+            "windows' counters, at most 62 a window whatever the traffic); after that it holds "
+            "steady.",
             "",
             "| requests | " + " | ".join(f"worker {i + 1}" for i in workers) + " |",
             "| ---: | " + " | ".join("---:" for _ in workers) + " |",
