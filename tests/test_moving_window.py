@@ -421,3 +421,53 @@ def test_the_proxy_keeps_a_token_window_over_time(make_app, monkeypatch, upstrea
     assert int(refused.headers["Retry-After"]) == 2  # the first bucket stops at 61 s
     frozen.advance(2)
     assert post(client, "gpt", max_tokens=8).status_code == 200
+
+
+@pytest.fixture
+def memcached_url(tmp_path):
+    """A real memcached on a free port (`.ci/run` installs it and pymemcache)."""
+    import shutil
+    import socket
+    import subprocess
+
+    from tests.servers import free_port
+
+    binary = shutil.which("memcached")
+    if binary is None:
+        pytest.fail("memcached is not installed (apt-get install memcached)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "-p", str(port), "-l", "127.0.0.1", "-U", "0", "-u", "root"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield f"memcached://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+@pytest.mark.parametrize("layout", [Layout.FIXED, Layout.MOVING, Layout.SLIDING])
+def test_window_by_window_on_real_storages(request, kind, layout):
+    """The window-by-window batch (Redis clusters and memcached) on limits' own storages: a
+    refusal takes back what it added (these storages have no `decr`), so room freed by a
+    settle is found again, and no window admits past its limit."""
+    url = (
+        request.getfixturevalue("redis_server").url
+        if kind == "redis"
+        else request.getfixturevalue("memcached_url")
+    )
+    storage = make_storage(url)
+    batch = LimiterBatch(storage)
+    window = Window(f"LIMITER/requests/{layout.name}/token:w/3/1/minute", layout, 3, 60)
+    answers = [batch.reserve([(window, 1)], []).admitted for _ in range(6)]
+    assert answers == [True] * 3 + [False] * 3
+    assert batch.read([window])[0].used == 3  # the refusals took back what they added
+    bigger = batch.reserve([(window, 5)], [])
+    assert not bigger.admitted and batch.read([window])[0].used == 3

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Sequence
 
-from limits.storage import MemoryStorage, Storage
+from limits.storage import MemcachedStorage, MemoryStorage, Storage
 
 from .limits_batch import BUCKETS, Change, Layout, Reading, Reserved, Window
 
@@ -361,7 +361,7 @@ class LimiterBatch:
         if layout is Layout.FIXED:
             if self.storage.incr(window.key, window.expiry, amount) <= window.limit:
                 return True
-            self.storage.decr(window.key, amount)
+            self._give_back(window.key, window.expiry, amount)
             return False
         if layout is Layout.MOVING:
             if amount > window.limit:
@@ -369,11 +369,26 @@ class LimiterBatch:
             key = self._moving_add(window, amount)
             if self._read(window).used <= window.limit:
                 return True
-            self.storage.decr(key, amount)
+            self._give_back(key, window.expiry, amount)
             return False
         return self.storage.acquire_sliding_window_entry(
             window.key, window.limit, window.expiry, amount
         )
+
+    def _give_back(self, key: str, expiry: int, amount: int) -> None:
+        """Take back what a refused request added. Only limits' memory storage has `decr`;
+        memcached's client decrements (never below 0); Redis adds the negative amount."""
+        if amount <= 0:
+            return
+        decr = getattr(self.storage, "decr", None)
+        if decr is not None:
+            decr(key, amount)
+            return
+        if isinstance(self.storage, MemcachedStorage):
+            storage = self.storage
+            storage.call_memcached_func(storage.storage.decr, key, amount, noreply=False)
+            return
+        self.storage.incr(key, expiry, -amount)
 
     def _moving_add(self, window: Window, amount: int) -> str:
         now = time.time()
