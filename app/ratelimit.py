@@ -256,8 +256,12 @@ class Quotas:
         settings = config.rate_limits
         self.storage = storage or make_storage(settings.storage)
         self.batch = make_batch(self.storage)
-        # Every window (requests, tokens, budget) is counted as the strategy says.
         strategy, layout = settings.strategy, LAYOUTS[settings.strategy]
+        # Token and budget windows are moving windows under `moving-window` (adopting, in
+        # Redis, the sliding counters earlier builds kept for them), else sliding counters as
+        # they always were: a fixed window would forget them on upgrade and let a budget be
+        # spent twice across a window's edge.
+        usage = Layout.MOVING if layout is Layout.MOVING else Layout.SLIDING
         self.default_reserve_tokens = settings.default_reserve_tokens
         self.deny_on_error = settings.on_storage_error == "deny"
         self.storage_errors = 0
@@ -268,14 +272,14 @@ class Quotas:
         for model in config.models:
             key = Owner.DEPLOYMENT.key(model.key)
             self.models[key] = _items(key, model, _REQUEST_FIELDS, strategy, layout)
-            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE, layout)
+            self.model_tokens[key] = _items(key, model, _TOKEN_FIELDS, USAGE_SCOPE, usage)
         self.tokens: dict[str, list[Limit]] = {}
         self.token_usage: dict[str, list[Limit]] = {}
         for token in config.tokens:
             key = Owner.TOKEN.key(token.name)
             self.tokens[key] = _items(key, token, _REQUEST_FIELDS, strategy, layout)
-            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE, layout) + _items(
-                key, token, _BUDGET_FIELDS, USAGE_SCOPE, layout, scale=MICRO_USD
+            self.token_usage[key] = _items(key, token, _TOKEN_FIELDS, USAGE_SCOPE, usage) + _items(
+                key, token, _BUDGET_FIELDS, USAGE_SCOPE, usage, scale=MICRO_USD
             )
         # Each token's and deployment's smallest token window, which a default reserve must fit.
         self.smallest_tokens: dict[str, int] = {}

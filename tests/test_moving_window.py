@@ -317,6 +317,56 @@ def test_redis_counters_of_an_earlier_version_are_adopted(redis_server, counts):
     assert batch.read([window])[0].used == 10
 
 
+def test_a_draining_earlier_build_is_adopted_within_a_bucket(redis_server):
+    """An earlier build's process still draining settles on the old sliding counter after a
+    new one has started counting the window: the new build takes it in at its next bucket."""
+    from limits import RateLimitItemPerSecond
+    from limits.strategies import SlidingWindowCounterRateLimiter
+
+    storage = make_storage(redis_server.url)
+    item = RateLimitItemPerSecond(100, 2)
+    scope = ("tokens", "sliding-window-counter", "token:d")
+    window = Window(item.key_for(*scope), Layout.MOVING, 100, 2)
+    batch = make_batch(storage)
+    first = batch.reserve([(window, 10)], [])
+    assert first.admitted and first.readings[0].used == 0
+    assert SlidingWindowCounterRateLimiter(storage).hit(item, *scope, cost=30)
+    while int(time.time() * BUCKETS // 2) <= first.marks[0]:
+        time.sleep(0.005)
+    assert batch.read([window])[0].used == 40
+
+
+def test_the_moving_clock_never_runs_back_in_redis(redis_server):
+    """The script's moving windows use the latest time seen (a failover to a server whose
+    clock is behind, a clock stepped back): requests then go to the latest bucket, which the
+    summaries of older buckets do not hold."""
+    import redis
+
+    storage = make_storage(redis_server.url)
+    store = redis.Redis(port=redis_server.port)
+    batch = make_batch(storage)
+    window = Window("LIMITER/requests/moving-window/token:c/5/1/minute", Layout.MOVING, 5, 60)
+    ahead = int(time.time() * 1000) + 3_000  # as if the clock had been 3 s ahead
+    store.set(storage.prefixed_key("ai-proxy/moving-window-clock"), ahead, px=60_000)
+    done = batch.reserve([(window, 1)], [])
+    assert done.marks[0] == ahead // 1000
+
+
+def test_the_memory_clock_never_runs_back(clock):
+    """The same in memory: stepped back, requests still go to the latest bucket, so the
+    older buckets' summary stays true when the clock comes back."""
+    batch = MemoryBatch(SweptMemoryStorage())
+    window = Window("requests/clock", Layout.MOVING, 5, 60, client=True)
+    assert batch.reserve([(window, 1)], []).admitted
+    clock.now += 3
+    assert batch.reserve([(window, 1)], []).admitted  # sums the older buckets
+    clock.now -= 2.5
+    assert all(batch.reserve([(window, 1)], []).admitted for _ in range(3))
+    clock.now += 2.5
+    assert not batch.reserve([(window, 1)], []).admitted
+    assert batch.read([window])[0].used == 5
+
+
 def test_a_cleared_storage_forgets_the_summary(clock):
     """The summary of older buckets lives in the storage itself: clearing the storage (as a
     test or a tool does) clears it with the buckets."""
@@ -454,10 +504,12 @@ def memcached_url(tmp_path):
 
 @pytest.mark.parametrize("kind", ["redis", "memcached"])
 @pytest.mark.parametrize("layout", [Layout.FIXED, Layout.MOVING, Layout.SLIDING])
-def test_window_by_window_on_real_storages(request, kind, layout):
+@pytest.mark.parametrize("expiry", [60, 30 * 86400])  # a minute, limits' month
+def test_window_by_window_on_real_storages(request, kind, layout, expiry):
     """The window-by-window batch (Redis clusters and memcached) on limits' own storages: a
-    refusal takes back what it added (these storages have no `decr`), so room freed by a
-    settle is found again, and no window admits past its limit."""
+    refusal takes back what it added (these storages have no `decr`), and no window admits
+    past its limit, a month's included (memcached reads a time to live over 30 days as a
+    date: a month's counters expired at once)."""
     url = (
         request.getfixturevalue("redis_server").url
         if kind == "redis"
@@ -465,9 +517,43 @@ def test_window_by_window_on_real_storages(request, kind, layout):
     )
     storage = make_storage(url)
     batch = LimiterBatch(storage)
-    window = Window(f"LIMITER/requests/{layout.name}/token:w/3/1/minute", layout, 3, 60)
+    window = Window(f"LIMITER/requests/{layout.name}/token:w/3/{expiry}", layout, 3, expiry)
     answers = [batch.reserve([(window, 1)], []).admitted for _ in range(6)]
     assert answers == [True] * 3 + [False] * 3
     assert batch.read([window])[0].used == 3  # the refusals took back what they added
     bigger = batch.reserve([(window, 5)], [])
     assert not bigger.admitted and batch.read([window])[0].used == 3
+
+
+@pytest.mark.parametrize(
+    ("strategy", "requests", "usage"),
+    [
+        ("moving-window", Layout.MOVING, Layout.MOVING),
+        ("sliding-window-counter", Layout.SLIDING, Layout.SLIDING),
+        # Token and budget windows stay sliding counters: a fixed window would forget what an
+        # earlier build counted for them, and let a budget be spent twice across its edge.
+        ("fixed-window", Layout.FIXED, Layout.SLIDING),
+    ],
+)
+def test_which_windows_each_strategy_moves(make_app, strategy, requests, usage):
+    app = make_app(
+        {
+            "auth": {
+                "tokens": [
+                    {
+                        "name": "a",
+                        "token": "k-1",
+                        "requests_per_minute": 5,
+                        "tokens_per_day": 100,
+                        "budget_per_month": 2,
+                    }
+                ]
+            },
+            "models": [{"name": "echo", "provider": "echo", "tokens_per_minute": 50}],
+            "rate_limits": {"strategy": strategy},
+        }
+    )
+    quotas = app.extensions["ai_proxy"].quotas
+    assert {limit.layout for limit in quotas.tokens["token:a"]} == {requests}
+    usage_windows = [*quotas.token_usage["token:a"], *quotas.model_tokens["model:echo#0"]]
+    assert len(usage_windows) == 3 and {limit.layout for limit in usage_windows} == {usage}

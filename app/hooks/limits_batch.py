@@ -35,6 +35,7 @@ LUA = """
 local FIXED, SLIDING, MOVING = 0, 1, 2
 -- A moving window's sub-window counters (BUCKETS below).
 local BUCKETS = @BUCKETS@
+local CLOCK = '@CLOCK@'
 -- A summary is a double: it is kept only while exact (older buckets holding less than 2^47).
 local SUMMED = 2 ^ 47
 -- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
@@ -126,8 +127,26 @@ end
 -- A moving window: bucket j counts what was taken from j * exp / BUCKETS (ms) on, for
 -- exp / BUCKETS; it counts while it overlaps the last exp ms, so it expires at its end plus exp.
 -- The current bucket and the BUCKETS before it cover every moment of the last window.
+-- The moving windows' clock: Redis's, but never earlier than the latest one seen (a failover
+-- to a server whose clock is behind, a clock stepped back). A summary of older buckets counts
+-- on buckets only moving forward: requests taken in older buckets later would be missed.
+local moving_now = nil
+local function clock_ms()
+  if moving_now == nil then
+    moving_now = now
+    local last = tonumber(redis.call('get', CLOCK))
+    if last ~= nil and last > now then
+      moving_now = last
+    else
+      -- (Its expiry is a time on the same clock: a clock stepped back keeps it longer.)
+      redis.call('set', CLOCK, now, 'PX', 60000)
+    end
+  end
+  return moving_now
+end
+
 local function bucket(exp)
-  return math.floor(now * BUCKETS / exp)
+  return math.floor(clock_ms() * BUCKETS / exp)
 end
 
 local function bucket_end(j, exp)
@@ -146,10 +165,11 @@ local function moving_add(base, exp, amount)
   return i
 end
 
--- A window an earlier version counted with limits' sliding-window counter under the same key
--- (the counters `base` and `base/-1`): what that counter holds now goes into the current bucket
--- once (so it counts a whole window from now, never less than it would have), and the old
--- counters go. Returns the amount adopted.
+-- A window an earlier build counted with limits' sliding-window counter under the same key (the
+-- counters `base` and `base/-1`): what that counter holds now goes into the current bucket (so
+-- it counts a whole window from now, never less than it would have), and the old counters go.
+-- Looked at once a bucket, so what a process of the earlier build still draining settles there
+-- comes in too. Returns the amount adopted.
 local function adopt(base, exp)
   local ct = prepare(base, base .. '/-1', SLIDING, exp)
   local legacy = usage(base, base .. '/-1', SLIDING, exp, ct)
@@ -184,9 +204,10 @@ local function moving_usage(base, exp)
         older = older + c
       end
     end
-    if older == 0 and current == 0 then current = adopt(base, exp) end
+    -- Once a bucket: what an earlier build (a host not yet upgraded) counted comes in.
+    current = current + adopt(base, exp)
     if older < SUMMED then
-      local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - now))
+      local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - clock_ms()))
       local summary = string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
       redis.call('set', base .. '/s' .. i, summary, 'PX', lives)
     end
@@ -194,9 +215,9 @@ local function moving_usage(base, exp)
   -- Room frees first when the oldest bucket with anything in it stops counting.
   local reset = exp
   if older > 0 then
-    reset = bucket_end(i - BUCKETS + first, exp) - now
+    reset = bucket_end(i - BUCKETS + first, exp) - clock_ms()
   elseif current > 0 then
-    reset = bucket_end(i, exp) - now
+    reset = bucket_end(i, exp) - clock_ms()
   end
   return older + current, math.max(0, reset)
 end
@@ -216,7 +237,7 @@ local function moving_adjust(base, exp, delta, mark)
   if after == 0 then
     redis.call('del', key)
   else
-    local lives = math.max(1, bucket_end(mark, exp) - now)
+    local lives = math.max(1, bucket_end(mark, exp) - clock_ms())
     redis.call('set', key, string.format('%.0f', after), 'PX', lives)
   end
   if mark == i then return end  -- the current bucket: not in the summary
@@ -478,7 +499,9 @@ class RedisBatch:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.client = storage.get_connection()
-        self._script = self.client.register_script(LUA)
+        # The moving windows' clock key, under the storage's prefix (one per script text).
+        clock = storage.prefixed_key("ai-proxy/moving-window-clock")
+        self._script = self.client.register_script(LUA.replace("@CLOCK@", clock))
         self._names: dict[Window, str] = {}
         # id(window) -> the window, its key, its constant words (see _known)
         self._windows: dict[int, tuple[Window, str, tuple[str, str]]] = {}

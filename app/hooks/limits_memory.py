@@ -77,9 +77,20 @@ class MemoryBatch:
         kind = type(storage)
         self.direct = kind is MemoryStorage or bool(vars(kind).get("plain_counters"))
         self.get = self._get if self.direct else lambda key, _now: storage.get(key)
+        self._last_now = 0.0
         # Per moving window: its current bucket, the keys of the buckets that count then
         # (oldest first) and of their summary, named once per bucket rather than per request.
         self._spans: dict[str, tuple[int, list[str], str]] = {}
+
+    def _clock(self) -> float:
+        """The time, never earlier than the batch has seen (under the lock): a summary of a
+        moving window's older buckets counts on buckets only moving forward; a clock stepped
+        back would put requests in older buckets after they were summed."""
+        now = time.time()
+        if now < self._last_now:
+            return self._last_now
+        self._last_now = now
+        return now
 
     def _span(self, window: Window, now: float) -> tuple[int, list[str], str]:
         """The current bucket's index, the keys of the BUCKETS + 1 that count now, and the
@@ -215,7 +226,7 @@ class MemoryBatch:
             self.adjust(carried)
         flat = [*required, *(pair for choice in choices for pair in choice)]
         with self.lock:
-            now = time.time()
+            now = self._clock()
             usages = [self._usage(window, now) for window, _ in flat]
 
             def refusing(first: int, last: int) -> int | None:
@@ -260,7 +271,7 @@ class MemoryBatch:
 
     def adjust(self, changes: Sequence[Change]) -> None:
         with self.lock:
-            now = time.time()
+            now = self._clock()
             for change in changes:
                 window = change.window
                 if window.layout is Layout.FIXED:
@@ -312,8 +323,12 @@ class MemoryBatch:
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         with self.lock:
-            now = time.time()
+            now = self._clock()
             return [Reading(*self._usage(window, now)[:2]) for window in windows]
+
+
+# Memcached reads a time to live over this many seconds (30 days) as an absolute unix time.
+MEMCACHED_RELATIVE_SECONDS = 30 * 86400
 
 
 class LimiterBatch:
@@ -327,12 +342,24 @@ class LimiterBatch:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.sliding = hasattr(storage, "acquire_sliding_window_entry")
+        self.memcached = isinstance(storage, MemcachedStorage)
 
     def _layout(self, window: Window) -> Layout:
         layout = window.layout
-        if layout is Layout.SLIDING and not self.sliding:
+        if layout is Layout.SLIDING and (
+            not self.sliding
+            # limits' sliding counter on memcached lives two windows, which for a month is a
+            # time to live memcached reads as a date in 1970: the counter would never count.
+            or (self.memcached and 2 * window.expiry > MEMCACHED_RELATIVE_SECONDS)
+        ):
             return Layout.FIXED
         return layout
+
+    def _ttl(self, seconds: float, now: float) -> int:
+        """A time to live for `incr`: memcached reads one over 30 days as a unix time."""
+        if self.memcached and seconds > MEMCACHED_RELATIVE_SECONDS:
+            return math.ceil(now + seconds)
+        return math.ceil(seconds)
 
     def _read(self, window: Window) -> Reading:
         layout = self._layout(window)
@@ -359,7 +386,8 @@ class LimiterBatch:
     def _take(self, window: Window, amount: int) -> bool:
         layout = self._layout(window)
         if layout is Layout.FIXED:
-            if self.storage.incr(window.key, window.expiry, amount) <= window.limit:
+            ttl = self._ttl(window.expiry, time.time())
+            if self.storage.incr(window.key, ttl, amount) <= window.limit:
                 return True
             self._give_back(window.key, window.expiry, amount)
             return False
@@ -394,7 +422,7 @@ class LimiterBatch:
         now = time.time()
         index = bucket(window.expiry, now)
         key = bucket_key(window.key, index)
-        self.storage.incr(key, math.ceil(bucket_end(index, window.expiry) - now), amount)
+        self.storage.incr(key, self._ttl(bucket_end(index, window.expiry) - now, now), amount)
         return key
 
     def reserve(
@@ -438,7 +466,8 @@ class LimiterBatch:
                 # Over its limit or not, real usage counts: the next request is refused.
                 layout = self._layout(change.window)
                 if layout is Layout.FIXED:
-                    self.storage.incr(change.window.key, change.window.expiry, change.delta)
+                    ttl = self._ttl(change.window.expiry, time.time())
+                    self.storage.incr(change.window.key, ttl, change.delta)
                 elif layout is Layout.MOVING:
                     self._moving_add(change.window, change.delta)
                 else:
