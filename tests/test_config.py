@@ -173,6 +173,10 @@ M = "models: [{name: m, provider: openai, token: sk-x-123456789, "
         (M + "base_url: 'http://[::1/v1'}]", "models[0].base_url: must be an http"),
         (M + "base_url: 'http://h/v1 trailing'}]", "models[0].base_url: must be an http"),
         (M + "url: 'http://h:70000/v1/chat/completions'}]", "models[0].url: must be an http"),
+        # The adapter appends its paths: a query or fragment never reached the provider.
+        (M + "base_url: 'http://h/v1?api-version=1'}]", "models[0].base_url: must not hold a"),
+        (M + "base_url: 'http://h/v1#x'}]", "models[0].base_url: must not hold a query"),
+        (M + "base_url: 'http://h/v1?'}]", "models[0].base_url: must not hold a query"),
         (M + 'base_url: "http://h/v1", headers: {X: "a\\nb"}}]', "models[0].headers: the value"),
         (M + 'base_url: "http://h/v1", headers: {"X Y": v}}]', "models[0].headers: 'X Y'"),
         (M + 'base_url: "http://h/v1", headers: {X: "a\\0b"}}]', "models[0].headers: the value"),

@@ -544,19 +544,11 @@ def test_window_by_window_on_real_storages(request, kind, layout, expiry):
     ],
 )
 def test_which_windows_each_strategy_moves(make_app, strategy, requests, usage):
+    from tests.test_ratelimit import EVERY_KIND
+
     app = make_app(
         {
-            "auth": {
-                "tokens": [
-                    {
-                        "name": "a",
-                        "token": "k-1",
-                        "requests_per_minute": 5,
-                        "tokens_per_day": 100,
-                        "budget_per_month": 2,
-                    }
-                ]
-            },
+            "auth": {"tokens": [EVERY_KIND]},
             "models": [{"name": "echo", "provider": "echo", "tokens_per_minute": 50}],
             "rate_limits": {"strategy": strategy},
         }

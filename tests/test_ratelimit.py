@@ -322,21 +322,21 @@ def test_token_quota_round_trips_with_redis(make_app, redis_server):
     assert sent.names == ["EVALSHA", "EVALSHA"]
 
 
+# A client token with a request, a token and a budget window.
+EVERY_KIND = {
+    "name": "a",
+    "token": "k-1",
+    "requests_per_minute": 5,
+    "tokens_per_day": 100,
+    "budget_per_month": 2,
+}
+
+
 def test_storage_keys_name_owner_and_count_as_before(make_app):
     """Counters in a shared Redis outlive a proxy upgrade: their keys must not change."""
     app = make_app(
         {
-            "auth": {
-                "tokens": [
-                    {
-                        "name": "a",
-                        "token": "k-1",
-                        "requests_per_minute": 5,
-                        "tokens_per_day": 100,
-                        "budget_per_month": 2,
-                    }
-                ]
-            },
+            "auth": {"tokens": [EVERY_KIND]},
             "models": [
                 {
                     "name": "echo",

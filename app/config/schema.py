@@ -187,6 +187,18 @@ def _http_url(value: str) -> None:
         raise ValidationError("must be an http:// or https:// URL with a host")
 
 
+def _api_root_url(value: str) -> None:
+    """A `base_url`: an http(s) URL the adapter appends its paths to, so a query or fragment
+    in it could never reach the provider (it was dropped without a word)."""
+    _http_url(value)
+    parts = urlsplit(value)
+    if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
+        raise ValidationError(
+            "must not hold a query or fragment: the adapter appends its paths to it (put "
+            "credentials in api_key or headers; a Go-style url: keeps its query)"
+        )
+
+
 def _header_values(value: dict) -> None:
     """Header names a server reads (tokens) and values with no line breaks or NUL in them: such
     a header fails every request it is sent with."""
@@ -262,7 +274,7 @@ class QuotaSchema(Declared):
 class ModelSchema(QuotaSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=256))
     provider = fields.String(load_default="openai", validate=validate.Length(min=1))
-    base_url = fields.String(load_default=None, allow_none=True, validate=_http_url)
+    base_url = fields.String(load_default=None, allow_none=True, validate=_api_root_url)
     url = fields.String(load_default=None, allow_none=True, validate=_http_url)
     token = fields.String(load_default=None, allow_none=True)
     model = fields.String(load_default=None, allow_none=True)
