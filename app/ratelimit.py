@@ -63,7 +63,8 @@ LAYOUTS: dict[str, Layout] = {
     "moving-window": Layout.MOVING,
     "sliding-window-counter": Layout.SLIDING,
 }
-# limits' own limiter for each strategy name (its meaning; tools and tests read through it).
+# limits' own limiter for each strategy name (tests pin limits' behaviour through it; the
+# proxy counts moving windows in buckets, not in limits' list of entries).
 STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
     "moving-window": MovingWindowRateLimiter,

@@ -255,7 +255,8 @@ def test_a_settle_into_an_empty_older_bucket_moves_when_room_frees(request, monk
         batch = make_batch(make_storage(request.getfixturevalue("redis_server").url))
 
         def next_bucket(mark):  # real time: a bucket of a 2 s window is 1/30 s
-            while int(time.time() * BUCKETS // 2) <= mark:
+            # (Redis's clock is in whole ms; a 2 s window's buckets are 33.3 ms.)
+            while int((time.time() - 0.002) * BUCKETS // 2) <= mark:
                 time.sleep(0.005)
 
     else:
@@ -339,7 +340,7 @@ def test_a_draining_earlier_build_is_adopted_within_a_bucket(redis_server):
     first = batch.reserve([(window, 10)], [])
     assert first.admitted and first.readings[0].used == 0
     assert SlidingWindowCounterRateLimiter(storage).hit(item, *scope, cost=30)
-    while int(time.time() * BUCKETS // 2) <= first.marks[0]:
+    while int((time.time() - 0.002) * BUCKETS // 2) <= first.marks[0]:  # Redis: whole ms
         time.sleep(0.005)
     assert batch.read([window])[0].used == 40
 
@@ -373,6 +374,33 @@ def test_the_memory_clock_never_runs_back(clock):
     clock.now += 2.5
     assert not batch.reserve([(window, 1)], []).admitted
     assert batch.read([window])[0].used == 5
+
+
+def test_a_clock_far_ahead_is_not_held_in_redis(redis_server):
+    """A clock seen an hour ahead (stepped forward, then back) is not held: every moving
+    window would stay full until real time caught up."""
+    import redis
+
+    storage = make_storage(redis_server.url)
+    store = redis.Redis(port=redis_server.port)
+    batch = make_batch(storage)
+    window = Window("LIMITER/requests/moving-window/token:f/1/1/minute", Layout.MOVING, 1, 60)
+    clock_key = storage.prefixed_key("ai-proxy/moving-window-clock")
+    store.set(clock_key, int(time.time() * 1000) + 3_600_000, px=60_000)
+    before = time.time()
+    done = batch.reserve([(window, 1)], [])
+    assert int(before) <= done.marks[0] <= int(time.time())
+    assert int(store.get(clock_key)) <= time.time() * 1000  # the real time, kept from now on
+
+
+def test_a_memory_clock_far_ahead_is_not_held(clock):
+    batch = MemoryBatch(SweptMemoryStorage())
+    window = Window("requests/ahead", Layout.MOVING, 1, 60, client=True)
+    clock.now += 3600  # stepped an hour forward...
+    assert batch.reserve([(window, 1)], []).admitted
+    clock.now -= 3600 - 70  # ... and back: a window later in real time, room again
+    assert batch.reserve([(window, 1)], []).admitted
+    assert not batch.reserve([(window, 1)], []).admitted
 
 
 def test_a_cleared_storage_forgets_the_summary(clock):

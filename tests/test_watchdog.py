@@ -8,6 +8,7 @@ chunk); each records when the proxy hung up on it.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -350,9 +351,10 @@ def test_a_connection_given_back_is_never_cut_for_the_exchange_it_served(upstrea
 
 
 def test_a_connection_given_back_between_a_sweeps_look_and_its_cut_is_left_alone():
-    # Deadlines are set past only after `add`: the dog's own thread (started by `add`) would
-    # otherwise cut before the test's steps.
+    # The test takes the sweep's steps itself: the dog's own thread (which `add` would start,
+    # and whose first sweep could land between two steps on a busy machine) is never started.
     dog = watchdog.Watchdog(poll_seconds=10)
+    dog._pid, dog._thread = os.getpid(), threading.current_thread()
     conn = object()
     ours, theirs = socket.socketpair()
     try:

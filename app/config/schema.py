@@ -195,7 +195,7 @@ def _api_root_url(value: str) -> None:
     if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
         raise ValidationError(
             "must not hold a query or fragment: the adapter appends its paths to it (put "
-            "credentials in api_key or headers; a Go-style url: keeps its query)"
+            "credentials in token or headers)"
         )
 
 

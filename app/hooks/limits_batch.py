@@ -30,12 +30,16 @@ from limits.storage import Storage
 # room comes back at most one bucket (a window / 60: 1 s of a minute, 1 min of an hour) later
 # than an exact log of every request would give it back.
 BUCKETS = 60
+# How far back a clock may step and still be held at the latest time seen by moving windows
+# (the script's CLOCK_HOLD_MS, app.hooks.limits_memory.MemoryBatch._clock).
+CLOCK_HOLD_SECONDS = 5.0
 
 LUA = """
 local FIXED, SLIDING, MOVING = 0, 1, 2
 -- A moving window's sub-window counters (BUCKETS below).
 local BUCKETS = @BUCKETS@
 local CLOCK = '@CLOCK@'
+local CLOCK_HOLD_MS = @CLOCK_HOLD_MS@
 -- A summary is a double: it is kept only while exact (older buckets holding less than 2^47).
 local SUMMED = 2 ^ 47
 -- A counter is named by when it expires (server time, ms): windows are a minute apart at least,
@@ -127,15 +131,17 @@ end
 -- A moving window: bucket j counts what was taken from j * exp / BUCKETS (ms) on, for
 -- exp / BUCKETS; it counts while it overlaps the last exp ms, so it expires at its end plus exp.
 -- The current bucket and the BUCKETS before it cover every moment of the last window.
--- The moving windows' clock: Redis's, but never earlier than the latest one seen (a failover
--- to a server whose clock is behind, a clock stepped back). A summary of older buckets counts
--- on buckets only moving forward: requests taken in older buckets later would be missed.
+-- The moving windows' clock: Redis's, but not earlier than the latest one seen, by up to
+-- CLOCK_HOLD_MS (a failover to a server whose clock is a little behind, a clock stepped back a
+-- little). A summary of older buckets counts on buckets only moving forward: requests taken in
+-- older buckets later would be missed. A clock found further behind is taken as it is: holding
+-- it would freeze every moving window (full stays full) until real time caught up.
 local moving_now = nil
 local function clock_ms()
   if moving_now == nil then
     moving_now = now
     local last = tonumber(redis.call('get', CLOCK))
-    if last ~= nil and last > now then
+    if last ~= nil and last > now and last - now <= CLOCK_HOLD_MS then
       moving_now = last
     else
       -- (Its expiry is a time on the same clock: a clock stepped back keeps it longer.)
@@ -405,7 +411,9 @@ for i = 1, n do
 end
 for k = 1, #cooldowns do out[#out + 1] = cooldowns[k] end
 return table.concat(out, ' ')
-""".replace("@BUCKETS@", str(BUCKETS))
+""".replace("@BUCKETS@", str(BUCKETS)).replace(
+    "@CLOCK_HOLD_MS@", str(int(CLOCK_HOLD_SECONDS * 1000))
+)
 
 
 class AnswerLost(StorageError):

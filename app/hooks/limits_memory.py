@@ -14,7 +14,15 @@ from collections.abc import Sequence
 
 from limits.storage import MemcachedStorage, MemoryStorage, Storage
 
-from .limits_batch import BUCKETS, Change, Layout, Reading, Reserved, Window
+from .limits_batch import (
+    BUCKETS,
+    CLOCK_HOLD_SECONDS,
+    Change,
+    Layout,
+    Reading,
+    Reserved,
+    Window,
+)
 
 # One lock per memory storage, also taken by its sweeper (see SweptMemoryStorage.sweep).
 _LOCKS: weakref.WeakKeyDictionary[MemoryStorage, threading.Lock] = weakref.WeakKeyDictionary()
@@ -83,11 +91,13 @@ class MemoryBatch:
         self._spans: dict[str, tuple[int, list[str], str]] = {}
 
     def _clock(self) -> float:
-        """The time, never earlier than the batch has seen (under the lock): a summary of a
-        moving window's older buckets counts on buckets only moving forward; a clock stepped
-        back would put requests in older buckets after they were summed."""
+        """The time, not earlier than the batch has seen by up to CLOCK_HOLD_SECONDS (under the
+        lock): a summary of a moving window's older buckets counts on buckets only moving
+        forward; a clock stepped back would put requests in older buckets after they were
+        summed. Further back is taken as it is (the Lua script does the same): holding it would
+        freeze every moving window until real time caught up."""
         now = time.time()
-        if now < self._last_now:
+        if now < self._last_now <= now + CLOCK_HOLD_SECONDS:
             return self._last_now
         self._last_now = now
         return now
