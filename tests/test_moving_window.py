@@ -326,6 +326,22 @@ def test_redis_counters_of_an_earlier_version_are_adopted(redis_server, counts):
     assert batch.read([window])[0].used == 10
 
 
+def test_window_by_window_reads_a_moving_window_once_a_request(redis_server):
+    """The window-by-window batch reads a moving window's 61 counters once a request (after
+    adding to the current one: the same reading says whether it fits and what it held)."""
+    import redis
+
+    storage = make_storage(redis_server.url)
+    store = redis.Redis(port=redis_server.port)
+    batch = LimiterBatch(storage)
+    window = Window("LIMITER/requests/moving-window/token:o/5/1/minute", Layout.MOVING, 5, 60)
+    assert batch.reserve([(window, 1)], []).admitted
+    store.config_resetstat()
+    done = batch.reserve([(window, 1)], [])
+    assert done.admitted and done.readings[0].used == 1
+    assert store.info("commandstats")["cmdstat_get"]["calls"] == BUCKETS + 1
+
+
 def test_a_draining_earlier_build_is_adopted_within_a_bucket(redis_server):
     """An earlier build's process still draining settles on the old sliding counter after a
     new one has started counting the window: the new build takes it in at its next bucket."""

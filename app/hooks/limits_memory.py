@@ -379,12 +379,14 @@ class LimiterBatch:
         if layout is Layout.MOVING:
             now = time.time()
             index = bucket(window.expiry, now)
+            first = index - BUCKETS
             used, reset = 0, float(window.expiry)
-            for j in range(index - BUCKETS, index + 1):
-                count = self.storage.get(bucket_key(window.key, j))
+            for j, count in enumerate(
+                self._counts([bucket_key(window.key, j) for j in range(first, index + 1)])
+            ):
                 if count > 0:
                     if not used:
-                        reset = bucket_end(j, window.expiry) - now
+                        reset = bucket_end(first + j, window.expiry) - now
                     used += count
             return Reading(used, max(0.0, reset))
         previous, previous_ttl, current, current_ttl = self.storage.get_sliding_window(
@@ -393,7 +395,17 @@ class LimiterBatch:
         used = math.floor(previous * previous_ttl / window.expiry + current)
         return Reading(used, min(float(window.expiry), current_ttl % window.expiry))
 
-    def _take(self, window: Window, amount: int) -> bool:
+    def _counts(self, keys: list[str]) -> list[int]:
+        """The counters of `keys`: one `get_many` on memcached, else one `get` each."""
+        storage = self.storage
+        if self.memcached:
+            found = storage.call_memcached_func(storage.storage.get_many, keys)
+            return [int(found.get(key) or 0) for key in keys]
+        return [storage.get(key) for key in keys]
+
+    def _take(self, window: Window, amount: int, seen: dict[int, Reading]) -> bool:
+        """Take `amount` from the window if it fits; a moving window's reading (what it held
+        before this request) goes into `seen`, by the window's id."""
         layout = self._layout(window)
         if layout is Layout.FIXED:
             ttl = self._ttl(window.expiry, time.time())
@@ -405,7 +417,10 @@ class LimiterBatch:
             if amount > window.limit:
                 return False
             key = self._moving_add(window, amount)
-            if self._read(window).used <= window.limit:
+            after = self._read(window)
+            # What the window held before this request, read once (its 61 counters) for both.
+            seen[id(window)] = Reading(max(0, after.used - amount), after.reset_in)
+            if after.used <= window.limit:
                 return True
             self._give_back(key, window.expiry, amount)
             return False
@@ -446,18 +461,32 @@ class LimiterBatch:
         if carried:
             self.adjust(carried)
         flat = [*required, *(pair for choice in choices for pair in choice)]
-        readings = [self._read(window) for window, _ in flat]
+        # Moving windows are read by their take (see _take); the others, and windows not
+        # taken, before.
+        readings = [
+            None if self._layout(window) is Layout.MOVING else self._read(window)
+            for window, _ in flat
+        ]
+        seen: dict[int, Reading] = {}
+
+        def answer(*args) -> Reserved:
+            for i, (window, _) in enumerate(flat):
+                if readings[i] is None:
+                    known = seen.get(id(window))
+                    readings[i] = known if known is not None else self._read(window)
+            return Reserved(*args)
+
         marks: list[object] = [None] * len(flat)
         for i, (window, amount) in enumerate(required):
-            if not self._take(window, amount):
-                return Reserved(i, None, [None] * len(choices), readings, marks)
+            if not self._take(window, amount, seen):
+                return answer(i, None, [None] * len(choices), readings, marks)
             marks[i] = 0
         chosen, verdicts, first = None, [], len(required)
         for c, choice in enumerate(choices):
             verdict = None
             for i in range(first, first + len(choice)):
                 window, amount = flat[i]
-                if not self._take(window, amount):
+                if not self._take(window, amount, seen):
                     verdict = i
                     break
                 marks[i] = 0
@@ -468,7 +497,7 @@ class LimiterBatch:
             first += len(choice)
         verdicts += [None] * (len(choices) - len(verdicts))
         full = chosen is None and not all(v is not None and flat[v][0].client for v in verdicts)
-        return Reserved(None, chosen, verdicts, readings, marks, [], bool(choices) and full)
+        return answer(None, chosen, verdicts, readings, marks, [], bool(choices) and full)
 
     def adjust(self, changes: Sequence[Change]) -> None:
         for change in changes:
