@@ -159,6 +159,19 @@ local function bucket_end(j, exp)
   return math.ceil((j + 1) * exp / BUCKETS + exp)
 end
 
+-- The summary of a moving window's older buckets, as app.hooks.limits_memory.summary writes
+-- it: 1 + the oldest non-empty one's offset + (BUCKETS + 1) * what they hold (offset BUCKETS:
+-- none), one number (kept only below SUMMED, where a double is exact).
+local function summary(older, first)
+  return string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
+end
+
+-- `summary` read back: what the older buckets hold, the oldest's offset.
+local function read_summary(code)
+  local first = (code - 1) % (BUCKETS + 1)
+  return (code - 1 - first) / (BUCKETS + 1), first
+end
+
 -- Add to the current bucket; returns its index (the reservation's mark).
 local function moving_add(base, exp, amount)
   local i = bucket(exp)
@@ -187,17 +200,14 @@ end
 
 -- What a moving window holds: (used, ms until room frees). The buckets before the current one
 -- change only when a settle reaches one of them (which drops their summary): they are read
--- once per bucket and kept summed in `base/s<bucket>` until the bucket changes, as one number
--- (1 + the oldest non-empty one's offset + (BUCKETS + 1) * what they hold; offset BUCKETS:
--- none), as app.hooks.limits_memory.summary writes it.
+-- once per bucket and kept summed in `base/s<bucket>` (see `summary`) until the bucket changes.
 local function moving_usage(base, exp)
   local i = bucket(exp)
   local both = redis.call('mget', base .. '/m' .. i, base .. '/s' .. i)
   local current, code = tonumber(both[1]) or 0, tonumber(both[2]) or 0
   local older, first
   if code > 0 then
-    first = (code - 1) % (BUCKETS + 1)
-    older = (code - 1 - first) / (BUCKETS + 1)
+    older, first = read_summary(code)
   else
     local keys = {}
     for j = i - BUCKETS, i - 1 do keys[#keys + 1] = base .. '/m' .. j end
@@ -214,8 +224,7 @@ local function moving_usage(base, exp)
     current = current + adopt(base, exp)
     if older < SUMMED then
       local lives = math.max(1, math.ceil((i + 1) * exp / BUCKETS - clock_ms()))
-      local summary = string.format('%.0f', 1 + first + (BUCKETS + 1) * older)
-      redis.call('set', base .. '/s' .. i, summary, 'PX', lives)
+      redis.call('set', base .. '/s' .. i, summary(older, first), 'PX', lives)
     end
   end
   -- Room frees first when the oldest bucket with anything in it stops counting.
@@ -250,8 +259,7 @@ local function moving_adjust(base, exp, delta, mark)
   local skey = base .. '/s' .. i
   local code = tonumber(redis.call('get', skey)) or 0
   if code <= 0 then return end  -- none yet: the next reading sums the buckets
-  local first = (code - 1) % (BUCKETS + 1)
-  local older = (code - 1 - first) / (BUCKETS + 1)
+  local older, first = read_summary(code)
   local offset = mark - (i - BUCKETS)
   if after == 0 and before > 0 and offset == first then
     -- The oldest bucket with anything emptied: the next reading finds the new oldest.
@@ -264,7 +272,7 @@ local function moving_adjust(base, exp, delta, mark)
     redis.call('del', skey)
     return
   end
-  redis.call('set', skey, string.format('%.0f', 1 + first + (BUCKETS + 1) * older), 'KEEPTTL')
+  redis.call('set', skey, summary(older, first), 'KEEPTTL')
 end
 
 -- What every kind does: the counters read, added to and adjusted.

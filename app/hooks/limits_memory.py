@@ -10,7 +10,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from limits.storage import MemcachedStorage, MemoryStorage, Storage
 
@@ -63,6 +63,18 @@ def summary(older: int, first: int) -> int:
     they hold and the offset of the oldest that holds anything (BUCKETS: none), as one
     positive number (the Lua script writes the same)."""
     return 1 + first + (BUCKETS + 1) * older
+
+
+def held(counts: Iterable[int]) -> tuple[int, int]:
+    """What bucket counts (oldest first) hold together, and the offset of the oldest that holds
+    anything (how many there are: none)."""
+    total, first, size = 0, None, 0
+    for size, count in enumerate(counts, 1):
+        if count > 0:
+            if first is None:
+                first = size - 1
+            total += count
+    return total, size if first is None else first
 
 
 def read_summary(code: int) -> tuple[int, int]:
@@ -131,13 +143,7 @@ class MemoryBatch:
         if code > 0:
             older, first = read_summary(code)
         else:
-            older, first = 0, BUCKETS
-            for j in range(BUCKETS):
-                count = get(keys[j], now)
-                if count > 0:
-                    if not older:
-                        first = j
-                    older += count
+            older, first = held(get(key, now) for key in keys[:BUCKETS])
             lives = (index + 1) * expiry / BUCKETS - now
             self._add_counter(summary_key, lives, summary(older, first), now)
         current = get(keys[-1], now)
@@ -379,16 +385,11 @@ class LimiterBatch:
         if layout is Layout.MOVING:
             now = time.time()
             index = bucket(window.expiry, now)
-            first = index - BUCKETS
-            used, reset = 0, float(window.expiry)
-            for j, count in enumerate(
-                self._counts([bucket_key(window.key, j) for j in range(first, index + 1)])
-            ):
-                if count > 0:
-                    if not used:
-                        reset = bucket_end(first + j, window.expiry) - now
-                    used += count
-            return Reading(used, max(0.0, reset))
+            keys = [bucket_key(window.key, j) for j in range(index - BUCKETS, index + 1)]
+            used, first = held(self._counts(keys))
+            if not used:
+                return Reading(0, float(window.expiry))
+            return Reading(used, max(0.0, bucket_end(index - BUCKETS + first, window.expiry) - now))
         previous, previous_ttl, current, current_ttl = self.storage.get_sliding_window(
             window.key, window.expiry
         )
