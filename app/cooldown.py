@@ -183,6 +183,11 @@ class Cooldowns:
     def clock(self) -> Callable[[], float]:
         return self.backend.clock
 
+    @property
+    def shared(self) -> bool:
+        """Every worker reads the same breakers (kept in Redis)."""
+        return isinstance(self.backend, RedisBreakers)
+
     def states(self, keys: Sequence[str]) -> list[BreakerState]:
         """Each key's state; all closed if the storage fails (fail open)."""
         try:

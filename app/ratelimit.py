@@ -52,6 +52,7 @@ from .errors import (
 from .hooks.limits import SweptMemoryStorage
 from .hooks.limits_batch import AnswerLost, Change, Layout, RedisBatch, Reserved, Window
 from .hooks.limits_memory import LimiterBatch, MemoryBatch
+from .hooks.limits_shared import SharedBatch, SharedMemoryStorage, shared_file
 from .settling import Settler
 
 logger = logging.getLogger(__name__)
@@ -161,8 +162,13 @@ def micro_usd(model: ModelConfig, prompt: int, completion: int) -> int:
 
 
 def make_storage(uri: str) -> Storage:
-    """The `limits` storage for a URI; Redis ones get short timeouts and no hidden retries."""
+    """The `limits` storage for a URI; Redis ones get short timeouts and no hidden retries.
+    memory:// is counted once for all the workers of a gunicorn server (SharedMemoryStorage),
+    else in this process."""
     if uri.startswith("memory"):
+        path = shared_file()
+        if path is not None:
+            return SharedMemoryStorage(path)
         return SweptMemoryStorage(uri, wrap_exceptions=True)
     options: dict = {}
     if uri.startswith(("redis", "rediss")):
@@ -184,8 +190,11 @@ def redis_client(storage: Storage):
 
 
 def make_batch(storage: Storage) -> MemoryBatch | RedisBatch | LimiterBatch:
-    """The batched check for a storage: memory under one lock, Redis as one Lua script; a Redis
-    cluster (a request's keys live on several nodes) and memcached window by window."""
+    """The batched check for a storage: memory under one lock (a server's workers' shared
+    memory under one lock across them), Redis as one Lua script; a Redis cluster (a request's
+    keys live on several nodes) and memcached window by window."""
+    if isinstance(storage, SharedMemoryStorage):
+        return SharedBatch(storage)
     if isinstance(storage, MemoryStorage):
         return MemoryBatch(storage)
     if redis_client(storage) is not None and not isinstance(storage, RedisClusterStorage):
@@ -297,7 +306,9 @@ class Quotas:
 
     @property
     def shared(self) -> bool:
-        return redis_client(self.storage) is not None
+        """Every worker reads the same counters: Redis (and the other network storages), or
+        memory:// counted together by a server's workers."""
+        return not isinstance(self.storage, MemoryStorage)
 
     def healthy(self) -> bool:
         try:

@@ -34,22 +34,13 @@ from .config import (
     resolve_config_path,
     runtime_from_env,
 )
-from .worker import forget_reloads, stamp_reload
+from .worker import forget_earlier_run, stamp_reload
 
 logger = logging.getLogger("ai_proxy.server")
 
 DEFAULT_GRACEFUL_TIMEOUT = 30
 DEFAULT_WORKER_TIMEOUT = 120
 DEFAULT_KEEPALIVE = 5
-LIMIT_FIELDS = (
-    "requests_per_minute",
-    "requests_per_hour",
-    "requests_per_day",
-    "tokens_per_minute",
-    "tokens_per_day",
-    "budget_per_day",
-    "budget_per_month",
-)
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(B)s %(D)sus id=%({x-request-id}o)s'
 # Named from this package, whatever it is imported as (`app` in this folder, `ai_proxy` installed).
 PACKAGE = __name__.rpartition(".")[0]
@@ -255,19 +246,13 @@ def log_loaded(config: Config, workers: int = 1) -> None:
     log_config(config)
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
-    if workers > 1 and config.rate_limits.storage.startswith("memory"):
-        limited = any(
-            getattr(item, name, 0)
-            for item in (*config.models, *config.tokens)
-            for name in LIMIT_FIELDS
-        )
+    if workers > 1 and not config.rate_limits.storage.startswith(("redis", "rediss")):
+        # Quotas are counted together by this server's workers (app.hooks.limits_shared).
         logger.warning(
-            "memory:// with %d workers: each worker keeps its own cooldowns%s; "
+            "%s with %d workers: each worker keeps its own cooldowns; "
             "set RATE_LIMIT_STORAGE=redis://... to share them",
+            config.rate_limits.storage.split("://", 1)[0] + "://",
             workers,
-            f" and counts its own quotas, so every limit is {workers}x too loose"
-            if limited
-            else "",
         )
 
 
@@ -279,7 +264,7 @@ def on_starting(server) -> None:
     # So would an earlier run's status page counts (app.activity), and its reloads.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "ai-proxy-activity-*.json")):
         os.remove(stale)
-    forget_reloads()
+    forget_earlier_run()
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
     # Every problem at once: a taken port and a bad setting are both for the user to fix.
     busy = [] if inherited else busy_binds(list(server.cfg.bind))

@@ -44,6 +44,8 @@ LINGER_SECONDS = 0.002
 ACCEPT_BATCH = 64
 # Where the master counts its reloads (in its own multiprocess metrics folder).
 RELOAD_STAMP = "ai-proxy-reloads"
+# Where the workers count memory:// quotas together (app.hooks.limits_shared), in that folder.
+QUOTA_FILE = "ai-proxy-quotas.bin"
 # How long a worker replaced by a reload may take to finish its streams: the longest a stream
 # may last and a little more, but never past MAX_DRAIN_SECONDS. gunicorn counts a draining
 # worker among its workers, so while it drains none is started in its place (should a new one
@@ -207,9 +209,14 @@ class OneWriteResponse(wsgi.Response):
         super()._emit_body(head + data if head is not None else data)
 
 
-def _stamp() -> Path | None:
+def _in_folder(name: str) -> Path | None:
+    """A file of the server's own (in its multiprocess metrics folder, which the master made)."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    return Path(folder) / RELOAD_STAMP if folder else None
+    return Path(folder) / name if folder else None
+
+
+def _stamp() -> Path | None:
+    return _in_folder(RELOAD_STAMP)
 
 
 def reloads() -> int:
@@ -231,11 +238,12 @@ def stamp_reload() -> None:
             pass  # the old workers then stop as on TERM, within the graceful timeout
 
 
-def forget_reloads() -> None:
-    """A master starting afresh (its folder may be an earlier run's)."""
-    stamp = _stamp()
-    if stamp:
-        stamp.unlink(missing_ok=True)
+def forget_earlier_run() -> None:
+    """A master starting afresh (its folder may be an earlier run's): no reloads, and quotas
+    start from nothing, as memory:// ones always have."""
+    for path in (_stamp(), _in_folder(QUOTA_FILE)):
+        if path:
+            path.unlink(missing_ok=True)
 
 
 class ProxyWorker(ThreadWorker):
@@ -257,6 +265,11 @@ class ProxyWorker(ThreadWorker):
         wsgi.Response = OneWriteResponse
         logging.getLogger("gunicorn.error").addFilter(_QuoteFilter())
         limit_arenas()
+        # memory:// quotas count every worker's requests together (kept across reloads).
+        from .hooks.limits_shared import share_between_workers
+
+        quotas = _in_folder(QUOTA_FILE)
+        share_between_workers(str(quotas) if quotas else None)
         super().init_process()
 
     def load_wsgi(self) -> None:

@@ -11,7 +11,7 @@ from app.worker import (
     DRAIN_MARGIN_SECONDS,
     MAX_DRAIN_SECONDS,
     ProxyWorker,
-    forget_reloads,
+    forget_earlier_run,
     reloads,
     stamp_reload,
 )
@@ -30,7 +30,7 @@ def test_the_master_counts_its_reloads_and_forgets_them_when_it_starts(folder):
     assert reloads() == 2
     (folder / worker.RELOAD_STAMP).write_text("garbage")
     assert reloads() == 0  # not a count: no reload is taken for one
-    forget_reloads()
+    forget_earlier_run()
     assert reloads() == 0 and not (folder / worker.RELOAD_STAMP).exists()
 
 

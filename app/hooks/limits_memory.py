@@ -87,15 +87,18 @@ class MemoryBatch:
     """The batch over limits' MemoryStorage counters, under one lock: the same algorithm as the
     Lua script, so that memory and Redis answer alike."""
 
-    def __init__(self, storage: MemoryStorage) -> None:
+    def __init__(self, storage: MemoryStorage, lock=None) -> None:
         self.storage = storage
-        self.lock = batch_lock(storage)
+        # Any context manager; SharedBatch's also locks out the server's other workers.
+        self.lock = batch_lock(storage) if lock is None else lock
         # limits wraps get/incr/decr of MemoryStorage and of every subclass again (its error
         # wrapper, twice for SweptMemoryStorage): for the storages whose counters are limits'
         # own, the batch does what those methods do on the counters itself (see _get, _incr).
         # A storage class of anyone else's keeps its own methods.
         kind = type(storage)
-        self.direct = kind is MemoryStorage or bool(vars(kind).get("plain_counters"))
+        self.direct = (
+            kind is MemoryStorage or bool(vars(kind).get("plain_counters")) or lock is not None
+        )
         self.get = self._get if self.direct else lambda key, _now: storage.get(key)
         self._last_now = 0.0
         # Per moving window: its current bucket, the keys of the buckets that count then
@@ -165,6 +168,10 @@ class MemoryBatch:
             storage.locks.pop(key, None)
         return storage.storage.get(key, 0)
 
+    def _expiry(self, key: str, default: float | None = None) -> float | None:
+        """When a counter expires (MemoryStorage.get_expiry, without its clock read)."""
+        return self.storage.expirations.get(key, default)
+
     def _incr(self, key: str, expiry: float, amount: int, now: float) -> None:
         """MemoryStorage.incr (its own expiry hook included)."""
         storage = self.storage
@@ -187,10 +194,10 @@ class MemoryBatch:
 
     def _usage(self, window: Window, now: float) -> tuple[int, float, str]:
         """(used, seconds until room frees, the key an amount goes to now)."""
-        storage, expiry, get = self.storage, window.expiry, self.get
+        expiry, get = window.expiry, self.get
         if window.layout is Layout.FIXED:
             used = get(window.key, now)
-            reset = storage.expirations.get(window.key, now + expiry) - now if used else expiry
+            reset = self._expiry(window.key, now + expiry) - now if used else expiry
             return used, max(0.0, reset), window.key
         if window.layout is Layout.MOVING:
             return self._moving(window, now)
@@ -280,7 +287,7 @@ class MemoryBatch:
                     self._add(window, key, amount, now)
                     # A fixed window's key outlives its window: its expiry names the window.
                     fixed = window.layout is Layout.FIXED
-                    marks[i] = self.storage.expirations.get(key) if fixed else key
+                    marks[i] = self._expiry(key) if fixed else key
         verdicts += [None] * (len(choices) - len(verdicts))
         readings = [Reading(used, reset) for used, reset, _ in usages]
         return Reserved(refused, chosen, verdicts, readings, marks, [], full)
@@ -293,7 +300,7 @@ class MemoryBatch:
                 if window.layout is Layout.FIXED:
                     current = window.key
                     self.get(current, now)  # drops the counter if its window has passed
-                    same = self.storage.expirations.get(current) == change.mark
+                    same = self._expiry(current) == change.mark
                     target = current if same and change.mark is not None else None
                 elif window.layout is Layout.MOVING:
                     self._moving_adjust(change, now)

@@ -3,9 +3,10 @@
 Added to the report, never changing its existing fields' meaning: each deployment's `activity`
 (requests in flight, latency, requests and errors per minute, summed over every worker), and a
 top-level `activity` (last errors, today's cost per token and model, cache hit rate). Where a
-worker keeps cooldowns and quotas in its own memory (`memory://` storage), the deployment states
-and quota use shown are every live worker's put together, so no answer depends on which worker
-gave it.
+worker keeps cooldowns or quotas in its own memory (cooldowns with any storage but Redis; quotas
+with `memory://` outside the proxy's gunicorn workers, which count them together), the
+deployment states and quota use shown are every live worker's put together, so no answer
+depends on which worker gave it.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ CACHE_METRIC = "ai_proxy_cache_requests"
 
 def live_numbers(state) -> dict:
     """What a worker publishes besides its counts: in flight, and its own cooldowns and quotas
-    when it keeps them in memory (with Redis, every worker reads the same ones already)."""
+    when it keeps them in its memory (shared ones every worker reads already)."""
     router = state.router
     live: dict = {"in_flight": router.in_flight()}
+    keys = [p.model.key for p in router.providers]
+    if not router.cooldowns.shared:
+        live["breakers"] = {
+            key: [breaker.open_until, breaker.failures]
+            for key, breaker in zip(keys, router.cooldowns.states(keys), strict=True)
+        }
     if state.quotas.shared:
         return live
-    keys = [p.model.key for p in router.providers]
-    live["breakers"] = {
-        key: [breaker.open_until, breaker.failures]
-        for key, breaker in zip(keys, router.cooldowns.states(keys), strict=True)
-    }
     owners = [Owner.DEPLOYMENT.key(k) for k in keys]
     owners += [Owner.TOKEN.key(t.name) for t in state.config.tokens]
     used: dict[str, dict[str, float]] = {}
@@ -47,18 +49,20 @@ def add_shared(report: dict, state) -> dict:
     activity = state.activity
     merged = Merged(activity.snapshots(), activity.clock())
     workers = merged.live()
-    per_worker = not state.quotas.shared
+    own_breakers = not state.router.cooldowns.shared
+    own_quotas = not state.quotas.shared
     threshold = state.router.cooldowns.threshold
     for deployment in report["deployments"]:
         deployment["activity"] = deployment_activity(merged, deployment["key"])
-        if per_worker:
+        if own_breakers:
             _merge_breakers(deployment, workers, merged.now, threshold)
+        if own_quotas:
             _merge_quota(deployment["quota"], Owner.DEPLOYMENT.key(deployment["key"]), workers)
         if deployment["state"] == "healthy" and deployment["consecutive_failures"]:
             # Failed lately, but not (yet) enough to cool down.
             deployment["state"] = "failing"
     for token in report["tokens"]:
-        if per_worker:
+        if own_quotas:
             _merge_quota(token["quota"], Owner.TOKEN.key(token["name"]), workers)
     board = activity.board
     report["activity"] = {

@@ -1,0 +1,366 @@
+"""memory:// quotas counted once for all the workers of one gunicorn server.
+
+limits' memory storage lives in one process, and under gunicorn every worker is a process of its
+own: each counted only its own requests, so every limit was WEB_CONCURRENCY times too loose.
+SharedMemoryStorage keeps the same counters (a key, a value, an expiry) in a file that every
+worker of the server maps (in the server's metrics folder): an open-addressing hash table under
+one lock across the processes (`flock`, which the kernel lets go of if a worker dies holding it).
+SharedBatch runs the memory batch over it, so memory and Redis still answer alike.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import threading
+import time
+import weakref
+
+from limits.errors import StorageError
+from limits.storage import Storage
+
+from .limits_batch import CLOCK_HOLD_SECONDS
+from .limits_memory import MemoryBatch
+
+MAGIC = b"aiproxq1"
+# 4 MiB of file, of which only the pages keys land on are ever mapped in: room for ~98,000
+# counters (a moving window at its fullest has 62: 1,500 such windows).
+DEFAULT_SLOTS = 1 << 17
+MAX_LOAD = 0.75  # fuller than this, a new counter first sweeps the whole table, then fails
+SWEEP_PER_BATCH = 16  # slots looked at for passed windows each time a batch takes the lock
+
+_HEADER_SIZE = 64
+_HEADER = struct.Struct("<8sQdQQ")  # magic, slots, clock, counters held, sweep cursor
+_CLOCK = struct.Struct("<d")
+_COUNT = struct.Struct("<Q")
+_CLOCK_AT, _HELD_AT, _CURSOR_AT = 16, 24, 32
+# A slot: the key's hash in two halves (0, 0: empty), when the counter expires, its value.
+_SLOT = struct.Struct("<QQdq")
+_EMPTY = (0, 0, 0.0, 0)
+
+# The file every worker of this server maps its counters from (set by the worker class).
+_shared_file: str | None = None
+
+
+class TableFull(Exception):
+    """No room for another counter: every slot up to MAX_LOAD holds a live one."""
+
+
+def share_between_workers(path: str | None) -> None:
+    """Count memory:// quotas in the file `path`, which every worker of this server maps."""
+    global _shared_file
+    _shared_file = path
+
+
+def shared_file() -> str | None:
+    """The file memory:// quotas are counted in, when this process is a server's worker."""
+    return _shared_file
+
+
+class SharedCounters:
+    """Counters in a file mapped by several processes; use as `with counters: ...`, which holds
+    this process's thread lock and the file's lock across processes.
+
+    Linear probing over a power-of-two table; a counter whose time has passed is deleted by
+    shifting the rest of its run back (no tombstones), when a read meets it or the sweep that
+    every batch carries a little further does.
+    """
+
+    def __init__(self, path: str, slots: int = DEFAULT_SLOTS) -> None:
+        if slots < 8 or slots & (slots - 1):
+            raise ValueError("slots must be a power of two, at least 8")
+        self.path = path
+        self.slots = slots
+        self._mask = slots - 1
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._fd = -1
+        self._map: mmap.mmap | None = None
+        self._hashes: dict[str, tuple[int, int]] = {}
+        _LIVE.add(self)
+
+    # -- the lock and the file ----------------------------------------------------------------
+
+    def __enter__(self) -> SharedCounters:
+        self._lock.acquire()
+        try:
+            if self._pid != os.getpid():
+                self._open()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as err:
+            self._lock.release()
+            raise StorageError(err) from err
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def _open(self) -> None:
+        """Map the file (made and sized by whichever process comes first)."""
+        self._close()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size < _HEADER_SIZE:
+                    os.ftruncate(fd, _HEADER_SIZE + self.slots * _SLOT.size)
+                    os.pwrite(fd, _HEADER.pack(MAGIC, self.slots, 0.0, 0, 0), 0)
+                magic, slots, *_ = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+                size = _HEADER_SIZE + slots * _SLOT.size
+                if magic != MAGIC or slots < 8 or slots & (slots - 1):
+                    raise OSError(f"{self.path} is not a quota table")
+                if os.fstat(fd).st_size != size:
+                    raise OSError(f"{self.path} is not a quota table of {slots} slots")
+                mapped = mmap.mmap(fd, size)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        # The table's own size counts (a file an earlier build sized otherwise).
+        self.slots, self._mask = slots, slots - 1
+        self._fd, self._map, self._pid = fd, mapped, os.getpid()
+
+    def _close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            os.close(self._fd)
+        self._map, self._fd = None, -1
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock another thread held at the fork would never be let go,
+        and the parent's open file is shared with it (flock would not keep them apart)."""
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    # -- under the lock -----------------------------------------------------------------------
+
+    def tick(self, hold: float = CLOCK_HOLD_SECONDS) -> float:
+        """The time, not earlier than any process has seen by up to `hold` seconds (see
+        MemoryBatch._clock), and a few more slots swept."""
+        now = time.time()
+        (last,) = _CLOCK.unpack_from(self._map, _CLOCK_AT)
+        if now < last <= now + hold:
+            now = last
+        else:
+            _CLOCK.pack_into(self._map, _CLOCK_AT, now)
+        self._sweep(SWEEP_PER_BATCH, now)
+        return now
+
+    def get(self, key: str, now: float) -> int:
+        """The counter's value (0 if there is none or its time has passed)."""
+        index, found = self._find(*self._hash(key))
+        if not found:
+            return 0
+        _, _, expires, value = _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)
+        if expires <= now:
+            self._delete(index)
+            return 0
+        return value
+
+    def expiry(self, key: str) -> float | None:
+        """When the counter expires, if there is one."""
+        index, found = self._find(*self._hash(key))
+        if not found:
+            return None
+        return _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)[2]
+
+    def add(self, key: str, amount: int, expiry: float, now: float) -> int:
+        """limits' MemoryStorage.incr: add to the counter; one that was 0 (or new, or passed)
+        lives `expiry` seconds from now."""
+        high, low = self._hash(key)
+        index, found = self._find(high, low)
+        if not found:
+            if self._held() + 1 > MAX_LOAD * self.slots:
+                self._sweep(self.slots, now)
+                if self._held() + 1 > MAX_LOAD * self.slots:
+                    raise StorageError(TableFull(f"{self.slots} counter slots are in use"))
+                index, found = self._find(high, low)  # the sweep shifted runs back
+            _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, 0.0, 0)
+            _COUNT.pack_into(self._map, _HELD_AT, self._held() + 1)
+            expires, value = 0.0, 0
+        else:
+            _, _, expires, value = _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)
+            if expires <= now:
+                value = 0
+        value += amount
+        if value == amount:
+            expires = now + expiry
+        _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, expires, value)
+        return value
+
+    def take(self, key: str, amount: int, now: float) -> int:
+        """limits' MemoryStorage.decr: take from a live counter, never below 0."""
+        index, found = self._find(*self._hash(key))
+        if not found:
+            return 0
+        offset = _HEADER_SIZE + index * _SLOT.size
+        high, low, expires, value = _SLOT.unpack_from(self._map, offset)
+        if expires <= now:
+            self._delete(index)
+            return 0
+        value = max(value - amount, 0)
+        _SLOT.pack_into(self._map, offset, high, low, expires, value)
+        return value
+
+    def clear(self, key: str) -> None:
+        index, found = self._find(*self._hash(key))
+        if found:
+            self._delete(index)
+
+    def reset(self) -> int:
+        """Drop every counter; how many there were."""
+        held = self._held()
+        self._map[_HEADER_SIZE:] = bytes(self.slots * _SLOT.size)
+        _COUNT.pack_into(self._map, _HELD_AT, 0)
+        return held
+
+    # -- the table ----------------------------------------------------------------------------
+
+    def _hash(self, key: str) -> tuple[int, int]:
+        found = self._hashes.get(key)
+        if found is None:
+            if len(self._hashes) > 50_000:  # keys of windows long gone
+                self._hashes.clear()
+            digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+            # The first half is never 0, which marks an empty slot.
+            found = (int.from_bytes(digest[:8], "little") | 1, int.from_bytes(digest[8:], "little"))
+            self._hashes[key] = found
+        return found
+
+    def _held(self) -> int:
+        return _COUNT.unpack_from(self._map, _HELD_AT)[0]
+
+    def _find(self, high: int, low: int) -> tuple[int, bool]:
+        """The key's slot and True, or the empty slot that ends its run and False."""
+        unpack, mapped, mask, size = _SLOT.unpack_from, self._map, self._mask, _SLOT.size
+        index = high & mask
+        while True:
+            slot_high, slot_low, _, _ = unpack(mapped, _HEADER_SIZE + index * size)
+            if slot_high == high and slot_low == low:
+                return index, True
+            if slot_high == 0:
+                return index, False
+            index = (index + 1) & mask
+
+    def _delete(self, index: int) -> None:
+        """Empty a slot, moving back the counters after it in its run that may sit there
+        (Knuth's algorithm R), so that every run stays unbroken."""
+        unpack, pack, mapped, mask = _SLOT.unpack_from, _SLOT.pack_into, self._map, self._mask
+        size = _SLOT.size
+        gap, probe = index, index
+        while True:
+            probe = (probe + 1) & mask
+            slot = unpack(mapped, _HEADER_SIZE + probe * size)
+            if slot[0] == 0:
+                break
+            home = slot[0] & mask
+            # A counter stays where it is if its home lies cyclically in (gap, probe].
+            if (gap < home <= probe) if gap <= probe else (home > gap or home <= probe):
+                continue
+            pack(mapped, _HEADER_SIZE + gap * size, *slot)
+            gap = probe
+        pack(mapped, _HEADER_SIZE + gap * size, *_EMPTY)
+        _COUNT.pack_into(mapped, _HELD_AT, max(0, self._held() - 1))
+
+    def _sweep(self, count: int, now: float) -> None:
+        """Look at `count` slots from the sweep's cursor on; delete counters whose time passed."""
+        mapped, mask, size = self._map, self._mask, _SLOT.size
+        (cursor,) = _COUNT.unpack_from(mapped, _CURSOR_AT)
+        cursor &= mask
+        for _ in range(count):
+            high, _, expires, _ = _SLOT.unpack_from(mapped, _HEADER_SIZE + cursor * size)
+            if high and expires <= now:
+                self._delete(cursor)  # a counter shifted back into it is looked at next time
+            else:
+                cursor = (cursor + 1) & mask
+        _COUNT.pack_into(mapped, _CURSOR_AT, cursor)
+
+
+_LIVE: weakref.WeakSet[SharedCounters] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for counters in list(_LIVE):
+        counters._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SharedMemoryStorage(Storage):
+    """A `limits` storage whose counters every worker of the server shares (SharedCounters);
+    what `memory://` is under the proxy's gunicorn workers."""
+
+    STORAGE_SCHEME = None  # chosen for memory:// by app.ratelimit.make_storage, not by URI
+
+    def __init__(self, path: str, slots: int = DEFAULT_SLOTS, wrap_exceptions: bool = True):
+        super().__init__(None, wrap_exceptions=wrap_exceptions)
+        self.counters = SharedCounters(path, slots)
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return (OSError, TableFull)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        with self.counters as counters:
+            return counters.add(key, amount, expiry, time.time())
+
+    def get(self, key: str) -> int:
+        with self.counters as counters:
+            return counters.get(key, time.time())
+
+    def get_expiry(self, key: str) -> float:
+        now = time.time()
+        with self.counters as counters:
+            counters.get(key, now)  # drops it if its time has passed, as MemoryStorage does
+            expires = counters.expiry(key)
+        return now if expires is None else expires
+
+    def check(self) -> bool:
+        try:
+            with self.counters:
+                return True
+        except StorageError:
+            return False
+
+    def reset(self) -> int | None:
+        with self.counters as counters:
+            return counters.reset()
+
+    def clear(self, key: str) -> None:
+        with self.counters as counters:
+            counters.clear(key)
+
+
+class SharedBatch(MemoryBatch):
+    """The memory batch over SharedCounters: one lock for every worker of the server."""
+
+    def __init__(self, storage: SharedMemoryStorage) -> None:
+        self.counters = storage.counters
+        super().__init__(storage, lock=storage.counters)
+
+    def _clock(self) -> float:
+        return self.counters.tick(CLOCK_HOLD_SECONDS)
+
+    def _get(self, key: str, now: float) -> int:
+        return self.counters.get(key, now)
+
+    def _incr(self, key: str, expiry: float, amount: int, now: float) -> None:
+        self.counters.add(key, amount, expiry, now)
+
+    def _decr(self, key: str, amount: int, now: float) -> None:
+        self.counters.take(key, amount, now)
+
+    def _expiry(self, key: str, default: float | None = None) -> float | None:
+        expires = self.counters.expiry(key)
+        return default if expires is None else expires
