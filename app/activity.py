@@ -44,6 +44,10 @@ FILE_PREFIX = "ai-proxy-activity-"
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 
 
+def _now() -> float:
+    return time.time()
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -139,11 +143,13 @@ class Activity:
     def __init__(
         self,
         board: FileBoard | RedisBoard | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         live: Callable[[], dict] | None = None,
     ) -> None:
         self.board = board
-        self.clock = clock
+        # time.time looked up at each call (a default argument would keep whatever function
+        # time.time was when this module was first imported: a test's frozen clock, say).
+        self.clock = clock or _now
         # What the worker adds to its snapshot at publishing time (requests in flight, and the
         # cooldowns and quotas a worker keeps in its own memory).
         self.live = live or dict

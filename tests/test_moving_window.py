@@ -9,6 +9,7 @@ window), and through the proxy (the helper's case: 3 a minute, asked again after
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from app.hooks.limits import SweptMemoryStorage
 from app.hooks.limits_batch import BUCKETS, Change, Layout, Window
 from app.hooks.limits_memory import LimiterBatch, MemoryBatch
+from app.hooks.limits_shared import SharedBatch, SharedMemoryStorage
 from app.ratelimit import make_batch, make_storage
 from tests.test_limits_memory_direct import Clock  # starts off any bucket's edge
 from tests.test_ratelimit import make_client, post
@@ -47,8 +49,14 @@ def check_history(
         assert len(recent) >= limit, (t, recent)
 
 
+# Files for the "shared memory" batches' tables (one a run of the model), gone at exit.
+_TABLES = tempfile.TemporaryDirectory(prefix="ai-proxy-test-quotas-")
+
 BATCHES = {
     "memory": lambda: MemoryBatch(SweptMemoryStorage()),
+    "shared memory": lambda: SharedBatch(
+        SharedMemoryStorage(tempfile.mktemp(dir=_TABLES.name, suffix=".bin"))
+    ),
     "through limits": lambda: MemoryBatch(type("Plain", (SweptMemoryStorage,), {})()),
     "window by window": lambda: LimiterBatch(SweptMemoryStorage()),
 }

@@ -31,12 +31,18 @@ MAX_REMEMBERED = 10_000
 Board = FileBoard | RedisBoard | None
 
 
+def _now() -> float:
+    return time.time()
+
+
 class Revocations:
     """Signed-out session ids: this process's own (kept across config reloads), and the shared
     board's, which every worker reads."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        # time.time looked up at each call (a default argument would keep whatever function
+        # time.time was when this module was first imported: a test's frozen clock, say).
+        self.clock = clock or _now
         self._lock = threading.Lock()
         self._local: dict[str, float] = {}  # session id -> until when it is remembered
         self._write_failed = LogThrottle()
