@@ -250,7 +250,7 @@ def log_loaded(config: Config, workers: int = 1) -> None:
         # Quotas are counted together by this server's workers (app.hooks.limits_shared).
         logger.warning(
             "%s with %d workers: each worker keeps its own cooldowns; "
-            "set RATE_LIMIT_STORAGE=redis://... to share them",
+            "set RATE_LIMIT_STORAGE to a Redis URL to share them",
             config.rate_limits.storage.split("://", 1)[0] + "://",
             workers,
         )

@@ -1,4 +1,5 @@
-"""Added cost of quotas per request, with memory:// and with a local redis-server.
+"""Added cost of quotas per request, with memory:// (in one process, and as a gunicorn server's
+workers share it) and with a local redis-server.
 
     .venv/bin/python bench/quotas.py [--requests 5000] [--rates 10,100,1000,2000] [--seconds 3]
 
@@ -36,6 +37,7 @@ from limits.storage import MemoryStorage  # noqa: E402
 from limits.strategies import MovingWindowRateLimiter  # noqa: E402
 
 from app.config import load_config  # noqa: E402
+from app.hooks.limits_shared import share_between_workers  # noqa: E402
 from app.ratelimit import Quotas  # noqa: E402
 from app.reservations import reserve  # noqa: E402
 
@@ -91,10 +93,34 @@ def measure(base: dict, storage: str, strategy: str, requests: int) -> list[floa
 
 
 def _quotas(base: dict, storage: str, strategy: str):
+    """Quotas over `storage`; "workers://<file>" is memory:// as the proxy's gunicorn workers
+    count it (every worker of the server in that file)."""
+    shared = storage.removeprefix(WORKERS) if storage.startswith(WORKERS) else None
+    uri = "memory://" if shared else storage
     config = load_config(
-        env={}, overrides={**base, "rate_limits": {"storage": storage, "strategy": strategy}}
+        env={}, overrides={**base, "rate_limits": {"storage": uri, "strategy": strategy}}
     )
-    return Quotas(config), config.tokens[0], config.models[0]
+    share_between_workers(shared)
+    try:
+        return Quotas(config), config.tokens[0], config.models[0]
+    finally:
+        share_between_workers(None)
+
+
+WORKERS = "workers://"
+
+
+def _storages(children: processes.Children, workdir: Path) -> list[tuple[str, str]]:
+    """(label, storage) for memory:// (one process; a server's workers) and, if installed, a
+    local redis-server."""
+    storages = [
+        ("memory", "memory://"),
+        ("memory, workers of a server", f"{WORKERS}{workdir / 'quotas.bin'}"),
+    ]
+    redis_url = processes.start_redis(children, workdir)
+    if redis_url:
+        storages.append(("redis (loopback)", redis_url))
+    return storages
 
 
 def measure_rate(storage: str, rate: float, seconds: float) -> dict:
@@ -140,10 +166,7 @@ def measure_rates(rates: list[float], seconds: float) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-quota-rates-") as workdir:
         try:
-            storages = [("memory", "memory://")]
-            redis_url = processes.start_redis(children, Path(workdir))
-            if redis_url:
-                storages.append(("redis (loopback)", redis_url))
+            storages = _storages(children, Path(workdir))
             for (label, uri), rate in itertools.product(storages, rates):
                 rows.append({"storage": label, **measure_rate(uri, rate, seconds)})
         finally:
@@ -171,10 +194,7 @@ def measure_all(requests: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-quotas-") as workdir:
         try:
-            storages = [("memory", "memory://")]
-            redis_url = processes.start_redis(children, Path(workdir))
-            if redis_url:
-                storages.append(("redis (loopback)", redis_url))
+            storages = _storages(children, Path(workdir))
             for (label, uri), (limits, base), strategy in itertools.product(
                 storages, (("typical", TYPICAL), ("full", FULL)), STRATEGIES
             ):

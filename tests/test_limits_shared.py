@@ -3,7 +3,8 @@
 The table against a dict model (limits' MemoryStorage semantics) over random operations and
 passing time; several processes reserving from one file admit exactly the limit; a worker that
 dies holding the lock, or forks while another thread holds it, stops nobody; and through
-gunicorn, a limit holds across two workers, each made to take every request in turn.
+gunicorn, a limit holds across two workers, each made to take every request in turn, and
+across a reload.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def test_the_sweep_empties_passed_counters(tmp_path):
     with counters:
         for i in range(40):
             counters.add(f"k{i}", 1, 1 + i % 2, now)
-        # Each batch looks at 16 slots (a deletion counts as one): 8 go round 64 slots.
+        # 16 slots a call (a deletion counts as one): 8 calls go round 64 slots.
         for _ in range(8):
             counters._sweep(16, now + 1.5)
         assert counters._held() == 20
@@ -331,7 +332,8 @@ def ask(server: ProxyServer, count: int) -> list[int]:
 
 def test_two_workers_keep_one_limit(tmp_path):
     """6 a minute for the token: 10 asked while only one worker takes connections (the other
-    stopped), then 10 while only the other does. Counted apart, each worker would admit 6."""
+    stopped), then 10 while only the other does, then 4 after a reload. Counted apart, each
+    worker would admit 6."""
     settings_ = {
         "auth": {
             "tokens": [{"name": "team-a", "token": TOKEN, "requests_per_minute": 6}],
@@ -366,5 +368,9 @@ def test_two_workers_keep_one_limit(tmp_path):
         (token,) = [t for t in status["tokens"] if t["name"] == "team-a"]
         window = token["quota"]["requests_per_minute"]
         assert window["remaining"] == 0 and window["used"] == 6, window
+        # A reload's new workers count on from the same table.
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(lambda: len(server.worker_pids() - workers) == 2, timeout=20)
+        assert ask(server, 4) == [429] * 4
     finally:
         server.stop()

@@ -30,7 +30,9 @@ MAGIC = b"aiproxq1"
 # counters (a moving window at its fullest has 62: 1,500 such windows).
 DEFAULT_SLOTS = 1 << 17
 MAX_LOAD = 0.75  # fuller than this, a new counter first sweeps the whole table, then fails
-SWEEP_PER_BATCH = 16  # slots looked at for passed windows each time a batch takes the lock
+# Slots looked at for passed counters each time a new counter is made: the sweep keeps pace with
+# new counters whatever the traffic (about one a bucket a window), and costs nothing otherwise.
+SWEEP_PER_NEW = 8
 
 _HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sQdQQ")  # magic, slots, clock, counters held, sweep cursor
@@ -66,7 +68,7 @@ class SharedCounters:
 
     Linear probing over a power-of-two table; a counter whose time has passed is deleted by
     shifting the rest of its run back (no tombstones), when a read meets it or the sweep that
-    every batch carries a little further does.
+    every new counter carries a little further does.
     """
 
     def __init__(self, path: str, slots: int = DEFAULT_SLOTS) -> None:
@@ -146,52 +148,44 @@ class SharedCounters:
 
     def tick(self, hold: float = CLOCK_HOLD_SECONDS) -> float:
         """The time, not earlier than any process has seen by up to `hold` seconds (see
-        MemoryBatch._clock), and a few more slots swept."""
+        MemoryBatch._clock)."""
         now = time.time()
         (last,) = _CLOCK.unpack_from(self._map, _CLOCK_AT)
         if now < last <= now + hold:
-            now = last
-        else:
-            _CLOCK.pack_into(self._map, _CLOCK_AT, now)
-        self._sweep(SWEEP_PER_BATCH, now)
+            return last
+        _CLOCK.pack_into(self._map, _CLOCK_AT, now)
         return now
 
     def get(self, key: str, now: float) -> int:
         """The counter's value (0 if there is none or its time has passed)."""
-        index, found = self._find(*self._hash(key))
-        if not found:
+        index, slot = self._find(*self._hash(key))
+        if slot is None:
             return 0
-        _, _, expires, value = _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)
-        if expires <= now:
+        if slot[2] <= now:
             self._delete(index)
             return 0
-        return value
+        return slot[3]
 
     def expiry(self, key: str) -> float | None:
         """When the counter expires, if there is one."""
-        index, found = self._find(*self._hash(key))
-        if not found:
-            return None
-        return _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)[2]
+        slot = self._find(*self._hash(key))[1]
+        return None if slot is None else slot[2]
 
     def add(self, key: str, amount: int, expiry: float, now: float) -> int:
         """limits' MemoryStorage.incr: add to the counter; one that was 0 (or new, or passed)
         lives `expiry` seconds from now."""
         high, low = self._hash(key)
-        index, found = self._find(high, low)
-        if not found:
-            if self._held() + 1 > MAX_LOAD * self.slots:
-                self._sweep(self.slots, now)
-                if self._held() + 1 > MAX_LOAD * self.slots:
-                    raise StorageError(TableFull(f"{self.slots} counter slots are in use"))
-                index, found = self._find(high, low)  # the sweep shifted runs back
-            _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, 0.0, 0)
+        index, slot = self._find(high, low)
+        if slot is None:
+            full = self._held() + 1 > MAX_LOAD * self.slots
+            self._sweep(self.slots if full else SWEEP_PER_NEW, now)
+            if full and self._held() + 1 > MAX_LOAD * self.slots:
+                raise StorageError(TableFull(f"{self.slots} counter slots are in use"))
+            index = self._find(high, low)[0]  # the sweep may have shifted runs back
             _COUNT.pack_into(self._map, _HELD_AT, self._held() + 1)
             expires, value = 0.0, 0
         else:
-            _, _, expires, value = _SLOT.unpack_from(self._map, _HEADER_SIZE + index * _SLOT.size)
-            if expires <= now:
-                value = 0
+            expires, value = slot[2], slot[3] if slot[2] > now else 0
         value += amount
         if value == amount:
             expires = now + expiry
@@ -200,21 +194,20 @@ class SharedCounters:
 
     def take(self, key: str, amount: int, now: float) -> int:
         """limits' MemoryStorage.decr: take from a live counter, never below 0."""
-        index, found = self._find(*self._hash(key))
-        if not found:
+        index, slot = self._find(*self._hash(key))
+        if slot is None:
             return 0
-        offset = _HEADER_SIZE + index * _SLOT.size
-        high, low, expires, value = _SLOT.unpack_from(self._map, offset)
+        high, low, expires, value = slot
         if expires <= now:
             self._delete(index)
             return 0
         value = max(value - amount, 0)
-        _SLOT.pack_into(self._map, offset, high, low, expires, value)
+        _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, expires, value)
         return value
 
     def clear(self, key: str) -> None:
-        index, found = self._find(*self._hash(key))
-        if found:
+        index, slot = self._find(*self._hash(key))
+        if slot is not None:
             self._delete(index)
 
     def reset(self) -> int:
@@ -240,16 +233,16 @@ class SharedCounters:
     def _held(self) -> int:
         return _COUNT.unpack_from(self._map, _HELD_AT)[0]
 
-    def _find(self, high: int, low: int) -> tuple[int, bool]:
-        """The key's slot and True, or the empty slot that ends its run and False."""
+    def _find(self, high: int, low: int) -> tuple[int, tuple | None]:
+        """The key's slot and what it holds, or the empty slot that ends its run and None."""
         unpack, mapped, mask, size = _SLOT.unpack_from, self._map, self._mask, _SLOT.size
         index = high & mask
         while True:
-            slot_high, slot_low, _, _ = unpack(mapped, _HEADER_SIZE + index * size)
-            if slot_high == high and slot_low == low:
-                return index, True
-            if slot_high == 0:
-                return index, False
+            slot = unpack(mapped, _HEADER_SIZE + index * size)
+            if slot[0] == high and slot[1] == low:
+                return index, slot
+            if slot[0] == 0:
+                return index, None
             index = (index + 1) & mask
 
     def _delete(self, index: int) -> None:
