@@ -137,6 +137,18 @@ def test_a_full_table_is_a_storage_error_until_counters_pass(tmp_path):
         check_table(counters)
 
 
+def test_a_counter_stops_at_the_largest_value_a_slot_holds(tmp_path):
+    counters = SharedCounters(str(tmp_path / "q.bin"), slots=16)
+    now = 1_700_000_000.0
+    with counters:
+        counters.add("k", 2**62, 10, now)
+        assert counters.add("k", 2**62, 10, now) == 2**63 - 1
+        assert counters.add("k", 10**30, 10, now) == 2**63 - 1
+        assert counters.take("k", 2**63 - 1, now) == 0
+        assert counters.add("new", 10**30, 10, now) == 2**63 - 1
+        assert counters.expiry("new") == now + 10
+
+
 def test_the_sweep_empties_passed_counters(tmp_path):
     counters = SharedCounters(str(tmp_path / "q.bin"), slots=64)
     now = 1_700_000_000.0

@@ -42,6 +42,7 @@ _CLOCK_AT, _HELD_AT, _CURSOR_AT = 16, 24, 32
 # A slot: the key's hash in two halves (0, 0: empty), when the counter expires, its value.
 _SLOT = struct.Struct("<QQdq")
 _EMPTY = (0, 0, 0.0, 0)
+MAX_VALUE = 2**63 - 1  # a slot's value is a signed 64-bit integer
 
 # The file every worker of this server maps its counters from (set by the worker class).
 _shared_file: str | None = None
@@ -186,9 +187,9 @@ class SharedCounters:
             expires, value = 0.0, 0
         else:
             expires, value = slot[2], slot[3] if slot[2] > now else 0
-        value += amount
-        if value == amount:
+        if value == 0:  # as MemoryStorage.incr: a counter that was 0 starts its time anew
             expires = now + expiry
+        value = min(value + amount, MAX_VALUE)  # a counter that high is spent for good anyway
         _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, expires, value)
         return value
 
