@@ -52,7 +52,7 @@ from .errors import (
 from .hooks.limits import SweptMemoryStorage
 from .hooks.limits_batch import AnswerLost, Change, Layout, RedisBatch, Reserved, Window
 from .hooks.limits_memory import LimiterBatch, MemoryBatch
-from .hooks.limits_shared import SharedBatch, SharedMemoryStorage, shared_file
+from .hooks.limits_shared import SharedBatch, SharedMemoryStorage, shared_file, table_slots
 from .settling import Settler
 
 logger = logging.getLogger(__name__)
@@ -161,14 +161,14 @@ def micro_usd(model: ModelConfig, prompt: int, completion: int) -> int:
     return math.ceil(cost)  # per million tokens, in micro-USD: the same number
 
 
-def make_storage(uri: str) -> Storage:
+def make_storage(uri: str, windows: int = 0) -> Storage:
     """The `limits` storage for a URI; Redis ones get short timeouts and no hidden retries.
-    memory:// is counted once for all the workers of a gunicorn server (SharedMemoryStorage),
-    else in this process."""
+    memory:// is counted once for all the workers of a gunicorn server (SharedMemoryStorage,
+    its table sized for `windows` windows), else in this process."""
     if uri.startswith("memory"):
         path = shared_file()
         if path is not None:
-            return SharedMemoryStorage(path)
+            return SharedMemoryStorage(path, table_slots(windows))
         return SweptMemoryStorage(uri, wrap_exceptions=True)
     options: dict = {}
     if uri.startswith(("redis", "rediss")):
@@ -219,6 +219,17 @@ def _items(
     return limits
 
 
+def window_count(config: Config) -> int:
+    """How many windows a config's limits count in (each token's and each deployment's)."""
+    names = [name for _, name, _ in (*_REQUEST_FIELDS, *_TOKEN_FIELDS, *_BUDGET_FIELDS)]
+    return sum(
+        1
+        for source in (*config.models, *config.tokens)
+        for name in names
+        if (getattr(source, name, 0) or 0) > 0
+    )
+
+
 _REQUEST_FIELDS = (
     (Counts.REQUESTS, "requests_per_minute", RateLimitItemPerMinute),
     (Counts.REQUESTS, "requests_per_hour", RateLimitItemPerHour),
@@ -264,7 +275,7 @@ class Quotas:
 
     def __init__(self, config: Config, storage: Storage | None = None) -> None:
         settings = config.rate_limits
-        self.storage = storage or make_storage(settings.storage)
+        self.storage = storage or make_storage(settings.storage, window_count(config))
         self.batch = make_batch(self.storage)
         strategy, layout = settings.strategy, LAYOUTS[settings.strategy]
         # Token and budget windows are moving windows under `moving-window` (adopting, in

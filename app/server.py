@@ -264,8 +264,10 @@ def on_starting(server) -> None:
     # So would an earlier run's status page counts (app.activity), and its reloads.
     for stale in glob.glob(os.path.join(prepare_metrics_dir(), "ai-proxy-activity-*.json")):
         os.remove(stale)
-    forget_earlier_run()
     inherited = server.LISTENERS or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")
+    # A master started by the one before it (USR2) serves beside its workers until they stop:
+    # both count in the same quota table.
+    forget_earlier_run(keep_quotas=bool(inherited))
     # Every problem at once: a taken port and a bad setting are both for the user to fix.
     busy = [] if inherited else busy_binds(list(server.cfg.bind))
     try:

@@ -15,7 +15,7 @@ from .cache import ResponseCache
 from .config import Config, TokenConfig
 from .cooldown import Cooldowns, MemoryBreakers, RedisBreakers
 from .providers import build_providers
-from .ratelimit import Quotas, make_storage, redis_client
+from .ratelimit import Quotas, make_storage, redis_client, window_count
 from .response_store import ResponseStore, make_response_store, storage_uri
 from .routing import Router
 from .statuspage.shared import live_numbers
@@ -69,7 +69,7 @@ def build_state(config: Config, url_prefix: str = "") -> ProxyState:
     redact.install_on_loggers(__name__.rpartition(".")[0])
     pool = UpstreamPool(config.retry, pool_size=config.runtime.threads)
     providers = build_providers(config.models, pool)
-    storage = make_storage(config.rate_limits.storage)
+    storage = make_storage(config.rate_limits.storage, window_count(config))
     quotas = Quotas(config, storage)
     client = redis_client(storage)
     # With Redis, cooldowns are shared like quotas; otherwise each worker keeps its own.

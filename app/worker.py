@@ -238,10 +238,10 @@ def stamp_reload() -> None:
             pass  # the old workers then stop as on TERM, within the graceful timeout
 
 
-def forget_earlier_run() -> None:
+def forget_earlier_run(keep_quotas: bool = False) -> None:
     """A master starting afresh (its folder may be an earlier run's): no reloads, and quotas
-    start from nothing, as memory:// ones always have."""
-    for path in (_stamp(), _in_folder(QUOTA_FILE)):
+    start from nothing, as memory:// ones always have (unless `keep_quotas`)."""
+    for path in (_stamp(), None if keep_quotas else _in_folder(QUOTA_FILE)):
         if path:
             path.unlink(missing_ok=True)
 

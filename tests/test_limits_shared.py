@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import signal
 import threading
 import time
@@ -23,20 +24,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from limits.errors import StorageError
 
+from app import create_app
 from app.config import load_config
 from app.hooks.limits import SweptMemoryStorage
 from app.hooks.limits_batch import Change, Layout, Window
 from app.hooks.limits_memory import MemoryBatch
 from app.hooks.limits_shared import (
+    _COUNT,
     _HEADER_SIZE,
+    _HOLDER_AT,
     _SLOT,
+    DEFAULT_SLOTS,
     MAX_LOAD,
     SharedBatch,
     SharedCounters,
     SharedMemoryStorage,
     share_between_workers,
+    table_slots,
 )
-from app.ratelimit import Quotas, make_batch, make_storage
+from app.ratelimit import Quotas, make_batch, make_storage, window_count
+from app.worker import QUOTA_FILE, forget_earlier_run
 from tests.servers import ProxyServer, wait_until
 from tests.test_limits_memory_direct import Clock
 
@@ -254,7 +261,6 @@ def test_processes_sharing_the_file_admit_exactly_the_limit(tmp_path):
         child.join(10)
     assert sum(c[0] for c in counts) == 37
     assert sum(c[1] for c in counts) == 20
-    assert sum(1 for c in counts if c[0]) >= 2, counts  # they did race
     readings = make_batch(SharedMemoryStorage(path)).read(PROCESS_WINDOWS)
     assert [r.used for r in readings] == [37, 37 * 7, 60]
 
@@ -323,6 +329,172 @@ def test_a_file_that_is_not_a_table_is_a_storage_error(tmp_path):
     assert not storage.check()
     with pytest.raises(StorageError):
         make_batch(storage).reserve([(PROCESS_WINDOWS[0], 1)], [])
+
+
+def test_a_full_table_refuses_a_batch_whole(tmp_path):
+    """Room for 6 counters, 2 taken: a batch of three windows (up to 6 new counters) is
+    refused before it counts anything, and once room is made it goes through."""
+    path = str(tmp_path / "q.bin")
+    counters = SharedCounters(path, slots=8)
+    now = time.time()
+    with counters:
+        counters.add("a", 1, 1, now)
+        counters.add("b", 1, 3600, now)
+    batch = SharedBatch(SharedMemoryStorage(path, slots=8))
+    windows = [Window(f"w{i}", layout, 10, 60) for i, layout in enumerate(Layout)]
+    with pytest.raises(StorageError):
+        batch.reserve([(window, 1) for window in windows], [])
+    with counters:
+        assert counters._held() == 2
+        assert [counters.get(window.key, now) for window in windows] == [0, 0, 0]
+    # The refusal is remembered a second (no sweep of the whole table each time); then the
+    # counter that has passed makes room for one window, not for three.
+    time.sleep(1.05)
+    with pytest.raises(StorageError):
+        batch.reserve([(window, 1) for window in windows], [])
+    assert batch.reserve([(windows[0], 1)], []).admitted
+    assert [r.used for r in batch.read(windows)] == [1, 0, 0]
+
+
+def _fill_table(path: str, count: int) -> None:
+    with SharedCounters(path, slots=16) as counters:
+        for i in range(count):
+            counters.add(f"other{i}", 1, 3600, time.time())
+
+
+@pytest.mark.parametrize(("on_error", "status"), [("allow", 200), ("deny", 503)])
+def test_a_full_table_through_the_proxy(tmp_path, on_error, status):
+    """A table full of other counters is a storage failure: served without quotas or refused
+    with 503 as `on_storage_error` says (never a 500), with nothing counted."""
+    path = str(tmp_path / "quotas.bin")
+    _fill_table(path, 11)
+    share_between_workers(path)
+    try:
+        app = create_app(
+            {
+                "auth": {"tokens": [{"name": "t", "token": TOKEN, "requests_per_minute": 5}]},
+                "models": [{"name": "echo", "provider": "echo"}],
+                "rate_limits": {"on_storage_error": on_error},
+                "default_model": None,
+            }
+        )
+    finally:
+        share_between_workers(None)
+    answer = app.test_client().post(
+        "/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    with SharedCounters(path, slots=16) as counters:
+        assert counters._held() == 11
+
+
+def test_the_table_is_sized_for_the_config(tmp_path, caplog):
+    assert table_slots(0) == DEFAULT_SLOTS
+    assert table_slots(2000) == 1 << 19  # 2,000 windows of 64 counters, twice, at 3/4 full
+    config = load_config(
+        overrides={
+            "auth": {
+                "tokens": [
+                    {"name": f"t{i}", "token": f"token-{i:04d}-xxxxxxxx", "requests_per_minute": 5}
+                    for i in range(3000)
+                ]
+            },
+            "models": [{"name": "echo", "provider": "echo", "tokens_per_minute": 9}],
+            "default_model": None,
+        }
+    )
+    assert window_count(config) == 3001
+    share_between_workers(str(tmp_path / "quotas.bin"))
+    try:
+        storage = make_storage("memory://", window_count(config))
+        assert storage.check() and storage.counters.slots == 1 << 19
+        # A reload's bigger config finds the table made before it: it keeps it, and says so.
+        storage = make_storage("memory://", 2 * window_count(config))
+        assert storage.check() and storage.counters.slots == 1 << 19
+        assert "restart the server" in caplog.text
+    finally:
+        share_between_workers(None)
+
+
+def test_a_disk_with_no_room_is_a_storage_error(tmp_path):
+    """The table's blocks are taken when it is made: no room is a StorageError then, not a
+    SIGBUS (which kills the worker) on the first write to a page later."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+            storage = SharedMemoryStorage(str(tmp_path / "quotas.bin"))
+            code = 0 if not storage.check() else 2
+            with pytest.raises(StorageError):
+                make_batch(storage).reserve([(PROCESS_WINDOWS[0], 1)], [])
+        except BaseException:  # noqa: BLE001 - the child reports by its exit code
+            code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_file_whose_making_was_cut_short_is_made_again(tmp_path):
+    path = tmp_path / "quotas.bin"
+    path.write_bytes(bytes(1000))  # sized, no header: its maker died before writing one
+    counters = SharedCounters(str(path), slots=16)
+    with counters:
+        assert counters.add("k", 3, 60, time.time()) == 3
+    assert path.stat().st_size == _HEADER_SIZE + 16 * _SLOT.size
+
+
+def test_a_holder_that_died_mid_change_is_repaired(tmp_path, caplog):
+    """A holder killed part way through a change leaves its mark in the header: the next one
+    to take the lock lays the table out again, so a run it broke is whole again."""
+    counters = SharedCounters(str(tmp_path / "quotas.bin"), slots=16)
+    now = time.time()
+    with counters:
+        keys = [f"k{i}" for i in range(11)]
+        for key in keys:
+            counters.add(key, 2, 60, now)
+        slots = slots_of(counters)
+        # Break a run: empty the home slot of a counter that sits later in it.
+        index = next(i for i, slot in enumerate(slots) if slot[0] and slot[0] & counters._mask != i)
+        home = slots[index][0] & counters._mask
+        start = _HEADER_SIZE + home * _SLOT.size
+        lost = slots[home]
+        counters._map[start : start + _SLOT.size] = bytes(_SLOT.size)
+        moved = slots[index]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child dies holding the lock
+        counters.__enter__()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with counters:
+        assert _COUNT.unpack_from(counters._map, _HOLDER_AT)[0] == os.getpid()
+        found = {(s[0], s[1]): s[3] for s in slots_of(counters) if s[0]}
+        assert found[(moved[0], moved[1])] == 2 and (lost[0], lost[1]) not in found
+        assert counters._held() == 10
+        check_table(counters)
+        assert sum(counters.get(key, now) for key in keys) == 20
+    assert "rebuilt" in caplog.text
+
+
+def test_homes_are_spread_over_every_slot(tmp_path):
+    counters = SharedCounters(str(tmp_path / "q.bin"), slots=16)
+    assert {counters._hash(f"k{i}")[0] & 1 for i in range(40)} == {0, 1}
+
+
+def test_a_new_master_keeps_the_quotas_only_when_it_takes_over(tmp_path, monkeypatch):
+    """A master started afresh forgets an earlier run's counts; one started by its predecessor
+    (USR2, with the listening sockets handed over) counts on beside its old workers."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    table = tmp_path / QUOTA_FILE
+    table.write_bytes(b"counts")
+    forget_earlier_run(keep_quotas=True)
+    assert table.exists()
+    forget_earlier_run()
+    assert not table.exists()
 
 
 TOKEN = "sk-shared-quota-client-token"

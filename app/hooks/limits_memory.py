@@ -105,12 +105,13 @@ class MemoryBatch:
         # (oldest first) and of their summary, named once per bucket rather than per request.
         self._spans: dict[str, tuple[int, list[str], str]] = {}
 
-    def _clock(self) -> float:
+    def _clock(self, room: int = 0) -> float:
         """The time, not earlier than the batch has seen by up to CLOCK_HOLD_SECONDS (under the
         lock): a summary of a moving window's older buckets counts on buckets only moving
         forward; a clock stepped back would put requests in older buckets after they were
         summed. Further back is taken as it is (the Lua script does the same): holding it would
-        freeze every moving window until real time caught up."""
+        freeze every moving window until real time caught up. `room`, the most new counters
+        the batch makes, is for SharedBatch, whose table may be full."""
         now = time.time()
         if now < self._last_now <= now + CLOCK_HOLD_SECONDS:
             return self._last_now
@@ -249,7 +250,7 @@ class MemoryBatch:
             self.adjust(carried)
         flat = [*required, *(pair for choice in choices for pair in choice)]
         with self.lock:
-            now = self._clock()
+            now = self._clock(2 * len(flat))
             usages = [self._usage(window, now) for window, _ in flat]
 
             def refusing(first: int, last: int) -> int | None:
@@ -294,7 +295,7 @@ class MemoryBatch:
 
     def adjust(self, changes: Sequence[Change]) -> None:
         with self.lock:
-            now = self._clock()
+            now = self._clock(2 * len(changes))
             for change in changes:
                 window = change.window
                 if window.layout is Layout.FIXED:
@@ -346,7 +347,7 @@ class MemoryBatch:
 
     def read(self, windows: Sequence[Window]) -> list[Reading]:
         with self.lock:
-            now = self._clock()
+            now = self._clock(len(windows))
             return [Reading(*self._usage(window, now)[:2]) for window in windows]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
+import math
 import mmap
 import os
 import struct
@@ -25,24 +27,43 @@ from limits.storage import Storage
 from .limits_batch import CLOCK_HOLD_SECONDS
 from .limits_memory import MemoryBatch
 
+logger = logging.getLogger(__name__)
+
 MAGIC = b"aiproxq1"
-# 4 MiB of file, of which only the pages keys land on are ever mapped in: room for ~98,000
-# counters (a moving window at its fullest has 62: 1,500 such windows).
-DEFAULT_SLOTS = 1 << 17
+# 512 KiB of file at least: room for 12,288 counters (a moving window at its fullest has 62; the
+# sizing from a config counts 64 a window, twice over, for reloads that add windows). Small on
+# purpose: a moving window's counters land all over the table, so a worker soon has every page
+# of it resident (4 MiB of them at 1 << 17 slots showed in the benchmark's worker memory).
+DEFAULT_SLOTS = 1 << 14
+COUNTERS_PER_WINDOW = 64
 MAX_LOAD = 0.75  # fuller than this, a new counter first sweeps the whole table, then fails
+# After a whole sweep found no room, new counters fail at once for this long (a sweep of a full
+# table takes tens of milliseconds under the lock every worker waits on).
+FULL_RETRY_SECONDS = 1.0
 # Slots looked at for passed counters each time a new counter is made: the sweep keeps pace with
 # new counters whatever the traffic (about one a bucket a window), and costs nothing otherwise.
 SWEEP_PER_NEW = 8
 
 _HEADER_SIZE = 64
-_HEADER = struct.Struct("<8sQdQQ")  # magic, slots, clock, counters held, sweep cursor
+# magic, slots, clock, counters held, sweep cursor, the pid holding the lock (0: none), and
+# until when the table is known full.
+_HEADER = struct.Struct("<8sQdQQQd")
 _CLOCK = struct.Struct("<d")
 _COUNT = struct.Struct("<Q")
-_CLOCK_AT, _HELD_AT, _CURSOR_AT = 16, 24, 32
-# A slot: the key's hash in two halves (0, 0: empty), when the counter expires, its value.
+_CLOCK_AT, _HELD_AT, _CURSOR_AT, _HOLDER_AT, _FULL_AT = 16, 24, 32, 40, 48
+# A slot: the key's hash in two halves (0, 0: empty), when the counter expires, its value. A
+# counter's own update writes only the last two (_TAIL, at +16).
 _SLOT = struct.Struct("<QQdq")
-_EMPTY = (0, 0, 0.0, 0)
+_TAIL = struct.Struct("<dq")
+_EMPTY = bytes(_SLOT.size)
 MAX_VALUE = 2**63 - 1  # a slot's value is a signed 64-bit integer
+
+
+def table_slots(windows: int) -> int:
+    """The slots a table needs for a config of `windows` windows (a power of two)."""
+    needed = math.ceil(2 * windows * COUNTERS_PER_WINDOW / MAX_LOAD)
+    return max(DEFAULT_SLOTS, 1 << max(0, needed - 1).bit_length())
+
 
 # The file every worker of this server maps its counters from (set by the worker class).
 _shared_file: str | None = None
@@ -99,25 +120,39 @@ class SharedCounters:
         except BaseException:
             self._lock.release()
             raise
+        mapped = self._map
+        if _COUNT.unpack_from(mapped, _HOLDER_AT)[0]:
+            # The last holder died holding the lock (the kernel let go of it for them): it may
+            # have been part way through moving a run or writing a slot.
+            self._rebuild()
+        _COUNT.pack_into(mapped, _HOLDER_AT, self._pid)
         return self
 
     def __exit__(self, *exc_info) -> None:
         try:
+            _COUNT.pack_into(self._map, _HOLDER_AT, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
 
     def _open(self) -> None:
-        """Map the file (made and sized by whichever process comes first)."""
+        """Map the file; whichever process comes first makes it, its blocks allocated (a disk
+        that is full is then an error here, not a SIGBUS on a write to a page later) and its
+        header written last (a file whose making was cut short is made again)."""
         self._close()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_size < _HEADER_SIZE:
-                    os.ftruncate(fd, _HEADER_SIZE + self.slots * _SLOT.size)
-                    os.pwrite(fd, _HEADER.pack(MAGIC, self.slots, 0.0, 0, 0), 0)
-                magic, slots, *_ = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+                head = os.pread(fd, _HEADER.size, 0)
+                if len(head) < _HEADER.size or head[:8] == bytes(8):
+                    size = _HEADER_SIZE + self.slots * _SLOT.size
+                    os.ftruncate(fd, 0)  # whatever a cut-short making left
+                    os.ftruncate(fd, size)
+                    os.posix_fallocate(fd, 0, size)
+                    os.pwrite(fd, _HEADER.pack(MAGIC, self.slots, 0.0, 0, 0, 0, 0.0), 0)
+                    head = os.pread(fd, _HEADER.size, 0)
+                magic, slots, *_ = _HEADER.unpack(head)
                 size = _HEADER_SIZE + slots * _SLOT.size
                 if magic != MAGIC or slots < 8 or slots & (slots - 1):
                     raise OSError(f"{self.path} is not a quota table")
@@ -129,7 +164,14 @@ class SharedCounters:
         except BaseException:
             os.close(fd)
             raise
-        # The table's own size counts (a file an earlier build sized otherwise).
+        if slots < self.slots:
+            logger.warning(
+                "the workers' shared quota table holds %d counters, and this config may need up "
+                "to %d: restart the server (a reload keeps the table) to make room",
+                int(slots * MAX_LOAD),
+                int(self.slots * MAX_LOAD / 2),
+            )
+        # The table's own size counts (made by a config before a reload, say).
         self.slots, self._mask = slots, slots - 1
         self._fd, self._map, self._pid = fd, mapped, os.getpid()
 
@@ -147,15 +189,32 @@ class SharedCounters:
 
     # -- under the lock -----------------------------------------------------------------------
 
-    def tick(self, hold: float = CLOCK_HOLD_SECONDS) -> float:
+    def tick(self, hold: float = CLOCK_HOLD_SECONDS, room: int = 0) -> float:
         """The time, not earlier than any process has seen by up to `hold` seconds (see
-        MemoryBatch._clock)."""
+        MemoryBatch._clock); first, StorageError unless there is room for `room` new counters
+        (a batch that could not finish would leave part of its counts)."""
         now = time.time()
         (last,) = _CLOCK.unpack_from(self._map, _CLOCK_AT)
         if now < last <= now + hold:
-            return last
-        _CLOCK.pack_into(self._map, _CLOCK_AT, now)
+            now = last
+        else:
+            _CLOCK.pack_into(self._map, _CLOCK_AT, now)
+        if room:
+            self._make_room(room, now)
         return now
+
+    def _make_room(self, count: int, now: float) -> None:
+        """Room for `count` new counters, or StorageError(TableFull)."""
+        limit = MAX_LOAD * self.slots
+        if self._held() + count <= limit:
+            return
+        (full_until,) = _CLOCK.unpack_from(self._map, _FULL_AT)
+        if now >= full_until:
+            self._sweep(self.slots, now)
+            if self._held() + count <= limit:
+                return
+            _CLOCK.pack_into(self._map, _FULL_AT, now + FULL_RETRY_SECONDS)
+        raise StorageError(TableFull(f"{self.slots} counter slots are in use"))
 
     def get(self, key: str, now: float) -> int:
         """The counter's value (0 if there is none or its time has passed)."""
@@ -177,20 +236,20 @@ class SharedCounters:
         lives `expiry` seconds from now."""
         high, low = self._hash(key)
         index, slot = self._find(high, low)
-        if slot is None:
-            full = self._held() + 1 > MAX_LOAD * self.slots
-            self._sweep(self.slots if full else SWEEP_PER_NEW, now)
-            if full and self._held() + 1 > MAX_LOAD * self.slots:
-                raise StorageError(TableFull(f"{self.slots} counter slots are in use"))
-            index = self._find(high, low)[0]  # the sweep may have shifted runs back
-            _COUNT.pack_into(self._map, _HELD_AT, self._held() + 1)
-            expires, value = 0.0, 0
-        else:
-            expires, value = slot[2], slot[3] if slot[2] > now else 0
-        if value == 0:  # as MemoryStorage.incr: a counter that was 0 starts its time anew
-            expires = now + expiry
-        value = min(value + amount, MAX_VALUE)  # a counter that high is spent for good anyway
-        _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, expires, value)
+        value = 0 if slot is None or slot[2] <= now else slot[3]
+        # As MemoryStorage.incr: a counter that was 0 starts its time anew. One that high is
+        # spent for good anyway.
+        expires = now + expiry if value == 0 else slot[2]
+        value = min(value + amount, MAX_VALUE)
+        if slot is not None:
+            _TAIL.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size + 16, expires, value)
+            return value
+        self._make_room(1, now)
+        self._sweep(SWEEP_PER_NEW, now)
+        index = self._find(high, low)[0]  # the sweep may have shifted runs back
+        offset = _HEADER_SIZE + index * _SLOT.size
+        self._map[offset : offset + _SLOT.size] = _SLOT.pack(high, low, expires, value)
+        _COUNT.pack_into(self._map, _HELD_AT, self._held() + 1)
         return value
 
     def take(self, key: str, amount: int, now: float) -> int:
@@ -198,12 +257,12 @@ class SharedCounters:
         index, slot = self._find(*self._hash(key))
         if slot is None:
             return 0
-        high, low, expires, value = slot
+        _, _, expires, value = slot
         if expires <= now:
             self._delete(index)
             return 0
         value = max(value - amount, 0)
-        _SLOT.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size, high, low, expires, value)
+        _TAIL.pack_into(self._map, _HEADER_SIZE + index * _SLOT.size + 16, expires, value)
         return value
 
     def clear(self, key: str) -> None:
@@ -226,8 +285,10 @@ class SharedCounters:
             if len(self._hashes) > 50_000:  # keys of windows long gone
                 self._hashes.clear()
             digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-            # The first half is never 0, which marks an empty slot.
-            found = (int.from_bytes(digest[:8], "little") | 1, int.from_bytes(digest[8:], "little"))
+            # The first half is never 0, which marks an empty slot (its top bit is set: the
+            # low bits name the key's home slot).
+            high = int.from_bytes(digest[:8], "little") | 1 << 63
+            found = (high, int.from_bytes(digest[8:], "little"))
             self._hashes[key] = found
         return found
 
@@ -249,22 +310,43 @@ class SharedCounters:
     def _delete(self, index: int) -> None:
         """Empty a slot, moving back the counters after it in its run that may sit there
         (Knuth's algorithm R), so that every run stays unbroken."""
-        unpack, pack, mapped, mask = _SLOT.unpack_from, _SLOT.pack_into, self._map, self._mask
-        size = _SLOT.size
+        mapped, mask, size = self._map, self._mask, _SLOT.size
         gap, probe = index, index
         while True:
             probe = (probe + 1) & mask
-            slot = unpack(mapped, _HEADER_SIZE + probe * size)
-            if slot[0] == 0:
+            start = _HEADER_SIZE + probe * size
+            (high,) = _COUNT.unpack_from(mapped, start)
+            if high == 0:
                 break
-            home = slot[0] & mask
+            home = high & mask
             # A counter stays where it is if its home lies cyclically in (gap, probe].
             if (gap < home <= probe) if gap <= probe else (home > gap or home <= probe):
                 continue
-            pack(mapped, _HEADER_SIZE + gap * size, *slot)
+            to = _HEADER_SIZE + gap * size
+            mapped[to : to + size] = mapped[start : start + size]
             gap = probe
-        pack(mapped, _HEADER_SIZE + gap * size, *_EMPTY)
+        to = _HEADER_SIZE + gap * size
+        mapped[to : to + size] = _EMPTY
         _COUNT.pack_into(mapped, _HELD_AT, max(0, self._held() - 1))
+
+    def _rebuild(self) -> None:
+        """Lay every counter out afresh and count them again (after a holder died part way
+        through a change). A counter found twice keeps its higher value: never less than was
+        counted."""
+        mapped, size = self._map, _SLOT.size
+        found: dict[tuple[int, int], tuple[float, int]] = {}
+        for high, low, expires, value in _SLOT.iter_unpack(mapped[_HEADER_SIZE:]):
+            if high:
+                known = found.get((high, low))
+                if known is None or (value, expires) > (known[1], known[0]):
+                    found[(high, low)] = (expires, value)
+        mapped[_HEADER_SIZE:] = bytes(self.slots * size)
+        for (high, low), (expires, value) in found.items():
+            index = self._find(high, low)[0]
+            offset = _HEADER_SIZE + index * size
+            mapped[offset : offset + size] = _SLOT.pack(high, low, expires, value)
+        _COUNT.pack_into(mapped, _HELD_AT, len(found))
+        logger.warning("the workers' shared quota table was rebuilt: a worker died changing it")
 
     def _sweep(self, count: int, now: float) -> None:
         """Look at `count` slots from the sweep's cursor on; delete counters whose time passed."""
@@ -343,8 +425,10 @@ class SharedBatch(MemoryBatch):
         self.counters = storage.counters
         super().__init__(storage, lock=storage.counters)
 
-    def _clock(self) -> float:
-        return self.counters.tick(CLOCK_HOLD_SECONDS)
+    def _clock(self, room: int = 0) -> float:
+        # A batch makes at most two new counters a window (its summary, its bucket): room for
+        # them first, so that a full table refuses a batch whole, never part way through.
+        return self.counters.tick(CLOCK_HOLD_SECONDS, room)
 
     def _get(self, key: str, now: float) -> int:
         return self.counters.get(key, now)
