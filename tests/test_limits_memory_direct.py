@@ -70,6 +70,31 @@ def state(storage: MemoryStorage) -> tuple[dict, dict]:
     return dict(+storage.storage + storage.storage), dict(storage.expirations)
 
 
+def step_batches(batches, marks: list[list], kind: str, arg, windows, clock) -> list:
+    """One step (see STEP) on each batch over `windows` (two required, two in one choice):
+    what each answered, in order. `marks` keeps each batch's last reservation's marks."""
+    answers = []
+    for i, batch in enumerate(batches):
+        if kind == "reserve":
+            required = [(windows[0], 1), (windows[1], arg[0])]
+            done = batch.reserve(required, [[(windows[2], 1), (windows[3], arg[1])]])
+            marks[i] = list(done.marks)
+            answers.append(done)
+        elif kind == "settle":
+            batch.adjust(
+                [
+                    Change(window, arg, mark)
+                    for window, mark in zip(windows, marks[i], strict=False)
+                    if mark is not None
+                ]
+            )
+        elif kind == "read":
+            answers.append(batch.read(windows))
+    if kind == "wait":
+        clock.now += arg
+    return answers
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(STEP, max_size=25))
 def test_direct_batch_answers_as_limits_methods_do(steps):
@@ -80,26 +105,7 @@ def test_direct_batch_answers_as_limits_methods_do(steps):
         direct, plain = MemoryBatch(SweptMemoryStorage()), MemoryBatch(ThroughLimits())
         marks: list[list] = [[], []]
         for kind, arg in steps:
-            answers = []
-            for i, batch in enumerate((direct, plain)):
-                if kind == "reserve":
-                    required = [(WINDOWS[0], 1), (WINDOWS[1], arg[0])]
-                    choices = [[(WINDOWS[2], 1), (WINDOWS[3], arg[1])]]
-                    done = batch.reserve(required, choices)
-                    marks[i] = list(done.marks)
-                    answers.append(done)
-                elif kind == "settle":
-                    flat = [WINDOWS[0], WINDOWS[1], WINDOWS[2], WINDOWS[3]]
-                    changes = [
-                        Change(window, arg, mark)
-                        for window, mark in zip(flat, marks[i], strict=False)
-                        if mark is not None
-                    ]
-                    batch.adjust(changes)
-                elif kind == "read":
-                    answers.append(batch.read(WINDOWS))
-            if kind == "wait":
-                clock.now += arg
+            answers = step_batches((direct, plain), marks, kind, arg, WINDOWS, clock)
             if answers:
                 assert answers[0] == answers[1]
             assert state(direct.storage) == state(plain.storage)

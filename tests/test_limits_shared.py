@@ -27,7 +27,7 @@ from limits.errors import StorageError
 from app import create_app
 from app.config import load_config
 from app.hooks.limits import SweptMemoryStorage
-from app.hooks.limits_batch import Change, Layout, Window
+from app.hooks.limits_batch import Layout, Window
 from app.hooks.limits_memory import MemoryBatch
 from app.hooks.limits_shared import (
     _COUNT,
@@ -45,7 +45,7 @@ from app.hooks.limits_shared import (
 from app.ratelimit import Quotas, make_batch, make_storage, window_count
 from app.worker import QUOTA_FILE, forget_earlier_run
 from tests.servers import ProxyServer, wait_until
-from tests.test_limits_memory_direct import Clock
+from tests.test_limits_memory_direct import Clock, step_batches
 
 KEYS = [f"k{i}" for i in range(20)]
 
@@ -198,25 +198,7 @@ def test_the_shared_batch_answers_as_the_memory_batch_does(tmp_path_factory, ste
         batches = [MemoryBatch(SweptMemoryStorage()), SharedBatch(SharedMemoryStorage(str(path)))]
         marks: list[list] = [[], []]
         for kind, arg in steps:
-            answers = []
-            for i, batch in enumerate(batches):
-                if kind == "reserve":
-                    required = [(WINDOWS[0], 1), (WINDOWS[1], arg[0])]
-                    done = batch.reserve(required, [[(WINDOWS[2], 1), (WINDOWS[3], arg[1])]])
-                    marks[i] = list(done.marks)
-                    answers.append(done)
-                elif kind == "settle":
-                    batch.adjust(
-                        [
-                            Change(window, arg, mark)
-                            for window, mark in zip(WINDOWS, marks[i], strict=False)
-                            if mark is not None
-                        ]
-                    )
-                elif kind == "read":
-                    answers.append(batch.read(WINDOWS))
-            if kind == "wait":
-                clock.now += arg
+            answers = step_batches(batches, marks, kind, arg, WINDOWS, clock)
             if answers:
                 assert answers[0] == answers[1]
     finally:
