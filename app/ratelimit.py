@@ -52,7 +52,7 @@ from .errors import (
 from .hooks.limits import SweptMemoryStorage
 from .hooks.limits_batch import AnswerLost, Change, Layout, RedisBatch, Reserved, Window
 from .hooks.limits_memory import LimiterBatch, MemoryBatch
-from .hooks.limits_shared import SharedBatch, SharedMemoryStorage, shared_file, table_slots
+from .hooks.limits_shared import SharedBatch, SharedMemoryStorage, shared_file, shared_storage
 from .settling import Settler
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def make_storage(uri: str, windows: int = 0) -> Storage:
     if uri.startswith("memory"):
         path = shared_file()
         if path is not None:
-            return SharedMemoryStorage(path, table_slots(windows))
+            return shared_storage(path, windows)
         return SweptMemoryStorage(uri, wrap_exceptions=True)
     options: dict = {}
     if uri.startswith(("redis", "rediss")):

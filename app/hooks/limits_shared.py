@@ -60,9 +60,14 @@ MAX_VALUE = 2**63 - 1  # a slot's value is a signed 64-bit integer
 
 
 def table_slots(windows: int) -> int:
-    """The slots a table needs for a config of `windows` windows (a power of two)."""
+    """The slots a table is made with for a config of `windows` windows (a power of two)."""
     needed = math.ceil(2 * windows * COUNTERS_PER_WINDOW / MAX_LOAD)
     return max(DEFAULT_SLOTS, 1 << max(0, needed - 1).bit_length())
+
+
+def shared_storage(path: str, windows: int) -> SharedMemoryStorage:
+    """The shared storage for a config of `windows` windows."""
+    return SharedMemoryStorage(path, table_slots(windows), windows * COUNTERS_PER_WINDOW)
 
 
 # The file every worker of this server maps its counters from (set by the worker class).
@@ -93,11 +98,14 @@ class SharedCounters:
     every new counter carries a little further does.
     """
 
-    def __init__(self, path: str, slots: int = DEFAULT_SLOTS) -> None:
+    def __init__(self, path: str, slots: int = DEFAULT_SLOTS, needed: int = 0) -> None:
+        """A table of `slots` slots in the file `path` (unless the file already holds one),
+        which should have room for `needed` counters."""
         if slots < 8 or slots & (slots - 1):
             raise ValueError("slots must be a power of two, at least 8")
         self.path = path
         self.slots = slots
+        self.needed = needed
         self._mask = slots - 1
         self._lock = threading.Lock()
         self._pid = 0
@@ -164,12 +172,12 @@ class SharedCounters:
         except BaseException:
             os.close(fd)
             raise
-        if slots < self.slots:
+        if self.needed > slots * MAX_LOAD:
             logger.warning(
                 "the workers' shared quota table holds %d counters, and this config may need up "
                 "to %d: restart the server (a reload keeps the table) to make room",
                 int(slots * MAX_LOAD),
-                int(self.slots * MAX_LOAD / 2),
+                self.needed,
             )
         # The table's own size counts (made by a config before a reload, say).
         self.slots, self._mask = slots, slots - 1
@@ -379,9 +387,11 @@ class SharedMemoryStorage(Storage):
 
     STORAGE_SCHEME = None  # chosen for memory:// by app.ratelimit.make_storage, not by URI
 
-    def __init__(self, path: str, slots: int = DEFAULT_SLOTS, wrap_exceptions: bool = True):
+    def __init__(
+        self, path: str, slots: int = DEFAULT_SLOTS, needed: int = 0, wrap_exceptions: bool = True
+    ):
         super().__init__(None, wrap_exceptions=wrap_exceptions)
-        self.counters = SharedCounters(path, slots)
+        self.counters = SharedCounters(path, slots, needed)
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
