@@ -9,6 +9,7 @@ across a reload.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import resource
@@ -39,6 +40,7 @@ from app.hooks.limits_shared import (
     SharedBatch,
     SharedCounters,
     SharedMemoryStorage,
+    _try_flock,
     share_between_workers,
     table_slots,
 )
@@ -257,6 +259,30 @@ def test_a_worker_dying_with_the_lock_stops_nobody(tmp_path):
     os.waitpid(pid, 0)
     with counters:
         assert counters.get("k", time.time()) == 1
+
+
+def test_the_lock_is_tried_without_the_gil_and_waited_for_with_fcntl(tmp_path):
+    """Free, flock is taken and let go by libc directly (the GIL kept, see _libc_flock); held by
+    another process, the try fails and the caller waits in fcntl.flock."""
+    path = tmp_path / "lock"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    assert _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert _try_flock(fd, fcntl.LOCK_UN)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child holds the lock a moment
+        other = os.open(path, os.O_RDWR)
+        fcntl.flock(other, fcntl.LOCK_EX)
+        os.write(write, b"x")
+        time.sleep(0.3)
+        os._exit(0)
+    os.read(read, 1)
+    assert not _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the child to exit
+    os.waitpid(pid, 0)
+    assert _try_flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def test_a_fork_while_another_thread_holds_the_lock(tmp_path):

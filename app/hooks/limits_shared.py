@@ -10,6 +10,8 @@ SharedBatch runs the memory batch over it, so memory and Redis still answer alik
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import logging
@@ -70,6 +72,33 @@ def shared_storage(path: str, windows: int) -> SharedMemoryStorage:
     return SharedMemoryStorage(path, table_slots(windows), windows * COUNTERS_PER_WINDOW)
 
 
+def _libc_flock():
+    """libc's flock, called with the GIL held (ctypes.PyDLL), or None.
+
+    `fcntl.flock` lets go of the GIL for the call, even one that cannot block: with the lock
+    taken, the thread must then win the GIL back (up to the interpreter's 5 ms switch interval
+    when other threads are busy) before it can do its work and let go, while every thread of
+    every worker that wants a quota waits. Taking and letting go without blocking never needs
+    to give the GIL up; only waiting for another worker's lock does (`fcntl.flock`).
+    """
+    try:
+        libc = ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
+        flock = libc.flock
+    except (OSError, AttributeError, TypeError):
+        return None
+    flock.argtypes, flock.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return flock
+
+
+_FLOCK = _libc_flock()
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    """flock(2) without giving up the GIL; False if it would block (or there is no libc to
+    call), for fcntl.flock to do it."""
+    return _FLOCK is not None and _FLOCK(fd, operation) == 0
+
+
 # The file every worker of this server maps its counters from (set by the worker class).
 _shared_file: str | None = None
 
@@ -121,7 +150,8 @@ class SharedCounters:
         try:
             if self._pid != os.getpid():
                 self._open()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if not _try_flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # another worker holds it: wait
         except OSError as err:
             self._lock.release()
             raise StorageError(err) from err
@@ -139,7 +169,8 @@ class SharedCounters:
     def __exit__(self, *exc_info) -> None:
         try:
             _COUNT.pack_into(self._map, _HOLDER_AT, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if not _try_flock(self._fd, fcntl.LOCK_UN):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
 
