@@ -11,7 +11,6 @@ SharedBatch runs the memory batch over it, so memory and Redis still answer alik
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import logging
@@ -82,8 +81,8 @@ def _libc_flock():
     to give the GIL up; only waiting for another worker's lock does (`fcntl.flock`).
     """
     try:
-        libc = ctypes.PyDLL(ctypes.util.find_library("c"), use_errno=True)
-        flock = libc.flock
+        # The running program's own symbols, libc's among them (no search for the library).
+        flock = ctypes.PyDLL(None, use_errno=True).flock
     except (OSError, AttributeError, TypeError):
         return None
     flock.argtypes, flock.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
