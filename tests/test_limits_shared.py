@@ -451,6 +451,14 @@ def test_a_disk_with_no_room_is_a_storage_error(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_the_tables_blocks_are_allocated_when_it_is_made(tmp_path):
+    """Not a sparse file: every block is there before the first counter is written."""
+    path = tmp_path / "quotas.bin"
+    with SharedCounters(str(path), slots=1024):
+        pass
+    assert path.stat().st_blocks * 512 >= path.stat().st_size == _HEADER_SIZE + 1024 * _SLOT.size
+
+
 def test_a_file_whose_making_was_cut_short_is_made_again(tmp_path):
     path = tmp_path / "quotas.bin"
     path.write_bytes(bytes(1000))  # sized, no header: its maker died before writing one

@@ -295,7 +295,8 @@ class MemoryBatch:
 
     def adjust(self, changes: Sequence[Change]) -> None:
         with self.lock:
-            now = self._clock(2 * len(changes))
+            # Only an amount added can make a counter (one at most); one taken back never does.
+            now = self._clock(sum(1 for change in changes if change.delta > 0))
             for change in changes:
                 window = change.window
                 if window.layout is Layout.FIXED:

@@ -11,6 +11,7 @@ SharedBatch runs the memory batch over it, so memory and Redis still answer alik
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import logging
@@ -69,6 +70,20 @@ def table_slots(windows: int) -> int:
 def shared_storage(path: str, windows: int) -> SharedMemoryStorage:
     """The shared storage for a config of `windows` windows."""
     return SharedMemoryStorage(path, table_slots(windows), windows * COUNTERS_PER_WINDOW)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file `size` bytes of zeros with their blocks on disk (or in memory) now."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    # A file system (or C library) that cannot allocate: write the zeros.
+    zeros = bytes(1 << 20)
+    for offset in range(0, size, len(zeros)):
+        os.pwrite(fd, zeros[: size - offset], offset)
 
 
 def _libc_flock():
@@ -157,12 +172,17 @@ class SharedCounters:
         except BaseException:
             self._lock.release()
             raise
-        mapped = self._map
-        if _COUNT.unpack_from(mapped, _HOLDER_AT)[0]:
-            # The last holder died holding the lock (the kernel let go of it for them): it may
-            # have been part way through moving a run or writing a slot.
-            self._rebuild()
-        _COUNT.pack_into(mapped, _HOLDER_AT, self._pid)
+        try:
+            if _COUNT.unpack_from(self._map, _HOLDER_AT)[0]:
+                # The last holder died holding the lock (the kernel let go of it for them): it
+                # may have been part way through moving a run or writing a slot.
+                self._rebuild()
+            _COUNT.pack_into(self._map, _HOLDER_AT, self._pid)
+        except BaseException:
+            # Both locks go; the mark stays, so that the next holder rebuilds.
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._lock.release()
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -186,8 +206,7 @@ class SharedCounters:
                 if len(head) < _HEADER.size or head[:8] == bytes(8):
                     size = _HEADER_SIZE + self.slots * _SLOT.size
                     os.ftruncate(fd, 0)  # whatever a cut-short making left
-                    os.ftruncate(fd, size)
-                    os.posix_fallocate(fd, 0, size)
+                    _allocate(fd, size)
                     os.pwrite(fd, _HEADER.pack(MAGIC, self.slots, 0.0, 0, 0, 0, 0.0), 0)
                     head = os.pread(fd, _HEADER.size, 0)
                 magic, slots, *_ = _HEADER.unpack(head)
@@ -378,11 +397,14 @@ class SharedCounters:
                 known = found.get((high, low))
                 if known is None or (value, expires) > (known[1], known[0]):
                     found[(high, low)] = (expires, value)
-        mapped[_HEADER_SIZE:] = bytes(self.slots * size)
+        # Laid out aside, then copied over in one go: a holder killed meanwhile loses nothing.
+        table, mask = bytearray(self.slots * size), self._mask
         for (high, low), (expires, value) in found.items():
-            index = self._find(high, low)[0]
-            offset = _HEADER_SIZE + index * size
-            mapped[offset : offset + size] = _SLOT.pack(high, low, expires, value)
+            index = high & mask
+            while table[index * size : index * size + 8] != bytes(8):
+                index = (index + 1) & mask
+            table[index * size : (index + 1) * size] = _SLOT.pack(high, low, expires, value)
+        mapped[_HEADER_SIZE:] = table
         _COUNT.pack_into(mapped, _HELD_AT, len(found))
         logger.warning("the workers' shared quota table was rebuilt: a worker died changing it")
 
