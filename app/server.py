@@ -246,7 +246,7 @@ def log_loaded(config: Config, workers: int = 1) -> None:
     log_config(config)
     if not config.tokens:
         logger.warning("no client token is configured: serving local clients without auth")
-    if workers > 1 and not config.rate_limits.storage.startswith(("redis", "rediss")):
+    if workers > 1 and not config.rate_limits.storage.startswith("redis"):
         # Quotas are counted together by this server's workers (app.hooks.limits_shared).
         logger.warning(
             "%s with %d workers: each worker keeps its own cooldowns; "

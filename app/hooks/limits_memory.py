@@ -87,18 +87,17 @@ class MemoryBatch:
     """The batch over limits' MemoryStorage counters, under one lock: the same algorithm as the
     Lua script, so that memory and Redis answer alike."""
 
-    def __init__(self, storage: MemoryStorage, lock=None) -> None:
+    def __init__(self, storage: MemoryStorage, lock=None, direct: bool = False) -> None:
         self.storage = storage
         # Any context manager; SharedBatch's also locks out the server's other workers.
         self.lock = batch_lock(storage) if lock is None else lock
         # limits wraps get/incr/decr of MemoryStorage and of every subclass again (its error
         # wrapper, twice for SweptMemoryStorage): for the storages whose counters are limits'
         # own, the batch does what those methods do on the counters itself (see _get, _incr).
-        # A storage class of anyone else's keeps its own methods.
+        # A storage class of anyone else's keeps its own methods, unless the batch's subclass
+        # has its own `_get`, `_incr`, `_decr` and `_expiry` (`direct`, as SharedBatch).
         kind = type(storage)
-        self.direct = (
-            kind is MemoryStorage or bool(vars(kind).get("plain_counters")) or lock is not None
-        )
+        self.direct = direct or kind is MemoryStorage or bool(vars(kind).get("plain_counters"))
         self.get = self._get if self.direct else lambda key, _now: storage.get(key)
         self._last_now = 0.0
         # Per moving window: its current bucket, the keys of the buckets that count then

@@ -485,7 +485,7 @@ class SharedBatch(MemoryBatch):
 
     def __init__(self, storage: SharedMemoryStorage) -> None:
         self.counters = storage.counters
-        super().__init__(storage, lock=storage.counters)
+        super().__init__(storage, lock=storage.counters, direct=True)
 
     def _clock(self, room: int = 0) -> float:
         # A batch makes at most two new counters a window (its summary, its bucket): room for
